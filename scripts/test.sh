@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs Levee's whole test suite. Installs what the tests need from Debian's
+# packages first (when run as root and something is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg_bin in curl:curl; do
+    bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
+    command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    else
+        echo "missing packages: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+fi
+
+cargo test --all-targets "$@"

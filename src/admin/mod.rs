@@ -1,0 +1,183 @@
+//! The admin API: `/healthz`, `/metrics`, `/status` and `POST /reload`.
+//!
+//! Bound to loopback by default. When `admin.token` is set, everything but
+//! `/healthz` (which probes need) requires `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::server::Control;
+use crate::shared::Shared;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::Sender<Control>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        let control = control.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(route(req, &shared, &control).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn reply_json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    reply(status, "application/json", s)
+}
+
+async fn route(
+    req: Request<Incoming>,
+    shared: &Shared,
+    control: &mpsc::Sender<Control>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/healthz" {
+        return reply(StatusCode::OK, "text/plain", "ok\n");
+    }
+    let token = shared.snapshot.load().config.admin.token.clone();
+    if let Some(token) = token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return reply_json(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
+            );
+        }
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (&Method::GET, "/status") => reply_json(StatusCode::OK, status(shared)),
+        (&Method::POST, "/reload") => {
+            let (tx, rx) = oneshot::channel();
+            if control.send(Control::Reload(tx)).await.is_err() {
+                return reply_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "shutting_down", "message": "the server is shutting down"}),
+                );
+            }
+            match rx.await {
+                Ok(Ok(summary)) => reply_json(
+                    StatusCode::OK,
+                    json!({"result": "applied", "summary": summary}),
+                ),
+                Ok(Err(e)) => reply_json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"result": "refused", "error": e, "message": "the previous configuration is still running"}),
+                ),
+                Err(_) => reply_json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "reload_lost"}),
+                ),
+            }
+        }
+        (_, "/metrics" | "/status" | "/reload") => reply_json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": "method_not_allowed", "message": "GET /metrics, GET /status, POST /reload"}),
+        ),
+        _ => reply_json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "message": "admin endpoints: /healthz, /metrics, /status, POST /reload"}),
+        ),
+    }
+}
+
+/// The running configuration and live endpoint state, as JSON.
+fn status(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot.load();
+    let listeners: Vec<_> = snap
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": &*l.name,
+                "address": l.address.to_string(),
+                "max_connections": l.max_connections,
+                "routes": l.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let routes: Vec<_> = snap
+        .config
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name.get_ref(),
+                "cluster": r.cluster.get_ref(),
+                "host": r.host.as_ref().map(|h| h.get_ref()),
+                "path": r.path.as_ref().map(|h| h.get_ref()),
+                "path_prefix": r.path_prefix.as_ref().map(|h| h.get_ref()),
+                "methods": r.methods.iter().map(|m| m.get_ref()).collect::<Vec<_>>(),
+                "headers": r.headers.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect::<std::collections::BTreeMap<_, _>>(),
+            })
+        })
+        .collect();
+    let clusters: Vec<_> = snap
+        .clusters
+        .iter()
+        .map(|c| {
+            json!({
+                "name": &*c.name,
+                "balance": c.balance.as_str(),
+                "endpoints": c.endpoints.iter().map(|e| json!({
+                    "address": e.address.to_string(),
+                    "weight": e.weight,
+                    "backup": e.backup,
+                    "state": "healthy",
+                    "in_flight": e.live.in_flight(),
+                    "idle_connections": e.live.pool.idle_count(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "workers": shared.live.workers(),
+        "listeners": listeners,
+        "routes": routes,
+        "clusters": clusters,
+    })
+}

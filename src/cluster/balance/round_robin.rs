@@ -1,0 +1,54 @@
+//! Round robin: each endpoint in turn, skipping unusable ones.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Balancer, Pick};
+
+pub struct RoundRobin {
+    len: usize,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    pub fn new(len: usize) -> Self {
+        RoundRobin {
+            len,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Balancer for RoundRobin {
+    fn pick(&self, ctx: &Pick<'_>) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.len)
+            .map(|k| (start + k) % self.len)
+            .find(|&i| (ctx.usable)(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_and_skips_unusable() {
+        let rr = RoundRobin::new(3);
+        let all = |_: usize| true;
+        let picks: Vec<_> = (0..6)
+            .map(|_| rr.pick(&Pick { usable: &all }).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let not_one = |i: usize| i != 1;
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.pick(&Pick { usable: &not_one }).unwrap())
+            .collect();
+        assert!(!picks.contains(&1));
+        let none = |_: usize| false;
+        assert_eq!(rr.pick(&Pick { usable: &none }), None);
+        assert_eq!(RoundRobin::new(0).pick(&Pick { usable: &all }), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! Clusters and their endpoints.
+//!
+//! A `Cluster` is part of an immutable snapshot: its settings, endpoints and
+//! balancer are rebuilt on every reload. Each endpoint points at an
+//! `EndpointLive`, the state that must survive reloads (in-flight count,
+//! connection pool, metric handles), kept in the `LiveRegistry` by
+//! (cluster name, address).
+
+pub mod balance;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::config::ClusterConfig;
+use crate::observe::metrics::{EndpointLabels, Metrics, UpstreamLabels};
+use balance::{Balancer, Pick};
+use pool::Pool;
+
+/// Per-endpoint state that outlives snapshots.
+pub struct EndpointLive {
+    pub address: SocketAddr,
+    in_flight: AtomicI64,
+    pub pool: Pool,
+    pub reused: Counter,
+    pub opened: Counter,
+    pub connect_errors: Counter,
+    in_flight_gauge: Gauge,
+}
+
+impl EndpointLive {
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_gauge.inc();
+        InFlight(self.clone())
+    }
+}
+
+pub struct InFlight(Arc<EndpointLive>);
+
+impl InFlight {
+    pub fn live(&self) -> &Arc<EndpointLive> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight_gauge.dec();
+    }
+}
+
+/// Keeps each endpoint's live state across reloads.
+pub struct LiveRegistry {
+    workers: usize,
+    endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointLive>>>,
+}
+
+impl LiveRegistry {
+    pub fn new(workers: usize) -> Self {
+        LiveRegistry {
+            workers,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn get(&self, metrics: &Metrics, cluster: &str, address: SocketAddr) -> Arc<EndpointLive> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((cluster.to_owned(), address))
+            .or_insert_with(|| {
+                let labels = EndpointLabels {
+                    cluster: cluster.to_owned(),
+                    endpoint: address.to_string(),
+                };
+                let upstream = |connection| {
+                    metrics
+                        .upstream_requests
+                        .get_or_create_owned(&UpstreamLabels {
+                            cluster: cluster.to_owned(),
+                            endpoint: address.to_string(),
+                            connection,
+                        })
+                };
+                Arc::new(EndpointLive {
+                    address,
+                    in_flight: AtomicI64::new(0),
+                    pool: Pool::new(self.workers),
+                    reused: upstream("reused"),
+                    opened: upstream("new"),
+                    connect_errors: metrics.upstream_connect_errors.get_or_create_owned(&labels),
+                    in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets endpoints that the newest config no longer has. Snapshots still
+    /// in use keep their own references, so in-flight requests are unaffected.
+    pub fn retain(&self, keep: &[(String, SocketAddr)]) {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| keep.contains(k));
+    }
+}
+
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub live: Arc<EndpointLive>,
+}
+
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    pub balance: crate::config::Balance,
+    pub endpoints: Vec<Endpoint>,
+    balancer: Box<dyn Balancer>,
+}
+
+impl Cluster {
+    pub fn build(config: &ClusterConfig, live: &LiveRegistry, metrics: &Metrics) -> Cluster {
+        let name = config.name.get_ref().as_str();
+        let endpoints: Vec<Endpoint> = config
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                address: *e.address.get_ref(),
+                weight: *e.weight.get_ref(),
+                backup: e.backup,
+                live: live.get(metrics, name, *e.address.get_ref()),
+            })
+            .collect();
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        Cluster {
+            name: name.into(),
+            connect_timeout: config.connect_timeout.get(),
+            response_timeout: config.response_timeout.get(),
+            pool_max_idle: config.pool_max_idle,
+            pool_idle_timeout: config.pool_idle_timeout.get(),
+            balance: config.balance,
+            balancer: balance::build(config.balance, &weights),
+            endpoints,
+        }
+    }
+
+    /// The endpoint for the next request: a primary if any is usable,
+    /// otherwise a backup. `None` when the cluster has nothing to offer.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        let primary = |i: usize| !self.endpoints[i].backup;
+        let i = self.balancer.pick(&Pick { usable: &primary }).or_else(|| {
+            let backup = |i: usize| self.endpoints[i].backup;
+            self.balancer.pick(&Pick { usable: &backup })
+        })?;
+        self.endpoints.get(i)
+    }
+}

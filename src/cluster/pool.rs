@@ -1,0 +1,77 @@
+//! Idle upstream connections, per endpoint and per worker.
+//!
+//! Each worker thread runs its own event loop, and a hyper connection is
+//! driven by a task on the loop that opened it; handing it to another worker
+//! would make every request hop threads. So each worker has its own slot, and
+//! a slot's lock is only ever taken by its own worker (uncontended).
+//! Connections are reused newest-first, which keeps the hot set small and lets
+//! the rest age out.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+
+use crate::proxy::body::UpstreamBody;
+
+pub type Sender = SendRequest<UpstreamBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+pub struct Pool {
+    slots: Box<[Mutex<Vec<Idle>>]>,
+}
+
+impl Pool {
+    pub fn new(workers: usize) -> Self {
+        Pool {
+            slots: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+        }
+    }
+
+    /// The most recently used idle connection that is still open and younger
+    /// than `idle_timeout`.
+    pub fn take(&self, worker: usize, idle_timeout: Duration, now: Instant) -> Option<Sender> {
+        let slot = self.slots.get(worker)?;
+        let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && now.duration_since(entry.since) < idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection after its response has been read in full. The
+    /// oldest entries go first when the slot is full or they have expired.
+    pub fn put(&self, worker: usize, sender: Sender, max_idle: usize, idle_timeout: Duration) {
+        let Some(slot) = self.slots.get(worker) else {
+            return;
+        };
+        if max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
+        while idle
+            .first()
+            .is_some_and(|e| idle.len() >= max_idle || now.duration_since(e.since) >= idle_timeout)
+        {
+            idle.remove(0);
+        }
+        idle.push(Idle { sender, since: now });
+    }
+
+    /// Idle connections across all workers.
+    pub fn idle_count(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.lock().map(|v| v.len()).unwrap_or(0))
+            .sum()
+    }
+}

@@ -1,0 +1,126 @@
+//! Loading and validating the configuration file.
+//!
+//! A config is either accepted whole or refused with one precise error that
+//! names the file, line, column, the key and what would be valid. Levee never
+//! runs half-configured, and a refused reload leaves the running config alone.
+
+mod schema;
+mod validate;
+pub mod value;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+pub use schema::*;
+pub use value::{ByteSize, Duration};
+
+/// A refused configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no position (e.g. unreadable file).
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path such as `clusters[0].endpoints[1].address`; empty when
+    /// the error is not about one key (a TOML syntax error).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let at = |span: Option<Range<usize>>, key: String, message: String| {
+        let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
+        ConfigError {
+            file: path.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| at(e.span(), String::new(), e.message().to_owned()))?;
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        // serde_spanned shows up in the path as a private field; hide it.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let key = if key == "." { String::new() } else { key };
+        let inner = e.into_inner();
+        let mut message = inner.message().to_owned();
+        if message == "invalid socket address syntax" {
+            message.push_str("; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"");
+        }
+        at(inner.span(), key, message)
+    })?;
+    validate::check(&config).map_err(|v| at(Some(v.span), v.key, v.message))?;
+    Ok(config)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The configuration `levee demo` runs: one listener, three local backends.
+pub fn demo_text(listen: &str, admin: &str, backends: &[String]) -> String {
+    let mut t = format!(
+        r#"# Levee demo: one listener, three built-in backends on loopback.
+[admin]
+address = "{admin}"
+
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "demo"
+address = "{listen}"
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+cluster = "demo"
+
+[[clusters]]
+name = "demo"
+balance = "round_robin"
+"#
+    );
+    for b in backends {
+        t.push_str(&format!("\n[[clusters.endpoints]]\naddress = \"{b}\"\n"));
+    }
+    t
+}

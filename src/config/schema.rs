@@ -1,0 +1,223 @@
+//! The configuration file, as types. Every table denies unknown keys so a typo
+//! is an error, not a silently ignored setting. Defaults live next to the
+//! field they belong to; `docs/configuration.md` documents each of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_spanned::Spanned;
+
+use super::value::{ByteSize, Duration};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads, each with its own event loop and its own accept
+    /// socket per listener. 0 means one per core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: 0,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub address: SocketAddr,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9900)),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// `-` for standard output, otherwise a file path (appended to).
+    pub path: String,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            path: "-".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Spanned<String>,
+    pub address: Spanned<SocketAddr>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Open client connections at once; connections beyond it are closed at
+    /// accept and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, from its first byte
+    /// (slowloris defence). Answered with 408.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may sit idle between requests.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Largest request head accepted; larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Largest request body accepted; larger ones get 413. Unset: no limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<ByteSize>,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(32 * 1024)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Spanned<String>,
+    /// Listeners this route serves; unset means every listener.
+    #[serde(default)]
+    pub listeners: Option<Vec<Spanned<String>>>,
+    /// Host to match, without port; `*.example.com` matches any subdomain.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    /// Exact path (query string excluded).
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Methods to match; empty matches any.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Header name → exact value; all must match.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub cluster: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    WeightedRoundRobin,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::WeightedRoundRobin => "weighted_round_robin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: Spanned<String>,
+    #[serde(default = "default_balance")]
+    pub balance: Balance,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Duration,
+    /// Idle upstream connections kept per endpoint and per worker.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// An idle upstream connection older than this is closed, not reused.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+fn default_balance() -> Balance {
+    Balance::RoundRobin
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_max_idle() -> usize {
+    128
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub address: Spanned<SocketAddr>,
+    #[serde(default = "default_weight")]
+    pub weight: Spanned<u32>,
+    /// Used only when no primary endpoint is available.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_weight() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}

@@ -1,0 +1,235 @@
+//! Checks that need the whole config: names unique, references resolved,
+//! matchers well formed. Each failure points at the offending value.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::schema::Config;
+
+pub(super) struct Invalid {
+    pub span: Range<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
+    Invalid {
+        span,
+        key,
+        message: message.into(),
+    }
+}
+
+pub(super) fn check(config: &Config) -> Result<(), Invalid> {
+    let mut listeners = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        check_name(l.name.get_ref(), l.name.span(), format!("{key}.name"))?;
+        if !listeners.insert(l.name.get_ref().as_str()) {
+            return Err(invalid(
+                l.name.span(),
+                format!("{key}.name"),
+                format!(
+                    "duplicate listener name {:?}; names must be unique",
+                    l.name.get_ref()
+                ),
+            ));
+        }
+        if !addresses.insert(*l.address.get_ref()) {
+            return Err(invalid(
+                l.address.span(),
+                format!("{key}.address"),
+                format!(
+                    "address {} is already used by another listener",
+                    l.address.get_ref()
+                ),
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid(
+                l.name.span(),
+                format!("{key}.max_connections"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if config.admin.enabled && addresses.contains(&config.admin.address) {
+        return Err(invalid(
+            0..0,
+            "admin.address".into(),
+            format!(
+                "address {} is also a listener's address",
+                config.admin.address
+            ),
+        ));
+    }
+
+    let mut clusters = HashSet::new();
+    for (i, c) in config.clusters.iter().enumerate() {
+        let key = format!("clusters[{i}]");
+        check_name(c.name.get_ref(), c.name.span(), format!("{key}.name"))?;
+        if !clusters.insert(c.name.get_ref().as_str()) {
+            return Err(invalid(
+                c.name.span(),
+                format!("{key}.name"),
+                format!(
+                    "duplicate cluster name {:?}; names must be unique",
+                    c.name.get_ref()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (j, e) in c.endpoints.iter().enumerate() {
+            let ekey = format!("{key}.endpoints[{j}]");
+            if !seen.insert(*e.address.get_ref()) {
+                return Err(invalid(
+                    e.address.span(),
+                    format!("{ekey}.address"),
+                    format!(
+                        "endpoint {} appears twice in cluster {:?}",
+                        e.address.get_ref(),
+                        c.name.get_ref()
+                    ),
+                ));
+            }
+            let w = *e.weight.get_ref();
+            if !(1..=10_000).contains(&w) {
+                return Err(invalid(
+                    e.weight.span(),
+                    format!("{ekey}.weight"),
+                    format!("weight {w} is out of range; valid weights are 1 to 10000"),
+                ));
+            }
+        }
+    }
+
+    let mut routes = HashSet::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        check_name(r.name.get_ref(), r.name.span(), format!("{key}.name"))?;
+        if !routes.insert(r.name.get_ref().as_str()) {
+            return Err(invalid(
+                r.name.span(),
+                format!("{key}.name"),
+                format!(
+                    "duplicate route name {:?}; names must be unique",
+                    r.name.get_ref()
+                ),
+            ));
+        }
+        if !clusters.contains(r.cluster.get_ref().as_str()) {
+            return Err(invalid(
+                r.cluster.span(),
+                format!("{key}.cluster"),
+                format!(
+                    "no cluster named {:?}; defined clusters: {}",
+                    r.cluster.get_ref(),
+                    list(config.clusters.iter().map(|c| c.name.get_ref().as_str()))
+                ),
+            ));
+        }
+        for (j, l) in r.listeners.iter().flatten().enumerate() {
+            if !listeners.contains(l.get_ref().as_str()) {
+                return Err(invalid(
+                    l.span(),
+                    format!("{key}.listeners[{j}]"),
+                    format!(
+                        "no listener named {:?}; defined listeners: {}",
+                        l.get_ref(),
+                        list(config.listeners.iter().map(|l| l.name.get_ref().as_str()))
+                    ),
+                ));
+            }
+        }
+        if let (Some(_), Some(p)) = (&r.path, &r.path_prefix) {
+            return Err(invalid(
+                p.span(),
+                format!("{key}.path_prefix"),
+                "a route matches either `path` (exact) or `path_prefix`, not both",
+            ));
+        }
+        for (field, p) in [("path", &r.path), ("path_prefix", &r.path_prefix)] {
+            if let Some(p) = p
+                && !p.get_ref().starts_with('/') {
+                    return Err(invalid(
+                        p.span(),
+                        format!("{key}.{field}"),
+                        format!("{:?} must start with '/'", p.get_ref()),
+                    ));
+                }
+        }
+        if let Some(h) = &r.host {
+            let host = h.get_ref();
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty() || bare.contains(['/', ':', ' ', '*']) {
+                return Err(invalid(
+                    h.span(),
+                    format!("{key}.host"),
+                    format!(
+                        "{host:?} is not a host name; write e.g. \"api.example.com\" or \"*.example.com\" (no port)"
+                    ),
+                ));
+            }
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            let ok = Method::from_bytes(m.get_ref().as_bytes()).is_ok()
+                && m.get_ref().bytes().all(|b| b.is_ascii_uppercase());
+            if !ok {
+                return Err(invalid(
+                    m.span(),
+                    format!("{key}.methods[{j}]"),
+                    format!(
+                        "{:?} is not an HTTP method; write it in upper case, e.g. \"GET\", \"POST\"",
+                        m.get_ref()
+                    ),
+                ));
+            }
+        }
+        for (name, value) in &r.headers {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(
+                    value.span(),
+                    format!("{key}.headers.{name}"),
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+            if HeaderValue::from_str(value.get_ref()).is_err() {
+                return Err(invalid(
+                    value.span(),
+                    format!("{key}.headers.{name}"),
+                    "not a valid header value (visible ASCII only)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &str, span: Range<usize>, key: String) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            span,
+            key,
+            format!("{name:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}

@@ -1,0 +1,18 @@
+//! Levee: a load balancer and reverse proxy built for reliability.
+//!
+//! The request path reads top to bottom: `server` accepts and drives
+//! connections, `proxy` runs the pipeline, `route` matches, `cluster` picks an
+//! endpoint and pools its connections. `config` and `snapshot` are the control
+//! plane that builds what the data path reads. See `docs/architecture.md`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod shared;
+pub mod snapshot;

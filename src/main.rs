@@ -1,0 +1,179 @@
+//! The `levee` command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use levee::config;
+use levee::server::Server;
+
+/// Levee: a load balancer and reverse proxy built for reliability.
+///
+/// Configuration is one TOML file; see docs/configuration.md and
+/// examples/levee.toml. Logs go to standard error (filter with LEVEE_LOG,
+/// e.g. LEVEE_LOG=debug); the access log is JSON lines on standard output
+/// unless configured otherwise.
+#[derive(Parser)]
+#[command(name = "levee", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a configuration file. SIGHUP reloads the file
+    /// (a bad file is refused and the running config kept); SIGTERM or
+    /// SIGINT stop accepting, let in-flight requests finish, and exit 0.
+    Run {
+        /// Path to the TOML configuration.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit: 0 if it is valid, 1 with the
+    /// error (file:line:column: key: problem) otherwise.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start Levee on an embedded config with three built-in backends on
+    /// loopback, print the URLs to try, and show requests spread over them.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin API listens (/metrics, /status).
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: SocketAddr,
+        /// Port of the first demo backend; the others take the next two.
+        #[arg(long, default_value_t = 9101)]
+        backend_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match config::load(&config) {
+            Ok(c) => serve(c, Some(config), None),
+            Err(e) => {
+                eprintln!("levee: configuration refused: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo {
+            listen,
+            admin,
+            backend_port,
+        } => demo(listen, admin, backend_port),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} clusters)",
+                path.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the server and runs the control plane on this thread until a
+/// shutdown signal. `after_start` runs once everything listens.
+fn serve(
+    config: config::Config,
+    path: Option<PathBuf>,
+    after_start: Option<Box<dyn FnOnce() + Send>>,
+) -> ExitCode {
+    let server = match Server::start(config, path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("levee: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("levee: cannot start the control loop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let run = tokio::spawn(server.run_until_signalled());
+        if let Some(f) = after_start {
+            f();
+        }
+        run.await
+    });
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("levee: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("levee: control loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(listen: SocketAddr, admin: SocketAddr, backend_port: u16) -> ExitCode {
+    let backends: Vec<SocketAddr> = (0..3)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], backend_port.saturating_add(i))))
+        .collect();
+    if let Err(e) = levee::demo::start_backends(&backends) {
+        eprintln!("levee demo: cannot start the demo backends: {e}");
+        return ExitCode::FAILURE;
+    }
+    let names: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let text = config::demo_text(&listen.to_string(), &admin.to_string(), &names);
+    let config = match config::parse(Path::new("<demo>"), &text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("levee demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "Levee demo: proxy on http://{listen}/ over three backends {}",
+        names.join(", ")
+    );
+    println!("  try:     curl -i http://{listen}/hello");
+    println!("  metrics: curl http://{admin}/metrics");
+    println!("  status:  curl http://{admin}/status");
+    println!("  stop:    Ctrl-C");
+    let show = Box::new(move || {
+        tokio::spawn(async move { levee::demo::show_spread(listen, 6).await });
+    });
+    serve(config, None, Some(show))
+}

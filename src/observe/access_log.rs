@@ -1,0 +1,217 @@
+//! One JSON line per request, written by a dedicated thread so that a slow
+//! disk or a blocked stdout never stalls an event loop. If the writer falls
+//! far behind, lines are dropped and counted rather than queued without bound.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::time::SystemTime;
+
+/// Everything the access log says about one request.
+pub struct LogRecord {
+    pub time: SystemTime,
+    pub client: IpAddr,
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub route: Option<std::sync::Arc<str>>,
+    pub cluster: Option<std::sync::Arc<str>>,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub upstream_ms: Option<f64>,
+    pub total_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub request_id: String,
+    pub error: Option<&'static str>,
+}
+
+impl LogRecord {
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(320);
+        let _ = write!(s, "{{\"time\":\"{}\"", rfc3339_millis(self.time));
+        let _ = write!(s, ",\"client\":\"{}\"", self.client);
+        let _ = write!(s, ",\"method\":{}", json_str(self.method.as_str()));
+        let _ = write!(s, ",\"path\":{}", json_str(&self.path));
+        let _ = write!(s, ",\"status\":{}", self.status);
+        let _ = write!(s, ",\"route\":{}", opt_str(self.route.as_deref()));
+        let _ = write!(s, ",\"cluster\":{}", opt_str(self.cluster.as_deref()));
+        match self.endpoint {
+            Some(e) => {
+                let _ = write!(s, ",\"endpoint\":\"{e}\"");
+            }
+            None => s.push_str(",\"endpoint\":null"),
+        }
+        match self.upstream_ms {
+            Some(ms) => {
+                let _ = write!(s, ",\"upstream_ms\":{ms:.3}");
+            }
+            None => s.push_str(",\"upstream_ms\":null"),
+        }
+        let _ = write!(s, ",\"total_ms\":{:.3}", self.total_ms);
+        let _ = write!(
+            s,
+            ",\"bytes_in\":{},\"bytes_out\":{}",
+            self.bytes_in, self.bytes_out
+        );
+        let _ = write!(s, ",\"request_id\":{}", json_str(&self.request_id));
+        if let Some(e) = self.error {
+            let _ = write!(s, ",\"error\":\"{e}\"");
+        }
+        s.push('}');
+        s
+    }
+}
+
+fn json_str(v: &str) -> String {
+    serde_json::Value::String(v.to_owned()).to_string()
+}
+
+fn opt_str(v: Option<&str>) -> String {
+    v.map_or_else(|| "null".to_owned(), json_str)
+}
+
+/// UTC time as `2026-11-22T05:26:11.123Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+enum Msg {
+    Line(String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Handle to the access log writer thread.
+pub struct AccessLog {
+    tx: SyncSender<Msg>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Starts the writer: `-` writes to standard output, anything else is a
+    /// file opened for appending.
+    pub fn start(path: &str) -> std::io::Result<AccessLog> {
+        let mut out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        let (tx, rx) = mpsc::sync_channel::<Msg>(65_536);
+        std::thread::Builder::new()
+            .name("levee-access-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                let mut acks = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    // Batch whatever else is already queued into one write.
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            Msg::Line(line) => {
+                                buf.extend_from_slice(line.as_bytes());
+                                buf.push(b'\n');
+                            }
+                            Msg::Flush(ack) => acks.push(ack),
+                        }
+                        if buf.len() < 60 * 1024 {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    // A failed write has nowhere to be reported; keep
+                    // draining so that senders never block.
+                    let _ = out.write_all(&buf).and_then(|()| out.flush());
+                    buf.clear();
+                    for ack in acks.drain(..) {
+                        let _ = ack.send(());
+                    }
+                }
+            })?;
+        Ok(AccessLog {
+            tx,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits (at most a second) until every line logged so far is written.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::channel();
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+
+    pub fn log(&self, record: &LogRecord) {
+        match self.tx.try_send(Msg::Line(record.to_json())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_utc_time() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_325_171_123);
+        assert_eq!(rfc3339_millis(t), "2026-11-22T05:26:11.123Z");
+        assert_eq!(
+            rfc3339_millis(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn record_is_valid_json() {
+        let r = LogRecord {
+            time: SystemTime::UNIX_EPOCH,
+            client: "127.0.0.1".parse().unwrap(),
+            method: http::Method::GET,
+            path: "/a\"b".into(),
+            status: 200,
+            route: Some("r".into()),
+            cluster: None,
+            endpoint: Some("127.0.0.1:9001".parse().unwrap()),
+            upstream_ms: Some(1.5),
+            total_ms: 2.25,
+            bytes_in: 0,
+            bytes_out: 6,
+            request_id: "abc".into(),
+            error: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["cluster"], serde_json::Value::Null);
+        assert_eq!(v["endpoint"], "127.0.0.1:9001");
+    }
+}

@@ -1,0 +1,221 @@
+//! Prometheus metrics. Families live for the whole process, so counters keep
+//! counting across reloads; the request path never looks a label set up: each
+//! snapshot resolves the handles its routes and endpoints need when it is
+//! built, and a request only bumps atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub cluster: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub cluster: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub cluster: String,
+    pub endpoint: String,
+    pub connection: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<KindLabels, Counter>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_connect_errors: Family<EndpointLabels, Counter>,
+    pub upstream_in_flight: Family<EndpointLabels, Gauge>,
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    pub connections_total: Family<ListenerLabels, Counter>,
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("levee");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, cluster and status class (1xx..5xx)",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head received to response body sent, by route",
+            request_duration.clone(),
+        );
+        let errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "errors",
+            "Requests Levee answered itself with an error, by kind (no_route, no_endpoint, upstream_connect, upstream_timeout, body_too_large, bad_request, header_timeout, ...)",
+            errors.clone(),
+        );
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Requests sent upstream, by endpoint and whether the connection was reused from the pool or newly opened",
+            upstream_requests.clone(),
+        );
+        let upstream_connect_errors = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "upstream_connect_errors",
+            "Failed or timed-out connection attempts to an endpoint",
+            upstream_connect_errors.clone(),
+        );
+        let upstream_in_flight = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_in_flight",
+            "Requests currently being served by an endpoint",
+            upstream_in_flight.clone(),
+        );
+        let connections_active = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_active",
+            "Open client connections, by listener",
+            connections_active.clone(),
+        );
+        let connections_total = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Client connections accepted, by listener",
+            connections_total.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept because the listener was at max_connections",
+            connections_refused.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (applied, refused)",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            errors,
+            upstream_requests,
+            upstream_connect_errors,
+            upstream_in_flight,
+            connections_active,
+            connections_total,
+            connections_refused,
+            reloads,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+/// Counters one route bumps per request, resolved when the snapshot is built.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, route: &str, cluster: &str) -> Self {
+        let class = |class| {
+            metrics.requests.get_or_create_owned(&RequestLabels {
+                route: route.to_owned(),
+                cluster: cluster.to_owned(),
+                class,
+            })
+        };
+        RouteMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics.request_duration.get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
+            }),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[i].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+impl Metrics {
+    pub fn reloads_applied(&self) {
+        self.reloads
+            .get_or_create(&ResultLabels { result: "applied" })
+            .inc();
+    }
+    pub fn reloads_refused(&self) {
+        self.reloads
+            .get_or_create(&ResultLabels { result: "refused" })
+            .inc();
+    }
+}

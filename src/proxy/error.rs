@@ -1,0 +1,116 @@
+//! The errors Levee answers itself, each with its status, a stable code (used
+//! as the metric label and in the JSON body) and whether the client
+//! connection must be closed afterwards.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    NoRoute,
+    NoEndpoint,
+    UpstreamConnect,
+    UpstreamConnectTimeout,
+    UpstreamTimeout,
+    UpstreamFailed,
+    BodyTooLarge,
+    HeadersTooLarge,
+    BadFraming,
+    ClientBody,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadFraming | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoEndpoint => "no_endpoint",
+            ProxyError::UpstreamConnect => "upstream_connect",
+            ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamFailed => "upstream_failed",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::BadFraming => "bad_framing",
+            ProxyError::ClientBody => "client_body",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no route matches this request",
+            ProxyError::NoEndpoint => "no endpoint is available for this route",
+            ProxyError::UpstreamConnect => "could not connect to the upstream endpoint",
+            ProxyError::UpstreamConnectTimeout => "timed out connecting to the upstream endpoint",
+            ProxyError::UpstreamTimeout => "the upstream endpoint did not answer in time",
+            ProxyError::UpstreamFailed => "the upstream endpoint failed before answering",
+            ProxyError::BodyTooLarge => "request body is larger than this listener accepts",
+            ProxyError::HeadersTooLarge => "request headers are larger than this listener accepts",
+            ProxyError::BadFraming => {
+                "ambiguous request framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)"
+            }
+            ProxyError::ClientBody => "the request body could not be read from the client",
+        }
+    }
+
+    /// Whether the client connection cannot safely carry another request: the
+    /// message boundary is unknown, or an unread body is still on the wire.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadFraming
+                | ProxyError::BodyTooLarge
+                | ProxyError::HeadersTooLarge
+                | ProxyError::ClientBody
+        )
+    }
+}
+
+/// The small JSON body every Levee-made error carries.
+pub fn json_body(status: StatusCode, code: &str, message: &str, request_id: &str) -> Bytes {
+    let v = serde_json::json!({
+        "status": status.as_u16(),
+        "error": code,
+        "message": message,
+        "request_id": request_id,
+    });
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+pub fn response(
+    err: ProxyError,
+    request_id: &HeaderValue,
+    body: impl FnOnce(Bytes) -> ResponseBody,
+) -> Response<ResponseBody> {
+    let id = request_id.to_str().unwrap_or("");
+    let bytes = json_body(err.status(), err.code(), err.message(), id);
+    let mut resp = Response::new(body(bytes));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
+    if err.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,281 @@
+//! The request pipeline, top to bottom:
+//!
+//! 1. take the current snapshot and the request's id;
+//! 2. refuse what cannot be proxied safely (ambiguous framing, oversized
+//!    head or body);
+//! 3. match a route on the listener, pick an endpoint in its cluster;
+//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in);
+//! 5. send it over a pooled or new connection, bounded by the timeouts;
+//! 6. stream the response back; when the body is done, `Finish` records the
+//!    request (metrics, access log) and returns the connection to the pool.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::cluster::pool::Sender;
+use crate::cluster::{Cluster, InFlight};
+use crate::observe::LogRecord;
+use crate::route::{self, Route};
+use crate::server::phase::Phase;
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use body::{ResponseBody, UpstreamBody};
+use error::ProxyError;
+
+/// What the pipeline knows about the client connection a request came on.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub phase: Arc<Phase>,
+    pub worker: usize,
+}
+
+/// Most headers a request may carry, whatever their size.
+const MAX_HEADERS: usize = 100;
+
+pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
+    cx.phase.active();
+    let snapshot = cx.shared.snapshot.load_full();
+    let request_id = headers::request_id(req.headers(), cx.shared.id_seed);
+    let mut finish = Box::new(Finish {
+        start: Instant::now(),
+        time: SystemTime::now(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        request_id: request_id.clone(),
+        status: 0,
+        error: None,
+        route: None,
+        upstream: None,
+        bytes_in: Arc::default(),
+        snapshot: snapshot.clone(),
+        cx: cx.clone(),
+    });
+    match forward(&cx, &snapshot, req, &mut finish).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            if let Some(up) = &mut finish.upstream {
+                up.keep_alive = !wants_close(&parts.headers);
+            }
+            headers::strip_hop_by_hop(&mut parts.headers);
+            if !parts.headers.contains_key(&headers::X_REQUEST_ID) {
+                parts
+                    .headers
+                    .insert(headers::X_REQUEST_ID.clone(), request_id);
+            }
+            finish.status = parts.status.as_u16();
+            Response::from_parts(parts, ResponseBody::upstream(body, finish))
+        }
+        Err(e) => {
+            finish.status = e.status().as_u16();
+            finish.error = Some(e);
+            error::response(e, &request_id, |b| ResponseBody::full(b, Some(finish)))
+        }
+    }
+}
+
+async fn forward(
+    cx: &ConnCtx,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    finish: &mut Finish,
+) -> Result<Response<Incoming>, ProxyError> {
+    headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
+    let listener = snapshot.listener(cx.local).ok_or(ProxyError::NoRoute)?;
+    if head_too_large(&req, listener.max_header_bytes) {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+
+    let host = route::request_host(req.uri(), req.headers())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let route = listener
+        .routes
+        .iter()
+        .find(|r| {
+            r.matcher
+                .matches(&host, req.uri().path(), req.method(), req.headers())
+        })
+        .ok_or(ProxyError::NoRoute)?;
+    finish.route = Some(route.clone());
+
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let (Some(limit), Some(len)) = (listener.max_body_bytes, declared)
+        && len > limit {
+            return Err(ProxyError::BodyTooLarge);
+        }
+
+    let cluster = &route.cluster;
+    let endpoint = cluster.pick().ok_or(ProxyError::NoEndpoint)?;
+    let in_flight = endpoint.live.begin();
+
+    let (mut parts, body) = req.into_parts();
+    rewrite_request(&mut parts, cx.client, &finish.request_id);
+    let body = UpstreamBody::new(body, listener.max_body_bytes, finish.bytes_in.clone());
+    let request = Request::from_parts(parts, body);
+
+    let sent_at = Instant::now();
+    let exchange = upstream::send(cluster, endpoint, cx.worker, request);
+    let sent = match tokio::time::timeout(cluster.response_timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+    };
+    finish.upstream = Some(Upstream {
+        cluster: cluster.clone(),
+        endpoint: endpoint.address,
+        sender: None,
+        keep_alive: false,
+        upstream_time: sent_at.elapsed(),
+        in_flight,
+    });
+    let sent = sent?;
+    if let Some(up) = &mut finish.upstream {
+        up.sender = Some(sent.sender);
+    }
+    Ok(sent.response)
+}
+
+/// The head as the backend should see it: origin-form URI, HTTP/1.1, no
+/// hop-by-hop headers, forwarding headers and the request id added, `Host`
+/// kept as the client sent it.
+fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request_id: &HeaderValue) {
+    let original_host = parts.headers.get(header::HOST).cloned();
+    if original_host.is_none() {
+        // An absolute-form request may come without Host; HTTP/1.1 requires one.
+        if let Some(h) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, h);
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // We stream the body as soon as the backend connection is up; the
+    // client's `Expect` was answered by us.
+    parts.headers.remove(header::EXPECT);
+    let host = original_host.as_ref().and_then(|h| h.to_str().ok());
+    headers::add_forwarding(&mut parts.headers, client.ip().to_canonical(), "http", host);
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.version = Version::HTTP_11;
+}
+
+fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return true;
+    }
+    let mut size = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+        if size > max {
+            return true;
+        }
+    }
+    false
+}
+
+fn wants_close(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
+}
+
+struct Upstream {
+    cluster: Arc<Cluster>,
+    endpoint: SocketAddr,
+    /// The connection, returned to the pool once its response is fully read.
+    sender: Option<Sender>,
+    keep_alive: bool,
+    upstream_time: Duration,
+    in_flight: InFlight,
+}
+
+/// Completes a request when its response body is dropped.
+pub struct Finish {
+    cx: Arc<ConnCtx>,
+    snapshot: Arc<Snapshot>,
+    start: Instant,
+    time: SystemTime,
+    method: Method,
+    uri: Uri,
+    request_id: HeaderValue,
+    status: u16,
+    error: Option<ProxyError>,
+    route: Option<Arc<Route>>,
+    upstream: Option<Upstream>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl Finish {
+    /// `complete`: the response body was sent to the end.
+    pub fn finish(mut self: Box<Self>, bytes_out: u64, complete: bool) {
+        let shared = &self.cx.shared;
+        if let Some(up) = &mut self.upstream
+            && let (true, true, Some(sender)) = (complete, up.keep_alive, up.sender.take()) {
+                up.in_flight.live().pool.put(
+                    self.cx.worker,
+                    sender,
+                    up.cluster.pool_max_idle,
+                    up.cluster.pool_idle_timeout,
+                );
+            }
+        let total = self.start.elapsed();
+        let metrics = self
+            .route
+            .as_ref()
+            .map_or(&self.snapshot.unrouted, |r| &r.metrics);
+        metrics.record(self.status, total.as_secs_f64());
+        if let Some(e) = self.error {
+            shared.metrics.error(e.code());
+        }
+        if let Some(log) = &shared.access_log {
+            log.log(&LogRecord {
+                time: self.time,
+                client: self.cx.client.ip().to_canonical(),
+                method: self.method.clone(),
+                path: self
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                status: self.status,
+                route: self.route.as_ref().map(|r| r.name.clone()),
+                cluster: self.route.as_ref().map(|r| r.cluster.name.clone()),
+                endpoint: self.upstream.as_ref().map(|u| u.endpoint),
+                upstream_ms: self
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.upstream_time.as_secs_f64() * 1000.0),
+                total_ms: total.as_secs_f64() * 1000.0,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+                request_id: self.request_id.to_str().unwrap_or("").to_owned(),
+                error: self.error.map(ProxyError::code),
+            });
+        }
+        self.cx.phase.idle();
+    }
+}

@@ -1,0 +1,172 @@
+//! Matching a request to a route: host, path (exact or prefix), method and
+//! headers, tried in the order the routes are declared; the first match wins.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::cluster::Cluster;
+use crate::config::RouteConfig;
+use crate::observe::metrics::RouteMetrics;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+/// What a route requires of a request.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    host: Option<HostMatch>,
+    path: PathMatch,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Matcher {
+    /// Builds from a validated route config.
+    pub fn from_config(r: &RouteConfig) -> Matcher {
+        let host = r.host.as_ref().map(|h| {
+            let h = h.get_ref().to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
+                None => HostMatch::Exact(h),
+            }
+        });
+        let path = match (&r.path, &r.path_prefix) {
+            (Some(p), _) => PathMatch::Exact(p.get_ref().clone()),
+            (None, Some(p)) if p.get_ref() != "/" => PathMatch::Prefix(p.get_ref().clone()),
+            _ => PathMatch::Any,
+        };
+        Matcher {
+            host,
+            path,
+            methods: r
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.get_ref().as_bytes()).ok())
+                .collect(),
+            headers: r
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v.get_ref()).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// `host` is the request's host without port, already lower-cased.
+    pub fn matches(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        match &self.host {
+            None => {}
+            Some(HostMatch::Exact(h)) if h == host => {}
+            Some(HostMatch::Suffix(s)) if host.len() > s.len() && host.ends_with(s.as_str()) => {}
+            Some(_) => return false,
+        }
+        match &self.path {
+            PathMatch::Any => {}
+            PathMatch::Exact(p) if p == path => {}
+            PathMatch::Prefix(p) if prefix_matches(p, path) => {}
+            _ => return false,
+        }
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x` but not `/apix`: a prefix is
+/// matched on path-segment boundaries, as users expect. A prefix ending in
+/// `/` matches anything under it.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub cluster: Arc<Cluster>,
+    pub metrics: RouteMetrics,
+}
+
+/// The host a request is for: the URI authority (absolute-form) or the Host
+/// header, without port, lower-cased.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    if let Some(h) = uri.host() {
+        return Some(h);
+    }
+    let raw = headers.get(http::header::HOST)?.to_str().ok()?;
+    // Strip the port; keep IPv6 literals intact.
+    Some(match raw.rfind(':') {
+        Some(i) if !raw.ends_with(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(toml_text: &str) -> Matcher {
+        let full = format!(
+            "[[clusters]]\nname = \"c\"\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n{toml_text}"
+        );
+        let config = crate::config::parse(std::path::Path::new("t.toml"), &full).unwrap();
+        Matcher::from_config(&config.routes[0])
+    }
+
+    #[test]
+    fn path_prefix_on_segment_boundaries() {
+        let m = route("path_prefix = \"/api\"");
+        let h = HeaderMap::new();
+        for p in ["/api", "/api/", "/api/v1/x"] {
+            assert!(m.matches("x", p, &Method::GET, &h), "{p}");
+        }
+        for p in ["/apix", "/", "/ap"] {
+            assert!(!m.matches("x", p, &Method::GET, &h), "{p}");
+        }
+    }
+
+    #[test]
+    fn exact_host_wildcard_method_header() {
+        let m = route(
+            "host = \"*.example.com\"\npath = \"/login\"\nmethods = [\"POST\"]\nheaders = { \"x-canary\" = \"true\" }",
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", HeaderValue::from_static("true"));
+        assert!(m.matches("a.example.com", "/login", &Method::POST, &h));
+        assert!(!m.matches("example.com", "/login", &Method::POST, &h));
+        assert!(!m.matches("a.example.com", "/login/x", &Method::POST, &h));
+        assert!(!m.matches("a.example.com", "/login", &Method::GET, &h));
+        assert!(!m.matches("a.example.com", "/login", &Method::POST, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn host_from_header_without_port() {
+        let uri: http::Uri = "/x".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("api.example.com:8080"));
+        assert_eq!(request_host(&uri, &h), Some("api.example.com"));
+        h.insert("host", HeaderValue::from_static("[::1]"));
+        assert_eq!(request_host(&uri, &h), Some("[::1]"));
+    }
+}

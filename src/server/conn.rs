@@ -1,0 +1,168 @@
+//! One client connection: HTTP/1.1 served by hyper, wrapped with the header
+//! and idle timeouts, graceful shutdown, and the 408 answer for a client that
+//! never finishes its request head.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::phase::{Expiry, Phase};
+use crate::proxy::{self, ConnCtx, error::json_body, headers};
+
+/// Connection settings taken from the listener when the connection is accepted.
+pub struct Settings {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// The client socket, telling `Phase` when a new request starts arriving.
+struct TimedIo {
+    inner: TcpStream,
+    phase: Arc<Phase>,
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.phase.on_read(Instant::now);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until the client leaves, a timeout closes it, or a
+/// shutdown has let its current request finish.
+pub async fn serve(
+    stream: TcpStream,
+    cx: Arc<ConnCtx>,
+    settings: Settings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let phase = cx.phase.clone();
+    let io = TokioIo::new(TimedIo {
+        inner: stream,
+        phase: phase.clone(),
+    });
+    let service_cx = cx.clone();
+    let service = service_fn(move |req| {
+        let cx = service_cx.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
+    });
+    let mut conn = http1::Builder::new()
+        // Our own check answers 431 with a JSON body up to max_header_bytes;
+        // hyper's buffer limit is the hard stop beyond that.
+        .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024))
+        .max_headers(200)
+        .serve_connection(io, service);
+
+    let mut draining = *shutdown.borrow();
+    if draining {
+        Pin::new(&mut conn).graceful_shutdown();
+    }
+    let mut wake = Instant::now() + settings.header_timeout.min(settings.idle_timeout);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut conn => {
+                if let Err(e) = done {
+                    let kind = if e.is_parse_too_large() {
+                        Some("headers_too_large")
+                    } else if e.is_parse() {
+                        Some("bad_request")
+                    } else {
+                        None
+                    };
+                    if let Some(kind) = kind {
+                        cx.shared.metrics.error(kind);
+                    }
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                match phase.check(Instant::now(), settings.header_timeout, settings.idle_timeout) {
+                    Expiry::Later(at) => wake = at,
+                    Expiry::Idle => return,
+                    Expiry::Head => {
+                        cx.shared.metrics.error("header_timeout");
+                        let stream = conn.into_parts().io.into_inner().inner;
+                        request_timeout(stream, &cx).await;
+                        return;
+                    }
+                }
+            }
+            changed = shutdown.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Answers 408 to a client whose request head did not arrive in time, then
+/// closes. The write is bounded: a client that does not read gets nothing.
+async fn request_timeout(mut stream: TcpStream, cx: &ConnCtx) {
+    let id = headers::request_id(&http::HeaderMap::new(), cx.shared.id_seed);
+    let id = id.to_str().unwrap_or("");
+    let body = json_body(
+        http::StatusCode::REQUEST_TIMEOUT,
+        "header_timeout",
+        "the request head did not arrive in time",
+        id,
+    );
+    let head = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}

@@ -1,0 +1,301 @@
+//! Running Levee: worker threads, listeners, signals, reload and shutdown.
+//!
+//! Each worker is a thread with its own single-threaded event loop (the
+//! nginx model): it accepts on its own sockets and serves those connections
+//! start to finish, so a request never hops threads. The main thread is the
+//! control plane: it binds sockets, serves the admin API, and handles
+//! SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown).
+
+pub mod conn;
+pub mod listener;
+pub mod phase;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::shared::Shared;
+use listener::{AcceptLoop, ConnCount};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request to the control loop from the admin API.
+pub enum Control {
+    Reload(oneshot::Sender<Result<String, String>>),
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<AcceptLoop>,
+}
+
+struct Bound {
+    stop: watch::Sender<bool>,
+    count: Arc<ConnCount>,
+}
+
+/// The control plane's view of the running server.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    workers: Vec<Worker>,
+    bound: HashMap<SocketAddr, Bound>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// How many workers `workers = 0` means.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Server {
+    /// Binds every listener and starts the workers. Fails without serving
+    /// anything if a socket cannot be bound.
+    pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Server, StartError> {
+        let workers = match config.server.workers {
+            0 => default_workers(),
+            n => n,
+        };
+        let addresses: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .map(|l| *l.address.get_ref())
+            .collect();
+        let shared = Arc::new(Shared::new(config, config_path, workers)?);
+        let (shutdown, _) = watch::channel(false);
+        let mut server = Server {
+            shared,
+            workers: Vec::new(),
+            bound: HashMap::new(),
+            shutdown,
+        };
+        for id in 0..workers {
+            server.workers.push(spawn_worker(id)?);
+        }
+        let sockets = bind_all(&addresses, workers)?;
+        for (address, per_worker) in sockets {
+            server.listen(address, per_worker);
+        }
+        Ok(server)
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Addresses being listened on.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.bound.keys().copied().collect()
+    }
+
+    fn listen(&mut self, address: SocketAddr, sockets: Vec<std::net::TcpListener>) {
+        let (stop, _) = watch::channel(false);
+        let count = Arc::new(ConnCount::default());
+        for (worker, socket) in sockets.into_iter().enumerate() {
+            let accept = AcceptLoop {
+                worker,
+                address,
+                socket,
+                count: count.clone(),
+                shared: self.shared.clone(),
+                stop: stop.subscribe(),
+                shutdown: self.shutdown.subscribe(),
+            };
+            let _ = self.workers[worker].tx.send(accept);
+        }
+        self.bound.insert(address, Bound { stop, count });
+    }
+
+    /// Re-reads the config file. New listeners are bound before anything is
+    /// swapped, so a reload either applies whole or changes nothing.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let path = self.shared.config_path.clone();
+        let config = match &path {
+            Some(p) => crate::config::load(p).map_err(|e| {
+                self.shared.metrics.reloads_refused();
+                e.to_string()
+            })?,
+            None => {
+                return Err(
+                    "this instance runs an embedded config; there is no file to reload".into(),
+                );
+            }
+        };
+        let wanted: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .map(|l| *l.address.get_ref())
+            .collect();
+        let new: Vec<SocketAddr> = wanted
+            .iter()
+            .copied()
+            .filter(|a| !self.bound.contains_key(a))
+            .collect();
+        let sockets = bind_all(&new, self.workers.len()).map_err(|e| {
+            self.shared.metrics.reloads_refused();
+            e.to_string()
+        })?;
+        let summary = format!(
+            "{} listeners, {} routes, {} clusters",
+            config.listeners.len(),
+            config.routes.len(),
+            config.clusters.len()
+        );
+        self.shared.install(config);
+        for (address, per_worker) in sockets {
+            self.listen(address, per_worker);
+        }
+        let gone: Vec<SocketAddr> = self
+            .bound
+            .keys()
+            .copied()
+            .filter(|a| !wanted.contains(a))
+            .collect();
+        for address in gone {
+            if let Some(b) = self.bound.remove(&address) {
+                let _ = b.stop.send(true);
+            }
+        }
+        Ok(summary)
+    }
+
+    fn open_connections(&self) -> usize {
+        self.bound.values().map(|b| b.count.get()).sum()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain
+    /// timeout), and returns the number of connections still open.
+    pub async fn drain(&self) -> usize {
+        let timeout = self
+            .shared
+            .snapshot
+            .load()
+            .config
+            .server
+            .drain_timeout
+            .get();
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + timeout;
+        while self.open_connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_connections()
+    }
+
+    /// Runs the control plane until SIGTERM or SIGINT, then drains.
+    pub async fn run_until_signalled(mut self) -> std::io::Result<()> {
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+        let admin = self.shared.snapshot.load().config.admin.clone();
+        if admin.enabled {
+            let listener = tokio::net::TcpListener::bind(admin.address)
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on admin address {}: {e}", admin.address),
+                    )
+                })?;
+            tokio::spawn(crate::admin::serve(
+                listener,
+                self.shared.clone(),
+                control_tx,
+            ));
+        }
+        tracing::info!(
+            workers = self.worker_count(),
+            listeners = ?self.addresses(),
+            admin = %admin.address,
+            "levee is serving"
+        );
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.log_reload("SIGHUP"),
+                Some(Control::Reload(reply)) = control_rx.recv() => {
+                    let result = self.reload();
+                    log_reload_result("admin", &result);
+                    let _ = reply.send(result);
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        let left = self.drain().await;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing the rest"
+            );
+        } else {
+            tracing::info!("drained; exiting");
+        }
+        if let Some(log) = &self.shared.access_log {
+            log.flush();
+        }
+        Ok(())
+    }
+
+    fn log_reload(&mut self, trigger: &str) {
+        let result = self.reload();
+        log_reload_result(trigger, &result);
+    }
+}
+
+fn log_reload_result(trigger: &str, result: &Result<String, String>) {
+    match result {
+        Ok(summary) => tracing::info!(trigger, "configuration reloaded: {summary}"),
+        Err(e) => tracing::error!(
+            trigger,
+            "configuration refused, still running the previous one: {e}"
+        ),
+    }
+}
+
+fn bind_all(
+    addresses: &[SocketAddr],
+    workers: usize,
+) -> Result<Vec<(SocketAddr, Vec<std::net::TcpListener>)>, StartError> {
+    addresses
+        .iter()
+        .map(|&address| {
+            let sockets = (0..workers)
+                .map(|_| listener::bind(address))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| StartError::Bind { address, source })?;
+            Ok((address, sockets))
+        })
+        .collect()
+}
+
+fn spawn_worker(id: usize) -> std::io::Result<Worker> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<AcceptLoop>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("levee-worker-{id}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                while let Some(accept) = rx.recv().await {
+                    tokio::spawn(accept.run());
+                }
+            });
+        })?;
+    Ok(Worker { tx })
+}

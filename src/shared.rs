@@ -1,0 +1,61 @@
+//! What every worker shares for the life of the process: the current
+//! snapshot, the live endpoint state that outlives snapshots, metrics and the
+//! access log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cluster::LiveRegistry;
+use crate::config::Config;
+use crate::observe::{AccessLog, Metrics};
+use crate::snapshot::Snapshot;
+
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub live: LiveRegistry,
+    pub metrics: Metrics,
+    pub access_log: Option<AccessLog>,
+    /// Makes generated request ids differ between process runs.
+    pub id_seed: u64,
+    /// The file `reload` reads; `None` for an embedded config (demo).
+    pub config_path: Option<PathBuf>,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        workers: usize,
+    ) -> std::io::Result<Shared> {
+        let metrics = Metrics::new();
+        let live = LiveRegistry::new(workers);
+        let access_log = if config.access_log.enabled {
+            Some(AccessLog::start(&config.access_log.path)?)
+        } else {
+            None
+        };
+        let snapshot = Snapshot::build(config, &live, &metrics);
+        let id_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        Ok(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            live,
+            metrics,
+            access_log,
+            id_seed,
+            config_path,
+        })
+    }
+
+    /// Swaps in a snapshot built from an already validated config.
+    pub fn install(&self, config: Config) -> Arc<Snapshot> {
+        let snapshot = Arc::new(Snapshot::build(config, &self.live, &self.metrics));
+        self.snapshot.store(snapshot.clone());
+        self.metrics.reloads_applied();
+        snapshot
+    }
+}

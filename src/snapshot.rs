@@ -1,0 +1,111 @@
+//! The immutable picture of the configuration that requests read.
+//!
+//! A reload builds a whole new `Snapshot` from a validated config and swaps it
+//! in atomically; requests already running keep the one they started with.
+//! State that must survive the swap lives in `LiveRegistry`, not here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::{Cluster, LiveRegistry};
+use crate::config::Config;
+use crate::observe::Metrics;
+use crate::observe::metrics::RouteMetrics;
+use crate::route::{Matcher, Route};
+
+/// Per-listener settings and the routes it serves, in declared order.
+pub struct Listener {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+    pub routes: Vec<Arc<Route>>,
+}
+
+pub struct Snapshot {
+    pub config: Config,
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Metric handles for requests that matched no route.
+    pub unrouted: RouteMetrics,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, live: &LiveRegistry, metrics: &Metrics) -> Snapshot {
+        let clusters: Vec<Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| Arc::new(Cluster::build(c, live, metrics)))
+            .collect();
+        let by_name: HashMap<&str, &Arc<Cluster>> =
+            clusters.iter().map(|c| (&*c.name, c)).collect();
+        let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                // Validation guarantees the cluster exists.
+                let cluster = (*by_name.get(r.cluster.get_ref().as_str())?).clone();
+                let name: Arc<str> = r.name.get_ref().as_str().into();
+                let only = r
+                    .listeners
+                    .as_ref()
+                    .map(|ls| ls.iter().map(|l| l.get_ref().clone()).collect());
+                Some((
+                    only,
+                    Arc::new(Route {
+                        metrics: RouteMetrics::new(metrics, &name, &cluster.name),
+                        name,
+                        matcher: Matcher::from_config(r),
+                        cluster,
+                    }),
+                ))
+            })
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let name = l.name.get_ref();
+                Arc::new(Listener {
+                    name: name.as_str().into(),
+                    address: *l.address.get_ref(),
+                    max_connections: l.max_connections,
+                    header_timeout: l.header_timeout.get(),
+                    idle_timeout: l.idle_timeout.get(),
+                    max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
+                    max_body_bytes: l.max_body_bytes.map(|b| b.0),
+                    routes: routes
+                        .iter()
+                        .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                })
+            })
+            .collect();
+        let keep: Vec<(String, SocketAddr)> = config
+            .clusters
+            .iter()
+            .flat_map(|c| {
+                c.endpoints
+                    .iter()
+                    .map(|e| (c.name.get_ref().clone(), *e.address.get_ref()))
+            })
+            .collect();
+        live.retain(&keep);
+        Snapshot {
+            listeners,
+            clusters,
+            unrouted: RouteMetrics::new(metrics, "", ""),
+            config,
+        }
+    }
+
+    pub fn listener(&self, address: SocketAddr) -> Option<&Arc<Listener>> {
+        self.listeners.iter().find(|l| l.address == address)
+    }
+}
