@@ -153,13 +153,14 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         }
         for (field, p) in [("path", &r.path), ("path_prefix", &r.path_prefix)] {
             if let Some(p) = p
-                && !p.get_ref().starts_with('/') {
-                    return Err(invalid(
-                        p.span(),
-                        format!("{key}.{field}"),
-                        format!("{:?} must start with '/'", p.get_ref()),
-                    ));
-                }
+                && !p.get_ref().starts_with('/')
+            {
+                return Err(invalid(
+                    p.span(),
+                    format!("{key}.{field}"),
+                    format!("{:?} must start with '/'", p.get_ref()),
+                ));
+            }
         }
         if let Some(h) = &r.host {
             let host = h.get_ref();

@@ -2,7 +2,6 @@
 //! headers tell the backend who really asked, every request carries an id,
 //! and ambiguous message framing is refused (request-smuggling defence).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,26 +84,48 @@ pub fn add_forwarding(
     headers: &mut HeaderMap,
     client: IpAddr,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
-    let mut ip = String::with_capacity(48);
-    let _ = write!(ip, "{client}");
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
-        _ => ip.clone(),
+    let mut buf = [0u8; 48];
+    let ip = {
+        let mut w = &mut buf[..];
+        // An IP address always fits in 48 bytes.
+        let _ = std::io::Write::write_fmt(&mut w, format_args!("{client}"));
+        let len = 48 - w.len();
+        HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     };
     // Several X-Forwarded-For lines are one list; fold them into one value.
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    let prior: Vec<u8> = {
+        let mut values = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter(|v| !v.is_empty());
+        match values.next() {
+            None => Vec::new(),
+            Some(first) => {
+                let mut joined = first.as_bytes().to_vec();
+                for v in values {
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                joined
+            }
+        }
+    };
+    let xff = if prior.is_empty() {
+        ip.clone()
+    } else {
+        let mut v = prior;
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(ip.as_bytes());
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), h);
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_REAL_IP.clone(), v);
-    }
+    headers.insert(X_REAL_IP.clone(), ip);
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -113,14 +134,19 @@ static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 /// otherwise a new 16-hex-digit id unique to this process run.
 pub fn request_id(headers: &HeaderMap, seed: u64) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID)
-        && !v.is_empty() && v.len() <= 200 {
-            return v.clone();
-        }
+        && !v.is_empty()
+        && v.len() <= 200
+    {
+        return v.clone();
+    }
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
     let id = splitmix64(seed ^ n);
-    let mut s = String::with_capacity(16);
-    let _ = write!(s, "{id:016x}");
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = [0u8; 16];
+    for (i, c) in s.iter_mut().enumerate() {
+        *c = HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// A bijective mixer: distinct inputs give distinct ids, spread out so they
@@ -193,7 +219,7 @@ mod tests {
             &mut h,
             "127.0.0.2".parse().unwrap(),
             "http",
-            Some("example.com"),
+            Some(&HeaderValue::from_static("example.com")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
         assert_eq!(h["x-real-ip"], "127.0.0.2");
@@ -209,5 +235,27 @@ mod tests {
         let b = request_id(&HeaderMap::new(), 7);
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn several_forwarded_for_lines_fold_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.2"),
+        );
+        add_forwarding(&mut h, "::1".parse().unwrap(), "http", None);
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, ::1");
+        assert!(!h.contains_key(&X_FORWARDED_HOST));
     }
 }

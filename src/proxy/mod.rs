@@ -98,9 +98,12 @@ async fn forward(
         return Err(ProxyError::HeadersTooLarge);
     }
 
-    let host = route::request_host(req.uri(), req.headers())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let host = route::request_host(req.uri(), req.headers()).unwrap_or("");
+    let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
     let route = listener
         .routes
         .iter()
@@ -116,9 +119,10 @@ async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let (Some(limit), Some(len)) = (listener.max_body_bytes, declared)
-        && len > limit {
-            return Err(ProxyError::BodyTooLarge);
-        }
+        && len > limit
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
 
     let cluster = &route.cluster;
     let endpoint = cluster.pick().ok_or(ProxyError::NoEndpoint)?;
@@ -169,8 +173,12 @@ fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request
     // We stream the body as soon as the backend connection is up; the
     // client's `Expect` was answered by us.
     parts.headers.remove(header::EXPECT);
-    let host = original_host.as_ref().and_then(|h| h.to_str().ok());
-    headers::add_forwarding(&mut parts.headers, client.ip().to_canonical(), "http", host);
+    headers::add_forwarding(
+        &mut parts.headers,
+        client.ip().to_canonical(),
+        "http",
+        original_host.as_ref(),
+    );
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
@@ -186,7 +194,11 @@ fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
     if headers.len() > MAX_HEADERS {
         return true;
     }
-    let mut size = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let mut size = req.method().as_str().len()
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8)
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
         if size > max {
@@ -234,14 +246,15 @@ impl Finish {
     pub fn finish(mut self: Box<Self>, bytes_out: u64, complete: bool) {
         let shared = &self.cx.shared;
         if let Some(up) = &mut self.upstream
-            && let (true, true, Some(sender)) = (complete, up.keep_alive, up.sender.take()) {
-                up.in_flight.live().pool.put(
-                    self.cx.worker,
-                    sender,
-                    up.cluster.pool_max_idle,
-                    up.cluster.pool_idle_timeout,
-                );
-            }
+            && let (true, true, Some(sender)) = (complete, up.keep_alive, up.sender.take())
+        {
+            up.in_flight.live().pool.put(
+                self.cx.worker,
+                sender,
+                up.cluster.pool_max_idle,
+                up.cluster.pool_idle_timeout,
+            );
+        }
         let total = self.start.elapsed();
         let metrics = self
             .route

@@ -54,22 +54,23 @@ pub async fn send(
     if let Some(mut sender) = live
         .pool
         .take(worker, cluster.pool_idle_timeout, Instant::now())
-        && sender.ready().await.is_ok() {
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    live.reused.inc();
-                    return Ok(Sent {
-                        response,
-                        sender,
-                        reused: true,
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(classify(e.error())),
-                },
+        && sender.ready().await.is_ok()
+    {
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                live.reused.inc();
+                return Ok(Sent {
+                    response,
+                    sender,
+                    reused: true,
+                });
             }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(classify(e.error())),
+            },
         }
+    }
     let mut sender = match connect(endpoint.address, cluster.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {

@@ -67,7 +67,7 @@ mod tests {
             assert_eq!(counts, [5, 3, 1, 1], "every 10 picks: {window:?}");
         }
         // Interleaved: no endpoint is picked more than twice in a row (the
-        // sequence for 5:3:1:1 is a b a c a b a d a b... repeated).
+        // sequence for 5:3:1:1 is a b a c a b d a b a, repeated).
         let longest = seq
             .chunk_by(|a, b| a == b)
             .map(|run| run.len())
