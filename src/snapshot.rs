@@ -74,7 +74,7 @@ impl Snapshot {
                 Arc::new(Listener {
                     name: name.as_str().into(),
                     address: *l.address.get_ref(),
-                    max_connections: l.max_connections,
+                    max_connections: *l.max_connections.get_ref(),
                     header_timeout: l.header_timeout.get(),
                     idle_timeout: l.idle_timeout.get(),
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),

@@ -50,7 +50,9 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub enabled: bool,
-    pub address: SocketAddr,
+    /// Spanned so that errors can point at it (an empty span when the
+    /// default is used).
+    pub address: Spanned<SocketAddr>,
     /// When set, every admin request must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
@@ -59,7 +61,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             enabled: true,
-            address: SocketAddr::from(([127, 0, 0, 1], 9900)),
+            address: Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9900))),
             token: None,
         }
     }
@@ -98,7 +100,7 @@ pub struct ListenerConfig {
     /// Open client connections at once; connections beyond it are closed at
     /// accept and counted.
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub max_connections: Spanned<usize>,
     /// Time a client has to send a complete request head, from its first byte
     /// (slowloris defence). Answered with 408.
     #[serde(default = "default_header_timeout")]
@@ -117,8 +119,8 @@ pub struct ListenerConfig {
 fn default_protocol() -> Protocol {
     Protocol::Http
 }
-fn default_max_connections() -> usize {
-    10_000
+fn default_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)

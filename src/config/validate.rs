@@ -1,7 +1,7 @@
 //! Checks that need the whole config: names unique, references resolved,
 //! matchers well formed. Each failure points at the offending value.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -24,7 +24,7 @@ fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Inval
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     let mut listeners = HashSet::new();
-    let mut addresses = HashSet::new();
+    let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let key = format!("listeners[{i}]");
         check_name(l.name.get_ref(), l.name.span(), format!("{key}.name"))?;
@@ -38,7 +38,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
-        if !addresses.insert(*l.address.get_ref()) {
+        if addresses.insert(*l.address.get_ref(), i).is_some() {
             return Err(invalid(
                 l.address.span(),
                 format!("{key}.address"),
@@ -48,23 +48,35 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
-        if l.max_connections == 0 {
+        if *l.max_connections.get_ref() == 0 {
             return Err(invalid(
-                l.name.span(),
+                l.max_connections.span(),
                 format!("{key}.max_connections"),
                 "must be at least 1",
             ));
         }
     }
-    if config.admin.enabled && addresses.contains(&config.admin.address) {
-        return Err(invalid(
-            0..0,
-            "admin.address".into(),
-            format!(
-                "address {} is also a listener's address",
-                config.admin.address
-            ),
-        ));
+    let admin = &config.admin.address;
+    if let (true, Some(&i)) = (config.admin.enabled, addresses.get(admin.get_ref())) {
+        // Point at the admin address if the file sets it; if it is the
+        // default, the listener's address is the one to change.
+        return Err(if admin.span().is_empty() {
+            invalid(
+                config.listeners[i].address.span(),
+                format!("listeners[{i}].address"),
+                format!(
+                    "address {} is also the admin address (the default admin.address); \
+                     choose another address or set admin.address",
+                    admin.get_ref()
+                ),
+            )
+        } else {
+            invalid(
+                admin.span(),
+                "admin.address".into(),
+                format!("address {} is also a listener's address", admin.get_ref()),
+            )
+        });
     }
 
     let mut clusters = HashSet::new();

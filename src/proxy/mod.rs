@@ -46,12 +46,11 @@ pub struct ConnCtx {
 const MAX_HEADERS: usize = 100;
 
 pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
-    cx.phase.active();
+    let ambiguous_framing = cx.phase.active(body_len(req.headers()));
     let snapshot = cx.shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers(), cx.shared.id_seed);
     let mut finish = Box::new(Finish {
         start: Instant::now(),
-        time: SystemTime::now(),
         method: req.method().clone(),
         uri: req.uri().clone(),
         request_id: request_id.clone(),
@@ -63,7 +62,12 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         snapshot: snapshot.clone(),
         cx: cx.clone(),
     });
-    match forward(&cx, &snapshot, req, &mut finish).await {
+    let forwarded = if ambiguous_framing {
+        Err(ProxyError::BadFraming)
+    } else {
+        forward(&cx, &snapshot, req, &mut finish).await
+    };
+    match forwarded {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             if let Some(up) = &mut finish.upstream {
@@ -156,19 +160,22 @@ async fn forward(
 
 /// The head as the backend should see it: origin-form URI, HTTP/1.1, no
 /// hop-by-hop headers, forwarding headers and the request id added, `Host`
-/// kept as the client sent it.
+/// kept as the client sent it (or the target's, for an absolute-form URI).
 fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request_id: &HeaderValue) {
-    let original_host = parts.headers.get(header::HOST).cloned();
-    if original_host.is_none() {
-        // An absolute-form request may come without Host; HTTP/1.1 requires one.
-        if let Some(h) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+    // Absolute-form (`GET http://host/path`): the target's host is the one
+    // the request was routed by, and it replaces any Host header
+    // (RFC 9112 §3.2.2). Built from host and port only, so that userinfo
+    // never ends up in Host.
+    if let Some(host) = parts.uri.host() {
+        let target = match parts.uri.port_u16() {
+            Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+            None => HeaderValue::from_str(host),
+        };
+        if let Ok(h) = target {
             parts.headers.insert(header::HOST, h);
         }
     }
+    let original_host = parts.headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
     // We stream the body as soon as the backend connection is up; the
     // client's `Expect` was answered by us.
@@ -187,6 +194,18 @@ fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.version = Version::HTTP_11;
+}
+
+/// The body length known from the head: 0 without a body, `None` when it is
+/// chunked.
+fn body_len(headers: &http::HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Some(0),
+        Some(v) => v.to_str().ok()?.trim().parse().ok(),
+    }
 }
 
 fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
@@ -230,7 +249,6 @@ pub struct Finish {
     cx: Arc<ConnCtx>,
     snapshot: Arc<Snapshot>,
     start: Instant,
-    time: SystemTime,
     method: Method,
     uri: Uri,
     request_id: HeaderValue,
@@ -266,7 +284,7 @@ impl Finish {
         }
         if let Some(log) = &shared.access_log {
             log.log(&LogRecord {
-                time: self.time,
+                time: SystemTime::now() - total,
                 client: self.cx.client.ip().to_canonical(),
                 method: self.method.clone(),
                 path: self

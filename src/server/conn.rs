@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::phase::{Expiry, Phase};
+use super::phase::{HeadScan, Phase, Verdict, Watch};
 use crate::proxy::{self, ConnCtx, error::json_body, headers};
 
 /// Connection settings taken from the listener when the connection is accepted.
@@ -26,10 +26,12 @@ pub struct Settings {
     pub max_header_bytes: usize,
 }
 
-/// The client socket, telling `Phase` when a new request starts arriving.
+/// The client socket, telling `Phase` when a new request starts arriving and
+/// scanning its head for ambiguous framing.
 struct TimedIo {
     inner: TcpStream,
     phase: Arc<Phase>,
+    scan: HeadScan,
 }
 
 impl AsyncRead for TimedIo {
@@ -41,7 +43,19 @@ impl AsyncRead for TimedIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.phase.on_read(Instant::now);
+            let this = &mut *self;
+            if this.phase.on_read() {
+                this.scan.start();
+            }
+            let fresh = &buf.filled()[before..];
+            if this.scan.done() {
+                this.phase.read_after_head(fresh.len());
+            } else if let Some((ambiguous, rest)) = this.scan.feed(fresh) {
+                if ambiguous {
+                    this.phase.mark_ambiguous();
+                }
+                this.phase.read_after_head(rest);
+            }
         }
         polled
     }
@@ -86,6 +100,7 @@ pub async fn serve(
     let io = TokioIo::new(TimedIo {
         inner: stream,
         phase: phase.clone(),
+        scan: HeadScan::default(),
     });
     let service_cx = cx.clone();
     let service = service_fn(move |req| {
@@ -103,7 +118,13 @@ pub async fn serve(
     if draining {
         Pin::new(&mut conn).graceful_shutdown();
     }
-    let mut wake = Instant::now() + settings.header_timeout.min(settings.idle_timeout);
+    let mut watch = Watch::new(
+        settings.header_timeout,
+        settings.idle_timeout,
+        Instant::now(),
+    );
+    let period = watch.period();
+    let mut wake = Instant::now() + period;
     loop {
         tokio::select! {
             biased;
@@ -123,10 +144,12 @@ pub async fn serve(
                 return;
             }
             _ = tokio::time::sleep_until(wake.into()) => {
-                match phase.check(Instant::now(), settings.header_timeout, settings.idle_timeout) {
-                    Expiry::Later(at) => wake = at,
-                    Expiry::Idle => return,
-                    Expiry::Head => {
+                let now = Instant::now();
+                wake = now + period;
+                match watch.tick(&phase, now) {
+                    Verdict::Wait => {}
+                    Verdict::IdleTimeout => return,
+                    Verdict::HeadTimeout => {
                         cx.shared.metrics.error("header_timeout");
                         let stream = conn.into_parts().io.into_inner().inner;
                         request_timeout(stream, &cx).await;

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
@@ -109,12 +109,19 @@ impl AcceptLoop {
             let Some(l) = snapshot.listener(self.address) else {
                 continue;
             };
-            if self.count.get() >= l.max_connections {
+            // One atomic step, so that workers accepting at once cannot
+            // both slip past the limit.
+            let admitted = self
+                .count
+                .0
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < l.max_connections).then_some(n + 1)
+                });
+            if admitted.is_err() {
                 refused.inc();
                 drop(stream);
                 continue;
             }
-            self.count.0.fetch_add(1, Ordering::Relaxed);
             accepted.inc();
             active.inc();
             let guard = Counted(self.count.clone(), active.clone());
@@ -127,7 +134,7 @@ impl AcceptLoop {
                 shared: self.shared.clone(),
                 client: peer,
                 local: self.address,
-                phase: Arc::new(Phase::new(Instant::now())),
+                phase: Arc::new(Phase::default()),
                 worker: self.worker,
             });
             let shutdown = self.shutdown.clone();

@@ -53,6 +53,9 @@ pub struct Server {
     pub shared: Arc<Shared>,
     workers: Vec<Worker>,
     bound: HashMap<SocketAddr, Bound>,
+    /// Connection counts of listeners removed by a reload whose connections
+    /// may still be open; a shutdown drains them too.
+    retired: Vec<Arc<ConnCount>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -80,6 +83,7 @@ impl Server {
             shared,
             workers: Vec::new(),
             bound: HashMap::new(),
+            retired: Vec::new(),
             shutdown,
         };
         for id in 0..workers {
@@ -164,16 +168,23 @@ impl Server {
             .copied()
             .filter(|a| !wanted.contains(a))
             .collect();
+        // Forget listeners retired by earlier reloads once their last
+        // connection is gone (not the ones retired now: their accept loops
+        // may still take a connection before they see `stop`).
+        self.retired.retain(|c| c.get() > 0);
         for address in gone {
             if let Some(b) = self.bound.remove(&address) {
                 let _ = b.stop.send(true);
+                self.retired.push(b.count);
             }
         }
         Ok(summary)
     }
 
     fn open_connections(&self) -> usize {
-        self.bound.values().map(|b| b.count.get()).sum()
+        let bound: usize = self.bound.values().map(|b| b.count.get()).sum();
+        let retired: usize = self.retired.iter().map(|c| c.get()).sum();
+        bound + retired
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain
@@ -202,13 +213,14 @@ impl Server {
         let mut int = signal(SignalKind::interrupt())?;
         let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
         let admin = self.shared.snapshot.load().config.admin.clone();
+        let admin_address = *admin.address.get_ref();
         if admin.enabled {
-            let listener = tokio::net::TcpListener::bind(admin.address)
+            let listener = tokio::net::TcpListener::bind(admin_address)
                 .await
                 .map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
-                        format!("cannot listen on admin address {}: {e}", admin.address),
+                        format!("cannot listen on admin address {}: {e}", admin_address),
                     )
                 })?;
             tokio::spawn(crate::admin::serve(
@@ -220,7 +232,7 @@ impl Server {
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),
-            admin = %admin.address,
+            admin = %admin_address,
             "levee is serving"
         );
         loop {

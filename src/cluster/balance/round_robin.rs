@@ -20,13 +20,15 @@ impl RoundRobin {
 
 impl Balancer for RoundRobin {
     fn pick(&self, ctx: &Pick<'_>) -> Option<usize> {
-        if self.len == 0 {
+        // Turns go round the usable endpoints only: an unusable one (a
+        // backup, an unhealthy one) must not hand its turn to the endpoint
+        // after it, which would then get twice its share.
+        let usable = (0..self.len).filter(|&i| (ctx.usable)(i)).count();
+        if usable == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.len)
-            .map(|k| (start + k) % self.len)
-            .find(|&i| (ctx.usable)(i))
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % usable;
+        (0..self.len).filter(|&i| (ctx.usable)(i)).nth(k)
     }
 }
 
@@ -47,6 +49,13 @@ mod tests {
             .map(|_| rr.pick(&Pick { usable: &not_one }).unwrap())
             .collect();
         assert!(!picks.contains(&1));
+        // The skipped endpoint's turns are shared evenly, not handed to its neighbour.
+        let not_two = |i: usize| i != 2;
+        let rr = RoundRobin::new(3);
+        let picks: Vec<_> = (0..30)
+            .map(|_| rr.pick(&Pick { usable: &not_two }).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 15);
         let none = |_: usize| false;
         assert_eq!(rr.pick(&Pick { usable: &none }), None);
         assert_eq!(RoundRobin::new(0).pick(&Pick { usable: &all }), None);

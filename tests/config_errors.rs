@@ -1,0 +1,795 @@
+//! `levee check --config FILE` refuses every kind of mistake with one precise
+//! line, `FILE:LINE:COLUMN: KEY: message`, and says what would be valid;
+//! `levee run` refuses the same file before listening on anything.
+//!
+//! Each config below is written out in full, with the offending value on a
+//! known line; `assert_refused` also checks that the expected line:column
+//! really points at the offending text, so a miscounted expectation fails
+//! loudly instead of pinning a wrong position.
+//! Run with `cargo test --test config_errors`.
+
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// Asserts that `levee check` refuses `toml` with exit code 1, nothing on
+/// stdout, and exactly one line on stderr:
+/// `<tempdir>/levee.toml:{line}:{col}: {key}: {message}` (no `{key}: ` part
+/// when `key` is empty). `points_at` is the text expected at line:col.
+#[track_caller]
+fn assert_refused(toml: &str, line: usize, col: usize, points_at: &str, key: &str, message: &str) {
+    assert_eq!(
+        text_at(toml, line, col).get(..points_at.len()),
+        Some(points_at),
+        "test bug: {line}:{col} does not point at {points_at:?} in\n{toml}"
+    );
+    let (code, stdout, stderr) = Levee::check(toml);
+    assert_eq!(code, 1, "exit code; stdout {stdout:?}, stderr {stderr:?}");
+    assert_eq!(stdout, "", "nothing on stdout when refused");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one error line, got {stderr:?}");
+    let key_part = if key.is_empty() {
+        String::new()
+    } else {
+        format!(" {key}:")
+    };
+    let want = format!("/levee.toml:{line}:{col}:{key_part} {message}");
+    let Some(path) = lines[0].strip_suffix(&want) else {
+        panic!(
+            "error line\n  got:  {:?}\n  want: \"<tempdir>{want}\"",
+            lines[0]
+        );
+    };
+    assert!(
+        path.starts_with('/') && !path.contains(':'),
+        "the error starts with the file's path, got {:?}",
+        lines[0]
+    );
+}
+
+/// The text from 1-based `line` and `col` (in characters) to the line's end.
+fn text_at(toml: &str, line: usize, col: usize) -> &str {
+    let l = toml.lines().nth(line - 1).unwrap_or("");
+    let start = l.char_indices().nth(col - 1).map_or(l.len(), |(i, _)| i);
+    &l[start..]
+}
+
+/// A complete valid config; the refused ones below differ from it by one
+/// mistake.
+const VALID: &str = r#"# A valid config.
+[server]
+workers = 1
+drain_timeout = "5s"
+
+[admin]
+address = "127.0.0.1:19900"
+
+[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+max_body_bytes = "10MiB"
+
+[[clusters]]
+name = "app"
+balance = "weighted_round_robin"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+weight = 2
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19002"
+
+[[routes]]
+name = "api"
+listeners = ["main"]
+path_prefix = "/api"
+methods = ["GET", "POST"]
+cluster = "app"
+
+[[routes]]
+name = "health"
+path = "/health"
+cluster = "app"
+"#;
+
+#[test]
+fn valid_config_prints_ok_and_exits_0() {
+    let (code, stdout, stderr) = Levee::check(VALID);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(stderr, "");
+    let line = stdout.trim_end();
+    assert!(
+        line.starts_with('/')
+            && line.ends_with("/levee.toml: ok (1 listeners, 2 routes, 1 clusters)"),
+        "stdout: {stdout:?}"
+    );
+}
+
+#[test]
+fn unknown_key_lists_the_valid_keys() {
+    let toml = r#"[admin]
+address = "127.0.0.1:19900"
+
+listners = []
+"#;
+    // Under [admin] (a misplaced top-level key): the admin table's keys.
+    assert_refused(
+        toml,
+        4,
+        1,
+        "listners",
+        "admin.listners",
+        "unknown field `listners`, expected one of `enabled`, `address`, `token`",
+    );
+    // Before any table header: the top-level keys.
+    let toml = "listners = []\n\n[admin]\naddress = \"127.0.0.1:19900\"\n";
+    assert_refused(
+        toml,
+        1,
+        1,
+        "listners",
+        "listners",
+        "unknown field `listners`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `clusters`",
+    );
+}
+
+#[test]
+fn unknown_key_in_a_listener_lists_valid_keys() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+max_conections = 10
+"#;
+    assert_refused(
+        toml,
+        4,
+        1,
+        "max_conections",
+        "listeners[0].max_conections",
+        "unknown field `max_conections`, expected one of `name`, `address`, `protocol`, `max_connections`, `header_timeout`, `idle_timeout`, `max_header_bytes`, `max_body_bytes`",
+    );
+}
+
+#[test]
+fn unknown_key_in_an_endpoint_and_in_server() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+wieght = 2
+"#;
+    assert_refused(
+        toml,
+        6,
+        1,
+        "wieght",
+        "clusters[0].endpoints[0].wieght",
+        "unknown field `wieght`, expected one of `address`, `weight`, `backup`",
+    );
+    let toml = "[server]\ndrain_timout = \"1s\"\n";
+    assert_refused(
+        toml,
+        2,
+        1,
+        "drain_timout",
+        "server.drain_timout",
+        "unknown field `drain_timout`, expected `workers` or `drain_timeout`",
+    );
+}
+
+#[test]
+fn bad_socket_address() {
+    let hint =
+        r#"invalid socket address syntax; write IP:PORT, e.g. "127.0.0.1:8080" or "[::1]:8080""#;
+    let toml = r#"[[listeners]]
+name = "main"
+address = "localhost:8080"
+"#;
+    assert_refused(
+        toml,
+        3,
+        11,
+        "\"localhost:8080\"",
+        "listeners[0].address",
+        hint,
+    );
+
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:99999"
+"#;
+    assert_refused(
+        toml,
+        3,
+        11,
+        "\"127.0.0.1:99999\"",
+        "listeners[0].address",
+        hint,
+    );
+
+    let toml = r#"[admin]
+address = "127.0.0.1"
+"#;
+    assert_refused(toml, 2, 11, "\"127.0.0.1\"", "admin.address", hint);
+
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+
+[[clusters.endpoints]]
+address = "backend-2:80"
+"#;
+    assert_refused(
+        toml,
+        8,
+        11,
+        "\"backend-2:80\"",
+        "clusters[0].endpoints[1].address",
+        hint,
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let toml = r#"[server]
+workers = 1
+drain_timeout = "10 days"
+"#;
+    assert_refused(
+        toml,
+        3,
+        17,
+        "\"10 days\"",
+        "server.drain_timeout",
+        r#"duration "10 days" has unknown unit "days"; valid units are ms, s, m, h"#,
+    );
+    let toml = r#"[server]
+drain_timeout = "10"
+"#;
+    assert_refused(
+        toml,
+        2,
+        17,
+        "\"10\"",
+        "server.drain_timeout",
+        r#"duration "10" has no unit; write e.g. "250ms", "10s", "5m" or "1h""#,
+    );
+    let toml = r#"[server]
+drain_timeout = 10
+"#;
+    assert_refused(
+        toml,
+        2,
+        17,
+        "10",
+        "server.drain_timeout",
+        r#"invalid type: integer `10`, expected a duration string such as "250ms", "10s", "5m" or "1h""#,
+    );
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+header_timeout = "soon"
+"#;
+    assert_refused(
+        toml,
+        4,
+        18,
+        "\"soon\"",
+        "listeners[0].header_timeout",
+        r#"duration "soon" does not start with a number; write e.g. "250ms" or "10s""#,
+    );
+}
+
+#[test]
+fn bad_size() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+max_body_bytes = "10MB"
+"#;
+    assert_refused(
+        toml,
+        4,
+        18,
+        "\"10MB\"",
+        "listeners[0].max_body_bytes",
+        r#"size "10MB" has unknown unit "MB"; valid units are B, KiB, MiB, GiB"#,
+    );
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+max_header_bytes = "lots"
+"#;
+    assert_refused(
+        toml,
+        4,
+        20,
+        "\"lots\"",
+        "listeners[0].max_header_bytes",
+        r#"size "lots" does not start with a whole number; write e.g. 65536 or "64KiB""#,
+    );
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+max_body_bytes = -1
+"#;
+    assert_refused(
+        toml,
+        4,
+        18,
+        "-1",
+        "listeners[0].max_body_bytes",
+        "a size cannot be negative",
+    );
+}
+
+#[test]
+fn route_naming_a_missing_cluster_lists_defined_clusters() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+
+[[clusters]]
+name = "app"
+
+[[clusters]]
+name = "api"
+
+[[routes]]
+name = "r"
+cluster = "ap"
+"#;
+    assert_refused(
+        toml,
+        13,
+        11,
+        "\"ap\"",
+        "routes[0].cluster",
+        r#"no cluster named "ap"; defined clusters: "app", "api""#,
+    );
+    let toml = r#"[[routes]]
+name = "r"
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        3,
+        11,
+        "\"app\"",
+        "routes[0].cluster",
+        r#"no cluster named "app"; defined clusters: none"#,
+    );
+}
+
+#[test]
+fn route_naming_a_missing_listener_lists_defined_listeners() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+
+[[listeners]]
+name = "internal"
+address = "127.0.0.1:18081"
+
+[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+cluster = "app"
+listeners = ["main", "mian"]
+"#;
+    assert_refused(
+        toml,
+        15,
+        22,
+        "\"mian\"",
+        "routes[0].listeners[1]",
+        r#"no listener named "mian"; defined listeners: "main", "internal""#,
+    );
+}
+
+#[test]
+fn duplicate_listener_name() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+
+[[listeners]]
+name = "main"
+address = "127.0.0.1:18081"
+"#;
+    assert_refused(
+        toml,
+        6,
+        8,
+        "\"main\"",
+        "listeners[1].name",
+        r#"duplicate listener name "main"; names must be unique"#,
+    );
+}
+
+#[test]
+fn duplicate_cluster_name() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+
+[[clusters]]
+name = "app"
+"#;
+    assert_refused(
+        toml,
+        8,
+        8,
+        "\"app\"",
+        "clusters[1].name",
+        r#"duplicate cluster name "app"; names must be unique"#,
+    );
+}
+
+#[test]
+fn duplicate_route_name() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+path_prefix = "/a"
+cluster = "app"
+
+[[routes]]
+name = "r"
+path_prefix = "/b"
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        10,
+        8,
+        "\"r\"",
+        "routes[1].name",
+        r#"duplicate route name "r"; names must be unique"#,
+    );
+}
+
+#[test]
+fn duplicate_listener_address() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+
+[[listeners]]
+name = "other"
+address = "127.0.0.1:18080"
+"#;
+    assert_refused(
+        toml,
+        7,
+        11,
+        "\"127.0.0.1:18080\"",
+        "listeners[1].address",
+        "address 127.0.0.1:18080 is already used by another listener",
+    );
+}
+
+#[test]
+fn duplicate_endpoint_in_a_cluster() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19002"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+"#;
+    assert_refused(
+        toml,
+        11,
+        11,
+        "\"127.0.0.1:19001\"",
+        "clusters[0].endpoints[2].address",
+        r#"endpoint 127.0.0.1:19001 appears twice in cluster "app""#,
+    );
+}
+
+#[test]
+fn weight_zero() {
+    let toml = r#"[[clusters]]
+name = "app"
+balance = "weighted_round_robin"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+weight = 0
+"#;
+    assert_refused(
+        toml,
+        7,
+        10,
+        "0",
+        "clusters[0].endpoints[0].weight",
+        "weight 0 is out of range; valid weights are 1 to 10000",
+    );
+}
+
+#[test]
+fn path_not_starting_with_slash() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+path = "api"
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        6,
+        8,
+        "\"api\"",
+        "routes[0].path",
+        r#""api" must start with '/'"#,
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+path_prefix = "api/"
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        6,
+        15,
+        "\"api/\"",
+        "routes[0].path_prefix",
+        r#""api/" must start with '/'"#,
+    );
+}
+
+#[test]
+fn both_path_and_path_prefix() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+path = "/api"
+path_prefix = "/api"
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        7,
+        15,
+        "\"/api\"",
+        "routes[0].path_prefix",
+        "a route matches either `path` (exact) or `path_prefix`, not both",
+    );
+}
+
+#[test]
+fn bad_method() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+methods = ["GET", "get"]
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        6,
+        19,
+        "\"get\"",
+        "routes[0].methods[1]",
+        r#""get" is not an HTTP method; write it in upper case, e.g. "GET", "POST""#,
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "r"
+methods = ["FE TCH"]
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        6,
+        12,
+        "\"FE TCH\"",
+        "routes[0].methods[0]",
+        r#""FE TCH" is not an HTTP method; write it in upper case, e.g. "GET", "POST""#,
+    );
+}
+
+#[test]
+fn toml_syntax_error_has_position_and_no_key() {
+    let toml = r#"[admin]
+address = "127.0.0.1:19900"
+
+[server
+workers = 1
+"#;
+    assert_refused(toml, 4, 8, "", "", "unclosed table, expected `]`");
+
+    let toml = r#"[server]
+workers = 1
+drain_timeout = "5s
+"#;
+    assert_refused(toml, 3, 20, "", "", "invalid basic string, expected `\"`");
+}
+
+#[test]
+fn listener_address_clashing_with_admin_points_at_the_admin_address() {
+    // The clash is the admin address's fault as much as the listener's;
+    // either way the position must be a real one, not the top of the file.
+    let toml = r#"# admin and a listener on the same port
+[admin]
+address = "127.0.0.1:18080"
+
+[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+"#;
+    assert_refused(
+        toml,
+        3,
+        11,
+        "\"127.0.0.1:18080\"",
+        "admin.address",
+        "address 127.0.0.1:18080 is also a listener's address",
+    );
+}
+
+#[test]
+fn max_connections_zero_points_at_the_value() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+max_connections = 0
+"#;
+    assert_refused(
+        toml,
+        4,
+        19,
+        "0",
+        "listeners[0].max_connections",
+        "must be at least 1",
+    );
+}
+
+/// `levee check` on a path given directly (not through `Levee::check`,
+/// which always writes a readable file).
+fn check_path(path: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run levee check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unreadable_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let missing = dir.path().join("missing.toml");
+    let (code, stdout, stderr) = check_path(&missing);
+    assert_eq!((code, stdout.as_str()), (1, ""), "stderr: {stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}: cannot read the file: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+
+    let (code, stdout, stderr) = check_path(dir.path());
+    assert_eq!((code, stdout.as_str()), (1, ""), "stderr: {stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}: cannot read the file: Is a directory (os error 21)\n",
+            dir.path().display()
+        )
+    );
+
+    let binary = dir.path().join("binary.toml");
+    std::fs::write(&binary, b"[server]\nworkers = 1 # \xff\xfe\n").expect("write");
+    let (code, stdout, stderr) = check_path(&binary);
+    assert_eq!((code, stdout.as_str()), (1, ""), "stderr: {stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}: cannot read the file: stream did not contain valid UTF-8\n",
+            binary.display()
+        )
+    );
+}
+
+fn refused_connect(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
+}
+
+#[test]
+fn run_with_a_bad_config_exits_non_zero_without_listening() {
+    // Syntactically fine, valid listener and admin addresses: only the
+    // route's cluster is missing, so nothing but validation stops it.
+    let listen = free_addr();
+    let admin = free_addr();
+    let toml = format!(
+        r#"[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "main"
+address = "{listen}"
+
+[[clusters]]
+name = "app"
+
+[[routes]]
+name = "all"
+cluster = "nope"
+"#
+    );
+    let mut levee = Levee::spawn(&toml);
+    let status = levee
+        .wait_exit(Duration::from_secs(10))
+        .expect("levee run exits on a bad config");
+    assert!(!status.success(), "exit status {status}");
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    let stderr = levee.stderr_text();
+    let want = format!(
+        "{}:13:11: routes[0].cluster: no cluster named \"nope\"; defined clusters: \"app\"",
+        levee.config_path().display()
+    );
+    assert!(
+        stderr.contains(&want),
+        "stderr should carry {want:?}, got:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("levee is serving"),
+        "never started serving:\n{stderr}"
+    );
+    assert!(refused_connect(listen), "nothing listens on {listen}");
+    assert!(refused_connect(admin), "nothing listens on admin {admin}");
+    assert_eq!(levee.stdout_text(), "");
+
+    // And a syntax error the same way.
+    let mut levee = Levee::spawn(&format!("[admin]\naddress = \"{admin}\"\n[[listeners]\n"));
+    let status = levee.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    let want = format!("{}:3:", levee.config_path().display());
+    assert!(
+        levee.stderr_text().contains(&want),
+        "{}",
+        levee.stderr_text()
+    );
+    assert!(refused_connect(admin), "nothing listens on admin {admin}");
+}
