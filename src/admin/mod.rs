@@ -175,6 +175,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "workers": shared.live.workers(),
         "listeners": listeners,
         "routes": routes,

@@ -28,6 +28,12 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none or one of them: find which are present with
+    // cheap name comparisons, and only then pay for hashed removals.
+    let present = headers.keys().any(|k| HOP_BY_HOP.contains(&k));
+    if !present {
+        return;
+    }
     // Connection is a list: several lines are one list (RFC 9110 §5.3).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

@@ -116,6 +116,25 @@ impl Levee {
                     None => true,
                 }
             };
+            if ready && self.admin_enabled {
+                // The port was free when the test picked it, but another
+                // process may have taken it since: make sure the admin API
+                // that answered is this child's.
+                let pid = self
+                    .admin_request_within("GET", "/status", b"", Duration::from_secs(1))
+                    .ok()
+                    .and_then(|r| r.json().ok())
+                    .and_then(|v: serde_json::Value| v["pid"].as_u64());
+                if pid != Some(u64::from(self.pid())) {
+                    return Err(format!(
+                        "another process (pid {pid:?}) answers on admin address {}; this levee is pid {}\n{}",
+                        self.admin,
+                        self.pid(),
+                        self.logs()
+                    ));
+                }
+                return Ok(());
+            }
             if ready {
                 return Ok(());
             }

@@ -1,0 +1,292 @@
+//! What Levee tells about itself: the JSON access log, the admin API's token,
+//! worker threads, connection gauges and the latency histogram; and the
+//! `levee demo` command end to end.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(5);
+
+fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let config = ConfigBuilder::new()
+        .set("access_log", "enabled = true")
+        .set(
+            "access_log",
+            &format!("path = {:?}", log_path.display().to_string()),
+        )
+        .listener("main", listen)
+        .cluster("app", &[b.addr()])
+        .route_with("all", "app", &["path_prefix = \"/echo\""])
+        .build();
+    let _levee = Levee::start(&config);
+
+    let body = vec![b'x'; 1000];
+    let ok = http_request(
+        listen,
+        "POST",
+        "/echo?x=1",
+        &[("X-Request-Id", "obs-1"), ("Content-Length", "1000")],
+        &body,
+        T,
+    )
+    .expect("request");
+    assert_eq!(ok.status, 200);
+    let missing = http_request(listen, "GET", "/nowhere", &[], b"", T).expect("request");
+    assert_eq!(missing.status, 404);
+
+    assert!(
+        wait_until(T, || read_lines(&log_path).len() == 2),
+        "expected two access log lines, got {:?}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let lines = read_lines(&log_path);
+    let first = &lines[0];
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/echo?x=1");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "all");
+    assert_eq!(first["cluster"], "app");
+    assert_eq!(first["endpoint"], b.addr().to_string());
+    assert_eq!(first["request_id"], "obs-1");
+    assert_eq!(first["bytes_in"], 1000);
+    assert_eq!(first["bytes_out"], ok.body.len());
+    let upstream = first["upstream_ms"].as_f64().expect("upstream_ms");
+    let total = first["total_ms"].as_f64().expect("total_ms");
+    assert!(upstream >= 0.0 && total >= upstream, "{first}");
+    let time = first["time"].as_str().expect("time");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.starts_with("20"),
+        "{time}"
+    );
+    assert!(first.get("error").is_none(), "{first}");
+
+    let second = &lines[1];
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["error"], "no_route");
+    assert_eq!(second["route"], serde_json::Value::Null);
+    assert_eq!(second["endpoint"], serde_json::Value::Null);
+    assert_eq!(second["upstream_ms"], serde_json::Value::Null);
+    assert_eq!(
+        second["request_id"].as_str(),
+        missing.header("x-request-id"),
+        "the logged id is the one the client got"
+    );
+}
+
+#[test]
+fn admin_token_guards_everything_but_healthz() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let config = ConfigBuilder::simple(listen, &[b.addr()])
+        .set("admin", "token = \"s3cret\"")
+        .build();
+    let levee = Levee::start(&config);
+    let admin = levee.admin_addr();
+    for path in ["/metrics", "/status"] {
+        let none = http_request(admin, "GET", path, &[], b"", T).expect("admin");
+        assert_eq!(none.status, 401, "{path} without token");
+        let wrong = http_request(
+            admin,
+            "GET",
+            path,
+            &[("Authorization", "Bearer nope")],
+            b"",
+            T,
+        )
+        .expect("admin");
+        assert_eq!(wrong.status, 401, "{path} with a wrong token");
+        let right = http_request(
+            admin,
+            "GET",
+            path,
+            &[("Authorization", "Bearer s3cret")],
+            b"",
+            T,
+        )
+        .expect("admin");
+        assert_eq!(right.status, 200, "{path} with the token");
+    }
+    let reload = http_request(admin, "POST", "/reload", &[], b"", T).expect("admin");
+    assert_eq!(reload.status, 401, "reload without token");
+    assert_eq!(levee.metric("levee_config_reloads_total", &[]), None);
+    let health = http_request(admin, "GET", "/healthz", &[], b"", T).expect("admin");
+    assert_eq!(health.status, 200);
+}
+
+#[test]
+fn workers_are_threads_with_their_own_loops() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let config = ConfigBuilder::simple(listen, &[b.addr()])
+        .set("server", "workers = 3")
+        .build();
+    let levee = Levee::start(&config);
+    assert_eq!(levee.status_json()["workers"], 3);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", levee.pid())).expect("tasks");
+    let workers = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("levee-worker-"))
+        .count();
+    assert_eq!(workers, 3);
+    // Every worker serves: 60 fresh connections all get answers.
+    for _ in 0..60 {
+        assert_eq!(http_get(listen, "/").expect("request").status, 200);
+    }
+}
+
+#[test]
+fn connection_gauge_totals_and_latency_histogram() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&ConfigBuilder::simple(listen, &[b.addr()]).build());
+    let active = |levee: &Levee| levee.metric("levee_connections_active", &[("listener", "main")]);
+
+    let mut held: Vec<RawConn> = (0..2)
+        .map(|_| {
+            let mut c = RawConn::connect(listen).expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("write");
+            assert_eq!(c.read_response(T).expect("response").status, 200);
+            c
+        })
+        .collect();
+    assert!(
+        wait_until(T, || active(&levee) == Some(2.0)),
+        "{:?}",
+        active(&levee)
+    );
+    held.clear();
+    assert!(
+        wait_until(T, || active(&levee) == Some(0.0)),
+        "{:?}",
+        active(&levee)
+    );
+    assert_eq!(
+        levee.metric("levee_connections_total", &[("listener", "main")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        levee.metric("levee_request_duration_seconds_count", &[("route", "all")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        levee.metric(
+            "levee_requests_total",
+            &[("route", "all"), ("class", "2xx")]
+        ),
+        Some(2.0)
+    );
+}
+
+/// Three consecutive free loopback ports for the demo backends.
+fn three_free_ports() -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if p < 65_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+#[test]
+fn demo_serves_and_shows_the_spread() {
+    let listen = free_addr();
+    let admin = free_addr();
+    let first = three_free_ports();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--backend-port",
+            &first.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start levee demo");
+    let stdout = child.stdout.take().expect("stdout");
+    // Read the banner and the spread on a thread, bounded by the deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains("demo-3:")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(line);
+        }
+    }
+    let text = seen.join("\n");
+    assert!(text.contains(&format!("http://{listen}/")), "{text}");
+    for backend in ["demo-1: 2", "demo-2: 2", "demo-3: 2"] {
+        assert!(text.contains(backend), "missing {backend:?} in:\n{text}");
+    }
+    let r = http_get(listen, "/hello").expect("request through the demo");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-backend")
+            .is_some_and(|b| b.starts_with("demo-"))
+    );
+    let status = http_get(admin, "/status").expect("admin");
+    assert_eq!(status.status, 200);
+
+    // SIGTERM: a clean exit, and nothing listens any more.
+    assert_eq!(send_sigterm(child.id()), 0);
+    let exit = wait_child(&mut child, Duration::from_secs(10)).expect("demo exits");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        TcpStream::connect(listen).is_err(),
+        "still listening after exit"
+    );
+}
+
+fn send_sigterm(pid: u32) -> i32 {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .map_or(-1, |s| s.code().unwrap_or(-1))
+}
+
+fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
