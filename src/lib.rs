@@ -16,3 +16,4 @@ pub mod route;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
+pub mod upstream;

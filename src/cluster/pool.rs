@@ -10,14 +10,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-
-use crate::proxy::body::UpstreamBody;
-
-pub type Sender = SendRequest<UpstreamBody>;
+use crate::upstream::Conn;
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -36,12 +32,12 @@ impl Pool {
 
     /// The most recently used idle connection that is still open and younger
     /// than `idle_timeout`.
-    pub fn take(&self, worker: usize, idle_timeout: Duration, now: Instant) -> Option<Sender> {
+    pub fn take(&self, worker: usize, idle_timeout: Duration, now: Instant) -> Option<Conn> {
         let slot = self.slots.get(worker)?;
         let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < idle_timeout {
-                return Some(entry.sender);
+            if now.duration_since(entry.since) < idle_timeout && entry.conn.is_idle_and_open() {
+                return Some(entry.conn);
             }
         }
         None
@@ -49,11 +45,11 @@ impl Pool {
 
     /// Returns a connection after its response has been read in full. The
     /// oldest entries go first when the slot is full or they have expired.
-    pub fn put(&self, worker: usize, sender: Sender, max_idle: usize, idle_timeout: Duration) {
+    pub fn put(&self, worker: usize, conn: Conn, max_idle: usize, idle_timeout: Duration) {
         let Some(slot) = self.slots.get(worker) else {
             return;
         };
-        if max_idle == 0 || sender.is_closed() {
+        if max_idle == 0 {
             return;
         }
         let now = Instant::now();
@@ -64,7 +60,7 @@ impl Pool {
         {
             idle.remove(0);
         }
-        idle.push(Idle { sender, since: now });
+        idle.push(Idle { conn, since: now });
     }
 
     /// Idle connections across all workers.

@@ -102,7 +102,7 @@ impl Body for UpstreamBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(Option<crate::upstream::Body>),
 }
 
 pub struct ResponseBody {
@@ -122,9 +122,9 @@ impl ResponseBody {
         }
     }
 
-    pub fn upstream(body: Incoming, finish: Box<Finish>) -> Self {
+    pub fn upstream(body: crate::upstream::Body, finish: Box<Finish>) -> Self {
         ResponseBody {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(Some(body)),
             sent: 0,
             ended: false,
             finish: Some(finish),
@@ -134,16 +134,17 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::upstream::body::BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(Some(body)) => body.poll_frame(cx),
+            Kind::Upstream(None) => Poll::Ready(None),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -160,14 +161,16 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(b) => b.as_ref().is_none_or(|b| b.is_end_stream()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(b) => b
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
         }
     }
 }
@@ -175,8 +178,12 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         let complete = self.ended || self.is_end_stream();
+        let conn = match &mut self.kind {
+            Kind::Upstream(body) => body.take().and_then(crate::upstream::Body::into_reusable),
+            Kind::Full(_) => None,
+        };
         if let Some(finish) = self.finish.take() {
-            finish.finish(self.sent, complete);
+            finish.finish(self.sent, complete, conn);
         }
     }
 }

@@ -12,7 +12,6 @@
 pub mod body;
 pub mod error;
 pub mod headers;
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,13 +22,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::cluster::pool::Sender;
 use crate::cluster::{Cluster, InFlight};
 use crate::observe::LogRecord;
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use crate::upstream;
 use body::{ResponseBody, UpstreamBody};
 use error::ProxyError;
 
@@ -68,19 +67,17 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         forward(&cx, &snapshot, req, &mut finish).await
     };
     match forwarded {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            if let Some(up) = &mut finish.upstream {
-                up.keep_alive = !wants_close(&parts.headers);
+        Ok(upstream::Exchange { head, body, .. }) => {
+            let mut headers = head.headers;
+            headers::strip_hop_by_hop(&mut headers);
+            if !headers.contains_key(&headers::X_REQUEST_ID) {
+                headers.insert(headers::X_REQUEST_ID.clone(), request_id);
             }
-            headers::strip_hop_by_hop(&mut parts.headers);
-            if !parts.headers.contains_key(&headers::X_REQUEST_ID) {
-                parts
-                    .headers
-                    .insert(headers::X_REQUEST_ID.clone(), request_id);
-            }
-            finish.status = parts.status.as_u16();
-            Response::from_parts(parts, ResponseBody::upstream(body, finish))
+            finish.status = head.status.as_u16();
+            let mut response = Response::new(ResponseBody::upstream(body, finish));
+            *response.status_mut() = head.status;
+            *response.headers_mut() = headers;
+            response
         }
         Err(e) => {
             finish.status = e.status().as_u16();
@@ -95,7 +92,7 @@ async fn forward(
     snapshot: &Snapshot,
     req: Request<Incoming>,
     finish: &mut Finish,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<upstream::Exchange, ProxyError> {
     headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
     let listener = snapshot.listener(cx.local).ok_or(ProxyError::NoRoute)?;
     if head_too_large(&req, listener.max_header_bytes) {
@@ -135,27 +132,20 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     rewrite_request(&mut parts, cx.client, &finish.request_id);
     let body = UpstreamBody::new(body, listener.max_body_bytes, finish.bytes_in.clone());
-    let request = Request::from_parts(parts, body);
 
-    let sent_at = Instant::now();
-    let exchange = upstream::send(cluster, endpoint, cx.worker, request);
-    let sent = match tokio::time::timeout(cluster.response_timeout, exchange).await {
+    let deadline = tokio::time::Instant::from_std(finish.start + cluster.response_timeout);
+    let exchange = upstream::send(cluster, endpoint, cx.worker, &parts, body);
+    let result = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(result) => result,
         Err(_) => Err(ProxyError::UpstreamTimeout),
     };
     finish.upstream = Some(Upstream {
         cluster: cluster.clone(),
         endpoint: endpoint.address,
-        sender: None,
-        keep_alive: false,
-        upstream_time: sent_at.elapsed(),
+        upstream_time: finish.start.elapsed(),
         in_flight,
     });
-    let sent = sent?;
-    if let Some(up) = &mut finish.upstream {
-        up.sender = Some(sent.sender);
-    }
-    Ok(sent.response)
+    result
 }
 
 /// The head as the backend should see it: origin-form URI, HTTP/1.1, no
@@ -227,19 +217,9 @@ fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
     false
 }
 
-fn wants_close(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-    })
-}
-
 struct Upstream {
     cluster: Arc<Cluster>,
     endpoint: SocketAddr,
-    /// The connection, returned to the pool once its response is fully read.
-    sender: Option<Sender>,
-    keep_alive: bool,
     upstream_time: Duration,
     in_flight: InFlight,
 }
@@ -260,15 +240,15 @@ pub struct Finish {
 }
 
 impl Finish {
-    /// `complete`: the response body was sent to the end.
-    pub fn finish(mut self: Box<Self>, bytes_out: u64, complete: bool) {
+    /// `complete`: the response body was sent to the end. `conn`: the
+    /// upstream connection, if its response was read whole and it may be
+    /// reused.
+    pub fn finish(self: Box<Self>, bytes_out: u64, complete: bool, conn: Option<upstream::Conn>) {
         let shared = &self.cx.shared;
-        if let Some(up) = &mut self.upstream
-            && let (true, true, Some(sender)) = (complete, up.keep_alive, up.sender.take())
-        {
+        if let (Some(up), true, Some(conn)) = (&self.upstream, complete, conn) {
             up.in_flight.live().pool.put(
                 self.cx.worker,
-                sender,
+                conn,
                 up.cluster.pool_max_idle,
                 up.cluster.pool_idle_timeout,
             );

@@ -1,0 +1,163 @@
+//! The response body as it comes from the endpoint, read straight off the
+//! upstream socket by the task that serves the client, frame by frame, so a
+//! body of any size passes with bounded memory and back-pressure on both
+//! sides. When the body has been read to its end and the endpoint allows it,
+//! the connection can go back to the pool.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use hyper::body::{Frame, SizeHint};
+
+use super::chunked::{Decoder, Step};
+use super::codec;
+use super::conn::{Conn, READ_CHUNK};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the endpoint closed the connection before the end of the body")]
+    Truncated,
+    #[error(transparent)]
+    Chunked(#[from] super::chunked::ChunkError),
+    #[error("reading the response body: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum Framing {
+    Length(u64),
+    Chunked(Decoder),
+    UntilClose,
+    Done,
+}
+
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Body {
+    pub fn new(conn: Conn, framing: codec::ResponseBody, keep_alive: bool) -> Body {
+        let framing = match framing {
+            codec::ResponseBody::None | codec::ResponseBody::Length(0) => Framing::Done,
+            codec::ResponseBody::Length(n) => Framing::Length(n),
+            codec::ResponseBody::Chunked => Framing::Chunked(Decoder::default()),
+            codec::ResponseBody::UntilClose => Framing::UntilClose,
+        };
+        let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
+        Body {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The connection, if the body was read to its end and the endpoint
+    /// keeps it open; `None` means it must be closed.
+    pub fn into_reusable(mut self) -> Option<Conn> {
+        let conn = self.conn.take()?;
+        (self.keep_alive && self.is_end_stream() && conn.read.is_empty()).then_some(conn)
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            // Serve what is already buffered.
+            match &mut self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if !conn.read.is_empty() {
+                        let n = (*left).min(conn.read.len() as u64) as usize;
+                        let data = conn.read.split_to(n).freeze();
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.framing = Framing::Done;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Chunked(decoder) => match decoder.step(&conn.read)? {
+                    Step::Skip(n) => {
+                        conn.read.advance(n);
+                        continue;
+                    }
+                    Step::Data(n) => {
+                        let data = conn.read.split_to(n).freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Step::Done(n) => {
+                        conn.read.advance(n);
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    Step::NeedMore => {}
+                },
+                Framing::UntilClose => {
+                    if !conn.read.is_empty() {
+                        let data = conn.read.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            // Need more bytes from the endpoint.
+            ready!(conn.stream.poll_read_ready(cx))?;
+            if conn.read.capacity() - conn.read.len() < READ_CHUNK / 4 {
+                conn.read.reserve(READ_CHUNK);
+            }
+            match conn.stream.try_read_buf(&mut conn.read) {
+                Ok(0) => {
+                    if matches!(self.framing, Framing::UntilClose) {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(BodyError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Body::poll_frame(self.get_mut(), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        Body::is_end_stream(self)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        Body::size_hint(self)
+    }
+}

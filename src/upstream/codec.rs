@@ -1,0 +1,240 @@
+//! HTTP/1.1 on the upstream side, as plain synchronous functions: encode a
+//! request head, parse a response head, decide how the response body is
+//! framed. The async shell (`mod.rs`, `body.rs`) only moves bytes.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most headers a response may carry.
+const MAX_HEADERS: usize = 128;
+
+/// How the request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    None,
+    Length(u64),
+    /// Length unknown up front: sent with chunked transfer coding.
+    Chunked,
+}
+
+/// Writes `METHOD path HTTP/1.1`, the headers and the blank line. Adds the
+/// framing header for a chunked body; `Content-Length` is the caller's.
+pub fn encode_request_head(
+    dst: &mut BytesMut,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: RequestBody,
+) {
+    let size = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>();
+    dst.reserve(method.as_str().len() + path.len() + size + 64);
+    dst.put_slice(method.as_str().as_bytes());
+    dst.put_u8(b' ');
+    dst.put_slice(path.as_bytes());
+    dst.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        dst.put_slice(name.as_str().as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value.as_bytes());
+        dst.put_slice(b"\r\n");
+    }
+    if body == RequestBody::Chunked {
+        dst.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    dst.put_slice(b"\r\n");
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// Bytes of the buffer the head took.
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+    #[error("response head larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Parses a response head from the start of `buf`; `Ok(None)` when more
+/// bytes are needed.
+pub fn parse_response_head(buf: &[u8], max_len: usize) -> Result<Option<ResponseHead>, ParseError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > max_len => {
+            return Err(ParseError::TooLarge(max_len));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooLarge(max_len)),
+        Err(_) => return Err(ParseError::Malformed("not an HTTP/1.x response")),
+    };
+    let status = res
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ParseError::Malformed("bad status code"))?;
+    let version = match res.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ParseError::Malformed("bad header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| ParseError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        len,
+    }))
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// No body: HEAD, 1xx, 204, 304.
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the endpoint closes; the connection cannot be reused.
+    UntilClose,
+}
+
+pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBody, ParseError> {
+    let s = head.status.as_u16();
+    if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Ok(ResponseBody::None);
+    }
+    if let Some(te) = head.headers.get(header::TRANSFER_ENCODING) {
+        // Chunked must be the final coding; anything else is read to close.
+        let last = te
+            .to_str()
+            .ok()
+            .and_then(|t| t.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => ResponseBody::Chunked,
+            _ => ResponseBody::UntilClose,
+        });
+    }
+    let mut lengths = head.headers.get_all(header::CONTENT_LENGTH).iter();
+    match lengths.next() {
+        None => Ok(ResponseBody::UntilClose),
+        Some(first) => {
+            let n: u64 = first
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(ParseError::Malformed("bad content-length"))?;
+            if lengths.any(|v| v != first) {
+                return Err(ParseError::Malformed("conflicting content-length"));
+            }
+            Ok(ResponseBody::Length(n))
+        }
+    }
+}
+
+/// Whether the connection may carry another request after this response.
+pub fn keep_alive(head: &ResponseHead) -> bool {
+    let mut close = head.version == Version::HTTP_10;
+    for v in head.headers.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or("").split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    !close
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_a_request_head() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let mut dst = BytesMut::new();
+        encode_request_head(&mut dst, &Method::POST, "/p?q=1", &h, RequestBody::Chunked);
+        assert_eq!(
+            &dst[..],
+            b"POST /p?q=1 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn parses_heads_and_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-B: b1\r\n\r\nhello";
+        assert!(parse_response_head(&raw[..20], 1024).unwrap().is_none());
+        let head = parse_response_head(raw, 1024).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.len, raw.len() - 5);
+        assert_eq!(head.headers["x-b"], "b1");
+        assert_eq!(
+            response_body(&Method::GET, &head),
+            Ok(ResponseBody::Length(5))
+        );
+        assert_eq!(response_body(&Method::HEAD, &head), Ok(ResponseBody::None));
+        assert!(keep_alive(&head));
+
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n";
+        let head = parse_response_head(chunked, 1024).unwrap().unwrap();
+        assert_eq!(
+            response_body(&Method::GET, &head),
+            Ok(ResponseBody::Chunked)
+        );
+        assert!(!keep_alive(&head));
+
+        let old = b"HTTP/1.0 200 OK\r\n\r\n";
+        let head = parse_response_head(old, 1024).unwrap().unwrap();
+        assert_eq!(
+            response_body(&Method::GET, &head),
+            Ok(ResponseBody::UntilClose)
+        );
+        assert!(!keep_alive(&head));
+
+        let no_content = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let head = parse_response_head(no_content, 1024).unwrap().unwrap();
+        assert_eq!(response_body(&Method::GET, &head), Ok(ResponseBody::None));
+    }
+
+    #[test]
+    fn refuses_bad_heads() {
+        assert!(parse_response_head(b"HTTP/1.1 abc OK\r\n\r\n", 1024).is_err());
+        assert!(parse_response_head(b"garbage\r\n\r\n", 1024).is_err());
+        assert_eq!(
+            parse_response_head(&[b'a'; 100][..], 50).unwrap_err(),
+            ParseError::Malformed("not an HTTP/1.x response")
+        );
+        let big = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(100));
+        assert_eq!(
+            parse_response_head(big.as_bytes(), 50).unwrap_err(),
+            ParseError::TooLarge(50)
+        );
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        let head = parse_response_head(two, 1024).unwrap().unwrap();
+        assert!(response_body(&Method::GET, &head).is_err());
+    }
+}
