@@ -151,6 +151,13 @@ pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBod
 
 /// Whether the connection may carry another request after this response.
 pub fn keep_alive(head: &ResponseHead) -> bool {
+    // Length and chunked together: the body was read as chunked, but the
+    // endpoint's framing is suspect; do not trust the connection further.
+    if head.headers.contains_key(header::TRANSFER_ENCODING)
+        && head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return false;
+    }
     let mut close = head.version == Version::HTTP_10;
     for v in head.headers.get_all(header::CONNECTION) {
         for token in v.to_str().unwrap_or("").split(',').map(str::trim) {

@@ -206,10 +206,13 @@ async fn read_head(conn: &mut Conn) -> Result<ResponseHead, Failure> {
             match codec::parse_response_head(&conn.read, MAX_RESPONSE_HEAD) {
                 Ok(Some(head)) => {
                     conn.read.advance(head.len);
+                    // Upgrades are not proxied (Levee strips `Upgrade`), so a
+                    // 101 is a confused endpoint, not a tunnel to open.
+                    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(Failure::Proxy(ProxyError::UpstreamFailed));
+                    }
                     // 100 Continue and other interim answers: the final one follows.
-                    if head.status.is_informational()
-                        && head.status != http::StatusCode::SWITCHING_PROTOCOLS
-                    {
+                    if head.status.is_informational() {
                         continue;
                     }
                     return Ok(head);

@@ -1,0 +1,169 @@
+//! Levee's own HTTP/1.1 client towards endpoints: bodies framed every way an
+//! endpoint may frame them, responses without bodies, pooled connections the
+//! endpoint closed, and endpoints that answer nonsense.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(5);
+
+/// An endpoint that answers every request head with `response` and then, if
+/// `close`, closes the connection.
+fn canned(response: &'static [u8], close: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(T));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if stream.write_all(response).is_err() || close {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn levee_over(endpoints: &[SocketAddr]) -> (Levee, SocketAddr) {
+    let listen = free_addr();
+    let config = ConfigBuilder::simple(listen, endpoints)
+        .set("server", "workers = 1")
+        .build();
+    (Levee::start(&config), listen)
+}
+
+#[test]
+fn body_until_close_is_passed_whole() {
+    let upstream = canned(
+        b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nread me until the end",
+        true,
+    );
+    let (_levee, listen) = levee_over(&[upstream]);
+    for _ in 0..3 {
+        let r = http_get(listen, "/").expect("request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-kind"), Some("eof"));
+        assert_eq!(r.text(), "read me until the end");
+    }
+}
+
+#[test]
+fn chunked_body_with_extensions_and_trailers() {
+    let upstream = canned(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        false,
+    );
+    let (levee, listen) = levee_over(&[upstream]);
+    let mut c = RawConn::connect(listen).expect("connect");
+    for _ in 0..3 {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let r = c.read_response(T).expect("response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "hello, world");
+    }
+    // One upstream connection served all three.
+    let new = levee.metric("levee_upstream_requests_total", &[("connection", "new")]);
+    assert_eq!(new, Some(1.0));
+}
+
+#[test]
+fn head_204_and_304_have_no_body_and_keep_the_connection() {
+    let b = Backend::start("b1");
+    let (_levee, listen) = levee_over(&[b.addr()]);
+    let mut c = RawConn::connect(listen).expect("connect");
+    c.write_all(b"HEAD /download?bytes=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let r = c.read_head_response(T).expect("HEAD response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("100"));
+    for status in [204, 304] {
+        c.write_all(format!("GET /status/{status} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("write");
+        let r = c.read_response(T).expect("response");
+        assert_eq!(r.status, status);
+        assert!(r.body.is_empty());
+    }
+    c.write_all(b"GET /download?bytes=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let r = c.read_response(T).expect("response");
+    assert_eq!(r.body.len(), 10);
+    assert_eq!(b.requests(), 4);
+    assert_eq!(
+        b.connections(),
+        1,
+        "the upstream connection was reused throughout"
+    );
+}
+
+#[test]
+fn a_pooled_connection_closed_by_the_endpoint_is_not_an_error() {
+    let mut b = Backend::start("b1");
+    let addr = b.addr();
+    let (levee, listen) = levee_over(&[addr]);
+    assert_eq!(http_get(listen, "/").expect("first").status, 200);
+    // The endpoint restarts: the pooled connection is dead.
+    b.stop();
+    let b2 = Backend::start_on("b1-again", addr);
+    for _ in 0..5 {
+        let r = http_get(listen, "/").expect("after restart");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-backend"), Some("b1-again"));
+    }
+    assert_eq!(b2.connections(), 1);
+    assert_eq!(
+        levee.metric("levee_errors_total", &[]),
+        None,
+        "no error was answered"
+    );
+}
+
+#[test]
+fn nonsense_from_the_endpoint_is_502() {
+    let garbage = canned(b"this is not http\r\n\r\n", true);
+    let switching = canned(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        true,
+    );
+    let bad_length = canned(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        true,
+    );
+    for upstream in [garbage, switching, bad_length] {
+        let (_levee, listen) = levee_over(&[upstream]);
+        let r = http_get(listen, "/").expect("request");
+        assert_eq!(r.status, 502, "{}", r.text());
+        let body = r.json().expect("json body");
+        assert_eq!(body["error"], "upstream_failed");
+    }
+}
+
+#[test]
+fn interim_100_continue_from_the_endpoint_is_skipped() {
+    let upstream = canned(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    );
+    let (_levee, listen) = levee_over(&[upstream]);
+    let r = http_get(listen, "/").expect("request");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+}
