@@ -7,6 +7,7 @@
 //! (cluster name, address).
 
 pub mod balance;
+pub mod ewma;
 pub mod pool;
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ use pool::Pool;
 pub struct EndpointLive {
     pub address: SocketAddr,
     in_flight: AtomicI64,
+    /// Response-time estimate for the latency-aware balancers.
+    pub latency: ewma::Latency,
     pub pool: Pool,
     pub reused: Counter,
     pub opened: Counter,
@@ -61,6 +64,10 @@ impl Drop for InFlight {
         self.0.in_flight_gauge.dec();
     }
 }
+
+/// How fast old response times stop counting in the latency estimate
+/// (linkerd's default).
+const LATENCY_DECAY: Duration = Duration::from_secs(10);
 
 /// Keeps each endpoint's live state across reloads.
 pub struct LiveRegistry {
@@ -100,6 +107,7 @@ impl LiveRegistry {
                 Arc::new(EndpointLive {
                     address,
                     in_flight: AtomicI64::new(0),
+                    latency: ewma::Latency::new(LATENCY_DECAY),
                     pool: Pool::new(self.workers),
                     reused: upstream("reused"),
                     opened: upstream("new"),
@@ -132,8 +140,18 @@ pub struct Cluster {
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
     pub balance: crate::config::Balance,
+    /// What to hash, for hash-based balancers only.
+    pub hash_key: Option<crate::config::HashKey>,
     pub endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balancer>,
+}
+
+/// The per-request inputs of a pick.
+pub struct PickInput {
+    pub now: std::time::Instant,
+    /// Hash of the request's affinity key (0 when the cluster has none).
+    pub key: u64,
+    pub random: u64,
 }
 
 impl Cluster {
@@ -149,7 +167,13 @@ impl Cluster {
                 live: live.get(metrics, name, *e.address.get_ref()),
             })
             .collect();
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let members: Vec<balance::Member> = endpoints
+            .iter()
+            .map(|e| balance::Member {
+                id: e.address.to_string(),
+                weight: e.weight,
+            })
+            .collect();
         Cluster {
             name: name.into(),
             connect_timeout: config.connect_timeout.get(),
@@ -157,19 +181,38 @@ impl Cluster {
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout.get(),
             balance: config.balance,
-            balancer: balance::build(config.balance, &weights),
+            hash_key: config.balance.uses_key().then(|| config.hash_key.clone()),
+            balancer: balance::build(config, &members),
             endpoints,
         }
     }
 
     /// The endpoint for the next request: a primary if any is usable,
     /// otherwise a backup. `None` when the cluster has nothing to offer.
-    pub fn pick(&self) -> Option<&Endpoint> {
+    pub fn pick(&self, input: &PickInput) -> Option<&Endpoint> {
+        let now = input.now;
+        let stats = |i: usize| {
+            let live = &self.endpoints[i].live;
+            let in_flight = live.in_flight().max(0) as u64;
+            balance::Stats {
+                in_flight,
+                latency: live.latency.latency(now),
+                cost: live.latency.cost(in_flight, now),
+            }
+        };
         let primary = |i: usize| !self.endpoints[i].backup;
-        let i = self.balancer.pick(&Pick { usable: &primary }).or_else(|| {
-            let backup = |i: usize| self.endpoints[i].backup;
-            self.balancer.pick(&Pick { usable: &backup })
-        })?;
+        let backup = |i: usize| self.endpoints[i].backup;
+        let ctx = |usable| Pick {
+            usable,
+            stats: &stats,
+            key: input.key,
+            random: input.random,
+            now,
+        };
+        let i = self
+            .balancer
+            .pick(&ctx(&primary))
+            .or_else(|| self.balancer.pick(&ctx(&backup)))?;
         self.endpoints.get(i)
     }
 }

@@ -161,6 +161,15 @@ pub struct RouteConfig {
 pub enum Balance {
     RoundRobin,
     WeightedRoundRobin,
+    LeastConn,
+    WeightedLeastConn,
+    IpHash,
+    ConsistentHash,
+    Maglev,
+    Random,
+    P2c,
+    LeastResponseTime,
+    PeakEwma,
 }
 
 impl Balance {
@@ -168,7 +177,85 @@ impl Balance {
         match self {
             Balance::RoundRobin => "round_robin",
             Balance::WeightedRoundRobin => "weighted_round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::WeightedLeastConn => "weighted_least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::ConsistentHash => "consistent_hash",
+            Balance::Maglev => "maglev",
+            Balance::Random => "random",
+            Balance::P2c => "p2c",
+            Balance::LeastResponseTime => "least_response_time",
+            Balance::PeakEwma => "peak_ewma",
         }
+    }
+
+    /// Whether the algorithm reads the endpoints' latency estimates.
+    pub fn uses_latency(self) -> bool {
+        matches!(self, Balance::LeastResponseTime | Balance::PeakEwma)
+    }
+
+    /// Whether the algorithm places requests by a hash of `hash_key`.
+    pub fn uses_key(self) -> bool {
+        matches!(
+            self,
+            Balance::IpHash | Balance::ConsistentHash | Balance::Maglev
+        )
+    }
+}
+
+/// What a hash-based balancer hashes: `client_ip`, `path`,
+/// `header:NAME` or `cookie:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl std::str::FromStr for HashKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HashKey, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a hash key; valid keys are \"client_ip\", \"path\", \"header:NAME\" and \"cookie:NAME\""
+            )
+        };
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(HashKey::ClientIp),
+            None if s == "path" => Ok(HashKey::Path),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| bad()),
+            Some(("cookie", name)) if !name.trim().is_empty() => {
+                Ok(HashKey::Cookie(name.trim().to_owned()))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Path => f.write_str("path"),
+            HashKey::Header(h) => write!(f, "header:{h}"),
+            HashKey::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -178,6 +265,16 @@ pub struct ClusterConfig {
     pub name: Spanned<String>,
     #[serde(default = "default_balance")]
     pub balance: Balance,
+    /// What `ip_hash`, `consistent_hash` and `maglev` hash.
+    #[serde(default = "default_hash_key")]
+    pub hash_key: HashKey,
+    /// Points per endpoint (times its weight) on the `consistent_hash` ring.
+    #[serde(default = "default_virtual_nodes")]
+    pub virtual_nodes: Spanned<usize>,
+    /// `consistent_hash` with bounded loads: no endpoint takes more than this
+    /// factor times the mean in-flight load (e.g. 1.25). Unset: plain.
+    #[serde(default)]
+    pub hash_balance_factor: Option<Spanned<f64>>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// Time from sending the request to receiving the response head.
@@ -195,6 +292,12 @@ pub struct ClusterConfig {
 
 fn default_balance() -> Balance {
     Balance::RoundRobin
+}
+fn default_hash_key() -> HashKey {
+    HashKey::ClientIp
+}
+fn default_virtual_nodes() -> Spanned<usize> {
+    Spanned::new(0..0, crate::cluster::balance::DEFAULT_VNODES)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)

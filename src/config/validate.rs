@@ -93,6 +93,33 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
+        let vnodes = *c.virtual_nodes.get_ref();
+        if !(1..=1000).contains(&vnodes) {
+            return Err(invalid(
+                c.virtual_nodes.span(),
+                format!("{key}.virtual_nodes"),
+                format!("{vnodes} is out of range; valid values are 1 to 1000"),
+            ));
+        }
+        if let Some(f) = &c.hash_balance_factor {
+            if c.balance != crate::config::Balance::ConsistentHash {
+                return Err(invalid(
+                    f.span(),
+                    format!("{key}.hash_balance_factor"),
+                    "only applies to balance = \"consistent_hash\"",
+                ));
+            }
+            if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) {
+                return Err(invalid(
+                    f.span(),
+                    format!("{key}.hash_balance_factor"),
+                    format!(
+                        "{} is not a valid factor; use a number of at least 1.0, e.g. 1.25",
+                        f.get_ref()
+                    ),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for (j, e) in c.endpoints.iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");

@@ -22,6 +22,17 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether the endpoint failed (as opposed to the client or routing).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect
+                | ProxyError::UpstreamConnectTimeout
+                | ProxyError::UpstreamTimeout
+                | ProxyError::UpstreamFailed
+        )
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,

@@ -22,7 +22,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::cluster::{Cluster, InFlight};
+use crate::cluster::balance::stable_hash;
+use crate::cluster::{Cluster, InFlight, PickInput};
+use crate::config::HashKey;
 use crate::observe::LogRecord;
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
@@ -126,7 +128,15 @@ async fn forward(
     }
 
     let cluster = &route.cluster;
-    let endpoint = cluster.pick().ok_or(ProxyError::NoEndpoint)?;
+    let pick = PickInput {
+        now: finish.start,
+        key: cluster
+            .hash_key
+            .as_ref()
+            .map_or(0, |k| affinity_key(k, &req, cx.client)),
+        random: next_random(),
+    };
+    let endpoint = cluster.pick(&pick).ok_or(ProxyError::NoEndpoint)?;
     let in_flight = endpoint.live.begin();
 
     let (mut parts, body) = req.into_parts();
@@ -139,13 +149,74 @@ async fn forward(
         Ok(result) => result,
         Err(_) => Err(ProxyError::UpstreamTimeout),
     };
+    let upstream_time = finish.start.elapsed();
+    if cluster.balance.uses_latency() {
+        let ok = match &result {
+            Ok(ex) => !ex.head.status.is_server_error(),
+            Err(e) => !e.is_upstream_failure(),
+        };
+        endpoint
+            .live
+            .latency
+            .record(upstream_time, ok, finish.start + upstream_time);
+    }
     finish.upstream = Some(Upstream {
         cluster: cluster.clone(),
         endpoint: endpoint.address,
-        upstream_time: finish.start.elapsed(),
+        upstream_time,
         in_flight,
     });
     result
+}
+
+/// The xxh3 hash of what the cluster's `hash_key` names. A request without
+/// the header or cookie falls back to its client IP, so it still lands
+/// consistently.
+fn affinity_key(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> u64 {
+    let by_ip = || match client.ip().to_canonical() {
+        std::net::IpAddr::V4(a) => stable_hash(&a.octets()),
+        std::net::IpAddr::V6(a) => stable_hash(&a.octets()),
+    };
+    match key {
+        HashKey::ClientIp => by_ip(),
+        HashKey::Path => stable_hash(req.uri().path().as_bytes()),
+        HashKey::Header(name) => req
+            .headers()
+            .get(name)
+            .map_or_else(by_ip, |v| stable_hash(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map_or_else(by_ip, |(_, v)| stable_hash(v.as_bytes())),
+    }
+}
+
+thread_local! {
+    static RANDOM: std::cell::Cell<u64> = std::cell::Cell::new({
+        // Distinct per thread and per process run; quality needs are modest
+        // (spreading picks), so a seeded xorshift is enough.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        (t ^ (u64::from(std::process::id()) << 32)) | 1
+    });
+}
+
+/// A random number for balancers that draw (random, p2c, peak_ewma).
+fn next_random() -> u64 {
+    RANDOM.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
 }
 
 /// The head as the backend should see it: origin-form URI, HTTP/1.1, no

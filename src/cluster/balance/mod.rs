@@ -4,22 +4,88 @@
 //! is asked for one index per request. It never sees health machinery
 //! directly: the caller passes `usable`, and the balancer only picks among
 //! endpoints for which it returns true. Balancer state (counters, current
-//! weights) belongs to the snapshot; what must outlive a reload (in-flight
-//! counts, latency estimates) lives in the endpoints' live state.
+//! weights, hash rings) belongs to the snapshot; what must outlive a reload
+//! (in-flight counts, latency estimates) lives in the endpoints' live state
+//! and reaches the balancer through `Pick::stats`.
 
+mod bounded_load;
+mod consistent_hash;
+mod ip_hash;
+mod least_conn;
+mod least_response_time;
+mod maglev;
+mod p2c;
+mod peak_ewma;
+mod random;
 mod round_robin;
+mod weighted_least_conn;
 mod weighted_round_robin;
 
+pub use bounded_load::BoundedLoad;
+pub use consistent_hash::{ConsistentHash, DEFAULT_VNODES};
+pub use ip_hash::IpHash;
+pub use least_conn::LeastConn;
+pub use least_response_time::LeastResponseTime;
+pub use maglev::Maglev;
+pub use p2c::PowerOfTwo;
+pub use peak_ewma::PeakEwma;
+pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use weighted_least_conn::WeightedLeastConn;
 pub use weighted_round_robin::WeightedRoundRobin;
 
-use crate::config::Balance;
+use std::time::Instant;
+
+use crate::config::{Balance, ClusterConfig};
+
+/// An endpoint as a balancer sees it when the balancer is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Stable identity across instances and reloads (the address, as text):
+    /// hash rings are built from it, so every Levee instance agrees.
+    pub id: String,
+    pub weight: u32,
+}
+
+/// Live numbers of one endpoint at pick time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Requests in flight to it now.
+    pub in_flight: u64,
+    /// Latency estimate in seconds (EWMA of response-head times); 0 while
+    /// nothing has been measured.
+    pub latency: f64,
+    /// Peak-EWMA cost: latency estimate that rises at once on a slow or
+    /// failed response and decays slowly, times (in_flight + 1).
+    pub cost: f64,
+}
 
 /// What a balancer may look at when it picks.
 pub struct Pick<'a> {
     /// Whether endpoint `i` may take this request (healthy, not draining, not
     /// already tried).
     pub usable: &'a dyn Fn(usize) -> bool,
+    /// Live numbers of endpoint `i`.
+    pub stats: &'a dyn Fn(usize) -> Stats,
+    /// xxh3 hash of the request's affinity key (client IP, a header, a
+    /// cookie or the path, per the cluster's `hash_key`); 0 without one.
+    pub key: u64,
+    /// A random number drawn for this pick (random, p2c).
+    pub random: u64,
+    pub now: Instant,
+}
+
+impl Pick<'_> {
+    /// A context with every endpoint usable and idle; for tests.
+    pub fn simple<'a>(usable: &'a dyn Fn(usize) -> bool) -> Pick<'a> {
+        Pick {
+            usable,
+            stats: &|_| Stats::default(),
+            key: 0,
+            random: 0,
+            now: Instant::now(),
+        }
+    }
 }
 
 pub trait Balancer: Send + Sync {
@@ -28,10 +94,31 @@ pub trait Balancer: Send + Sync {
     fn pick(&self, ctx: &Pick<'_>) -> Option<usize>;
 }
 
-/// Builds the balancer for `kind` over endpoints with these weights.
-pub fn build(kind: Balance, weights: &[u32]) -> Box<dyn Balancer> {
-    match kind {
-        Balance::RoundRobin => Box::new(RoundRobin::new(weights.len())),
-        Balance::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(weights)),
+/// Builds the cluster's balancer over these endpoints.
+pub fn build(config: &ClusterConfig, members: &[Member]) -> Box<dyn Balancer> {
+    let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
+    let vnodes = *config.virtual_nodes.get_ref();
+    match config.balance {
+        Balance::RoundRobin => Box::new(RoundRobin::new(members.len())),
+        Balance::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(&weights)),
+        Balance::LeastConn => Box::new(LeastConn::new(members)),
+        Balance::WeightedLeastConn => Box::new(WeightedLeastConn::new(members)),
+        Balance::IpHash => Box::new(IpHash::new(members)),
+        Balance::ConsistentHash => match &config.hash_balance_factor {
+            Some(factor) => Box::new(BoundedLoad::new(members, vnodes, *factor.get_ref())),
+            None => Box::new(ConsistentHash::new(members, vnodes)),
+        },
+        Balance::Maglev => Box::new(Maglev::new(members)),
+        Balance::Random => Box::new(Random::new(members)),
+        Balance::P2c => Box::new(PowerOfTwo::new(members)),
+        Balance::LeastResponseTime => Box::new(LeastResponseTime::new(members)),
+        Balance::PeakEwma => Box::new(PeakEwma::new(members)),
     }
+}
+
+/// Stable 64-bit hash for anything that must agree between Levee instances
+/// (hash rings, Maglev tables, affinity keys): xxh3 with a fixed seed, never
+/// a per-process random seed.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }

@@ -41,23 +41,23 @@ mod tests {
         let rr = RoundRobin::new(3);
         let all = |_: usize| true;
         let picks: Vec<_> = (0..6)
-            .map(|_| rr.pick(&Pick { usable: &all }).unwrap())
+            .map(|_| rr.pick(&Pick::simple(&all)).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         let not_one = |i: usize| i != 1;
         let picks: Vec<_> = (0..4)
-            .map(|_| rr.pick(&Pick { usable: &not_one }).unwrap())
+            .map(|_| rr.pick(&Pick::simple(&not_one)).unwrap())
             .collect();
         assert!(!picks.contains(&1));
         // The skipped endpoint's turns are shared evenly, not handed to its neighbour.
         let not_two = |i: usize| i != 2;
         let rr = RoundRobin::new(3);
         let picks: Vec<_> = (0..30)
-            .map(|_| rr.pick(&Pick { usable: &not_two }).unwrap())
+            .map(|_| rr.pick(&Pick::simple(&not_two)).unwrap())
             .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 15);
         let none = |_: usize| false;
-        assert_eq!(rr.pick(&Pick { usable: &none }), None);
-        assert_eq!(RoundRobin::new(0).pick(&Pick { usable: &all }), None);
+        assert_eq!(rr.pick(&Pick::simple(&none)), None);
+        assert_eq!(RoundRobin::new(0).pick(&Pick::simple(&all)), None);
     }
 }

@@ -51,7 +51,9 @@ mod tests {
     use super::*;
 
     fn picks(b: &WeightedRoundRobin, n: usize, usable: &dyn Fn(usize) -> bool) -> Vec<usize> {
-        (0..n).map(|_| b.pick(&Pick { usable }).unwrap()).collect()
+        (0..n)
+            .map(|_| b.pick(&Pick::simple(usable)).unwrap())
+            .collect()
     }
 
     #[test]
@@ -85,6 +87,6 @@ mod tests {
         let count = |k| seq.iter().filter(|&&i| i == k).count();
         assert_eq!((count(0), count(1), count(2), count(3)), (0, 300, 100, 100));
         let none = |_: usize| false;
-        assert_eq!(b.pick(&Pick { usable: &none }), None);
+        assert_eq!(b.pick(&Pick::simple(&none)), None);
     }
 }
