@@ -140,22 +140,6 @@ fn body_after_head(bytes: &[u8]) -> &[u8] {
     &bytes[end + 4..]
 }
 
-/// A loopback address that refuses connections: a socket bound but not
-/// listening. While the socket lives, no one else can take the port (unlike a
-/// port that was merely free a moment ago).
-fn refusing_addr() -> (socket2::Socket, SocketAddr) {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind 127.0.0.1:0");
-    let addr = s
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("an inet address");
-    (s, addr)
-}
-
 /// A fresh connection still gets a normal answer from the backend.
 #[track_caller]
 fn assert_still_serving(listen: SocketAddr, backend: &str) {

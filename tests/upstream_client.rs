@@ -167,3 +167,36 @@ fn interim_100_continue_from_the_endpoint_is_skipped() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok");
 }
+
+#[test]
+fn a_refused_connect_is_retried_once_on_another_endpoint() {
+    let (_hold, dead) = refusing_addr();
+    let b = Backend::start("alive");
+    let (levee, listen) = levee_over(&[dead, b.addr()]);
+    // Round robin sends every other request to the dead endpoint first; none
+    // of them fails, whatever the method.
+    for i in 0..10 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r =
+            http_request(listen, method, "/", &[("Content-Length", "0")], b"", T).expect("request");
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        assert_eq!(r.header("x-backend"), Some("alive"));
+    }
+    assert_eq!(b.requests(), 10);
+    // Each retry is counted. Until passive health checks eject the dead
+    // endpoint, it keeps getting first tries (a retry's pick also takes a
+    // round-robin turn), so between half and all of the requests retried.
+    let retries = levee
+        .metric(
+            "levee_upstream_retries_total",
+            &[("kind", "connect_failure")],
+        )
+        .unwrap_or(0.0);
+    assert!((5.0..=10.0).contains(&retries), "{retries} retries");
+    assert_eq!(levee.metric("levee_errors_total", &[]), None);
+
+    // With no other endpoint left, the client gets the 502.
+    let (_hold2, dead2) = refusing_addr();
+    let (_levee2, listen2) = levee_over(&[dead2]);
+    assert_eq!(http_get(listen2, "/").expect("request").status, 502);
+}

@@ -152,6 +152,8 @@ pub struct PickInput {
     /// Hash of the request's affinity key (0 when the cluster has none).
     pub key: u64,
     pub random: u64,
+    /// An endpoint not to pick (the one a connect just failed to).
+    pub avoid: Option<SocketAddr>,
 }
 
 impl Cluster {
@@ -200,8 +202,9 @@ impl Cluster {
                 cost: live.latency.cost(in_flight, now),
             }
         };
-        let primary = |i: usize| !self.endpoints[i].backup;
-        let backup = |i: usize| self.endpoints[i].backup;
+        let avoid = |i: usize| Some(self.endpoints[i].address) == input.avoid;
+        let primary = |i: usize| !self.endpoints[i].backup && !avoid(i);
+        let backup = |i: usize| self.endpoints[i].backup && !avoid(i);
         let ctx = |usable| Pick {
             usable,
             stats: &stats,

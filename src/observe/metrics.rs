@@ -68,6 +68,7 @@ pub struct Metrics {
     pub connections_total: Family<ListenerLabels, Counter>,
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub retries: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,8 +143,15 @@ impl Metrics {
             "Configuration reloads, by result (applied, refused)",
             reloads.clone(),
         );
+        let retries = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent to a second endpoint, by reason (connect_failure: the first endpoint could not be reached, nothing was sent)",
+            retries.clone(),
+        );
         Metrics {
             registry,
+            retries,
             requests,
             request_duration,
             errors,

@@ -22,6 +22,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether the request never reached an endpoint: safe to send elsewhere.
+    pub fn is_connect_failure(self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout
+        )
+    }
+
     /// Whether the endpoint failed (as opposed to the client or routing).
     pub fn is_upstream_failure(self) -> bool {
         matches!(

@@ -26,6 +26,7 @@ use crate::cluster::balance::stable_hash;
 use crate::cluster::{Cluster, InFlight, PickInput};
 use crate::config::HashKey;
 use crate::observe::LogRecord;
+use crate::observe::metrics::KindLabels;
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
 use crate::shared::Shared;
@@ -128,45 +129,65 @@ async fn forward(
     }
 
     let cluster = &route.cluster;
-    let pick = PickInput {
+    let mut pick = PickInput {
         now: finish.start,
         key: cluster
             .hash_key
             .as_ref()
             .map_or(0, |k| affinity_key(k, &req, cx.client)),
         random: next_random(),
+        avoid: None,
     };
-    let endpoint = cluster.pick(&pick).ok_or(ProxyError::NoEndpoint)?;
-    let in_flight = endpoint.live.begin();
+    let mut endpoint = cluster.pick(&pick).ok_or(ProxyError::NoEndpoint)?;
 
     let (mut parts, body) = req.into_parts();
     rewrite_request(&mut parts, cx.client, &finish.request_id);
-    let body = UpstreamBody::new(body, listener.max_body_bytes, finish.bytes_in.clone());
-
+    let mut body = UpstreamBody::new(body, listener.max_body_bytes, finish.bytes_in.clone());
     let deadline = tokio::time::Instant::from_std(finish.start + cluster.response_timeout);
-    let exchange = upstream::send(cluster, endpoint, cx.worker, &parts, body);
-    let result = match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-    };
-    let upstream_time = finish.start.elapsed();
-    if cluster.balance.uses_latency() {
-        let ok = match &result {
-            Ok(ex) => !ex.head.status.is_server_error(),
-            Err(e) => !e.is_upstream_failure(),
+
+    let mut retried = false;
+    loop {
+        let in_flight = endpoint.live.begin();
+        let exchange = upstream::send(cluster, endpoint, cx.worker, &parts, &mut body);
+        let result = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::UpstreamTimeout),
         };
-        endpoint
-            .live
-            .latency
-            .record(upstream_time, ok, finish.start + upstream_time);
+        let upstream_time = finish.start.elapsed();
+        if cluster.balance.uses_latency() {
+            let ok = match &result {
+                Ok(ex) => !ex.head.status.is_server_error(),
+                Err(e) => !e.is_upstream_failure(),
+            };
+            let now = finish.start + upstream_time;
+            endpoint.live.latency.record(upstream_time, ok, now);
+        }
+        finish.upstream = Some(Upstream {
+            cluster: cluster.clone(),
+            endpoint: endpoint.address,
+            upstream_time,
+            in_flight,
+        });
+        match result {
+            // Nothing was sent, so another endpoint may take the request
+            // whatever its method: one more try.
+            Err(e) if e.is_connect_failure() && !retried => {
+                pick.avoid = Some(endpoint.address);
+                match cluster.pick(&pick) {
+                    Some(next) => {
+                        let reason = KindLabels {
+                            kind: "connect_failure",
+                        };
+                        cx.shared.metrics.retries.get_or_create(&reason).inc();
+                        endpoint = next;
+                        retried = true;
+                    }
+                    None => return Err(e),
+                }
+            }
+            other => return other,
+        }
     }
-    finish.upstream = Some(Upstream {
-        cluster: cluster.clone(),
-        endpoint: endpoint.address,
-        upstream_time,
-        in_flight,
-    });
-    result
 }
 
 /// The xxh3 hash of what the cluster's `hash_key` names. A request without

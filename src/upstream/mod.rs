@@ -48,10 +48,10 @@ pub async fn send(
     endpoint: &Endpoint,
     worker: usize,
     parts: &http::request::Parts,
-    mut body: UpstreamBody,
+    body: &mut UpstreamBody,
 ) -> Result<Exchange, ProxyError> {
     let live = &endpoint.live;
-    let framing = request_body(&parts.headers, &body);
+    let framing = request_body(&parts.headers, body);
     let mut head = BytesMut::new();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     codec::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
@@ -60,7 +60,7 @@ pub async fn send(
         .pool
         .take(worker, cluster.pool_idle_timeout, Instant::now())
     {
-        match exchange(conn, &head, &mut body, framing, &parts.method).await {
+        match exchange(conn, &head, body, framing, &parts.method).await {
             Ok(ex) => {
                 live.reused.inc();
                 return Ok(Exchange { reused: true, ..ex });
@@ -81,7 +81,7 @@ pub async fn send(
         }
     };
     live.opened.inc();
-    exchange(conn, &head, &mut body, framing, &parts.method)
+    exchange(conn, &head, body, framing, &parts.method)
         .await
         .map_err(ProxyError::from)
 }

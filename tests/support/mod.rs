@@ -48,7 +48,7 @@ pub mod raw;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};
-pub use config::{ConfigBuilder, free_addr, free_port};
+pub use config::{ConfigBuilder, free_addr, free_port, refusing_addr};
 pub use http::{HttpResponse, http_get, http_request};
 pub use levee::{Levee, metric_sum};
 pub use raw::{RawConn, RawResponse, SlowResult, send_raw, send_slowly};
