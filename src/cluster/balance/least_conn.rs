@@ -77,15 +77,7 @@ pub(super) fn least_by<K>(
 mod tests {
     use super::super::Stats;
     use super::*;
-
-    fn members(n: usize) -> Vec<Member> {
-        (0..n)
-            .map(|i| Member {
-                id: format!("10.0.0.{i}:80"),
-                weight: 1,
-            })
-            .collect()
-    }
+    use crate::cluster::balance::testing::members;
 
     #[test]
     fn busy_endpoint_gets_no_new_requests() {

@@ -58,64 +58,22 @@ impl Balancer for LeastResponseTime {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
-    use crate::cluster::ewma::Latency;
+    use crate::cluster::balance::testing::{members, simulate};
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn members(n: usize) -> Vec<Member> {
-        (0..n)
-            .map(|i| Member {
-                id: format!("10.0.0.{i}:80"),
-                weight: 1,
-            })
-            .collect()
-    }
-
-    /// Sends one request every `gap` to three endpoints that answer after
-    /// `rtt[i]` with success `ok[i]`, feeding each response to the endpoint's
-    /// estimator on a simulated clock. Returns the picks per endpoint.
-    fn simulate(rtt: [Duration; 3], ok: [bool; 3], picks: usize, gap: Duration) -> [usize; 3] {
-        let b = LeastResponseTime::new(&members(3));
-        let est: Vec<Latency> = (0..3)
-            .map(|_| Latency::new(Duration::from_secs(10)))
-            .collect();
-        let mut in_flight = [0u64; 3];
-        let mut pending: Vec<(Instant, usize)> = Vec::new();
-        let mut counts = [0; 3];
-        let mut now = Instant::now();
-        let all = |_: usize| true;
-        for _ in 0..picks {
-            now += gap;
-            pending.sort_by_key(|&(t, _)| t);
-            while pending.first().is_some_and(|&(t, _)| t <= now) {
-                let (t, i) = pending.remove(0);
-                in_flight[i] -= 1;
-                est[i].record(rtt[i], ok[i], t);
-            }
-            let stats = |i: usize| Stats {
-                in_flight: in_flight[i],
-                latency: est[i].latency(now),
-                cost: est[i].cost(in_flight[i], now),
-            };
-            let ctx = Pick {
-                stats: &stats,
-                now,
-                ..Pick::simple(&all)
-            };
-            let i = b.pick(&ctx).unwrap();
-            counts[i] += 1;
-            in_flight[i] += 1;
-            pending.push((now + rtt[i], i));
-        }
-        counts
-    }
-
     #[test]
     fn slow_endpoint_sheds_traffic() {
-        let counts = simulate([10 * MS, 10 * MS, 60 * MS], [true; 3], 1000, 2 * MS);
+        let counts = simulate(
+            &LeastResponseTime::new(&members(3)),
+            [10 * MS, 10 * MS, 60 * MS],
+            [true; 3],
+            1000,
+            2 * MS,
+        );
         println!("least_response_time, +50 ms endpoint: {counts:?} of 1000 picks");
         assert!(counts[2] < 100, "{counts:?}");
         // The two equal endpoints share evenly.
@@ -124,7 +82,13 @@ mod tests {
 
     #[test]
     fn fast_failing_endpoint_is_not_rewarded() {
-        let counts = simulate([10 * MS, 10 * MS, MS], [true, true, false], 1000, 2 * MS);
+        let counts = simulate(
+            &LeastResponseTime::new(&members(3)),
+            [10 * MS, 10 * MS, MS],
+            [true, true, false],
+            1000,
+            2 * MS,
+        );
         println!("least_response_time, endpoint failing in 1 ms: {counts:?} of 1000 picks");
         assert!(counts[2] < 100, "{counts:?}");
     }

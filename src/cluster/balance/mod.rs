@@ -122,3 +122,84 @@ pub fn build(config: &ClusterConfig, members: &[Member]) -> Box<dyn Balancer> {
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
+
+/// Helpers shared by the balancers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::{Duration, Instant};
+
+    use super::{Balancer, Member, Pick, Stats};
+    use crate::cluster::ewma::Latency;
+
+    /// Members with these weights, addressed `10.0.0.i:80`.
+    pub fn weighted(weights: &[u32]) -> Vec<Member> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Member {
+                id: format!("10.0.0.{i}:80"),
+                weight,
+            })
+            .collect()
+    }
+
+    /// `n` members of weight 1.
+    pub fn members(n: usize) -> Vec<Member> {
+        weighted(&vec![1; n])
+    }
+
+    /// splitmix64 with a fixed seed: reproducible draws.
+    pub fn rng(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Sends one request every `gap` to three endpoints that answer after
+    /// `rtt[i]` with success `ok[i]`, feeding each response to the endpoint's
+    /// estimator on a simulated clock. Returns the picks per endpoint.
+    pub fn simulate(
+        b: &dyn Balancer,
+        rtt: [Duration; 3],
+        ok: [bool; 3],
+        picks: usize,
+        gap: Duration,
+    ) -> [usize; 3] {
+        let est: Vec<Latency> = (0..3)
+            .map(|_| Latency::new(Duration::from_secs(10)))
+            .collect();
+        let mut in_flight = [0u64; 3];
+        let mut pending: Vec<(Instant, usize)> = Vec::new();
+        let mut counts = [0; 3];
+        let mut state = 42;
+        let mut now = Instant::now();
+        let all = |_: usize| true;
+        for _ in 0..picks {
+            now += gap;
+            pending.sort_by_key(|&(t, _)| t);
+            while pending.first().is_some_and(|&(t, _)| t <= now) {
+                let (t, i) = pending.remove(0);
+                in_flight[i] -= 1;
+                est[i].record(rtt[i], ok[i], t);
+            }
+            let stats = |i: usize| Stats {
+                in_flight: in_flight[i],
+                latency: est[i].latency(now),
+                cost: est[i].cost(in_flight[i], now),
+            };
+            let ctx = Pick {
+                stats: &stats,
+                random: rng(&mut state),
+                now,
+                ..Pick::simple(&all)
+            };
+            let Some(i) = b.pick(&ctx) else { break };
+            counts[i] += 1;
+            in_flight[i] += 1;
+            pending.push((now + rtt[i], i));
+        }
+        counts
+    }
+}

@@ -70,24 +70,7 @@ mod tests {
     use super::super::Stats;
     use super::super::random::Random;
     use super::*;
-
-    fn members(n: usize) -> Vec<Member> {
-        (0..n)
-            .map(|i| Member {
-                id: format!("10.0.0.{i}:80"),
-                weight: 1,
-            })
-            .collect()
-    }
-
-    /// splitmix64: a fixed-seed generator, so the tests are reproducible.
-    fn rng(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+    use crate::cluster::balance::testing::{members, rng};
 
     /// One pick per step; each request holds its endpoint for 1 to 50 steps.
     /// Returns the highest in-flight count any endpoint reached.

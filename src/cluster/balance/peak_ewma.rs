@@ -33,83 +33,36 @@ impl Balancer for PeakEwma {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::super::Stats;
     use super::*;
-    use crate::cluster::ewma::Latency;
+    use crate::cluster::balance::testing::{members, rng, simulate};
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn members(n: usize) -> Vec<Member> {
-        (0..n)
-            .map(|i| Member {
-                id: format!("10.0.0.{i}:80"),
-                weight: 1,
-            })
-            .collect()
-    }
-
-    /// splitmix64 with a fixed seed: reproducible draws.
-    fn rng(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Sends one request every `gap` to three endpoints that answer after
-    /// `rtt[i]` with success `ok[i]`, feeding each response to the endpoint's
-    /// estimator on a simulated clock. Returns the picks per endpoint.
-    fn simulate(rtt: [Duration; 3], ok: [bool; 3], picks: usize, gap: Duration) -> [usize; 3] {
-        let b = PeakEwma::new(&members(3));
-        let est: Vec<Latency> = (0..3)
-            .map(|_| Latency::new(Duration::from_secs(10)))
-            .collect();
-        let mut in_flight = [0u64; 3];
-        let mut pending: Vec<(Instant, usize)> = Vec::new();
-        let mut counts = [0; 3];
-        let mut state = 42;
-        let mut now = Instant::now();
-        let all = |_: usize| true;
-        for _ in 0..picks {
-            now += gap;
-            pending.sort_by_key(|&(t, _)| t);
-            while pending.first().is_some_and(|&(t, _)| t <= now) {
-                let (t, i) = pending.remove(0);
-                in_flight[i] -= 1;
-                est[i].record(rtt[i], ok[i], t);
-            }
-            let stats = |i: usize| Stats {
-                in_flight: in_flight[i],
-                latency: est[i].latency(now),
-                cost: est[i].cost(in_flight[i], now),
-            };
-            let ctx = Pick {
-                stats: &stats,
-                random: rng(&mut state),
-                now,
-                ..Pick::simple(&all)
-            };
-            let i = b.pick(&ctx).unwrap();
-            counts[i] += 1;
-            in_flight[i] += 1;
-            pending.push((now + rtt[i], i));
-        }
-        counts
-    }
-
     #[test]
     fn slow_endpoint_sheds_traffic() {
-        let counts = simulate([10 * MS, 10 * MS, 60 * MS], [true; 3], 1000, 2 * MS);
+        let counts = simulate(
+            &PeakEwma::new(&members(3)),
+            [10 * MS, 10 * MS, 60 * MS],
+            [true; 3],
+            1000,
+            2 * MS,
+        );
         println!("peak_ewma, +50 ms endpoint: {counts:?} of 1000 picks");
         assert!(counts[2] < 100, "{counts:?}");
     }
 
     #[test]
     fn fast_failing_endpoint_is_not_rewarded() {
-        let counts = simulate([10 * MS, 10 * MS, MS], [true, true, false], 1000, 2 * MS);
+        let counts = simulate(
+            &PeakEwma::new(&members(3)),
+            [10 * MS, 10 * MS, MS],
+            [true, true, false],
+            1000,
+            2 * MS,
+        );
         println!("peak_ewma, endpoint failing in 1 ms: {counts:?} of 1000 picks");
         assert!(counts[2] < 100, "{counts:?}");
     }

@@ -55,17 +55,7 @@ impl Balancer for Random {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn members(weights: &[u32]) -> Vec<Member> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Member {
-                id: format!("10.0.0.{i}:80"),
-                weight,
-            })
-            .collect()
-    }
+    use crate::cluster::balance::testing::weighted as members;
 
     /// Picks for `n` random numbers spread evenly over the whole u64 range.
     fn counts(b: &Random, n: u64, usable: &dyn Fn(usize) -> bool) -> Vec<u64> {

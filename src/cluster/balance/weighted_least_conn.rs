@@ -49,17 +49,7 @@ impl Balancer for WeightedLeastConn {
 mod tests {
     use super::super::Stats;
     use super::*;
-
-    fn members(weights: &[u32]) -> Vec<Member> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Member {
-                id: format!("10.0.0.{i}:80"),
-                weight,
-            })
-            .collect()
-    }
+    use crate::cluster::balance::testing::weighted as members;
 
     /// Places `n` requests that never finish; returns the final loads.
     fn fill(b: &WeightedLeastConn, mut load: Vec<u64>, n: usize) -> Vec<u64> {
