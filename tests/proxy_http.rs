@@ -10,8 +10,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -155,37 +155,6 @@ fn read_interim_head(stream: &TcpStream, timeout: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&got).into_owned()
-}
-
-/// An upstream on 127.0.0.1 that answers every request head it reads with
-/// `response`, byte for byte: for framing the test `Backend` cannot produce.
-/// Requests must have no body. Its thread is left to the end of the process.
-fn canned_upstream(response: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind canned upstream");
-    let addr = listener.local_addr().expect("local_addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(T));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if stream.write_all(response).is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Waits until metric `name{labels}` equals `want`; panics with the value
@@ -639,6 +608,7 @@ fn connection_header_on_several_lines_strips_every_named_header() {
     let upstream = canned_upstream(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-A\r\n\
           Connection: X-B\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\nok",
+        false,
     );
     let listen2 = free_addr();
     let _levee2 = Levee::start(&ConfigBuilder::simple(listen2, &[upstream]).build());

@@ -4,43 +4,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
 
 const T: Duration = Duration::from_secs(5);
-
-/// An endpoint that answers every request head with `response` and then, if
-/// `close`, closes the connection.
-fn canned(response: &'static [u8], close: bool) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(T));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if stream.write_all(response).is_err() || close {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 fn levee_over(endpoints: &[SocketAddr]) -> (Levee, SocketAddr) {
     let listen = free_addr();
@@ -52,7 +21,7 @@ fn levee_over(endpoints: &[SocketAddr]) -> (Levee, SocketAddr) {
 
 #[test]
 fn body_until_close_is_passed_whole() {
-    let upstream = canned(
+    let upstream = canned_upstream(
         b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nread me until the end",
         true,
     );
@@ -67,7 +36,7 @@ fn body_until_close_is_passed_whole() {
 
 #[test]
 fn chunked_body_with_extensions_and_trailers() {
-    let upstream = canned(
+    let upstream = canned_upstream(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
         false,
     );
@@ -138,12 +107,12 @@ fn a_pooled_connection_closed_by_the_endpoint_is_not_an_error() {
 
 #[test]
 fn nonsense_from_the_endpoint_is_502() {
-    let garbage = canned(b"this is not http\r\n\r\n", true);
-    let switching = canned(
+    let garbage = canned_upstream(b"this is not http\r\n\r\n", true);
+    let switching = canned_upstream(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
         true,
     );
-    let bad_length = canned(
+    let bad_length = canned_upstream(
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         true,
     );
@@ -158,7 +127,7 @@ fn nonsense_from_the_endpoint_is_502() {
 
 #[test]
 fn interim_100_continue_from_the_endpoint_is_skipped() {
-    let upstream = canned(
+    let upstream = canned_upstream(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         false,
     );

@@ -41,6 +41,7 @@
 mod backend;
 mod behave;
 mod body;
+mod canned;
 mod config;
 mod http;
 mod levee;
@@ -48,6 +49,7 @@ pub mod raw;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};
+pub use canned::canned_upstream;
 pub use config::{ConfigBuilder, free_addr, free_port, refusing_addr};
 pub use http::{HttpResponse, http_get, http_request};
 pub use levee::{Levee, metric_sum};
