@@ -8,6 +8,7 @@
 
 pub mod balance;
 pub mod ewma;
+pub mod health;
 pub mod pool;
 
 use std::collections::HashMap;

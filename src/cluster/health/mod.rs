@@ -1,0 +1,9 @@
+//! Knowing which endpoints are healthy: the lifecycle state machine with
+//! hysteresis (`state`), passive outlier detection from real traffic
+//! (`outlier`), and active checks (`active`). The state machines are
+//! synchronous and take the clock as a parameter; the async checker is a
+//! thin shell around one check.
+
+pub mod active;
+pub mod outlier;
+pub mod state;
