@@ -36,7 +36,7 @@ impl Shared {
         } else {
             None
         };
-        let snapshot = Snapshot::build(config, &live, &metrics);
+        let snapshot = Snapshot::build(config, &live, &metrics, true);
         let id_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -53,7 +53,7 @@ impl Shared {
 
     /// Swaps in a snapshot built from an already validated config.
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
-        let snapshot = Arc::new(Snapshot::build(config, &self.live, &self.metrics));
+        let snapshot = Arc::new(Snapshot::build(config, &self.live, &self.metrics, false));
         self.snapshot.store(snapshot.clone());
         self.metrics.reloads_applied();
         snapshot

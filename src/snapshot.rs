@@ -36,11 +36,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, live: &LiveRegistry, metrics: &Metrics) -> Snapshot {
+    /// `first`: the configuration Levee starts with (see `Cluster::build`).
+    pub fn build(config: Config, live: &LiveRegistry, metrics: &Metrics, first: bool) -> Snapshot {
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|c| Arc::new(Cluster::build(c, live, metrics)))
+            .map(|c| Arc::new(Cluster::build(c, live, metrics, first)))
             .collect();
         let by_name: HashMap<&str, &Arc<Cluster>> =
             clusters.iter().map(|c| (&*c.name, c)).collect();

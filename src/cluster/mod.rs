@@ -13,22 +13,35 @@ pub mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::ClusterConfig;
-use crate::observe::metrics::{EndpointLabels, Metrics, UpstreamLabels};
+use crate::observe::metrics::{EndpointLabels, Metrics, StateLabels, UpstreamLabels};
 use balance::{Balancer, Pick};
+use health::outlier::{Outlier, OutlierConfig, may_eject};
+use health::state::{Check, Lifecycle, State, Thresholds, Transition};
 use pool::Pool;
 
 /// Per-endpoint state that outlives snapshots.
 pub struct EndpointLive {
     pub address: SocketAddr,
     in_flight: AtomicI64,
+    /// Active-check state (WARMING, HEALTHY, DEGRADED, UNHEALTHY, DRAINING).
+    lifecycle: Mutex<Lifecycle>,
+    /// Passive outlier detection from real traffic.
+    outlier: Mutex<Outlier>,
+    /// What the lifecycle allows, published as an atomic so that picking an
+    /// endpoint never takes a lock.
+    in_service: AtomicBool,
+    /// Ejected by outlier detection until this many microseconds after
+    /// `epoch()`; 0 when not ejected.
+    ejected_until: AtomicU64,
+    state_gauges: [Gauge; 5],
     /// Response-time estimate for the latency-aware balancers.
     pub latency: ewma::Latency,
     pub pool: Pool,
@@ -38,7 +51,103 @@ pub struct EndpointLive {
     in_flight_gauge: Gauge,
 }
 
+/// The instant ejection deadlines are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros(now: Instant) -> u64 {
+    now.saturating_duration_since(epoch()).as_micros() as u64
+}
+
+const STATES: [State; 5] = [
+    State::Warming,
+    State::Healthy,
+    State::Degraded,
+    State::Unhealthy,
+    State::Draining,
+];
+
 impl EndpointLive {
+    /// Whether the endpoint may take new requests: in service by its
+    /// lifecycle and not ejected.
+    pub fn usable(&self, now: Instant) -> bool {
+        self.in_service.load(Ordering::Relaxed)
+            && micros(now) >= self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        micros(now) < self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    pub fn state(&self) -> State {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state()
+    }
+
+    fn publish(&self, state: State) {
+        self.in_service.store(
+            matches!(state, State::Healthy | State::Degraded),
+            Ordering::Relaxed,
+        );
+        for (gauge, s) in self.state_gauges.iter().zip(STATES) {
+            gauge.set(i64::from(s == state));
+        }
+    }
+
+    /// Feeds one active check's result to the lifecycle.
+    pub fn record_check(
+        &self,
+        check: Check,
+        thresholds: &Thresholds,
+        now: Instant,
+    ) -> Option<Transition> {
+        let mut lifecycle = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        let transition = lifecycle.record(check, thresholds, now);
+        self.publish(lifecycle.state());
+        transition
+    }
+
+    /// Sets the lifecycle outright (a cluster without active checks is
+    /// healthy by definition).
+    fn reset(&self, state: State, now: Instant) {
+        let mut lifecycle = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        if lifecycle.state() != state && lifecycle.state() != State::Draining {
+            *lifecycle = Lifecycle::new(state, now);
+        }
+        self.publish(lifecycle.state());
+    }
+
+    /// Feeds one response to outlier detection. Returns why and for how
+    /// long the endpoint was ejected, if this response ejected it.
+    /// `others_ejected`: how many of the cluster's endpoints already are.
+    pub fn record_response(
+        &self,
+        ok: bool,
+        cfg: &OutlierConfig,
+        max_percent: u32,
+        cluster: &Cluster,
+        now: Instant,
+    ) -> Option<(String, Duration)> {
+        let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = outlier.record(ok, cfg, now)?;
+        let ejected = cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.live.is_ejected(now))
+            .count();
+        if !may_eject(ejected, cluster.endpoints.len(), max_percent) {
+            return None;
+        }
+        let duration = outlier.eject(cfg, now);
+        self.ejected_until
+            .store(micros(now + duration), Ordering::Relaxed);
+        Some((reason, duration))
+    }
+
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -88,7 +197,13 @@ impl LiveRegistry {
         self.workers
     }
 
-    fn get(&self, metrics: &Metrics, cluster: &str, address: SocketAddr) -> Arc<EndpointLive> {
+    fn get(
+        &self,
+        metrics: &Metrics,
+        cluster: &str,
+        address: SocketAddr,
+        initial: State,
+    ) -> Arc<EndpointLive> {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((cluster.to_owned(), address))
             .or_insert_with(|| {
@@ -105,16 +220,30 @@ impl LiveRegistry {
                             connection,
                         })
                 };
-                Arc::new(EndpointLive {
+                let gauge = |state: State| {
+                    metrics.endpoint_state.get_or_create_owned(&StateLabels {
+                        cluster: cluster.to_owned(),
+                        endpoint: address.to_string(),
+                        state: state.as_str(),
+                    })
+                };
+                let live = Arc::new(EndpointLive {
                     address,
                     in_flight: AtomicI64::new(0),
+                    lifecycle: Mutex::new(Lifecycle::new(initial, Instant::now())),
+                    outlier: Mutex::new(Outlier::new()),
+                    in_service: AtomicBool::new(false),
+                    ejected_until: AtomicU64::new(0),
+                    state_gauges: STATES.map(gauge),
                     latency: ewma::Latency::new(LATENCY_DECAY),
                     pool: Pool::new(self.workers),
                     reused: upstream("reused"),
                     opened: upstream("new"),
                     connect_errors: metrics.upstream_connect_errors.get_or_create_owned(&labels),
                     in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),
-                })
+                });
+                live.publish(initial);
+                live
             })
             .clone()
     }
@@ -143,6 +272,10 @@ pub struct Cluster {
     pub balance: crate::config::Balance,
     /// What to hash, for hash-based balancers only.
     pub hash_key: Option<crate::config::HashKey>,
+    pub health_check: Option<crate::config::HealthCheckConfig>,
+    /// Passive outlier detection, when enabled.
+    pub outlier: Option<OutlierConfig>,
+    pub max_ejection_percent: u32,
     pub endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balancer>,
 }
@@ -158,7 +291,21 @@ pub struct PickInput {
 }
 
 impl Cluster {
-    pub fn build(config: &ClusterConfig, live: &LiveRegistry, metrics: &Metrics) -> Cluster {
+    /// `first`: the configuration Levee starts with. Endpoints are healthy
+    /// then (traffic flows at once); an endpoint added later to a cluster
+    /// with active checks starts WARMING and takes traffic only after
+    /// `healthy_threshold` passing checks.
+    pub fn build(
+        config: &ClusterConfig,
+        live: &LiveRegistry,
+        metrics: &Metrics,
+        first: bool,
+    ) -> Cluster {
+        let initial = if config.health_check.is_some() && !first {
+            State::Warming
+        } else {
+            State::Healthy
+        };
         let name = config.name.get_ref().as_str();
         let endpoints: Vec<Endpoint> = config
             .endpoints
@@ -167,9 +314,17 @@ impl Cluster {
                 address: *e.address.get_ref(),
                 weight: *e.weight.get_ref(),
                 backup: e.backup,
-                live: live.get(metrics, name, *e.address.get_ref()),
+                live: live.get(metrics, name, *e.address.get_ref(), initial),
             })
             .collect();
+        if config.health_check.is_none() {
+            // Nothing would ever move these endpoints again: take any
+            // verdict of an earlier configuration's checks back.
+            let now = Instant::now();
+            for e in &endpoints {
+                e.live.reset(State::Healthy, now);
+            }
+        }
         let members: Vec<balance::Member> = endpoints
             .iter()
             .map(|e| balance::Member {
@@ -185,6 +340,19 @@ impl Cluster {
             pool_idle_timeout: config.pool_idle_timeout.get(),
             balance: config.balance,
             hash_key: config.balance.uses_key().then(|| config.hash_key.clone()),
+            health_check: config.health_check.clone(),
+            outlier: config.outlier_detection.enabled.then(|| {
+                let o = &config.outlier_detection;
+                OutlierConfig {
+                    consecutive_failures: o.consecutive_failures,
+                    failure_rate: o.failure_rate,
+                    min_requests: o.min_requests,
+                    window: o.window.get(),
+                    base_ejection: o.base_ejection.get(),
+                    max_ejection: o.max_ejection.get(),
+                }
+            }),
+            max_ejection_percent: config.outlier_detection.max_ejection_percent,
             balancer: balance::build(config, &members),
             endpoints,
         }
@@ -204,8 +372,13 @@ impl Cluster {
             }
         };
         let avoid = |i: usize| Some(self.endpoints[i].address) == input.avoid;
-        let primary = |i: usize| !self.endpoints[i].backup && !avoid(i);
-        let backup = |i: usize| self.endpoints[i].backup && !avoid(i);
+        let up = |i: usize| self.endpoints[i].live.usable(now) && !avoid(i);
+        let primary = |i: usize| !self.endpoints[i].backup && up(i);
+        let backup = |i: usize| self.endpoints[i].backup && up(i);
+        // Panic mode: when no endpoint is usable, spread over every primary
+        // rather than refuse everything; health verdicts can be wrong, and a
+        // request sent may still succeed.
+        let panic = |i: usize| !self.endpoints[i].backup && !avoid(i);
         let ctx = |usable| Pick {
             usable,
             stats: &stats,
@@ -216,7 +389,8 @@ impl Cluster {
         let i = self
             .balancer
             .pick(&ctx(&primary))
-            .or_else(|| self.balancer.pick(&ctx(&backup)))?;
+            .or_else(|| self.balancer.pick(&ctx(&backup)))
+            .or_else(|| self.balancer.pick(&ctx(&panic)))?;
         self.endpoints.get(i)
     }
 }

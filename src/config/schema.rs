@@ -286,8 +286,99 @@ pub struct ClusterConfig {
     /// An idle upstream connection older than this is closed, not reused.
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: Duration,
+    /// Active health checks; unset: none (endpoints are judged by passive
+    /// outlier detection only).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionConfig,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+/// `[clusters.health_check]`: probe every endpoint on an interval.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `http` (a request, judged by status and a deep JSON body) or `tcp`
+    /// (a connect).
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    pub path: String,
+    pub method: Spanned<String>,
+    /// Host header of the check; unset: the endpoint's address.
+    pub host: Option<String>,
+    /// Statuses that pass; empty: any 2xx. 503 never passes.
+    pub expect_status: Vec<u16>,
+    pub interval: Duration,
+    /// Interval while an endpoint is unhealthy (to notice recovery sooner);
+    /// unset: `interval`.
+    pub unhealthy_interval: Option<Duration>,
+    pub timeout: Duration,
+    /// Up to this much is added at random to each interval, so checks of
+    /// many endpoints (and many Levees) do not arrive in step.
+    pub jitter: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: CheckKind::Http,
+            path: "/health".into(),
+            method: Spanned::new(0..0, "GET".into()),
+            host: None,
+            expect_status: Vec::new(),
+            interval: Duration::from_secs(5),
+            unhealthy_interval: None,
+            timeout: Duration::from_secs(1),
+            jitter: Duration::from_millis(500),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// `[clusters.outlier_detection]`: eject endpoints that fail real traffic.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetectionConfig {
+    pub enabled: bool,
+    /// Consecutive failures (5xx, connect failures, timeouts) that eject.
+    pub consecutive_failures: u32,
+    /// Failure ratio over `window` that ejects, once `min_requests` were seen.
+    pub failure_rate: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    /// First ejection; each further one lasts one more `base_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// At most this share of a cluster's endpoints ejected at once (never
+    /// the last one).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetectionConfig {
+    fn default() -> Self {
+        OutlierDetectionConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            min_requests: 10,
+            window: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
 }
 
 fn default_balance() -> Balance {

@@ -93,6 +93,53 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
+        if let Some(h) = &c.health_check {
+            let m = &h.method;
+            if Method::from_bytes(m.get_ref().as_bytes()).is_err()
+                || !m.get_ref().bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(invalid(
+                    m.span(),
+                    format!("{key}.health_check.method"),
+                    format!(
+                        "{:?} is not an HTTP method; write it in upper case, e.g. \"GET\" or \"HEAD\"",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            if !h.path.starts_with('/') || h.path.contains(char::is_whitespace) {
+                return Err(invalid(
+                    c.name.span(),
+                    format!("{key}.health_check.path"),
+                    format!("{:?} must start with '/' and contain no spaces", h.path),
+                ));
+            }
+            if h.timeout.get() > h.interval.get() || h.interval.get().is_zero() {
+                return Err(invalid(
+                    c.name.span(),
+                    format!("{key}.health_check.timeout"),
+                    format!(
+                        "timeout {} must be at most the interval {} (and the interval above 0)",
+                        h.timeout, h.interval
+                    ),
+                ));
+            }
+            if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+                return Err(invalid(
+                    c.name.span(),
+                    format!("{key}.health_check"),
+                    "unhealthy_threshold and healthy_threshold must be at least 1",
+                ));
+            }
+        }
+        let o = &c.outlier_detection;
+        if !(o.failure_rate > 0.0 && o.failure_rate <= 1.0) || o.max_ejection_percent > 100 {
+            return Err(invalid(
+                c.name.span(),
+                format!("{key}.outlier_detection"),
+                "failure_rate must be in (0, 1] and max_ejection_percent at most 100",
+            ));
+        }
         let vnodes = *c.virtual_nodes.get_ref();
         if !(1..=1000).contains(&vnodes) {
             return Err(invalid(

@@ -34,6 +34,21 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub cluster: String,
+    pub endpoint: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub cluster: String,
+    pub endpoint: String,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub cluster: String,
     pub endpoint: String,
@@ -69,6 +84,9 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<KindLabels, Counter>,
+    pub endpoint_state: Family<StateLabels, Gauge>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub ejections: Family<EndpointLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,9 +167,30 @@ impl Metrics {
             "Requests sent to a second endpoint, by reason (connect_failure: the first endpoint could not be reached, nothing was sent)",
             retries.clone(),
         );
+        let endpoint_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "endpoint_state",
+            "1 for the endpoint's current health state (warming, healthy, degraded, unhealthy, draining), 0 for the others",
+            endpoint_state.clone(),
+        );
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "endpoint_transitions",
+            "Health state changes of an endpoint, by from and to state",
+            transitions.clone(),
+        );
+        let ejections = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Times an endpoint was ejected by passive outlier detection",
+            ejections.clone(),
+        );
         Metrics {
             registry,
             retries,
+            endpoint_state,
+            transitions,
+            ejections,
             requests,
             request_duration,
             errors,

@@ -26,7 +26,7 @@ use crate::cluster::balance::stable_hash;
 use crate::cluster::{Cluster, InFlight, PickInput};
 use crate::config::HashKey;
 use crate::observe::LogRecord;
-use crate::observe::metrics::KindLabels;
+use crate::observe::metrics::{EndpointLabels, KindLabels};
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
 use crate::shared::Shared;
@@ -154,13 +154,30 @@ async fn forward(
             Err(_) => Err(ProxyError::UpstreamTimeout),
         };
         let upstream_time = finish.start.elapsed();
+        let ok = match &result {
+            Ok(ex) => !ex.head.status.is_server_error(),
+            Err(e) => !e.is_upstream_failure(),
+        };
+        let now = finish.start + upstream_time;
         if cluster.balance.uses_latency() {
-            let ok = match &result {
-                Ok(ex) => !ex.head.status.is_server_error(),
-                Err(e) => !e.is_upstream_failure(),
-            };
-            let now = finish.start + upstream_time;
             endpoint.live.latency.record(upstream_time, ok, now);
+        }
+        if let Some(cfg) = &cluster.outlier {
+            let max = cluster.max_ejection_percent;
+            if let Some((reason, duration)) =
+                endpoint.live.record_response(ok, cfg, max, cluster, now)
+            {
+                tracing::warn!(
+                    cluster = %cluster.name,
+                    endpoint = %endpoint.address,
+                    "endpoint ejected for {duration:?}: {reason}"
+                );
+                let labels = EndpointLabels {
+                    cluster: cluster.name.to_string(),
+                    endpoint: endpoint.address.to_string(),
+                };
+                cx.shared.metrics.ejections.get_or_create(&labels).inc();
+            }
         }
         finish.upstream = Some(Upstream {
             cluster: cluster.clone(),

@@ -56,6 +56,8 @@ pub struct Server {
     /// Connection counts of listeners removed by a reload whose connections
     /// may still be open; a shutdown drains them too.
     retired: Vec<Arc<ConnCount>>,
+    /// Active health check tasks of the current snapshot.
+    checks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -84,6 +86,7 @@ impl Server {
             workers: Vec::new(),
             bound: HashMap::new(),
             retired: Vec::new(),
+            checks: Vec::new(),
             shutdown,
         };
         for id in 0..workers {
@@ -159,6 +162,7 @@ impl Server {
             config.clusters.len()
         );
         self.shared.install(config);
+        self.restart_checks();
         for (address, per_worker) in sockets {
             self.listen(address, per_worker);
         }
@@ -179,6 +183,15 @@ impl Server {
             }
         }
         Ok(summary)
+    }
+
+    /// Replaces the active checks with those of the current snapshot.
+    /// Needs the control loop's runtime.
+    fn restart_checks(&mut self) {
+        for task in self.checks.drain(..) {
+            task.abort();
+        }
+        self.checks = crate::cluster::health::checker::spawn(&self.shared);
     }
 
     fn open_connections(&self) -> usize {
@@ -229,6 +242,7 @@ impl Server {
                 control_tx,
             ));
         }
+        self.restart_checks();
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),

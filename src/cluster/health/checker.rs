@@ -1,0 +1,121 @@
+//! Runs the active checks: one task per endpoint of every cluster that has
+//! `health_check`, on the control thread (checks are few and must not take
+//! time from the workers). A new set starts with each snapshot and the old
+//! one is aborted; the verdicts live in the endpoints' live state, so they
+//! carry over a reload.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::active::{self, Outcome, Probe};
+use super::state::{Check, State, Thresholds};
+use crate::cluster::EndpointLive;
+use crate::config::{CheckKind, HealthCheckConfig};
+use crate::observe::metrics::TransitionLabels;
+use crate::shared::Shared;
+
+/// Starts the checks of the current snapshot.
+pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let snapshot = shared.snapshot.load_full();
+    let mut tasks = Vec::new();
+    for cluster in &snapshot.clusters {
+        let Some(hc) = &cluster.health_check else {
+            continue;
+        };
+        let probe = match hc.kind {
+            CheckKind::Tcp => Probe::Tcp,
+            CheckKind::Http => Probe::Http {
+                method: http::Method::from_bytes(hc.method.get_ref().as_bytes())
+                    .unwrap_or(http::Method::GET),
+                path: hc.path.clone(),
+                host: hc.host.clone(),
+                expect: hc.expect_status.clone(),
+            },
+        };
+        for (i, endpoint) in cluster.endpoints.iter().enumerate() {
+            let check = Checker {
+                cluster: cluster.name.clone(),
+                live: endpoint.live.clone(),
+                probe: probe.clone(),
+                config: hc.clone(),
+                shared: shared.clone(),
+                rng: shared.id_seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            };
+            tasks.push(tokio::spawn(check.run()));
+        }
+    }
+    tasks
+}
+
+struct Checker {
+    cluster: Arc<str>,
+    live: Arc<EndpointLive>,
+    probe: Probe,
+    config: HealthCheckConfig,
+    shared: Arc<Shared>,
+    rng: u64,
+}
+
+impl Checker {
+    async fn run(mut self) {
+        let thresholds = Thresholds {
+            healthy: self.config.healthy_threshold,
+            unhealthy: self.config.unhealthy_threshold,
+        };
+        // The first checks of many endpoints are spread over the jitter too.
+        let mut wait = self.jitter();
+        loop {
+            tokio::time::sleep(wait).await;
+            let outcome =
+                active::check(self.live.address, &self.probe, self.config.timeout.get()).await;
+            let (check, detail) = match &outcome {
+                Outcome::Pass => (Check::Pass, "passed"),
+                Outcome::Degraded(why) => (Check::Degraded, why.as_str()),
+                Outcome::Fail(why) => (Check::Fail, why.as_str()),
+            };
+            if let Some(t) = self.live.record_check(check, &thresholds, Instant::now()) {
+                let message = format!(
+                    "endpoint {} -> {}: {} (last check: {detail})",
+                    t.from.as_str(),
+                    t.to.as_str(),
+                    t.reason
+                );
+                if t.to == State::Unhealthy {
+                    tracing::warn!(cluster = %self.cluster, endpoint = %self.live.address, "{message}");
+                } else {
+                    tracing::info!(cluster = %self.cluster, endpoint = %self.live.address, "{message}");
+                }
+                let labels = TransitionLabels {
+                    cluster: self.cluster.to_string(),
+                    endpoint: self.live.address.to_string(),
+                    from: t.from.as_str(),
+                    to: t.to.as_str(),
+                };
+                self.shared.metrics.transitions.get_or_create(&labels).inc();
+            }
+            let interval = match self.live.state() {
+                State::Unhealthy => self
+                    .config
+                    .unhealthy_interval
+                    .unwrap_or(self.config.interval),
+                _ => self.config.interval,
+            };
+            wait = interval.get() + self.jitter();
+        }
+    }
+
+    /// A random share of the configured jitter (xorshift; quality needs are
+    /// modest: spreading checks out).
+    fn jitter(&mut self) -> Duration {
+        let max = self.config.jitter.get();
+        if max.is_zero() {
+            return Duration::ZERO;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        max.mul_f64((self.rng >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
