@@ -113,6 +113,9 @@ async fn route(
                 ),
             }
         }
+        (&Method::POST, p) if p.starts_with("/clusters/") && p.ends_with("/drain") => {
+            drain(p, shared)
+        }
         (_, "/metrics" | "/status" | "/reload") => reply_json(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method_not_allowed", "message": "GET /metrics, GET /status, POST /reload"}),
@@ -122,6 +125,53 @@ async fn route(
             json!({"error": "not_found", "message": "admin endpoints: /healthz, /metrics, /status, POST /reload"}),
         ),
     }
+}
+
+/// `POST /clusters/{cluster}/endpoints/{address}/drain`: no new requests to
+/// that endpoint; the ones in flight finish. It stays draining until it is
+/// removed from the configuration.
+fn drain(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let [_, cluster, "endpoints", endpoint, "drain"] = parts.as_slice() else {
+        return reply_json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "message": "POST /clusters/{cluster}/endpoints/{ip:port}/drain"}),
+        );
+    };
+    let snapshot = shared.snapshot.load();
+    let found = snapshot
+        .clusters
+        .iter()
+        .filter(|c| &*c.name == *cluster)
+        .flat_map(|c| c.endpoints.iter())
+        .find(|e| e.address.to_string() == *endpoint);
+    let Some(e) = found else {
+        return reply_json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "message": format!("no endpoint {endpoint} in cluster {cluster}")}),
+        );
+    };
+    if let Some(t) = e.live.drain(std::time::Instant::now()) {
+        tracing::info!(
+            cluster,
+            endpoint,
+            "endpoint {} -> {}: {} (admin API)",
+            t.from.as_str(),
+            t.to.as_str(),
+            t.reason
+        );
+        let labels = crate::observe::metrics::TransitionLabels {
+            cluster: (*cluster).to_owned(),
+            endpoint: (*endpoint).to_owned(),
+            from: t.from.as_str(),
+            to: t.to.as_str(),
+        };
+        shared.metrics.transitions.get_or_create(&labels).inc();
+    }
+    reply_json(
+        StatusCode::OK,
+        json!({"cluster": cluster, "endpoint": endpoint, "state": e.live.state().as_str(), "in_flight": e.live.in_flight()}),
+    )
 }
 
 /// The running configuration and live endpoint state, as JSON.

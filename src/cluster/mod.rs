@@ -38,6 +38,8 @@ pub struct EndpointLive {
     /// What the lifecycle allows, published as an atomic so that picking an
     /// endpoint never takes a lock.
     in_service: AtomicBool,
+    /// Draining endpoints are never picked, not even in panic mode.
+    draining: AtomicBool,
     /// Ejected by outlier detection until this many microseconds after
     /// `epoch()`; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -88,7 +90,22 @@ impl EndpointLive {
             .state()
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops new requests to this endpoint; those in flight finish. Returns
+    /// the transition, or `None` if it was already draining.
+    pub fn drain(&self, now: Instant) -> Option<Transition> {
+        let mut lifecycle = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        let transition = lifecycle.drain(now);
+        self.publish(lifecycle.state());
+        transition
+    }
+
     fn publish(&self, state: State) {
+        self.draining
+            .store(state == State::Draining, Ordering::Relaxed);
         self.in_service.store(
             matches!(state, State::Healthy | State::Degraded),
             Ordering::Relaxed,
@@ -233,6 +250,7 @@ impl LiveRegistry {
                     lifecycle: Mutex::new(Lifecycle::new(initial, Instant::now())),
                     outlier: Mutex::new(Outlier::new()),
                     in_service: AtomicBool::new(false),
+                    draining: AtomicBool::new(false),
                     ejected_until: AtomicU64::new(0),
                     state_gauges: STATES.map(gauge),
                     latency: ewma::Latency::new(LATENCY_DECAY),
@@ -378,7 +396,10 @@ impl Cluster {
         // Panic mode: when no endpoint is usable, spread over every primary
         // rather than refuse everything; health verdicts can be wrong, and a
         // request sent may still succeed.
-        let panic = |i: usize| !self.endpoints[i].backup && !avoid(i);
+        let panic = |i: usize| {
+            let e = &self.endpoints[i];
+            !e.backup && !avoid(i) && !e.live.is_draining()
+        };
         let ctx = |usable| Pick {
             usable,
             stats: &stats,
