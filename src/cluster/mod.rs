@@ -294,6 +294,8 @@ pub struct Cluster {
     /// Passive outlier detection, when enabled.
     pub outlier: Option<OutlierConfig>,
     pub max_ejection_percent: u32,
+    /// Percent of usable primaries below which picking ignores health.
+    pub panic_threshold: u32,
     pub endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balancer>,
 }
@@ -371,6 +373,7 @@ impl Cluster {
                 }
             }),
             max_ejection_percent: config.outlier_detection.max_ejection_percent,
+            panic_threshold: config.panic_threshold,
             balancer: balance::build(config, &members),
             endpoints,
         }
@@ -407,11 +410,102 @@ impl Cluster {
             random: input.random,
             now,
         };
+        // Below the panic threshold, the few usable primaries would take
+        // everything: spread over all of them instead.
+        if self.panic_threshold > 0 {
+            let primaries = self.endpoints.iter().filter(|e| !e.backup).count();
+            let usable = (0..self.endpoints.len()).filter(|&i| primary(i)).count();
+            if primaries > 0 && usable * 100 < primaries * self.panic_threshold as usize {
+                let i = self.balancer.pick(&ctx(&panic))?;
+                return self.endpoints.get(i);
+            }
+        }
         let i = self
             .balancer
             .pick(&ctx(&primary))
             .or_else(|| self.balancer.pick(&ctx(&backup)))
             .or_else(|| self.balancer.pick(&ctx(&panic)))?;
         self.endpoints.get(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster of four primaries and one backup, with `extra` cluster keys.
+    fn cluster(extra: &str) -> Cluster {
+        let mut text = format!("[[clusters]]\nname = \"c\"\n{extra}\n");
+        for port in 1..=4 {
+            text.push_str(&format!(
+                "[[clusters.endpoints]]\naddress = \"127.0.0.1:{port}\"\n"
+            ));
+        }
+        text.push_str("[[clusters.endpoints]]\naddress = \"127.0.0.1:9\"\nbackup = true\n");
+        let config = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        Cluster::build(
+            &config.clusters[0],
+            &LiveRegistry::new(1),
+            &Metrics::new(),
+            true,
+        )
+    }
+
+    fn down(c: &Cluster, i: usize, now: Instant) {
+        let one = Thresholds {
+            healthy: 1,
+            unhealthy: 1,
+        };
+        c.endpoints[i].live.record_check(Check::Fail, &one, now);
+        assert!(!c.endpoints[i].live.usable(now));
+    }
+
+    /// Ports picked by 100 requests.
+    fn picks(c: &Cluster, now: Instant) -> Vec<u16> {
+        let input = PickInput {
+            now,
+            key: 0,
+            random: 0,
+            avoid: None,
+        };
+        let mut ports: Vec<u16> = (0..100)
+            .map(|_| c.pick(&input).map_or(0, |e| e.address.port()))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    #[test]
+    fn unusable_primaries_then_backup_then_panic() {
+        let now = Instant::now();
+        let c = cluster("");
+        for i in 0..3 {
+            down(&c, i, now);
+        }
+        assert_eq!(picks(&c, now), [4], "the usable primary takes it all");
+        down(&c, 3, now);
+        assert_eq!(picks(&c, now), [9], "no primary: the backup");
+        down(&c, 4, now);
+        assert_eq!(
+            picks(&c, now),
+            [1, 2, 3, 4],
+            "nothing usable: panic over the primaries"
+        );
+        c.endpoints[0].live.drain(now);
+        assert_eq!(picks(&c, now), [2, 3, 4], "draining is never picked");
+    }
+
+    #[test]
+    fn below_the_panic_threshold_spread_over_all_primaries() {
+        let now = Instant::now();
+        let c = cluster("panic_threshold = 50");
+        down(&c, 0, now);
+        down(&c, 1, now);
+        // 2 of 4 usable: not below 50 %.
+        assert_eq!(picks(&c, now), [3, 4]);
+        down(&c, 2, now);
+        // 1 of 4 usable: 25 % < 50 %.
+        assert_eq!(picks(&c, now), [1, 2, 3, 4]);
     }
 }

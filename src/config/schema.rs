@@ -292,6 +292,11 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub outlier_detection: OutlierDetectionConfig,
+    /// When fewer than this percent of the primaries are usable, requests
+    /// are spread over all of them (healthy or not) rather than overload the
+    /// few. 0: only when none is usable.
+    #[serde(default)]
+    pub panic_threshold: u32,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }

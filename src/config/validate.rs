@@ -132,6 +132,13 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ));
             }
         }
+        if c.panic_threshold > 100 {
+            return Err(invalid(
+                c.name.span(),
+                format!("{key}.panic_threshold"),
+                format!("{} is not a percentage; use 0 to 100", c.panic_threshold),
+            ));
+        }
         let o = &c.outlier_detection;
         if !(o.failure_rate > 0.0 && o.failure_rate <= 1.0) || o.max_ejection_percent > 100 {
             return Err(invalid(
