@@ -13,7 +13,7 @@ use crate::cluster::{Cluster, LiveRegistry};
 use crate::config::Config;
 use crate::observe::Metrics;
 use crate::observe::metrics::RouteMetrics;
-use crate::route::{Matcher, Route};
+use crate::route::{Matcher, Route, Target};
 
 /// Per-listener settings and the routes it serves, in declared order.
 pub struct Listener {
@@ -48,23 +48,41 @@ impl Snapshot {
         let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
             .routes
             .iter()
-            .filter_map(|r| {
-                // Validation guarantees the cluster exists.
-                let cluster = (*by_name.get(r.cluster.get_ref().as_str())?).clone();
+            .map(|r| {
                 let name: Arc<str> = r.name.get_ref().as_str().into();
+                let wanted: Vec<(&str, u32)> = match &r.cluster {
+                    Some(c) => vec![(c.get_ref().as_str(), 1)],
+                    None => r
+                        .split
+                        .iter()
+                        .map(|t| (t.cluster.get_ref().as_str(), *t.weight.get_ref()))
+                        .collect(),
+                };
+                // Validation guarantees every named cluster exists.
+                let targets = wanted
+                    .into_iter()
+                    .filter_map(|(cluster, weight)| {
+                        let cluster = (*by_name.get(cluster)?).clone();
+                        Some(Target {
+                            metrics: RouteMetrics::new(metrics, &name, &cluster.name),
+                            cluster,
+                            weight,
+                        })
+                    })
+                    .collect();
                 let only = r
                     .listeners
                     .as_ref()
                     .map(|ls| ls.iter().map(|l| l.get_ref().clone()).collect());
-                Some((
+                (
                     only,
-                    Arc::new(Route {
-                        metrics: RouteMetrics::new(metrics, &name, &cluster.name),
+                    Arc::new(Route::new(
                         name,
-                        matcher: Matcher::from_config(r),
-                        cluster,
-                    }),
-                ))
+                        Matcher::from_config(r),
+                        targets,
+                        r.split_key.clone(),
+                    )),
+                )
             })
             .collect();
         let listeners = config

@@ -196,7 +196,9 @@ fn status(shared: &Shared) -> serde_json::Value {
         .map(|r| {
             json!({
                 "name": r.name.get_ref(),
-                "cluster": r.cluster.get_ref(),
+                "cluster": r.cluster.as_ref().map(|c| c.get_ref()),
+                "split": r.split.iter().map(|t| json!({"cluster": t.cluster.get_ref(), "weight": t.weight.get_ref()})).collect::<Vec<_>>(),
+                "split_key": r.split_key.as_ref().map(ToString::to_string),
                 "host": r.host.as_ref().map(|h| h.get_ref()),
                 "path": r.path.as_ref().map(|h| h.get_ref()),
                 "path_prefix": r.path_prefix.as_ref().map(|h| h.get_ref()),

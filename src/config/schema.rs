@@ -153,7 +153,24 @@ pub struct RouteConfig {
     /// Header name → exact value; all must match.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+    /// The cluster that serves the route; or `split`.
+    #[serde(default)]
+    pub cluster: Option<Spanned<String>>,
+    /// Weighted split between clusters (e.g. 90/10 for a canary).
+    #[serde(default)]
+    pub split: Vec<SplitTarget>,
+    /// Keeps a client on one side of the split: hash of this key
+    /// (`client_ip`, `path`, `header:NAME`, `cookie:NAME`). Unset: each
+    /// request is split independently.
+    #[serde(default)]
+    pub split_key: Option<HashKey>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
     pub cluster: Spanned<String>,
+    pub weight: Spanned<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -213,16 +213,63 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
-        if !clusters.contains(r.cluster.get_ref().as_str()) {
-            return Err(invalid(
-                r.cluster.span(),
-                format!("{key}.cluster"),
-                format!(
-                    "no cluster named {:?}; defined clusters: {}",
-                    r.cluster.get_ref(),
-                    list(config.clusters.iter().map(|c| c.name.get_ref().as_str()))
-                ),
-            ));
+        let defined = || list(config.clusters.iter().map(|c| c.name.get_ref().as_str()));
+        let mut targets: Vec<(String, &serde_spanned::Spanned<String>)> = Vec::new();
+        match (&r.cluster, r.split.is_empty()) {
+            (Some(c), true) => targets.push((format!("{key}.cluster"), c)),
+            (None, false) => {
+                for (j, t) in r.split.iter().enumerate() {
+                    targets.push((format!("{key}.split[{j}].cluster"), &t.cluster));
+                    if *t.weight.get_ref() > 10_000 {
+                        return Err(invalid(
+                            t.weight.span(),
+                            format!("{key}.split[{j}].weight"),
+                            format!(
+                                "weight {} is out of range; valid weights are 0 to 10000",
+                                t.weight.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                if r.split.iter().all(|t| *t.weight.get_ref() == 0) {
+                    return Err(invalid(
+                        r.name.span(),
+                        format!("{key}.split"),
+                        "every weight is 0: at least one cluster must take traffic",
+                    ));
+                }
+            }
+            (Some(c), false) => {
+                return Err(invalid(
+                    c.span(),
+                    format!("{key}.cluster"),
+                    "a route has either `cluster` or `split`, not both",
+                ));
+            }
+            (None, true) => {
+                return Err(invalid(
+                    r.name.span(),
+                    format!("{key}.cluster"),
+                    format!(
+                        "route {:?} names no cluster; set `cluster` or `split`; defined clusters: {}",
+                        r.name.get_ref(),
+                        defined()
+                    ),
+                ));
+            }
+        }
+        for (tkey, c) in targets {
+            if !clusters.contains(c.get_ref().as_str()) {
+                return Err(invalid(
+                    c.span(),
+                    tkey,
+                    format!(
+                        "no cluster named {:?}; defined clusters: {}",
+                        c.get_ref(),
+                        defined()
+                    ),
+                ));
+            }
         }
         for (j, l) in r.listeners.iter().flatten().enumerate() {
             if !listeners.contains(l.get_ref().as_str()) {

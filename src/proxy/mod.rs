@@ -59,6 +59,7 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         status: 0,
         error: None,
         route: None,
+        target: 0,
         upstream: None,
         bytes_in: Arc::default(),
         snapshot: snapshot.clone(),
@@ -128,7 +129,16 @@ async fn forward(
         return Err(ProxyError::BodyTooLarge);
     }
 
-    let cluster = &route.cluster;
+    // A split route sends this request to one of its clusters: by the split
+    // key's hash (sticky) or at random.
+    if route.targets.len() > 1 {
+        let draw = match &route.split_key {
+            Some(k) => affinity_key(k, &req, cx.client),
+            None => next_random(),
+        };
+        finish.target = route.target(draw);
+    }
+    let cluster = &route.targets[finish.target].cluster;
     let mut pick = PickInput {
         now: finish.start,
         key: cluster
@@ -344,6 +354,8 @@ pub struct Finish {
     status: u16,
     error: Option<ProxyError>,
     route: Option<Arc<Route>>,
+    /// Which of the route's targets (clusters) took the request.
+    target: usize,
     upstream: Option<Upstream>,
     bytes_in: Arc<AtomicU64>,
 }
@@ -366,7 +378,7 @@ impl Finish {
         let metrics = self
             .route
             .as_ref()
-            .map_or(&self.snapshot.unrouted, |r| &r.metrics);
+            .map_or(&self.snapshot.unrouted, |r| &r.targets[self.target].metrics);
         metrics.record(self.status, total.as_secs_f64());
         if let Some(e) = self.error {
             shared.metrics.error(e.code());
@@ -383,7 +395,10 @@ impl Finish {
                     .to_owned(),
                 status: self.status,
                 route: self.route.as_ref().map(|r| r.name.clone()),
-                cluster: self.route.as_ref().map(|r| r.cluster.name.clone()),
+                cluster: self
+                    .route
+                    .as_ref()
+                    .map(|r| r.targets[self.target].cluster.name.clone()),
                 endpoint: self.upstream.as_ref().map(|u| u.endpoint),
                 upstream_ms: self
                     .upstream

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::cluster::Cluster;
-use crate::config::RouteConfig;
+use crate::config::{HashKey, RouteConfig};
 use crate::observe::metrics::RouteMetrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,11 +101,56 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// One cluster a route sends to, with its share and metric handles.
+pub struct Target {
+    pub cluster: Arc<Cluster>,
+    pub weight: u32,
+    pub metrics: RouteMetrics,
+}
+
 pub struct Route {
     pub name: Arc<str>,
     pub matcher: Matcher,
-    pub cluster: Arc<Cluster>,
-    pub metrics: RouteMetrics,
+    /// One target, or a weighted split (a canary).
+    pub targets: Vec<Target>,
+    /// What keeps a client on one side of a split; `None`: per request.
+    pub split_key: Option<HashKey>,
+    total_weight: u64,
+}
+
+impl Route {
+    pub fn new(
+        name: Arc<str>,
+        matcher: Matcher,
+        targets: Vec<Target>,
+        split_key: Option<HashKey>,
+    ) -> Route {
+        let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
+        Route {
+            name,
+            matcher,
+            targets,
+            split_key,
+            total_weight,
+        }
+    }
+
+    /// Index of the target for a request: `draw` is the hash of the split
+    /// key (sticky) or a random number. A target of weight 0 gets nothing.
+    pub fn target(&self, draw: u64) -> usize {
+        if self.targets.len() <= 1 || self.total_weight == 0 {
+            return 0;
+        }
+        let mut point = draw % self.total_weight;
+        for (i, t) in self.targets.iter().enumerate() {
+            let w = u64::from(t.weight);
+            if point < w {
+                return i;
+            }
+            point -= w;
+        }
+        0
+    }
 }
 
 /// The host a request is for: the URI authority (absolute-form) or the Host
@@ -168,5 +213,58 @@ mod tests {
         assert_eq!(request_host(&uri, &h), Some("api.example.com"));
         h.insert("host", HeaderValue::from_static("[::1]"));
         assert_eq!(request_host(&uri, &h), Some("[::1]"));
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::cluster::LiveRegistry;
+    use crate::observe::Metrics;
+
+    fn split_route(weights: &[u32]) -> Route {
+        let mut text = String::new();
+        for i in 0..weights.len() {
+            text.push_str(&format!("[[clusters]]\nname = \"c{i}\"\n"));
+        }
+        text.push_str("[[routes]]\nname = \"r\"\nsplit = [");
+        for (i, w) in weights.iter().enumerate() {
+            text.push_str(&format!("{{ cluster = \"c{i}\", weight = {w} }},"));
+        }
+        text.push_str("]\n");
+        let config = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let (live, metrics) = (LiveRegistry::new(1), Metrics::new());
+        let targets = config
+            .clusters
+            .iter()
+            .zip(weights)
+            .map(|(c, &weight)| Target {
+                cluster: Arc::new(Cluster::build(c, &live, &metrics, true)),
+                weight,
+                metrics: RouteMetrics::new(&metrics, "r", c.name.get_ref()),
+            })
+            .collect();
+        Route::new(
+            "r".into(),
+            Matcher::from_config(&config.routes[0]),
+            targets,
+            None,
+        )
+    }
+
+    #[test]
+    fn ninety_ten_is_exact_over_the_weight_cycle() {
+        let route = split_route(&[90, 10]);
+        let mut counts = [0; 2];
+        for draw in 0..1000u64 {
+            counts[route.target(draw)] += 1;
+        }
+        assert_eq!(counts, [900, 100]);
+    }
+
+    #[test]
+    fn zero_weight_gets_nothing() {
+        let route = split_route(&[0, 5, 0]);
+        assert!((0..100u64).all(|d| route.target(d.wrapping_mul(0x9E37_79B9_7F4A_7C15)) == 1));
     }
 }
