@@ -47,12 +47,15 @@ fn ninety_ten_split_and_header_canary() {
     for _ in 0..20 {
         assert_eq!(backend_of(listen, &[("X-Canary", "true")]), "canary");
     }
-    // Requests are counted per route and per cluster of the split.
-    let canary_count = levee.metric(
-        "levee_requests_total",
-        &[("route", "web"), ("cluster", "canary")],
-    );
-    assert_eq!(canary_count, Some(f64::from(to_canary)));
+    // Requests are counted per route and per cluster of the split (when the
+    // response is done, which can be a moment after the client has it).
+    let counted = wait_until(T, || {
+        levee.metric(
+            "levee_requests_total",
+            &[("route", "web"), ("cluster", "canary")],
+        ) == Some(f64::from(to_canary))
+    });
+    assert!(counted, "canary requests not counted as {to_canary}");
 }
 
 #[test]

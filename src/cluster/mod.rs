@@ -296,6 +296,9 @@ pub struct Cluster {
     pub max_ejection_percent: u32,
     /// Percent of usable primaries below which picking ignores health.
     pub panic_threshold: u32,
+    /// Session affinity cookie name, and each endpoint's opaque token.
+    pub affinity_cookie: Option<String>,
+    affinity_tokens: Vec<String>,
     pub endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balancer>,
 }
@@ -374,6 +377,16 @@ impl Cluster {
             }),
             max_ejection_percent: config.outlier_detection.max_ejection_percent,
             panic_threshold: config.panic_threshold,
+            affinity_cookie: config.affinity_cookie.as_ref().map(|c| c.get_ref().clone()),
+            affinity_tokens: endpoints
+                .iter()
+                .map(|e| {
+                    // Opaque, stable across instances and restarts, and not
+                    // the address: clients learn nothing of the topology.
+                    let h = balance::stable_hash(format!("{name}/{}", e.address).as_bytes());
+                    format!("{h:016x}")
+                })
+                .collect(),
             balancer: balance::build(config, &members),
             endpoints,
         }
@@ -381,6 +394,27 @@ impl Cluster {
 
     /// The endpoint for the next request: a primary if any is usable,
     /// otherwise a backup. `None` when the cluster has nothing to offer.
+    /// Session affinity: the endpoint a client's affinity token names, if it
+    /// may take the request. `None` means: pick afresh (and re-issue the
+    /// cookie), so a session moves when its endpoint goes away instead of
+    /// failing.
+    pub fn pinned(
+        &self,
+        token: &str,
+        now: Instant,
+        avoid: Option<SocketAddr>,
+    ) -> Option<&Endpoint> {
+        let i = self.affinity_tokens.iter().position(|t| t == token)?;
+        let e = &self.endpoints[i];
+        (e.live.usable(now) && Some(e.address) != avoid).then_some(e)
+    }
+
+    /// The affinity token of an endpoint of this cluster.
+    pub fn affinity_token(&self, address: SocketAddr) -> Option<&str> {
+        let i = self.endpoints.iter().position(|e| e.address == address)?;
+        self.affinity_tokens.get(i).map(String::as_str)
+    }
+
     pub fn pick(&self, input: &PickInput) -> Option<&Endpoint> {
         let now = input.now;
         let stats = |i: usize| {

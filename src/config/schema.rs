@@ -309,6 +309,10 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub outlier_detection: OutlierDetectionConfig,
+    /// Session affinity: the name of a cookie Levee sets to pin a client to
+    /// an endpoint (an opaque token, not the address). Unset: none.
+    #[serde(default)]
+    pub affinity_cookie: Option<Spanned<String>>,
     /// When fewer than this percent of the primaries are usable, requests
     /// are spread over all of them (healthy or not) rather than overload the
     /// few. 0: only when none is usable.

@@ -132,6 +132,23 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ));
             }
         }
+        if let Some(name) = &c.affinity_cookie {
+            let ok = !name.get_ref().is_empty()
+                && name
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(invalid(
+                    name.span(),
+                    format!("{key}.affinity_cookie"),
+                    format!(
+                        "{:?} is not a cookie name; use letters, digits, '_' or '-'",
+                        name.get_ref()
+                    ),
+                ));
+            }
+        }
         if c.panic_threshold > 100 {
             return Err(invalid(
                 c.name.span(),

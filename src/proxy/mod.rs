@@ -60,6 +60,7 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         error: None,
         route: None,
         target: 0,
+        set_cookie: None,
         upstream: None,
         bytes_in: Arc::default(),
         snapshot: snapshot.clone(),
@@ -76,6 +77,9 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
             headers::strip_hop_by_hop(&mut headers);
             if !headers.contains_key(&headers::X_REQUEST_ID) {
                 headers.insert(headers::X_REQUEST_ID.clone(), request_id);
+            }
+            if let Some(cookie) = finish.set_cookie.take() {
+                headers.append(header::SET_COOKIE, cookie);
             }
             finish.status = head.status.as_u16();
             let mut response = Response::new(ResponseBody::upstream(body, finish));
@@ -148,7 +152,20 @@ async fn forward(
         random: next_random(),
         avoid: None,
     };
-    let mut endpoint = cluster.pick(&pick).ok_or(ProxyError::NoEndpoint)?;
+    // Session affinity: the endpoint the client's cookie names, while it may
+    // take requests; otherwise a fresh pick and a new cookie.
+    let token = cluster
+        .affinity_cookie
+        .as_deref()
+        .and_then(|name| cookie(req.headers(), name))
+        .map(str::to_owned);
+    let pinned = token
+        .as_deref()
+        .and_then(|t| cluster.pinned(t, finish.start, None));
+    let mut endpoint = match pinned {
+        Some(e) => e,
+        None => cluster.pick(&pick).ok_or(ProxyError::NoEndpoint)?,
+    };
 
     let (mut parts, body) = req.into_parts();
     rewrite_request(&mut parts, cx.client, &finish.request_id);
@@ -212,9 +229,30 @@ async fn forward(
                     None => return Err(e),
                 }
             }
-            other => return other,
+            other => {
+                if let (Some(name), Ok(_)) = (&cluster.affinity_cookie, &other) {
+                    let current = cluster.affinity_token(endpoint.address);
+                    if current.is_some() && current != token.as_deref() {
+                        let value = format!("{name}={}; Path=/; HttpOnly", current.unwrap_or(""));
+                        finish.set_cookie = HeaderValue::from_str(&value).ok();
+                    }
+                }
+                return other;
+            }
         }
     }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// The xxh3 hash of what the cluster's `hash_key` names. A request without
@@ -232,15 +270,9 @@ fn affinity_key(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> u
             .headers()
             .get(name)
             .map_or_else(by_ip, |v| stable_hash(v.as_bytes())),
-        HashKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map_or_else(by_ip, |(_, v)| stable_hash(v.as_bytes())),
+        HashKey::Cookie(name) => {
+            cookie(req.headers(), name).map_or_else(by_ip, |v| stable_hash(v.as_bytes()))
+        }
     }
 }
 
@@ -356,6 +388,8 @@ pub struct Finish {
     route: Option<Arc<Route>>,
     /// Which of the route's targets (clusters) took the request.
     target: usize,
+    /// A session affinity cookie to set on the response.
+    set_cookie: Option<HeaderValue>,
     upstream: Option<Upstream>,
     bytes_in: Arc<AtomicU64>,
 }
