@@ -193,7 +193,14 @@ fn active_checks_have_hysteresis_both_ways() {
         "down: {failed} failed checks to unhealthy ({:?}); still healthy after {seen_before}",
         started.elapsed()
     );
-    assert_eq!(failed, 3, "unhealthy_threshold is 3");
+    // Never before the third failed check. A busy machine can delay this
+    // test's polling past the next check, so the count seen may be higher;
+    // the exact sequence is checked with an injected clock in
+    // `cluster::health::state`'s unit tests.
+    assert!(
+        (3..=5).contains(&failed),
+        "unhealthy_threshold is 3: {failed}"
+    );
     assert!(seen_before <= 2, "still healthy after {seen_before} fails");
     let ep = endpoint(&levee, b1.addr()).unwrap();
     assert_eq!(ep["usable"], false, "{ep}");
@@ -226,7 +233,11 @@ fn active_checks_have_hysteresis_both_ways() {
         "up: {passed} passing checks to healthy ({:?})",
         started.elapsed()
     );
-    assert_eq!(passed, 2, "healthy_threshold is 2");
+    // Never before the second passing check (see above for the upper bound).
+    assert!(
+        (2..=4).contains(&passed),
+        "healthy_threshold is 2: {passed}"
+    );
 
     let backends = get_n(listen, 20);
     let n1 = backends.iter().filter(|b| *b == "b1").count();

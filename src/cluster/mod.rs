@@ -40,6 +40,10 @@ pub struct EndpointLive {
     in_service: AtomicBool,
     /// Draining endpoints are never picked, not even in panic mode.
     draining: AtomicBool,
+    /// When the endpoint last started taking traffic again after being out
+    /// (microseconds after `epoch()`), for the slow-start ramp; `u64::MAX`:
+    /// no ramp.
+    ramp_from: AtomicU64,
     /// Ejected by outlier detection until this many microseconds after
     /// `epoch()`; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -77,6 +81,22 @@ impl EndpointLive {
     pub fn usable(&self, now: Instant) -> bool {
         self.in_service.load(Ordering::Relaxed)
             && micros(now) >= self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// The slow-start share of an endpoint that came back at most
+    /// `slow_start` ago: 0.1 rising to 1.0.
+    fn ramp(&self, slow_start: Duration, now: Instant) -> f64 {
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        if slow_start.is_zero() || from == u64::MAX {
+            return 1.0;
+        }
+        let elapsed = micros(now).saturating_sub(from) as f64 / 1e6;
+        let total = slow_start.as_secs_f64();
+        if elapsed >= total {
+            1.0
+        } else {
+            0.1 + 0.9 * elapsed / total
+        }
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
@@ -124,6 +144,14 @@ impl EndpointLive {
     ) -> Option<Transition> {
         let mut lifecycle = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let transition = lifecycle.record(check, thresholds, now);
+        if let Some(t) = &transition {
+            let back =
+                matches!(t.from, State::Warming | State::Unhealthy) && lifecycle.takes_traffic();
+            let ramp = if back { micros(now) } else { u64::MAX };
+            if back || !lifecycle.takes_traffic() {
+                self.ramp_from.store(ramp, Ordering::Relaxed);
+            }
+        }
         self.publish(lifecycle.state());
         transition
     }
@@ -251,6 +279,7 @@ impl LiveRegistry {
                     outlier: Mutex::new(Outlier::new()),
                     in_service: AtomicBool::new(false),
                     draining: AtomicBool::new(false),
+                    ramp_from: AtomicU64::new(u64::MAX),
                     ejected_until: AtomicU64::new(0),
                     state_gauges: STATES.map(gauge),
                     latency: ewma::Latency::new(LATENCY_DECAY),
@@ -296,6 +325,7 @@ pub struct Cluster {
     pub max_ejection_percent: u32,
     /// Percent of usable primaries below which picking ignores health.
     pub panic_threshold: u32,
+    pub slow_start: Duration,
     /// Session affinity cookie name, and each endpoint's opaque token.
     pub affinity_cookie: Option<String>,
     affinity_tokens: Vec<String>,
@@ -377,6 +407,7 @@ impl Cluster {
             }),
             max_ejection_percent: config.outlier_detection.max_ejection_percent,
             panic_threshold: config.panic_threshold,
+            slow_start: config.slow_start.get(),
             affinity_cookie: config.affinity_cookie.as_ref().map(|c| c.get_ref().clone()),
             affinity_tokens: endpoints
                 .iter()
@@ -429,6 +460,17 @@ impl Cluster {
         let avoid = |i: usize| Some(self.endpoints[i].address) == input.avoid;
         let up = |i: usize| self.endpoints[i].live.usable(now) && !avoid(i);
         let primary = |i: usize| !self.endpoints[i].backup && up(i);
+        // Slow start: an endpoint back in service for less than `slow_start`
+        // takes only its ramp's share of its turns (a coin per pick, so it
+        // works with every balancer).
+        let ramped = |i: usize| {
+            if !primary(i) {
+                return false;
+            }
+            let share = self.endpoints[i].live.ramp(self.slow_start, now);
+            let coin = input.random ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            share >= 1.0 || ((coin >> 11) as f64 / (1u64 << 53) as f64) < share
+        };
         let backup = |i: usize| self.endpoints[i].backup && up(i);
         // Panic mode: when no endpoint is usable, spread over every primary
         // rather than refuse everything; health verdicts can be wrong, and a
@@ -456,7 +498,8 @@ impl Cluster {
         }
         let i = self
             .balancer
-            .pick(&ctx(&primary))
+            .pick(&ctx(&ramped))
+            .or_else(|| self.balancer.pick(&ctx(&primary)))
             .or_else(|| self.balancer.pick(&ctx(&backup)))
             .or_else(|| self.balancer.pick(&ctx(&panic)))?;
         self.endpoints.get(i)
@@ -528,6 +571,42 @@ mod tests {
         );
         c.endpoints[0].live.drain(now);
         assert_eq!(picks(&c, now), [2, 3, 4], "draining is never picked");
+    }
+
+    #[test]
+    fn slow_start_ramps_a_returning_endpoint() {
+        let now = Instant::now();
+        let c = cluster("slow_start = \"10s\"");
+        let one = Thresholds {
+            healthy: 1,
+            unhealthy: 1,
+        };
+        c.endpoints[0].live.record_check(Check::Fail, &one, now);
+        c.endpoints[0].live.record_check(Check::Pass, &one, now);
+        let share = |at: Instant| {
+            let mut state = 7;
+            let hits = (0..4000)
+                .filter(|_| {
+                    let input = PickInput {
+                        now: at,
+                        key: 0,
+                        random: balance::testing::rng(&mut state),
+                        avoid: None,
+                    };
+                    c.pick(&input).map(|e| e.address.port()) == Some(1)
+                })
+                .count();
+            hits as f64 / 4000.0
+        };
+        let (start, half, done) = (
+            share(now),
+            share(now + Duration::from_secs(5)),
+            share(now + Duration::from_secs(10)),
+        );
+        // Four primaries: a full share is 25 %.
+        assert!(start < 0.06, "at the start: {start}");
+        assert!(start < half && half < done, "{start} {half} {done}");
+        assert!((0.2..0.3).contains(&done), "after slow start: {done}");
     }
 
     #[test]

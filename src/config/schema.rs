@@ -309,6 +309,11 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub outlier_detection: OutlierDetectionConfig,
+    /// After an endpoint starts taking traffic again (from WARMING or
+    /// UNHEALTHY), its share ramps from 10 % to 100 % over this long.
+    /// "0s": no ramp.
+    #[serde(default = "default_slow_start")]
+    pub slow_start: Duration,
     /// Session affinity: the name of a cookie Levee sets to pin a client to
     /// an endpoint (an opaque token, not the address). Unset: none.
     #[serde(default)]
@@ -409,6 +414,9 @@ impl Default for OutlierDetectionConfig {
 
 fn default_balance() -> Balance {
     Balance::RoundRobin
+}
+fn default_slow_start() -> Duration {
+    Duration::from_secs(0)
 }
 fn default_hash_key() -> HashKey {
     HashKey::ClientIp
