@@ -266,7 +266,7 @@ fn active_checks_have_hysteresis_both_ways() {
 /// The test backend cannot answer a JSON `status` body, so the degraded
 /// endpoint is a canned upstream saying `{"status":"degraded"}` to anything.
 #[test]
-fn deep_check_degraded_still_takes_traffic() {
+fn degraded_endpoint_is_standby_capacity() {
     const DEGRADED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
         content-length: 21\r\nx-backend: deep\r\n\r\n{\"status\":\"degraded\"}";
     let deep = canned_upstream(DEGRADED, false);
@@ -286,11 +286,14 @@ fn deep_check_degraded_still_takes_traffic() {
     assert_eq!(checks_after(&b2, "/health", 0), 0);
     assert_eq!(state(&levee, b2.addr()), "healthy");
 
+    // Standby capacity: while b2 is healthy, the degraded endpoint gets
+    // nothing; when b2 fails its checks, the degraded one serves.
     let backends = get_n(listen, 20);
-    let n_deep = backends.iter().filter(|b| *b == "deep").count();
-    let n2 = backends.iter().filter(|b| *b == "b2").count();
-    println!("degraded endpoint: deep {n_deep}, b2 {n2} of 20");
-    assert!(n_deep > 0 && n2 > 0 && n_deep + n2 == 20, "{backends:?}");
+    assert!(backends.iter().all(|b| b == "b2"), "{backends:?}");
+    b2.set_status(Some(503));
+    wait_state(&levee, b2.addr(), "unhealthy");
+    let backends = get_n(listen, 20);
+    assert!(backends.iter().all(|b| b == "deep"), "{backends:?}");
 }
 
 /// One response seen by the load thread.

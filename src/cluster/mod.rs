@@ -40,6 +40,8 @@ pub struct EndpointLive {
     in_service: AtomicBool,
     /// Draining endpoints are never picked, not even in panic mode.
     draining: AtomicBool,
+    /// Degraded endpoints take requests only when no healthy one can.
+    degraded: AtomicBool,
     /// When the endpoint last started taking traffic again after being out
     /// (microseconds after `epoch()`), for the slow-start ramp; `u64::MAX`:
     /// no ramp.
@@ -110,6 +112,10 @@ impl EndpointLive {
             .state()
     }
 
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -126,6 +132,8 @@ impl EndpointLive {
     fn publish(&self, state: State) {
         self.draining
             .store(state == State::Draining, Ordering::Relaxed);
+        self.degraded
+            .store(state == State::Degraded, Ordering::Relaxed);
         self.in_service.store(
             matches!(state, State::Healthy | State::Degraded),
             Ordering::Relaxed,
@@ -279,6 +287,7 @@ impl LiveRegistry {
                     outlier: Mutex::new(Outlier::new()),
                     in_service: AtomicBool::new(false),
                     draining: AtomicBool::new(false),
+                    degraded: AtomicBool::new(false),
                     ramp_from: AtomicU64::new(u64::MAX),
                     ejected_until: AtomicU64::new(0),
                     state_gauges: STATES.map(gauge),
@@ -463,8 +472,10 @@ impl Cluster {
         // Slow start: an endpoint back in service for less than `slow_start`
         // takes only its ramp's share of its turns (a coin per pick, so it
         // works with every balancer).
+        // Degraded endpoints take requests only when no healthy one can.
+        let healthy = |i: usize| primary(i) && !self.endpoints[i].live.is_degraded();
         let ramped = |i: usize| {
-            if !primary(i) {
+            if !healthy(i) {
                 return false;
             }
             let share = self.endpoints[i].live.ramp(self.slow_start, now);
@@ -499,6 +510,7 @@ impl Cluster {
         let i = self
             .balancer
             .pick(&ctx(&ramped))
+            .or_else(|| self.balancer.pick(&ctx(&healthy)))
             .or_else(|| self.balancer.pick(&ctx(&primary)))
             .or_else(|| self.balancer.pick(&ctx(&backup)))
             .or_else(|| self.balancer.pick(&ctx(&panic)))?;
