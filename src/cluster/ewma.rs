@@ -57,7 +57,14 @@ struct State {
     peak: f64,
     /// When the last response was recorded; `None` before the first.
     at: Option<Instant>,
+    /// Samples recorded so far, counted up to `WARMUP`.
+    samples: u32,
 }
+
+/// The first samples are averaged by count as well as by time: one slow
+/// first answer (a fresh connection) must not set the estimate for the next
+/// `decay` seconds, which would keep an equally fast endpoint out of favour.
+const WARMUP: u32 = 8;
 
 impl Latency {
     pub fn new(decay: Duration) -> Latency {
@@ -82,12 +89,17 @@ impl Latency {
                 smooth: sample,
                 peak: sample,
                 at: Some(now),
+                samples: 1,
             };
             return;
         };
         // Responses recorded by other workers may carry a slightly earlier
         // `now`; they then count as simultaneous rather than moving time back.
-        let w = self.weight(now.saturating_duration_since(at));
+        let mut w = self.weight(now.saturating_duration_since(at));
+        if s.samples < WARMUP {
+            w = w.min(f64::from(s.samples) / f64::from(s.samples + 1));
+            s.samples += 1;
+        }
         s.smooth = s.smooth * w + sample * (1.0 - w);
         let peak = s.peak * w;
         s.peak = if sample > peak {
@@ -184,13 +196,30 @@ mod tests {
         l.record(10 * MS, true, t + 1000 * MS);
         let want = 0.100 * (-1.0f64).exp() + 0.010 * (1.0 - (-1.0f64).exp());
         assert!(close(l.latency(t + 1000 * MS), want));
-        // Many samples at the same instant barely move it.
+        // After the warm-up, many samples at the same instant barely move it.
         let l = Latency::new(Duration::from_secs(1));
-        l.record(100 * MS, true, t);
+        for _ in 0..WARMUP {
+            l.record(100 * MS, true, t);
+        }
         for _ in 0..1000 {
             l.record(10 * MS, true, t);
         }
         assert!(close(l.latency(t), 0.100));
+    }
+
+    #[test]
+    fn a_slow_first_sample_does_not_stick() {
+        // A fresh connection's 3 ms, then pooled 0.3 ms answers, 1 ms apart:
+        // the estimate follows the average, not the first sample.
+        let l = Latency::new(Duration::from_secs(10));
+        let t = Instant::now();
+        l.record(3 * MS, true, t);
+        for k in 1..WARMUP {
+            l.record(MS * 3 / 10, true, t + MS * k);
+        }
+        let est = l.latency(t + MS * WARMUP);
+        let mean = (3.0 + 0.3 * f64::from(WARMUP - 1)) / f64::from(WARMUP) / 1000.0;
+        assert!((est - mean).abs() < 0.0001, "{est} vs {mean}");
     }
 
     #[test]
