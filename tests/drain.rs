@@ -90,4 +90,15 @@ fn drain_stops_new_requests_and_lets_in_flight_finish() {
         200
     );
     assert_eq!(http_get(listen, "/").expect("request").status, 503);
+
+    // Undrain takes b1 back (no active checks here: straight to healthy).
+    let path = format!("/clusters/app/endpoints/{}/undrain", b1.addr());
+    let r = levee.admin_request("POST", &path, b"").expect("undrain");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().expect("json")["state"], "healthy");
+    for _ in 0..5 {
+        let r = http_get(listen, "/").expect("request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-backend"), Some("b1"));
+    }
 }

@@ -113,7 +113,10 @@ async fn route(
                 ),
             }
         }
-        (&Method::POST, p) if p.starts_with("/clusters/") && p.ends_with("/drain") => {
+        (&Method::POST, p)
+            if p.starts_with("/clusters/")
+                && (p.ends_with("/drain") || p.ends_with("/undrain")) =>
+        {
             drain(p, shared)
         }
         (_, "/metrics" | "/status" | "/reload") => reply_json(
@@ -128,30 +131,48 @@ async fn route(
 }
 
 /// `POST /clusters/{cluster}/endpoints/{address}/drain`: no new requests to
-/// that endpoint; the ones in flight finish. It stays draining until it is
-/// removed from the configuration.
+/// that endpoint; the ones in flight finish. It stays draining until
+/// `.../undrain` (or until it is removed from the configuration), which takes
+/// it back: WARMING if its cluster has active checks, HEALTHY otherwise.
 fn drain(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let [_, cluster, "endpoints", endpoint, "drain"] = parts.as_slice() else {
+    let [
+        _,
+        cluster,
+        "endpoints",
+        endpoint,
+        action @ ("drain" | "undrain"),
+    ] = parts.as_slice()
+    else {
         return reply_json(
             StatusCode::NOT_FOUND,
-            json!({"error": "not_found", "message": "POST /clusters/{cluster}/endpoints/{ip:port}/drain"}),
+            json!({"error": "not_found", "message": "POST /clusters/{cluster}/endpoints/{ip:port}/drain or /undrain"}),
         );
     };
     let snapshot = shared.snapshot.load();
-    let found = snapshot
-        .clusters
+    let Some(c) = snapshot.clusters.iter().find(|c| &*c.name == *cluster) else {
+        return reply_json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "message": format!("no cluster {cluster}")}),
+        );
+    };
+    let Some(e) = c
+        .endpoints
         .iter()
-        .filter(|c| &*c.name == *cluster)
-        .flat_map(|c| c.endpoints.iter())
-        .find(|e| e.address.to_string() == *endpoint);
-    let Some(e) = found else {
+        .find(|e| e.address.to_string() == *endpoint)
+    else {
         return reply_json(
             StatusCode::NOT_FOUND,
             json!({"error": "not_found", "message": format!("no endpoint {endpoint} in cluster {cluster}")}),
         );
     };
-    if let Some(t) = e.live.drain(std::time::Instant::now()) {
+    let now = std::time::Instant::now();
+    let transition = if *action == "drain" {
+        e.live.drain(now)
+    } else {
+        e.live.undrain(c.health_check.is_some(), now)
+    };
+    if let Some(t) = transition {
         tracing::info!(
             cluster,
             endpoint,

@@ -113,6 +113,27 @@ impl EndpointLive {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Takes a drained endpoint back into service: WARMING when its cluster
+    /// has active checks (it must pass them first), HEALTHY otherwise.
+    pub fn undrain(&self, checked: bool, now: Instant) -> Option<Transition> {
+        let mut lifecycle = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        if lifecycle.state() != State::Draining {
+            return None;
+        }
+        let to = if checked {
+            State::Warming
+        } else {
+            State::Healthy
+        };
+        *lifecycle = Lifecycle::new(to, now);
+        self.publish(to);
+        Some(Transition {
+            from: State::Draining,
+            to,
+            reason: "undrained (admin API)".into(),
+        })
+    }
+
     /// Stops new requests to this endpoint; those in flight finish. Returns
     /// the transition, or `None` if it was already draining.
     pub fn drain(&self, now: Instant) -> Option<Transition> {
