@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_bin in curl:curl; do
+for pkg_bin in curl:curl redis-server:redis-server; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
