@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod observe;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resilience;
 pub mod route;
 pub mod server;
