@@ -81,7 +81,8 @@ impl Snapshot {
                         Matcher::from_config(r),
                         targets,
                         r.split_key.clone(),
-                    )),
+                    )
+                    .with_policies(r)),
                 )
             })
             .collect();

@@ -58,7 +58,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn micros(now: Instant) -> u64 {
+pub(super) fn micros(now: Instant) -> u64 {
     now.saturating_duration_since(epoch()).as_micros() as u64
 }
 
@@ -249,6 +249,8 @@ const LATENCY_DECAY: Duration = Duration::from_secs(10);
 /// Keeps each endpoint's live state across reloads.
 pub struct LiveRegistry {
     workers: usize,
+    /// Breakers, retry budgets and bulkheads.
+    pub guards: super::guard::GuardRegistry,
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointLive>>>,
 }
 
@@ -256,6 +258,7 @@ impl LiveRegistry {
     pub fn new(workers: usize) -> Self {
         LiveRegistry {
             workers,
+            guards: Default::default(),
             endpoints: Mutex::new(HashMap::new()),
         }
     }

@@ -9,6 +9,7 @@
 pub mod balance;
 pub mod ewma;
 pub mod health;
+pub mod guard;
 mod live;
 pub mod pool;
 
@@ -22,12 +23,23 @@ use balance::{Balancer, Pick};
 use health::outlier::OutlierConfig;
 use health::state::State;
 pub use live::{EndpointLive, InFlight, LiveRegistry};
+use guard::{ClusterGuard, SharedBreaker};
+use crate::resilience::policy::RetryPolicy;
 
 pub struct Endpoint {
     pub address: SocketAddr,
     pub weight: u32,
     pub backup: bool,
     pub live: Arc<EndpointLive>,
+    /// The endpoint's own circuit breaker, when the cluster has one.
+    pub breaker: Option<Arc<SharedBreaker>>,
+}
+
+impl Endpoint {
+    /// Whether the endpoint's breaker refuses calls now.
+    pub fn breaker_blocks(&self, now: Instant) -> bool {
+        self.breaker.as_ref().is_some_and(|b| b.blocks(now))
+    }
 }
 
 pub struct Cluster {
@@ -51,6 +63,11 @@ pub struct Cluster {
     affinity_tokens: Vec<String>,
     pub endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balancer>,
+    pub retry: RetryPolicy,
+    /// Breaker, retry budget and bulkhead, shared with other snapshots.
+    pub guard: Arc<ClusterGuard>,
+    /// Tells the endpoint how many milliseconds are left.
+    pub deadline_header: Option<http::HeaderName>,
 }
 
 /// The per-request inputs of a pick.
@@ -59,8 +76,8 @@ pub struct PickInput {
     /// Hash of the request's affinity key (0 when the cluster has none).
     pub key: u64,
     pub random: u64,
-    /// An endpoint not to pick (the one a connect just failed to).
-    pub avoid: Option<SocketAddr>,
+    /// Endpoints not to pick (those earlier tries of the request went to).
+    pub avoid: Vec<SocketAddr>,
 }
 
 impl Cluster {
@@ -88,6 +105,10 @@ impl Cluster {
                 weight: *e.weight.get_ref(),
                 backup: e.backup,
                 live: live.get(metrics, name, *e.address.get_ref(), initial),
+                breaker: config.endpoint_circuit_breaker.as_ref().map(|t| {
+                    live.guards
+                        .endpoint(name, *e.address.get_ref(), t, metrics)
+                }),
             })
             .collect();
         if config.health_check.is_none() {
@@ -98,6 +119,7 @@ impl Cluster {
                 e.live.reset(State::Healthy, now);
             }
         }
+        let retry = RetryPolicy::from_config(&config.retry);
         let members: Vec<balance::Member> = endpoints
             .iter()
             .map(|e| balance::Member {
@@ -140,6 +162,12 @@ impl Cluster {
                 .collect(),
             balancer: balance::build(config, &members),
             endpoints,
+            guard: live.guards.cluster(config, &retry, metrics),
+            retry,
+            deadline_header: config
+                .deadline_header
+                .as_ref()
+                .and_then(|h| http::HeaderName::from_bytes(h.get_ref().as_bytes()).ok()),
         }
     }
 
@@ -153,11 +181,10 @@ impl Cluster {
         &self,
         token: &str,
         now: Instant,
-        avoid: Option<SocketAddr>,
     ) -> Option<&Endpoint> {
         let i = self.affinity_tokens.iter().position(|t| t == token)?;
         let e = &self.endpoints[i];
-        (e.live.usable(now) && Some(e.address) != avoid).then_some(e)
+        (e.live.usable(now) && !e.breaker_blocks(now)).then_some(e)
     }
 
     /// The affinity token of an endpoint of this cluster.
@@ -177,7 +204,12 @@ impl Cluster {
                 cost: live.latency.cost(in_flight, now),
             }
         };
-        let avoid = |i: usize| Some(self.endpoints[i].address) == input.avoid;
+        // An endpoint whose own breaker is open is out, even in panic mode:
+        // the breaker would refuse the request anyway.
+        let avoid = |i: usize| {
+            let e = &self.endpoints[i];
+            input.avoid.contains(&e.address) || e.breaker_blocks(now)
+        };
         let up = |i: usize| self.endpoints[i].live.usable(now) && !avoid(i);
         let primary = |i: usize| !self.endpoints[i].backup && up(i);
         // Slow start: an endpoint back in service for less than `slow_start`
@@ -268,7 +300,7 @@ mod tests {
             now,
             key: 0,
             random: 0,
-            avoid: None,
+            avoid: Vec::new(),
         };
         let mut ports: Vec<u16> = (0..100)
             .map(|_| c.pick(&input).map_or(0, |e| e.address.port()))
@@ -316,7 +348,7 @@ mod tests {
                         now: at,
                         key: 0,
                         random: balance::testing::rng(&mut state),
-                        avoid: None,
+                        avoid: Vec::new(),
                     };
                     c.pick(&input).map(|e| e.address.port()) == Some(1)
                 })

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
+use super::resilience::{BreakerConfig, BulkheadConfig, FallbackConfig, RetryConfig};
 use super::value::{ByteSize, Duration};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -164,6 +165,14 @@ pub struct RouteConfig {
     /// request is split independently.
     #[serde(default)]
     pub split_key: Option<HashKey>,
+    /// Replaces the cluster's retry policy for this route.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// What the route answers when it will not forward (open breaker,
+    /// service level below `min_level`). Unset: a JSON 503 with
+    /// `Retry-After`.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -323,6 +332,25 @@ pub struct ClusterConfig {
     /// few. 0: only when none is usable.
     #[serde(default)]
     pub panic_threshold: u32,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// A breaker for the whole cluster: while open, its routes answer their
+    /// fallback at once. Unset: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// A breaker per endpoint: while open, the endpoint is not picked.
+    /// Unset: none (outlier detection still ejects failing endpoints).
+    #[serde(default)]
+    pub endpoint_circuit_breaker: Option<BreakerConfig>,
+    /// At most so many requests in flight to the cluster, with a bounded
+    /// queue. Unset: no limit.
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConfig>,
+    /// A request header that tells the endpoint how many milliseconds are
+    /// left before Levee gives up (e.g. "x-request-timeout-ms"); a client's
+    /// smaller value shortens the deadline. Unset: not sent.
+    #[serde(default)]
+    pub deadline_header: Option<Spanned<String>>,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use http::{HeaderName, HeaderValue, Method};
+use serde_spanned::Spanned;
 
+use super::resilience::{BreakerConfig, FallbackConfig, RetryConfig};
 use super::schema::Config;
 
 pub(super) struct Invalid {
@@ -191,6 +193,33 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ));
             }
         }
+        check_retry(&c.retry, &c.name, &format!("{key}.retry"))?;
+        for (field, b) in [
+            ("circuit_breaker", &c.circuit_breaker),
+            ("endpoint_circuit_breaker", &c.endpoint_circuit_breaker),
+        ] {
+            if let Some(b) = b {
+                check_breaker(b, &c.name, &format!("{key}.{field}"))?;
+            }
+        }
+        if let Some(b) = &c.bulkhead
+            && *b.max_concurrent.get_ref() == 0
+        {
+            return Err(invalid(
+                b.max_concurrent.span(),
+                format!("{key}.bulkhead.max_concurrent"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(h) = &c.deadline_header
+            && HeaderName::from_bytes(h.get_ref().as_bytes()).is_err()
+        {
+            return Err(invalid(
+                h.span(),
+                format!("{key}.deadline_header"),
+                format!("{:?} is not a valid header name", h.get_ref()),
+            ));
+        }
         let mut seen = HashSet::new();
         for (j, e) in c.endpoints.iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
@@ -346,6 +375,12 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ));
             }
         }
+        if let Some(retry) = &r.retry {
+            check_retry(retry, &r.name, &format!("{key}.retry"))?;
+        }
+        if let Some(f) = &r.fallback {
+            check_fallback(f, &format!("{key}.fallback"))?;
+        }
         for (name, value) in &r.headers {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(invalid(
@@ -361,6 +396,116 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                     "not a valid header value (visible ASCII only)",
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A status that may be retried or counted as a failure: a 5xx, or 429.
+/// Any other 4xx is the client's mistake, and repeating it changes nothing.
+fn check_statuses(statuses: &[Spanned<u16>], key: &str) -> Result<(), Invalid> {
+    for (j, s) in statuses.iter().enumerate() {
+        let code = *s.get_ref();
+        if !(code == 429 || (500..=599).contains(&code)) {
+            return Err(invalid(
+                s.span(),
+                format!("{key}[{j}]"),
+                format!("{code} cannot be listed; only 5xx statuses and 429 can (other 4xx are the client's error)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_retry(r: &RetryConfig, owner: &Spanned<String>, key: &str) -> Result<(), Invalid> {
+    let attempts = *r.max_attempts.get_ref();
+    if !(1..=10).contains(&attempts) {
+        return Err(invalid(
+            r.max_attempts.span(),
+            format!("{key}.max_attempts"),
+            format!("{attempts} is out of range; valid values are 1 (no retry) to 10"),
+        ));
+    }
+    check_statuses(&r.retry_statuses, &format!("{key}.retry_statuses"))?;
+    if r.backoff_base.get() > r.backoff_max.get() {
+        return Err(invalid(
+            owner.span(),
+            format!("{key}.backoff_base"),
+            format!(
+                "backoff_base {} is above backoff_max {}",
+                r.backoff_base, r.backoff_max
+            ),
+        ));
+    }
+    if !r.attempts_header.is_empty() && HeaderName::from_bytes(r.attempts_header.as_bytes()).is_err() {
+        return Err(invalid(
+            owner.span(),
+            format!("{key}.attempts_header"),
+            format!("{:?} is not a valid header name", r.attempts_header),
+        ));
+    }
+    let b = &r.budget;
+    for (field, v) in [("ratio", &b.ratio), ("min_per_sec", &b.min_per_sec)] {
+        if !(v.get_ref().is_finite() && *v.get_ref() >= 0.0) {
+            return Err(invalid(
+                v.span(),
+                format!("{key}.budget.{field}"),
+                format!("{} must be a number of at least 0", v.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_breaker(b: &BreakerConfig, owner: &Spanned<String>, key: &str) -> Result<(), Invalid> {
+    for (field, v) in [("failure_rate", &b.failure_rate), ("slow_call_rate", &b.slow_call_rate)] {
+        if !(*v.get_ref() >= 0.0 && *v.get_ref() <= 1.0) {
+            return Err(invalid(
+                v.span(),
+                format!("{key}.{field}"),
+                format!("{} is not a ratio; use 0 (off) to 1, e.g. 0.5", v.get_ref()),
+            ));
+        }
+    }
+    let calls = *b.window_calls.get_ref();
+    if calls > crate::resilience::breaker::MAX_COUNT {
+        return Err(invalid(
+            b.window_calls.span(),
+            format!("{key}.window_calls"),
+            format!(
+                "{calls} is out of range; at most {}",
+                crate::resilience::breaker::MAX_COUNT
+            ),
+        ));
+    }
+    if b.open_duration.get().is_zero() || b.half_open_max_calls == 0 || b.success_threshold == 0 {
+        return Err(invalid(
+            owner.span(),
+            key.to_string(),
+            "open_duration must be above 0 and half_open_max_calls and success_threshold at least 1",
+        ));
+    }
+    check_statuses(&b.failure_statuses, &format!("{key}.failure_statuses"))
+}
+
+fn check_fallback(f: &FallbackConfig, key: &str) -> Result<(), Invalid> {
+    let status = *f.status.get_ref();
+    if !(200..=599).contains(&status) {
+        return Err(invalid(
+            f.status.span(),
+            format!("{key}.status"),
+            format!("{status} is not a final HTTP status; use 200 to 599"),
+        ));
+    }
+    for (name, value) in &f.headers {
+        if HeaderName::from_bytes(name.as_bytes()).is_err()
+            || HeaderValue::from_str(value.get_ref()).is_err()
+        {
+            return Err(invalid(
+                value.span(),
+                format!("{key}.headers.{name}"),
+                "not a valid header (name: token characters; value: visible ASCII)",
+            ));
         }
     }
     Ok(())

@@ -25,6 +25,8 @@ pub struct LogRecord {
     pub bytes_out: u64,
     pub request_id: String,
     pub error: Option<&'static str>,
+    /// Tries made upstream (0: none, e.g. refused before forwarding).
+    pub attempts: u32,
 }
 
 impl LogRecord {
@@ -56,6 +58,7 @@ impl LogRecord {
             self.bytes_in, self.bytes_out
         );
         let _ = write!(s, ",\"request_id\":{}", json_str(&self.request_id));
+        let _ = write!(s, ",\"attempts\":{}", self.attempts);
         if let Some(e) = self.error {
             let _ = write!(s, ",\"error\":\"{e}\"");
         }
@@ -207,6 +210,7 @@ mod tests {
             bytes_out: 6,
             request_id: "abc".into(),
             error: None,
+            attempts: 1,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b");

@@ -56,6 +56,17 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterKindLabels {
+    pub cluster: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -83,7 +94,13 @@ pub struct Metrics {
     pub connections_total: Family<ListenerLabels, Counter>,
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
-    pub retries: Family<KindLabels, Counter>,
+    pub retries: Family<ClusterKindLabels, Counter>,
+    pub retry_budget_exhausted: Family<ClusterLabels, Counter>,
+    pub breaker_state: Family<StateLabels, Gauge>,
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
+    pub breaker_rejections: Family<EndpointLabels, Counter>,
+    pub bulkhead_rejections: Family<ClusterKindLabels, Counter>,
+    pub shed: Family<ClusterLabels, Counter>,
     pub endpoint_state: Family<StateLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
@@ -161,11 +178,47 @@ impl Metrics {
             "Configuration reloads, by result (applied, refused)",
             reloads.clone(),
         );
-        let retries = Family::<KindLabels, Counter>::default();
+        let retries = Family::<ClusterKindLabels, Counter>::default();
         registry.register(
             "upstream_retries",
-            "Requests sent to a second endpoint, by reason (connect_failure: the first endpoint could not be reached, nothing was sent)",
+            "Tries after the first, by cluster and reason (connect_failure, reset, timeout, gateway_error, rate_limited, status)",
             retries.clone(),
+        );
+        let retry_budget_exhausted = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not made because the cluster's retry budget was spent; the client got the last try's answer",
+            retry_budget_exhausted.clone(),
+        );
+        let breaker_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "1 for a circuit breaker's current state (closed, open, half-open), 0 for the others; endpoint=\"\" is the cluster's own breaker",
+            breaker_state.clone(),
+        );
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes, by from and to state",
+            breaker_transitions.clone(),
+        );
+        let breaker_rejections = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "breaker_rejections",
+            "Requests a circuit breaker refused (cluster breaker: answered with the fallback; endpoint breaker: sent elsewhere)",
+            breaker_rejections.clone(),
+        );
+        let bulkhead_rejections = Family::<ClusterKindLabels, Counter>::default();
+        registry.register(
+            "bulkhead_rejections",
+            "Requests answered 503 by a cluster's bulkhead, by kind (queue_full, queue_timeout)",
+            bulkhead_rejections.clone(),
+        );
+        let shed = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "adaptive_shed",
+            "Requests answered 503 because the cluster's adaptive concurrency limit was reached",
+            shed.clone(),
         );
         let endpoint_state = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -188,6 +241,12 @@ impl Metrics {
         Metrics {
             registry,
             retries,
+            retry_budget_exhausted,
+            breaker_state,
+            breaker_transitions,
+            breaker_rejections,
+            bulkhead_rejections,
+            shed,
             endpoint_state,
             transitions,
             ejections,

@@ -33,6 +33,9 @@ impl fmt::Display for TooLarge {
 impl StdError for TooLarge {}
 
 pub struct UpstreamBody {
+    /// Read before `inner`: a body kept for retries, or the part of one read
+    /// before it turned out too large to keep.
+    kept: Option<Bytes>,
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
@@ -42,6 +45,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     pub fn new(inner: Incoming, limit: Option<u64>, counter: Arc<AtomicU64>) -> Self {
         UpstreamBody {
+            kept: None,
             inner: Some(inner),
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
@@ -49,8 +53,40 @@ impl UpstreamBody {
         }
     }
 
+    /// A kept body, sent again for a retry.
+    pub fn kept(bytes: Bytes) -> Self {
+        UpstreamBody {
+            kept: (!bytes.is_empty()).then_some(bytes),
+            inner: None,
+            limit: u64::MAX,
+            seen: 0,
+            counter: Arc::default(),
+        }
+    }
+
+    /// Reads the body whole if it is at most `max` bytes: then it can be
+    /// sent again, and is returned. A larger one stays streamable (what was
+    /// read goes first) but is not returned.
+    pub async fn keep(&mut self, max: u64) -> Result<Option<Bytes>, Box<dyn StdError + Send + Sync>> {
+        use http_body_util::BodyExt;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = self.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            if buf.len() as u64 > max {
+                self.kept = Some(buf.freeze());
+                return Ok(None);
+            }
+        }
+        let bytes = buf.freeze();
+        self.kept = (!bytes.is_empty()).then(|| bytes.clone());
+        Ok(Some(bytes))
+    }
+
     pub fn empty() -> Self {
         UpstreamBody {
+            kept: None,
             inner: None,
             limit: u64::MAX,
             seen: 0,
@@ -68,6 +104,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(kept) = this.kept.take() {
+            return Poll::Ready(Some(Ok(Frame::data(kept))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -90,13 +129,23 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.kept.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        let kept = self.kept.as_ref().map_or(0, |k| k.len() as u64);
+        match &self.inner {
+            None => SizeHint::with_exact(kept),
+            Some(inner) => {
+                let h = inner.size_hint();
+                let mut sum = SizeHint::new();
+                sum.set_lower(h.lower() + kept);
+                if let Some(upper) = h.upper() {
+                    sum.set_upper(upper + kept);
+                }
+                sum
+            }
+        }
     }
 }
 

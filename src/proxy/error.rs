@@ -19,6 +19,16 @@ pub enum ProxyError {
     HeadersTooLarge,
     BadFraming,
     ClientBody,
+    /// The cluster's circuit breaker is open.
+    BreakerOpen,
+    /// The cluster's bulkhead is full and its queue too.
+    BulkheadFull,
+    /// Waited `queue_timeout` for a bulkhead slot.
+    QueueTimeout,
+    /// Over the cluster's adaptive concurrency limit.
+    Shed,
+    /// The service level is below the route's `min_level`.
+    Degraded,
 }
 
 impl ProxyError {
@@ -52,6 +62,11 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadFraming | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::BreakerOpen
+            | ProxyError::BulkheadFull
+            | ProxyError::QueueTimeout
+            | ProxyError::Shed
+            | ProxyError::Degraded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -67,6 +82,11 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::BadFraming => "bad_framing",
             ProxyError::ClientBody => "client_body",
+            ProxyError::BreakerOpen => "breaker_open",
+            ProxyError::BulkheadFull => "bulkhead_full",
+            ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::Shed => "shed",
+            ProxyError::Degraded => "degraded",
         }
     }
 
@@ -84,6 +104,13 @@ impl ProxyError {
                 "ambiguous request framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)"
             }
             ProxyError::ClientBody => "the request body could not be read from the client",
+            ProxyError::BreakerOpen => {
+                "the upstream cluster is failing; its circuit breaker is open"
+            }
+            ProxyError::BulkheadFull => "the upstream cluster is at its concurrency limit",
+            ProxyError::QueueTimeout => "timed out waiting for the upstream cluster",
+            ProxyError::Shed => "the upstream cluster is overloaded; request shed",
+            ProxyError::Degraded => "this route is switched off at the current service level",
         }
     }
 
@@ -113,9 +140,12 @@ pub fn json_body(status: StatusCode, code: &str, message: &str, request_id: &str
     Bytes::from(s)
 }
 
+/// Levee's answer for `err`. `retry_after`: when the client may try again
+/// (refusals that pass: open breaker, full bulkhead, shedding).
 pub fn response(
     err: ProxyError,
     request_id: &HeaderValue,
+    retry_after: Option<std::time::Duration>,
     body: impl FnOnce(Bytes) -> ResponseBody,
 ) -> Response<ResponseBody> {
     let id = request_id.to_str().unwrap_or("");
@@ -131,5 +161,15 @@ pub fn response(
     if err.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if let Some(wait) = retry_after {
+        h.insert(header::RETRY_AFTER, retry_after_value(wait));
+    }
     resp
+}
+
+/// Whole seconds, rounded up, at least 1: "0" would invite an immediate
+/// retry into the same refusal.
+pub fn retry_after_value(wait: std::time::Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }

@@ -23,10 +23,12 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::cluster::balance::stable_hash;
-use crate::cluster::{Cluster, InFlight, PickInput};
+use crate::cluster::guard::Pass;
+use crate::cluster::{Cluster, Endpoint, InFlight, PickInput};
 use crate::config::HashKey;
 use crate::observe::LogRecord;
-use crate::observe::metrics::{EndpointLabels, KindLabels};
+use crate::observe::metrics::{ClusterKindLabels, EndpointLabels};
+use crate::resilience::policy::{self, TryResult, Verdict, is_repeatable};
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
 use crate::shared::Shared;
@@ -62,6 +64,9 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         target: 0,
         set_cookie: None,
         upstream: None,
+        attempts: 0,
+        attempts_header: None,
+        retry_after: None,
         bytes_in: Arc::default(),
         snapshot: snapshot.clone(),
         cx: cx.clone(),
@@ -71,7 +76,11 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
     } else {
         forward(&cx, &snapshot, req, &mut finish).await
     };
-    match forwarded {
+    let attempts = finish
+        .attempts_header
+        .clone()
+        .map(|name| (name, HeaderValue::from(finish.attempts)));
+    let mut response = match forwarded {
         Ok(upstream::Exchange { head, body, .. }) => {
             let mut headers = head.headers;
             headers::strip_hop_by_hop(&mut headers);
@@ -88,13 +97,46 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
             response
         }
         Err(e) => {
-            finish.status = e.status().as_u16();
+            let fallback = match e {
+                ProxyError::BreakerOpen | ProxyError::Degraded => {
+                    finish.route.as_ref().filter(|r| r.fallback.is_some()).cloned()
+                }
+                _ => None,
+            };
             finish.error = Some(e);
-            error::response(e, &request_id, |b| ResponseBody::full(b, Some(finish)))
+            let retry_after = finish.retry_after;
+            match fallback.as_ref().and_then(|r| r.fallback.as_ref()) {
+                Some(fallback) => {
+                    finish.status = fallback.status.as_u16();
+                    let body = ResponseBody::full(fallback.body.clone(), Some(finish));
+                    let mut response = Response::new(body);
+                    *response.status_mut() = fallback.status;
+                    *response.headers_mut() = fallback.headers.clone();
+                    let h = response.headers_mut();
+                    h.insert(headers::X_REQUEST_ID.clone(), request_id);
+                    if let (Some(wait), false) = (retry_after, h.contains_key(header::RETRY_AFTER))
+                    {
+                        h.insert(header::RETRY_AFTER, error::retry_after_value(wait));
+                    }
+                    response
+                }
+                None => {
+                    finish.status = e.status().as_u16();
+                    error::response(e, &request_id, retry_after, |b| {
+                        ResponseBody::full(b, Some(finish))
+                    })
+                }
+            }
         }
+    };
+    if let Some((name, value)) = attempts {
+        response.headers_mut().insert(name, value);
     }
+    response
 }
 
+/// Steps 2–5 of the pipeline: everything between the request head and the
+/// response head that goes back to the client.
 async fn forward(
     cx: &ConnCtx,
     snapshot: &Snapshot,
@@ -143,6 +185,8 @@ async fn forward(
         finish.target = route.target(draw);
     }
     let cluster = &route.targets[finish.target].cluster;
+    let policy = route.retry.as_ref().unwrap_or(&cluster.retry);
+    finish.attempts_header = policy.attempts_header.clone();
     let mut pick = PickInput {
         now: finish.start,
         key: cluster
@@ -150,7 +194,7 @@ async fn forward(
             .as_ref()
             .map_or(0, |k| affinity_key(k, &req, cx.client)),
         random: next_random(),
-        avoid: None,
+        avoid: Vec::new(),
     };
     // Session affinity: the endpoint the client's cookie names, while it may
     // take requests; otherwise a fresh pick and a new cookie.
@@ -161,86 +205,262 @@ async fn forward(
         .map(str::to_owned);
     let pinned = token
         .as_deref()
-        .and_then(|t| cluster.pinned(t, finish.start, None));
-    let mut endpoint = match pinned {
-        Some(e) => e,
-        None => cluster.pick(&pick).ok_or(ProxyError::NoEndpoint)?,
-    };
+        .and_then(|t| cluster.pinned(t, finish.start));
 
+    let deadline = request_deadline(cluster, req.headers(), finish.start);
     let (mut parts, body) = req.into_parts();
     rewrite_request(&mut parts, cx.client, &finish.request_id);
     let mut body = UpstreamBody::new(body, listener.max_body_bytes, finish.bytes_in.clone());
-    let deadline = tokio::time::Instant::from_std(finish.start + cluster.response_timeout);
 
-    let mut retried = false;
+    // Whether the request may be sent a second time once it was sent: an
+    // idempotent method (or an Idempotency-Key) and a body we kept. A
+    // connect failure is retried regardless: nothing was sent.
+    let mut repeatable = is_repeatable(&parts.method, &parts.headers);
+    let mut kept = None;
+    if !hyper::body::Body::is_end_stream(&body) {
+        if repeatable && policy.retries_after_send() {
+            kept = body.keep(policy.buffer_body_max).await.map_err(|e| {
+                if e.is::<body::TooLarge>() {
+                    ProxyError::BodyTooLarge
+                } else {
+                    ProxyError::ClientBody
+                }
+            })?;
+        }
+        repeatable &= kept.is_some();
+    }
+
+    let guard = &cluster.guard;
+    guard.deposit(finish.start);
+    let mut tried = Vec::new();
+    let mut next = choose(cluster, &mut pick, pinned, &tried, finish.start);
     loop {
-        let in_flight = endpoint.live.begin();
-        let exchange = upstream::send(cluster, endpoint, cx.worker, &parts, &mut body);
-        let result = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-        };
-        let upstream_time = finish.start.elapsed();
-        let ok = match &result {
-            Ok(ex) => !ex.head.status.is_server_error(),
-            Err(e) => !e.is_upstream_failure(),
-        };
-        let now = finish.start + upstream_time;
-        if cluster.balance.uses_latency() {
-            endpoint.live.latency.record(upstream_time, ok, now);
-        }
-        if let Some(cfg) = &cluster.outlier {
-            let max = cluster.max_ejection_percent;
-            if let Some((reason, duration)) =
-                endpoint.live.record_response(ok, cfg, max, cluster, now)
-            {
-                tracing::warn!(
-                    cluster = %cluster.name,
-                    endpoint = %endpoint.address,
-                    "endpoint ejected for {duration:?}: {reason}"
-                );
-                let labels = EndpointLabels {
-                    cluster: cluster.name.to_string(),
-                    endpoint: endpoint.address.to_string(),
-                };
-                cx.shared.metrics.ejections.get_or_create(&labels).inc();
+        let (endpoint, cluster_pass, endpoint_pass) = match next {
+            Ok(chosen) => chosen,
+            Err((e, wait)) => {
+                finish.retry_after = wait;
+                return Err(e);
             }
+        };
+        finish.attempts += 1;
+        let try_start = Instant::now();
+        if let Some(name) = &cluster.deadline_header {
+            let left = deadline.saturating_duration_since(try_start).as_millis();
+            parts.headers.insert(name, HeaderValue::from(left as u64));
         }
+        let try_deadline = policy
+            .per_try_timeout
+            .map_or(deadline, |t| deadline.min(try_start + t));
+        let mut replay;
+        let body = match &kept {
+            Some(bytes) => {
+                replay = UpstreamBody::kept(bytes.clone());
+                &mut replay
+            }
+            None => &mut body,
+        };
+        let in_flight = endpoint.live.begin();
+        let exchange = upstream::send(cluster, endpoint, cx.worker, &parts, body);
+        let result =
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(try_deadline), exchange)
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::UpstreamTimeout),
+            };
+        let now = Instant::now();
+        let upstream_time = now - try_start;
         finish.upstream = Some(Upstream {
             cluster: cluster.clone(),
             endpoint: endpoint.address,
-            upstream_time,
+            upstream_time: now - finish.start,
             in_flight,
         });
-        match result {
-            // Nothing was sent, so another endpoint may take the request
-            // whatever its method: one more try.
-            Err(e) if e.is_connect_failure() && !retried => {
-                pick.avoid = Some(endpoint.address);
-                match cluster.pick(&pick) {
-                    Some(next) => {
-                        let reason = KindLabels {
-                            kind: "connect_failure",
-                        };
-                        cx.shared.metrics.retries.get_or_create(&reason).inc();
-                        endpoint = next;
-                        retried = true;
-                    }
-                    None => return Err(e),
-                }
-            }
-            other => {
-                if let (Some(name), Ok(_)) = (&cluster.affinity_cookie, &other) {
-                    let current = cluster.affinity_token(endpoint.address);
-                    if current.is_some() && current != token.as_deref() {
-                        let value = format!("{name}={}; Path=/; HttpOnly", current.unwrap_or(""));
-                        finish.set_cookie = HeaderValue::from_str(&value).ok();
-                    }
-                }
-                return other;
-            }
+        // The client's side failed (body too large, went away): nothing to
+        // judge the endpoint by, nothing to retry.
+        let Some(outcome) = try_result(&result) else {
+            return result;
+        };
+        record_try(cx, cluster, endpoint, outcome, upstream_time, now);
+        for pass in [cluster_pass, endpoint_pass].into_iter().flatten() {
+            pass.record(outcome, upstream_time, now);
+        }
+
+        let retry_after = match &result {
+            Ok(ex) => ex
+                .head
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Err(_) => None,
+        };
+        let verdict = policy.verdict(
+            finish.attempts,
+            outcome,
+            repeatable,
+            retry_after,
+            SystemTime::now(),
+        );
+        if verdict == Verdict::Answer {
+            return answer(cluster, endpoint, token.as_deref(), finish, result);
+        }
+        tried.push(endpoint.address);
+        pick.random = next_random();
+        pick.now = now;
+        next = choose(cluster, &mut pick, None, &tried, now);
+        let elsewhere = next.as_ref().is_ok_and(|(e, ..)| e.address != endpoint.address);
+        let wait = match verdict {
+            // Nothing was sent: another endpoint may take it at once.
+            Verdict::Retry if outcome == TryResult::ConnectFailure && elsewhere => Duration::ZERO,
+            Verdict::RetryAfter(wait) => wait,
+            _ => policy.backoff.delay(finish.attempts, next_random()),
+        };
+        // A retry with nowhere to go, one that could not finish before the
+        // deadline, or one the budget refuses, is not made: the client gets
+        // this answer.
+        if next.is_err() || now + wait >= deadline || !guard.withdraw(now) {
+            return answer(cluster, endpoint, token.as_deref(), finish, result);
+        }
+        let labels = ClusterKindLabels {
+            cluster: cluster.name.to_string(),
+            kind: policy::reason(outcome),
+        };
+        cx.shared.metrics.retries.get_or_create(&labels).inc();
+        drop(result);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// What a try's result means for the breakers and the retry policy; `None`
+/// when the client, not the endpoint, failed.
+fn try_result(result: &Result<upstream::Exchange, ProxyError>) -> Option<TryResult> {
+    match result {
+        Ok(ex) => Some(TryResult::Status(ex.head.status.as_u16())),
+        Err(ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout) => {
+            Some(TryResult::ConnectFailure)
+        }
+        Err(ProxyError::UpstreamTimeout) => Some(TryResult::Timeout),
+        Err(ProxyError::UpstreamFailed) => Some(TryResult::Reset),
+        Err(_) => None,
+    }
+}
+
+/// An endpoint for the next try, admitted by the cluster's breaker and its
+/// own: the pinned one if given, otherwise a pick that avoids the endpoints
+/// already tried when another is available.
+fn choose<'c>(
+    cluster: &'c Cluster,
+    pick: &mut PickInput,
+    mut pinned: Option<&'c Endpoint>,
+    tried: &[SocketAddr],
+    now: Instant,
+) -> Result<(&'c Endpoint, Option<Pass>, Option<Pass>), (ProxyError, Option<Duration>)> {
+    let cluster_pass = match &cluster.guard.breaker {
+        Some(b) => Some(
+            b.allow(now)
+                .map_err(|wait| (ProxyError::BreakerOpen, Some(wait)))?,
+        ),
+        None => None,
+    };
+    // Endpoints whose own breaker refused this request.
+    let mut refused: Vec<SocketAddr> = Vec::new();
+    for _ in 0..=cluster.endpoints.len() {
+        let endpoint = match pinned.take() {
+            Some(e) => e,
+            None => {
+                pick.avoid.clear();
+                pick.avoid.extend_from_slice(tried);
+                pick.avoid.extend_from_slice(&refused);
+                let fresh = cluster.pick(pick);
+                match fresh {
+                    Some(e) => e,
+                    None if !tried.is_empty() => {
+                        pick.avoid.clone_from(&refused);
+                        cluster.pick(pick).ok_or((ProxyError::NoEndpoint, None))?
+                    }
+                    None => return Err((ProxyError::NoEndpoint, None)),
+                }
+            }
+        };
+        match &endpoint.breaker {
+            None => return Ok((endpoint, cluster_pass, None)),
+            Some(b) => match b.allow(now) {
+                Ok(pass) => return Ok((endpoint, cluster_pass, Some(pass))),
+                Err(_) => refused.push(endpoint.address),
+            },
+        }
+    }
+    Err((ProxyError::NoEndpoint, None))
+}
+
+/// Feeds one try's result to the endpoint's latency estimate and outlier
+/// detector.
+fn record_try(
+    cx: &ConnCtx,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    outcome: TryResult,
+    took: Duration,
+    now: Instant,
+) {
+    let ok = match outcome {
+        TryResult::Status(s) => s < 500,
+        _ => false,
+    };
+    if cluster.balance.uses_latency() {
+        endpoint.live.latency.record(took, ok, now);
+    }
+    if let Some(cfg) = &cluster.outlier {
+        let max = cluster.max_ejection_percent;
+        if let Some((reason, duration)) = endpoint.live.record_response(ok, cfg, max, cluster, now)
+        {
+            tracing::warn!(
+                cluster = %cluster.name,
+                endpoint = %endpoint.address,
+                "endpoint ejected for {duration:?}: {reason}"
+            );
+            let labels = EndpointLabels {
+                cluster: cluster.name.to_string(),
+                endpoint: endpoint.address.to_string(),
+            };
+            cx.shared.metrics.ejections.get_or_create(&labels).inc();
+        }
+    }
+}
+
+/// The try's result goes to the client; a success re-issues the affinity
+/// cookie when the request landed elsewhere than its cookie said.
+fn answer(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    token: Option<&str>,
+    finish: &mut Finish,
+    result: Result<upstream::Exchange, ProxyError>,
+) -> Result<upstream::Exchange, ProxyError> {
+    if let (Some(name), Ok(_)) = (&cluster.affinity_cookie, &result) {
+        let current = cluster.affinity_token(endpoint.address);
+        if current.is_some() && current != token {
+            let value = format!("{name}={}; Path=/; HttpOnly", current.unwrap_or(""));
+            finish.set_cookie = HeaderValue::from_str(&value).ok();
+        }
+    }
+    result
+}
+
+/// When Levee gives up on the request: the cluster's `response_timeout`
+/// from its arrival, or sooner if the client's deadline header (the
+/// cluster's `deadline_header`, in milliseconds) says so.
+fn request_deadline(cluster: &Cluster, headers: &http::HeaderMap, start: Instant) -> Instant {
+    let own = start + cluster.response_timeout;
+    let theirs = cluster
+        .deadline_header
+        .as_ref()
+        .and_then(|name| headers.get(name))
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(|ms| start + Duration::from_millis(ms));
+    theirs.map_or(own, |t| t.min(own))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -391,6 +611,11 @@ pub struct Finish {
     /// A session affinity cookie to set on the response.
     set_cookie: Option<HeaderValue>,
     upstream: Option<Upstream>,
+    /// Tries made upstream, and the header that reports them.
+    attempts: u32,
+    attempts_header: Option<http::HeaderName>,
+    /// When a refused client may come back (open breaker, full bulkhead).
+    retry_after: Option<Duration>,
     bytes_in: Arc<AtomicU64>,
 }
 
@@ -443,6 +668,7 @@ impl Finish {
                 bytes_out,
                 request_id: self.request_id.to_str().unwrap_or("").to_owned(),
                 error: self.error.map(ProxyError::code),
+                attempts: self.attempts,
             });
         }
         self.cx.phase.idle();

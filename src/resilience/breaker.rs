@@ -370,6 +370,31 @@ impl Breaker {
         ))
     }
 
+    /// Gives back an admission that will never be recorded (the request
+    /// was abandoned before its result was known), so a half-open breaker
+    /// does not wait forever for a trial that is gone.
+    pub fn cancel(&mut self) {
+        if self.state == State::HalfOpen {
+            self.trials = self.trials.saturating_sub(1);
+        }
+    }
+
+    /// While open: when it will let a trial through.
+    pub fn open_until(&self) -> Option<Instant> {
+        (self.state == State::Open).then(|| self.since + self.cfg.open_duration)
+    }
+
+    /// Whether `allow` would admit a call now, without counting anything:
+    /// closed, half-open with a trial slot free, or open and due to turn
+    /// half-open.
+    pub fn would_admit(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::HalfOpen => self.trials < self.cfg.half_open_max_calls.max(1),
+            State::Open => now.saturating_duration_since(self.since) >= self.cfg.open_duration,
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }
@@ -413,6 +438,32 @@ mod tests {
             out.extend(moved.into_iter().chain(b.record(o, *t)));
         }
         out.into_iter().map(|m| (m.from, m.to, m.reason)).collect()
+    }
+
+    #[test]
+    fn a_cancelled_trial_frees_its_half_open_slot() {
+        let t0 = Instant::now();
+        let cfg = BreakerConfig {
+            consecutive_failures: 1,
+            half_open_max_calls: 1,
+            open_duration: SEC,
+            ..BreakerConfig::default()
+        };
+        let mut b = Breaker::new(cfg, t0);
+        let mut t = t0;
+        feed(&mut b, &mut t, &[FAIL]);
+        assert_eq!(b.open_until(), Some(t + SEC));
+        assert!(!b.would_admit(t));
+        t += SEC;
+        assert!(b.would_admit(t));
+        assert_eq!(b.allow(t).0, Allowed);
+        assert_eq!(b.state(), HalfOpen);
+        assert!(!b.would_admit(t));
+        assert_eq!(b.allow(t).0, Rejected);
+        b.cancel();
+        assert!(b.would_admit(t));
+        assert_eq!(b.allow(t).0, Allowed);
+        assert_eq!(b.counts().rejections, 1);
     }
 
     fn moved(from: State, to: State, reason: &str) -> Vec<(State, State, String)> {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::cluster::Cluster;
+use crate::config::resilience::FallbackConfig;
 use crate::config::{HashKey, RouteConfig};
+use crate::resilience::policy::RetryPolicy;
 use crate::observe::metrics::RouteMetrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +118,38 @@ pub struct Route {
     /// What keeps a client on one side of a split; `None`: per request.
     pub split_key: Option<HashKey>,
     total_weight: u64,
+    /// Replaces the cluster's retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// The answer when the route will not forward; `None`: a JSON 503.
+    pub fallback: Option<Fallback>,
+}
+
+/// A route's configured answer for when it will not forward.
+pub struct Fallback {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Fallback {
+    pub fn from_config(c: &FallbackConfig) -> Fallback {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &c.headers {
+            // Validated when the config was loaded.
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value.get_ref()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        Fallback {
+            status: http::StatusCode::from_u16(*c.status.get_ref())
+                .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+            headers,
+            body: bytes::Bytes::from(c.body.clone()),
+        }
+    }
 }
 
 impl Route {
@@ -132,7 +166,16 @@ impl Route {
             targets,
             split_key,
             total_weight,
+            retry: None,
+            fallback: None,
         }
+    }
+
+    /// The route's own retry policy and fallback, from its config.
+    pub fn with_policies(mut self, config: &RouteConfig) -> Route {
+        self.retry = config.retry.as_ref().map(RetryPolicy::from_config);
+        self.fallback = config.fallback.as_ref().map(Fallback::from_config);
+        self
     }
 
     /// Index of the target for a request: `draw` is the hash of the split

@@ -1,0 +1,209 @@
+//! The resilience tables of the configuration: retries (`[clusters.retry]`,
+//! overridable per route), circuit breakers for a cluster and for each of
+//! its endpoints, bulkheads, and route fallbacks. Defaults are the values
+//! `docs/configuration.md` documents; retries with a budget are on by
+//! default, breakers and bulkheads only when their table is present.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_spanned::Spanned;
+
+use super::value::{ByteSize, Duration};
+
+/// What makes a try worth repeating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The connection could not be made (refused, timed out): nothing was
+    /// sent, so even a non-idempotent request may go elsewhere.
+    ConnectFailure,
+    /// The connection broke before a complete response head came back.
+    Reset,
+    /// No response head within `per_try_timeout`.
+    Timeout,
+    /// 502, 503 or 504 from the endpoint.
+    GatewayError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JitterConfig {
+    #[default]
+    Full,
+    Equal,
+    None,
+}
+
+/// `[clusters.retry]` and `[routes.retry]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries in all, the first included; 1 disables retries.
+    pub max_attempts: Spanned<u32>,
+    pub retry_on: Vec<RetryOn>,
+    /// More statuses that are retried: 5xx, or 429 (whose `Retry-After` is
+    /// honoured up to `retry_after_max`). Other 4xx never are.
+    pub retry_statuses: Vec<Spanned<u16>>,
+    /// Time each try has to produce a response head; unset: only the
+    /// cluster's `response_timeout` (the deadline over all tries) applies.
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub jitter: JitterConfig,
+    /// A 429/503 asking to wait longer than this is not retried.
+    pub retry_after_max: Duration,
+    /// Request bodies up to this size are kept so the request can be sent
+    /// again; a larger body is streamed and its request is not retried
+    /// once sent.
+    pub buffer_body_max: ByteSize,
+    /// Response header carrying the number of tries; "" disables it.
+    pub attempts_header: String,
+    pub budget: BudgetConfig,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: Spanned::new(0..0, 2),
+            retry_on: vec![RetryOn::ConnectFailure],
+            retry_statuses: Vec::new(),
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(1),
+            jitter: JitterConfig::Full,
+            retry_after_max: Duration::from_secs(2),
+            buffer_body_max: ByteSize(64 * 1024),
+            attempts_header: "x-levee-attempts".into(),
+            budget: BudgetConfig::default(),
+        }
+    }
+}
+
+/// `[clusters.retry.budget]`: retries may add at most `ratio` of the
+/// requests, plus `min_per_sec`, over `window`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    pub enabled: bool,
+    pub ratio: Spanned<f64>,
+    pub min_per_sec: Spanned<f64>,
+    pub window: Duration,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            enabled: true,
+            ratio: Spanned::new(0..0, 0.2),
+            min_per_sec: Spanned::new(0..0, 10.0),
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a breaker counts as a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureOn {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    /// Any 5xx status.
+    #[serde(rename = "5xx")]
+    ServerError,
+}
+
+/// `[clusters.circuit_breaker]` (the whole cluster) and
+/// `[clusters.endpoint_circuit_breaker]` (each endpoint on its own).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failures in a row that open it; 0 disables this trigger.
+    pub consecutive_failures: u32,
+    /// Failure ratio over the window that opens it, once the window holds
+    /// `min_calls` calls; 0 disables this trigger.
+    pub failure_rate: Spanned<f64>,
+    pub min_calls: u32,
+    /// The window: the last `window_calls` calls, or, when `window` is set,
+    /// the calls of the last `window`.
+    pub window_calls: Spanned<u32>,
+    pub window: Option<Duration>,
+    /// Calls slower than this count as slow; a slow ratio of at least
+    /// `slow_call_rate` opens the breaker. Unset: no slow-call trigger.
+    pub slow_call_threshold: Option<Duration>,
+    pub slow_call_rate: Spanned<f64>,
+    pub open_duration: Duration,
+    pub half_open_max_calls: u32,
+    pub success_threshold: u32,
+    pub failure_on: Vec<FailureOn>,
+    /// More statuses that count as failures (5xx or 429; other 4xx never do).
+    pub failure_statuses: Vec<Spanned<u16>>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            failure_rate: Spanned::new(0..0, 0.5),
+            min_calls: 10,
+            window_calls: Spanned::new(0..0, 10),
+            window: None,
+            slow_call_threshold: None,
+            slow_call_rate: Spanned::new(0..0, 1.0),
+            open_duration: Duration::from_secs(30),
+            half_open_max_calls: 3,
+            success_threshold: 3,
+            failure_on: vec![
+                FailureOn::ConnectFailure,
+                FailureOn::Reset,
+                FailureOn::Timeout,
+                FailureOn::ServerError,
+            ],
+            failure_statuses: Vec::new(),
+        }
+    }
+}
+
+/// `[clusters.bulkhead]`: the cluster's share of Levee, so that one slow
+/// backend cannot hold every connection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkheadConfig {
+    pub max_concurrent: Spanned<u32>,
+    /// Requests waiting for a slot beyond `max_concurrent`; more are
+    /// answered 503 at once.
+    pub max_queue: u32,
+    /// Longest wait for a slot, then 503.
+    pub queue_timeout: Duration,
+}
+
+impl Default for BulkheadConfig {
+    fn default() -> Self {
+        BulkheadConfig {
+            max_concurrent: Spanned::new(0..0, 100),
+            max_queue: 0,
+            queue_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `[routes.fallback]`: what a route answers when it will not forward (its
+/// cluster's breaker is open, or the service level is below the route's).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    pub status: Spanned<u16>,
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub body: String,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            status: Spanned::new(0..0, 503),
+            headers: BTreeMap::new(),
+            body: String::new(),
+        }
+    }
+}
