@@ -201,7 +201,10 @@ fn active_checks_have_hysteresis_both_ways() {
         (3..=5).contains(&failed),
         "unhealthy_threshold is 3: {failed}"
     );
-    assert!(seen_before <= 2, "still healthy after {seen_before} fails");
+    // The backend counts a check when it arrives, Levee judges it when the
+    // answer is back: a poll between the two sees the third check counted
+    // and the endpoint still healthy.
+    assert!(seen_before <= 3, "still healthy after {seen_before} fails");
     let ep = endpoint(&levee, b1.addr()).unwrap();
     assert_eq!(ep["usable"], false, "{ep}");
     assert_eq!(ep["ejected"], false, "{ep}");

@@ -196,6 +196,21 @@ fn drain(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
 }
 
 /// The running configuration and live endpoint state, as JSON.
+fn breaker_json(b: &crate::cluster::guard::SharedBreaker) -> serde_json::Value {
+    let s = b.status();
+    json!({
+        "state": s.state.as_str(),
+        "calls": s.counts.calls,
+        "failures": s.counts.failures,
+        "slow_calls": s.counts.slow_calls,
+        "rejections": s.counts.rejections,
+        "last_transition": s.last_transition.map(|(at, reason)| json!({
+            "unix_ms": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            "reason": reason,
+        })),
+    })
+}
+
 fn status(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
     let listeners: Vec<_> = snap
@@ -244,7 +259,13 @@ fn status(shared: &Shared) -> serde_json::Value {
                     "usable": e.live.usable(std::time::Instant::now()),
                     "in_flight": e.live.in_flight(),
                     "idle_connections": e.live.pool.idle_count(),
+                    "breaker": e.breaker.as_deref().map(breaker_json),
                 })).collect::<Vec<_>>(),
+                "breaker": c.guard.breaker.as_deref().map(breaker_json),
+                "retry_budget": c.guard.budget_counts().map(|(allowed, refused)| json!({
+                    "allowed": allowed,
+                    "refused": refused,
+                })),
             })
         })
         .collect();

@@ -63,6 +63,12 @@ pub struct Cluster {
     affinity_tokens: Vec<String>,
     pub endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balancer>,
+    /// Picks for retries: weighted random over the endpoints not yet tried,
+    /// so that a retry neither takes a turn from the balancer's rotation
+    /// (which would send every next request's first try to the endpoint
+    /// after the one that answered, the failing one in a pair) nor follows
+    /// a hash back to the endpoint that just failed.
+    retry_balancer: balance::random::Random,
     pub retry: RetryPolicy,
     /// Breaker, retry budget and bulkhead, shared with other snapshots.
     pub guard: Arc<ClusterGuard>,
@@ -161,6 +167,7 @@ impl Cluster {
                 })
                 .collect(),
             balancer: balance::build(config, &members),
+            retry_balancer: balance::random::Random::new(&members),
             endpoints,
             guard: live.guards.cluster(config, &retry, metrics),
             retry,
@@ -195,6 +202,11 @@ impl Cluster {
 
     pub fn pick(&self, input: &PickInput) -> Option<&Endpoint> {
         let now = input.now;
+        let balancer: &dyn Balancer = if input.avoid.is_empty() {
+            &*self.balancer
+        } else {
+            &self.retry_balancer
+        };
         let stats = |i: usize| {
             let live = &self.endpoints[i].live;
             let in_flight = live.in_flight().max(0) as u64;
@@ -246,17 +258,16 @@ impl Cluster {
             let primaries = self.endpoints.iter().filter(|e| !e.backup).count();
             let usable = (0..self.endpoints.len()).filter(|&i| primary(i)).count();
             if primaries > 0 && usable * 100 < primaries * self.panic_threshold as usize {
-                let i = self.balancer.pick(&ctx(&panic))?;
+                let i = balancer.pick(&ctx(&panic))?;
                 return self.endpoints.get(i);
             }
         }
-        let i = self
-            .balancer
+        let i = balancer
             .pick(&ctx(&ramped))
-            .or_else(|| self.balancer.pick(&ctx(&healthy)))
-            .or_else(|| self.balancer.pick(&ctx(&primary)))
-            .or_else(|| self.balancer.pick(&ctx(&backup)))
-            .or_else(|| self.balancer.pick(&ctx(&panic)))?;
+            .or_else(|| balancer.pick(&ctx(&healthy)))
+            .or_else(|| balancer.pick(&ctx(&primary)))
+            .or_else(|| balancer.pick(&ctx(&backup)))
+            .or_else(|| balancer.pick(&ctx(&panic)))?;
         self.endpoints.get(i)
     }
 }

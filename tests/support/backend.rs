@@ -45,6 +45,8 @@ pub struct RecordedRequest {
     pub version: String,
     /// Every header in received order; a repeated header appears repeatedly.
     pub headers: Vec<(String, String)>,
+    /// When the request head arrived.
+    pub at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -64,6 +66,11 @@ pub(super) struct Control {
     pub fail_remaining: u64,
     pub fail_status: u16,
     pub delay: Duration,
+    /// Fail this share of requests (0.0..=1.0) with `ratio_status`, drawn
+    /// from a seeded generator so runs are repeatable.
+    pub fail_ratio: f64,
+    pub ratio_status: u16,
+    pub rng: u64,
 }
 
 /// State shared by the test thread and the server thread.
@@ -95,6 +102,19 @@ impl State {
         let forced = if c.fail_remaining > 0 {
             c.fail_remaining -= 1;
             Some(c.fail_status)
+        } else if c.fail_ratio > 0.0 {
+            // xorshift64*, seeded by `fail_ratio`.
+            let mut x = c.rng;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.rng = x;
+            let draw = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+            if draw < c.fail_ratio {
+                Some(c.ratio_status)
+            } else {
+                c.forced_status
+            }
         } else {
             c.forced_status
         };
@@ -244,6 +264,15 @@ impl Backend {
         let mut c = self.state.control();
         c.fail_remaining = n;
         c.fail_status = status;
+    }
+
+    /// Answers a random `ratio` (0.0..=1.0) of the following requests with
+    /// `status` (a fixed seed: the same sequence every run).
+    pub fn fail_ratio(&self, ratio: f64, status: u16) {
+        let mut c = self.state.control();
+        c.fail_ratio = ratio;
+        c.ratio_status = status;
+        c.rng = 0x9E37_79B9_7F4A_7C15;
     }
 
     /// Delay added before every response head (on top of `?delay=`).

@@ -111,6 +111,7 @@ async fn count_body(mut body: Incoming) -> Result<u64, BoxError> {
 fn recorded(seq: u64, parts: &Parts) -> RecordedRequest {
     RecordedRequest {
         seq,
+        at: std::time::Instant::now(),
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         version: format!("{:?}", parts.version),

@@ -16,7 +16,7 @@ mod least_response_time;
 mod maglev;
 mod p2c;
 mod peak_ewma;
-mod random;
+pub(crate) mod random;
 mod round_robin;
 mod weighted_least_conn;
 mod weighted_round_robin;
