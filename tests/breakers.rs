@@ -1,0 +1,204 @@
+//! Circuit breakers end to end, against the real binary:
+//!
+//! - the issue's scenario: a backend answers 503 for 10 s, then recovers.
+//!   The cluster breaker opens after `consecutive_failures`; while open, the
+//!   backend sees only the half-open trials and clients get the route's
+//!   fallback at once (timed); after recovery it closes. Logged, counted,
+//!   shown in `/status`;
+//! - an endpoint breaker takes its endpoint out of selection instead of
+//!   failing requests.
+//!
+//! Run with `cargo test --test breakers -- --nocapture` to see the figures.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// One request on a keep-alive connection (reconnecting when the previous
+/// answer closed it): (status, fallback header present, time taken).
+fn timed_get(conn: &mut Option<RawConn>, listen: SocketAddr) -> (u16, bool, Duration) {
+    let c = conn.get_or_insert_with(|| RawConn::connect(listen).expect("connect"));
+    let started = Instant::now();
+    c.write_all(b"GET /api HTTP/1.1\r\nHost: levee.test\r\n\r\n")
+        .expect("write");
+    let r = c.read_response(T).expect("a response");
+    let took = started.elapsed();
+    if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+        *conn = None;
+    }
+    (r.status, r.header("x-fallback").is_some(), took)
+}
+
+#[test]
+fn a_failing_backend_opens_the_breaker_and_recovery_closes_it() {
+    let b = Backend::start("b");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .set("server", "workers = 1")
+        .set("access_log", "enabled = false")
+        .listener("main", listen)
+        .cluster_with(
+            "app",
+            &[b.addr()],
+            &[
+                "retry = { max_attempts = 1 }",
+                "outlier_detection = { enabled = false }",
+                r#"circuit_breaker = { consecutive_failures = 5, open_duration = "2s", half_open_max_calls = 1, success_threshold = 2 }"#,
+            ],
+        )
+        .route_with(
+            "api",
+            "app",
+            &[r#"fallback = { status = 503, body = "degraded mode\n", headers = { "x-fallback" = "1" } }"#],
+        )
+        .build();
+    let levee = Levee::start(&cfg);
+
+    let mut conn = None;
+    for _ in 0..5 {
+        assert_eq!(timed_get(&mut conn, listen).0, 200);
+    }
+
+    // Down for 10 s, under a steady ~50 requests/s.
+    b.set_status(Some(503));
+    let before = b.requests();
+    let down = Instant::now();
+    let (mut passed, mut fallbacks) = (0, 0);
+    let mut fallback_times = Vec::new();
+    let mut slowest = Duration::ZERO;
+    while down.elapsed() < Duration::from_secs(10) {
+        let (status, fallback, took) = timed_get(&mut conn, listen);
+        assert_eq!(status, 503);
+        slowest = slowest.max(took);
+        if fallback {
+            fallbacks += 1;
+            fallback_times.push(took);
+        } else {
+            passed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reached = b.requests() - before;
+    fallback_times.sort();
+    println!(
+        "10 s of 503s: {} requests, {passed} reached the backend ({reached} by its count), \
+         {fallbacks} answered by the fallback; fallback latency p50 {:?} p99 {:?} max {:?} \
+         (client-side, keep-alive); slowest answer {slowest:?}",
+        passed + fallbacks,
+        percentile(&fallback_times, 0.5),
+        percentile(&fallback_times, 0.99),
+        fallback_times.last().copied().unwrap_or_default(),
+    );
+    // 5 to open it, then one half-open trial per 2 s open period (at most
+    // five in 10 s, one more for timing slack).
+    assert!(reached <= 5 + 6, "the backend saw {reached} requests while down");
+    assert_eq!(reached, passed);
+    assert!(fallbacks >= 300, "{fallbacks} fallbacks");
+    assert!(slowest < Duration::from_secs(1), "a request hung: {slowest:?}");
+    assert!(percentile(&fallback_times, 0.5) < Duration::from_millis(5));
+
+    let status = levee.status_json();
+    let breaker = &status["clusters"][0]["breaker"];
+    assert_eq!(breaker["state"], "open", "{breaker}");
+    let reason = breaker["last_transition"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("consecutive failures") || reason.contains("half-open"),
+        "{breaker}"
+    );
+    assert!(levee.stderr_text().contains("opened: 5 consecutive failures"));
+
+    // Recovered: within one open period and two trials, it is closed again.
+    b.set_status(None);
+    let up = Instant::now();
+    let closed = wait_until(T, || {
+        let (status, fallback, _) = timed_get(&mut conn, listen);
+        fallbacks += u64::from(fallback);
+        std::thread::sleep(Duration::from_millis(20));
+        status == 200 && levee.status_json()["clusters"][0]["breaker"]["state"] == "closed"
+    });
+    println!("recovered backend -> breaker closed in {:?}", up.elapsed());
+    assert!(closed, "{}", levee.status_json()["clusters"][0]["breaker"]);
+    for _ in 0..10 {
+        assert_eq!(timed_get(&mut conn, listen).0, 200);
+    }
+    let opened = levee
+        .metric(
+            "levee_breaker_transitions_total",
+            &[("cluster", "app"), ("to", "open")],
+        )
+        .unwrap_or(0.0);
+    let rejected = levee
+        .metric("levee_breaker_rejections_total", &[("cluster", "app")])
+        .unwrap_or(0.0);
+    assert!(opened >= 1.0, "{opened}");
+    assert_eq!(rejected, fallbacks as f64);
+    assert_eq!(
+        levee.metric(
+            "levee_breaker_state",
+            &[("cluster", "app"), ("endpoint", ""), ("state", "closed")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn an_endpoint_breaker_takes_its_endpoint_out_of_selection() {
+    let bad = Backend::start("bad");
+    bad.set_status(Some(500));
+    let good = Backend::start("good");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .set("server", "workers = 1")
+        .set("access_log", "enabled = false")
+        .listener("main", listen)
+        .cluster_with(
+            "app",
+            &[bad.addr(), good.addr()],
+            &[
+                "retry = { max_attempts = 1 }",
+                "outlier_detection = { enabled = false }",
+                r#"endpoint_circuit_breaker = { consecutive_failures = 3, open_duration = "30s" }"#,
+            ],
+        )
+        .route("all", "app")
+        .build();
+    let levee = Levee::start(&cfg);
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| http_get(listen, "/").expect("request").status)
+        .collect();
+    let failed = statuses.iter().filter(|&&s| s == 500).count();
+    println!("40 requests, one endpoint always 500: {failed} answered 500");
+    assert_eq!(failed, 3, "{statuses:?}");
+    assert_eq!(bad.requests(), 3);
+    assert!(statuses[6..].iter().all(|&s| s == 200), "{statuses:?}");
+    let status = levee.status_json();
+    let endpoints = status["clusters"][0]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let bad_status = endpoints
+        .iter()
+        .find(|e| e["address"] == bad.addr().to_string())
+        .expect("bad endpoint in /status");
+    assert_eq!(bad_status["breaker"]["state"], "open", "{bad_status}");
+    assert_eq!(
+        levee.metric(
+            "levee_breaker_state",
+            &[("endpoint", &bad.addr().to_string()), ("state", "open")]
+        ),
+        Some(1.0)
+    );
+}
