@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod route;
 pub mod server;
+pub mod service_level;
 pub mod shared;
 pub mod snapshot;
 pub mod upstream;

@@ -21,6 +21,8 @@ pub struct Shared {
     pub id_seed: u64,
     /// The file `reload` reads; `None` for an embedded config (demo).
     pub config_path: Option<PathBuf>,
+    /// FULL, DEGRADED, MINIMAL or MAINTENANCE.
+    pub service_level: crate::service_level::ServiceLevel,
 }
 
 impl Shared {
@@ -36,6 +38,7 @@ impl Shared {
         } else {
             None
         };
+        let service_level = crate::service_level::ServiceLevel::new(&config.degradation);
         let snapshot = Snapshot::build(config, &live, &metrics, true);
         let id_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -48,6 +51,7 @@ impl Shared {
             access_log,
             id_seed,
             config_path,
+            service_level,
         })
     }
 

@@ -36,7 +36,9 @@ fn timed_get(conn: &mut Option<RawConn>, listen: SocketAddr) -> (u16, bool, Dura
         .expect("write");
     let r = c.read_response(T).expect("a response");
     let took = started.elapsed();
-    if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+    if r.header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
         *conn = None;
     }
     (r.status, r.header("x-fallback").is_some(), took)
@@ -104,10 +106,16 @@ fn a_failing_backend_opens_the_breaker_and_recovery_closes_it() {
     );
     // 5 to open it, then one half-open trial per 2 s open period (at most
     // five in 10 s, one more for timing slack).
-    assert!(reached <= 5 + 6, "the backend saw {reached} requests while down");
+    assert!(
+        reached <= 5 + 6,
+        "the backend saw {reached} requests while down"
+    );
     assert_eq!(reached, passed);
     assert!(fallbacks >= 300, "{fallbacks} fallbacks");
-    assert!(slowest < Duration::from_secs(1), "a request hung: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request hung: {slowest:?}"
+    );
     assert!(percentile(&fallback_times, 0.5) < Duration::from_millis(5));
 
     let status = levee.status_json();
@@ -118,7 +126,11 @@ fn a_failing_backend_opens_the_breaker_and_recovery_closes_it() {
         reason.contains("consecutive failures") || reason.contains("half-open"),
         "{breaker}"
     );
-    assert!(levee.stderr_text().contains("opened: 5 consecutive failures"));
+    assert!(
+        levee
+            .stderr_text()
+            .contains("opened: 5 consecutive failures")
+    );
 
     // Recovered: within one open period and two trials, it is closed again.
     b.set_status(None);

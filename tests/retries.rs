@@ -81,7 +81,11 @@ fn gateway_errors_are_retried_elsewhere_for_idempotent_requests() {
     let statuses: Vec<u16> = (0..4)
         .map(|_| request(listen, "POST", "/echo", &[], b"payload").status)
         .collect();
-    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
 
     // With an Idempotency-Key it is, and the second endpoint gets the body.
     for _ in 0..4 {
@@ -186,7 +190,10 @@ fn the_retry_budget_bounds_the_extra_load() {
     assert!(refused > 50.0, "the budget refused only {refused} retries");
     // Without it, 50 % failures and 3 tries: about 1 + 0.5 + 0.25 = 1.75x.
     assert!(without > 1.6, "without the budget: {without:.2}x");
-    assert!(ok_without as f64 > 0.8 * CLIENT as f64, "{ok_without} succeeded");
+    assert!(
+        ok_without as f64 > 0.8 * CLIENT as f64,
+        "{ok_without} succeeded"
+    );
 }
 
 #[test]

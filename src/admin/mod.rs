@@ -113,6 +113,8 @@ async fn route(
                 ),
             }
         }
+        (&Method::GET, "/degradation") => reply_json(StatusCode::OK, shared.service_level.status()),
+        (&Method::PUT, "/degradation") => set_level(req, shared).await,
         (&Method::POST, p)
             if p.starts_with("/clusters/")
                 && (p.ends_with("/drain") || p.ends_with("/undrain")) =>
@@ -128,6 +130,50 @@ async fn route(
             json!({"error": "not_found", "message": "admin endpoints: /healthz, /metrics, /status, POST /reload"}),
         ),
     }
+}
+
+/// `PUT /degradation` with a level (`full`, `degraded`, `minimal`,
+/// `maintenance`) as the body, plain or as `{"level": "..."}`; `auto` (or
+/// `{"level": null}`) clears the level set by hand.
+async fn set_level(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    use crate::resilience::degradation::Level;
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return reply_json(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_body", "message": "send a level of at most 1 KiB"}),
+            );
+        }
+    };
+    let text = String::from_utf8_lossy(&body);
+    let wanted = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(o)) => match o.get("level") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) => "auto".into(),
+            _ => String::new(),
+        },
+        _ => text.trim().trim_matches('"').to_string(),
+    };
+    let level = if wanted.eq_ignore_ascii_case("auto") {
+        None
+    } else {
+        match wanted.parse::<Level>() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                return reply_json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "bad_level", "message": format!("{e}, or auto to clear")}),
+                );
+            }
+        }
+    };
+    shared.service_level.set_manual(level);
+    reply_json(StatusCode::OK, shared.service_level.status())
 }
 
 /// `POST /clusters/{cluster}/endpoints/{address}/drain`: no new requests to
@@ -262,6 +308,25 @@ fn status(shared: &Shared) -> serde_json::Value {
                     "breaker": e.breaker.as_deref().map(breaker_json),
                 })).collect::<Vec<_>>(),
                 "breaker": c.guard.breaker.as_deref().map(breaker_json),
+                "bulkhead": c.guard.bulkhead.as_ref().map(|b| {
+                    let n = b.counts();
+                    json!({
+                        "max_concurrent": b.max_concurrent(),
+                        "in_flight": b.in_flight(),
+                        "queued": b.queued(),
+                        "rejected_full": n.rejected_full,
+                        "rejected_timeout": n.rejected_timeout,
+                    })
+                }),
+                "adaptive_concurrency": c.guard.adaptive.as_ref().map(|a| {
+                    let (limit, in_flight, n) = a.limit();
+                    json!({
+                        "limit": limit,
+                        "in_flight": in_flight,
+                        "admitted": n.admitted,
+                        "rejected": n.rejected,
+                    })
+                }),
                 "retry_budget": c.guard.budget_counts().map(|(allowed, refused)| json!({
                     "allowed": allowed,
                     "refused": refused,
@@ -276,5 +341,6 @@ fn status(shared: &Shared) -> serde_json::Value {
         "listeners": listeners,
         "routes": routes,
         "clusters": clusters,
+        "degradation": shared.service_level.status(),
     })
 }

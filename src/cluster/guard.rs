@@ -20,19 +20,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::live::micros;
 use crate::config::ClusterConfig;
 use crate::config::resilience::BreakerConfig as BreakerTable;
+use crate::config::resilience::{AdaptiveAlgorithm, AdaptiveConcurrencyConfig};
 use crate::observe::metrics::{
-    ClusterLabels, EndpointLabels, Metrics, StateLabels, TransitionLabels,
+    ClusterKindLabels, ClusterLabels, EndpointLabels, Metrics, StateLabels, TransitionLabels,
 };
 use crate::resilience::breaker::{self, Admission, Breaker, Outcome, State, Window};
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::bulkhead::{self, Bulkhead};
+use crate::resilience::concurrency::{self, AdaptiveConfig, AdaptiveLimit};
 use crate::resilience::policy::{FailurePolicy, RetryPolicy, TryResult};
 
 /// The cluster-wide guards.
 pub struct ClusterGuard {
     /// Open: the cluster's routes answer their fallback without upstream work.
     pub breaker: Option<Arc<SharedBreaker>>,
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    pub adaptive: Option<Arc<Adaptive>>,
     budget: Option<Mutex<RetryBudget>>,
     budget_exhausted: Counter,
+    bulkhead_full: Counter,
+    bulkhead_timeout: Counter,
 }
 
 impl ClusterGuard {
@@ -48,11 +55,31 @@ impl ClusterGuard {
         let Some(b) = &self.budget else {
             return true;
         };
-        let ok = b.lock().unwrap_or_else(|p| p.into_inner()).try_withdraw(now);
+        let ok = b
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_withdraw(now);
         if !ok {
             self.budget_exhausted.inc();
         }
         ok
+    }
+
+    /// A bulkhead slot, when the cluster has a bulkhead; refusals counted.
+    pub async fn enter(&self) -> Result<Option<bulkhead::Permit>, bulkhead::Rejected> {
+        let Some(b) = &self.bulkhead else {
+            return Ok(None);
+        };
+        match b.acquire().await {
+            Ok(permit) => Ok(Some(permit)),
+            Err(e) => {
+                match e {
+                    bulkhead::Rejected::QueueFull => self.bulkhead_full.inc(),
+                    bulkhead::Rejected::Timeout => self.bulkhead_timeout.inc(),
+                };
+                Err(e)
+            }
+        }
     }
 
     /// (allowed, refused) retries since the budget was made.
@@ -60,6 +87,84 @@ impl ClusterGuard {
         let b = self.budget.as_ref()?;
         let b = b.lock().unwrap_or_else(|p| p.into_inner());
         Some((b.allowed(), b.refused()))
+    }
+}
+
+/// The cluster's adaptive concurrency limit, shared by every worker.
+pub struct Adaptive {
+    limit: Mutex<AdaptiveLimit>,
+    shed: Counter,
+}
+
+/// An admitted request; releases its place when dropped (when the response
+/// is over), after `record` gave the limiter its latency.
+pub struct AdaptivePass {
+    adaptive: Arc<Adaptive>,
+    in_flight: u32,
+}
+
+impl Adaptive {
+    /// Admits a request under the current limit; `None` (counted) over it.
+    pub fn admit(self: &Arc<Self>) -> Option<AdaptivePass> {
+        let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
+        match limit.try_acquire() {
+            Some(in_flight) => Some(AdaptivePass {
+                adaptive: self.clone(),
+                in_flight,
+            }),
+            None => {
+                self.shed.inc();
+                None
+            }
+        }
+    }
+
+    pub fn limit(&self) -> (u32, u32, concurrency::Counts) {
+        let l = self.limit.lock().unwrap_or_else(|p| p.into_inner());
+        (l.limit(), l.in_flight(), l.counts())
+    }
+}
+
+impl AdaptivePass {
+    /// The request's upstream latency; `dropped`: it timed out or the
+    /// upstream signalled overload (its latency is no measurement then).
+    pub fn record(&self, rtt: Duration, dropped: bool, now: Instant) {
+        let mut limit = self
+            .adaptive
+            .limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(new) = limit.record(rtt, self.in_flight, dropped, now) {
+            tracing::debug!(limit = new, "adaptive concurrency limit updated");
+        }
+    }
+}
+
+impl Drop for AdaptivePass {
+    fn drop(&mut self) {
+        let mut limit = self
+            .adaptive
+            .limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        limit.release();
+    }
+}
+
+fn adaptive_config(c: &AdaptiveConcurrencyConfig) -> AdaptiveConfig {
+    AdaptiveConfig {
+        algorithm: match c.algorithm {
+            AdaptiveAlgorithm::Gradient => concurrency::Algorithm::Gradient,
+            AdaptiveAlgorithm::Aimd => concurrency::Algorithm::Aimd,
+        },
+        min_limit: *c.min_limit.get_ref(),
+        max_limit: *c.max_limit.get_ref(),
+        initial_limit: c.initial_limit,
+        tolerance: *c.tolerance.get_ref(),
+        window: c.window.get(),
+        probe_interval: c.probe_interval.get(),
+        probe_limit: c.probe_limit,
+        ..AdaptiveConfig::default()
     }
 }
 
@@ -283,8 +388,8 @@ impl GuardRegistry {
         let name = config.name.get_ref();
         // The settings that shape the guards' state; any change starts afresh.
         let fingerprint = format!(
-            "{:?}|{:?}|{:?}",
-            config.circuit_breaker, retry.budget, config.bulkhead
+            "{:?}|{:?}|{:?}|{:?}",
+            config.circuit_breaker, retry.budget, config.bulkhead, config.adaptive_concurrency
         );
         let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, w| w.strong_count() > 0);
@@ -297,6 +402,33 @@ impl GuardRegistry {
                 .circuit_breaker
                 .as_ref()
                 .map(|t| Arc::new(SharedBreaker::new(t, name, "", metrics))),
+            bulkhead: config.bulkhead.as_ref().map(|b| {
+                Arc::new(Bulkhead::new(
+                    *b.max_concurrent.get_ref(),
+                    b.max_queue,
+                    b.queue_timeout.get(),
+                ))
+            }),
+            adaptive: config.adaptive_concurrency.as_ref().map(|a| {
+                Arc::new(Adaptive {
+                    limit: Mutex::new(AdaptiveLimit::new(adaptive_config(a), Instant::now())),
+                    shed: metrics.shed.get_or_create_owned(&ClusterLabels {
+                        cluster: name.clone(),
+                    }),
+                })
+            }),
+            bulkhead_full: metrics
+                .bulkhead_rejections
+                .get_or_create_owned(&ClusterKindLabels {
+                    cluster: name.clone(),
+                    kind: "queue_full",
+                }),
+            bulkhead_timeout: metrics
+                .bulkhead_rejections
+                .get_or_create_owned(&ClusterKindLabels {
+                    cluster: name.clone(),
+                    kind: "queue_timeout",
+                }),
             budget: retry
                 .budget
                 .map(|b| Mutex::new(RetryBudget::new(b.ratio, b.min_per_sec, b.window))),

@@ -8,8 +8,8 @@
 
 pub mod balance;
 pub mod ewma;
-pub mod health;
 pub mod guard;
+pub mod health;
 mod live;
 pub mod pool;
 
@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::ClusterConfig;
 use crate::observe::Metrics;
+use crate::resilience::policy::RetryPolicy;
 use balance::{Balancer, Pick};
+use guard::{ClusterGuard, SharedBreaker};
 use health::outlier::OutlierConfig;
 use health::state::State;
 pub use live::{EndpointLive, InFlight, LiveRegistry};
-use guard::{ClusterGuard, SharedBreaker};
-use crate::resilience::policy::RetryPolicy;
 
 pub struct Endpoint {
     pub address: SocketAddr,
@@ -111,10 +111,10 @@ impl Cluster {
                 weight: *e.weight.get_ref(),
                 backup: e.backup,
                 live: live.get(metrics, name, *e.address.get_ref(), initial),
-                breaker: config.endpoint_circuit_breaker.as_ref().map(|t| {
-                    live.guards
-                        .endpoint(name, *e.address.get_ref(), t, metrics)
-                }),
+                breaker: config
+                    .endpoint_circuit_breaker
+                    .as_ref()
+                    .map(|t| live.guards.endpoint(name, *e.address.get_ref(), t, metrics)),
             })
             .collect();
         if config.health_check.is_none() {
@@ -184,11 +184,7 @@ impl Cluster {
     /// may take the request. `None` means: pick afresh (and re-issue the
     /// cookie), so a session moves when its endpoint goes away instead of
     /// failing.
-    pub fn pinned(
-        &self,
-        token: &str,
-        now: Instant,
-    ) -> Option<&Endpoint> {
+    pub fn pinned(&self, token: &str, now: Instant) -> Option<&Endpoint> {
         let i = self.affinity_tokens.iter().position(|t| t == token)?;
         let e = &self.endpoints[i];
         (e.live.usable(now) && !e.breaker_blocks(now)).then_some(e)

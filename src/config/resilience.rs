@@ -207,3 +207,103 @@ impl Default for FallbackConfig {
         }
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaptiveAlgorithm {
+    #[default]
+    Gradient,
+    Aimd,
+}
+
+/// `[clusters.adaptive_concurrency]`: a limit on the requests in flight to
+/// the cluster, learned from its latency; the excess is answered 503 at
+/// once. Off unless the table is present.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveConcurrencyConfig {
+    pub algorithm: AdaptiveAlgorithm,
+    /// The floor: admission never goes below it.
+    pub min_limit: Spanned<u32>,
+    pub max_limit: Spanned<u32>,
+    pub initial_limit: u32,
+    /// How many times the no-load latency a window's latency may reach
+    /// before the limit shrinks.
+    pub tolerance: Spanned<f64>,
+    /// The shortest measurement window.
+    pub window: Duration,
+    /// How often the no-load latency is re-measured (from windows whose
+    /// requests started with at most `probe_limit` in flight; the limit is
+    /// never lowered to measure).
+    pub probe_interval: Duration,
+    pub probe_limit: u32,
+}
+
+impl Default for AdaptiveConcurrencyConfig {
+    fn default() -> Self {
+        AdaptiveConcurrencyConfig {
+            algorithm: AdaptiveAlgorithm::Gradient,
+            min_limit: Spanned::new(0..0, 4),
+            max_limit: Spanned::new(0..0, 1000),
+            initial_limit: 20,
+            tolerance: Spanned::new(0..0, 1.25),
+            window: Duration::from_millis(100),
+            probe_interval: Duration::from_secs(30),
+            probe_limit: 8,
+        }
+    }
+}
+
+/// `[degradation]`: when the service level moves by itself. The level can
+/// always be set by hand (`PUT /degradation`); with `auto = false` (the
+/// default) only by hand.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DegradationTable {
+    pub auto: bool,
+    /// How often the triggers are evaluated.
+    pub interval: Duration,
+    /// DEGRADED when the worst cluster has fewer than this share of its
+    /// endpoints usable; MINIMAL below `minimal_below`.
+    pub healthy_below: Spanned<f64>,
+    pub minimal_below: Spanned<f64>,
+    /// DEGRADED when more than this share of the requests of an interval
+    /// were shed (bulkhead, adaptive limit); MINIMAL above
+    /// `shed_minimal_above`.
+    pub shed_above: Spanned<f64>,
+    pub shed_minimal_above: Spanned<f64>,
+    /// An interval with fewer requests says nothing about overload.
+    pub min_requests: u64,
+    /// A trigger must hold this long before its level is entered...
+    pub enter_after: Duration,
+    /// ...and be clear this long before it is left, one level at a time.
+    pub exit_after: Duration,
+}
+
+impl Default for DegradationTable {
+    fn default() -> Self {
+        DegradationTable {
+            auto: false,
+            interval: Duration::from_secs(1),
+            healthy_below: Spanned::new(0..0, 0.5),
+            minimal_below: Spanned::new(0..0, 0.25),
+            shed_above: Spanned::new(0..0, 0.1),
+            shed_minimal_above: Spanned::new(0..0, 0.5),
+            min_requests: 20,
+            enter_after: Duration::from_secs(5),
+            exit_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A route's `min_level`: the most severe service level at which it still
+/// serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinLevel {
+    Full,
+    Degraded,
+    #[default]
+    Minimal,
+    Maintenance,
+}

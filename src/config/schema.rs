@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
-use super::resilience::{BreakerConfig, BulkheadConfig, FallbackConfig, RetryConfig};
+use super::resilience::{
+    AdaptiveConcurrencyConfig, BreakerConfig, BulkheadConfig, DegradationTable, FallbackConfig,
+    MinLevel, RetryConfig,
+};
 use super::value::{ByteSize, Duration};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -26,6 +29,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    #[serde(default)]
+    pub degradation: DegradationTable,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -173,6 +178,11 @@ pub struct RouteConfig {
     /// `Retry-After`.
     #[serde(default)]
     pub fallback: Option<FallbackConfig>,
+    /// The most severe service level at which the route still serves
+    /// (`full`, `degraded`, `minimal`, `maintenance`); beyond it, it answers
+    /// its fallback.
+    #[serde(default)]
+    pub min_level: MinLevel,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -346,6 +356,9 @@ pub struct ClusterConfig {
     /// queue. Unset: no limit.
     #[serde(default)]
     pub bulkhead: Option<BulkheadConfig>,
+    /// A latency-driven limit on the requests in flight. Unset: none.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
     /// A request header that tells the endpoint how many milliseconds are
     /// left before Levee gives up (e.g. "x-request-timeout-ms"); a client's
     /// smaller value shortens the deadline. Unset: not sent.

@@ -211,6 +211,28 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 "must be at least 1",
             ));
         }
+        if let Some(a) = &c.adaptive_concurrency {
+            let (min, max) = (*a.min_limit.get_ref(), *a.max_limit.get_ref());
+            if min == 0 || max < min {
+                return Err(invalid(
+                    a.max_limit.span(),
+                    format!("{key}.adaptive_concurrency.max_limit"),
+                    format!(
+                        "min_limit {min} must be at least 1 and max_limit {max} at least min_limit"
+                    ),
+                ));
+            }
+            if !(a.tolerance.get_ref().is_finite() && *a.tolerance.get_ref() >= 1.0) {
+                return Err(invalid(
+                    a.tolerance.span(),
+                    format!("{key}.adaptive_concurrency.tolerance"),
+                    format!(
+                        "{} must be a number of at least 1.0, e.g. 1.25",
+                        a.tolerance.get_ref()
+                    ),
+                ));
+            }
+        }
         if let Some(h) = &c.deadline_header
             && HeaderName::from_bytes(h.get_ref().as_bytes()).is_err()
         {
@@ -410,7 +432,9 @@ fn check_statuses(statuses: &[Spanned<u16>], key: &str) -> Result<(), Invalid> {
             return Err(invalid(
                 s.span(),
                 format!("{key}[{j}]"),
-                format!("{code} cannot be listed; only 5xx statuses and 429 can (other 4xx are the client's error)"),
+                format!(
+                    "{code} cannot be listed; only 5xx statuses and 429 can (other 4xx are the client's error)"
+                ),
             ));
         }
     }
@@ -437,7 +461,9 @@ fn check_retry(r: &RetryConfig, owner: &Spanned<String>, key: &str) -> Result<()
             ),
         ));
     }
-    if !r.attempts_header.is_empty() && HeaderName::from_bytes(r.attempts_header.as_bytes()).is_err() {
+    if !r.attempts_header.is_empty()
+        && HeaderName::from_bytes(r.attempts_header.as_bytes()).is_err()
+    {
         return Err(invalid(
             owner.span(),
             format!("{key}.attempts_header"),
@@ -458,7 +484,10 @@ fn check_retry(r: &RetryConfig, owner: &Spanned<String>, key: &str) -> Result<()
 }
 
 fn check_breaker(b: &BreakerConfig, owner: &Spanned<String>, key: &str) -> Result<(), Invalid> {
-    for (field, v) in [("failure_rate", &b.failure_rate), ("slow_call_rate", &b.slow_call_rate)] {
+    for (field, v) in [
+        ("failure_rate", &b.failure_rate),
+        ("slow_call_rate", &b.slow_call_rate),
+    ] {
         if !(*v.get_ref() >= 0.0 && *v.get_ref() <= 1.0) {
             return Err(invalid(
                 v.span(),

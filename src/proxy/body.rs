@@ -67,7 +67,10 @@ impl UpstreamBody {
     /// Reads the body whole if it is at most `max` bytes: then it can be
     /// sent again, and is returned. A larger one stays streamable (what was
     /// read goes first) but is not returned.
-    pub async fn keep(&mut self, max: u64) -> Result<Option<Bytes>, Box<dyn StdError + Send + Sync>> {
+    pub async fn keep(
+        &mut self,
+        max: u64,
+    ) -> Result<Option<Bytes>, Box<dyn StdError + Send + Sync>> {
         use http_body_util::BodyExt;
         let mut buf = bytes::BytesMut::new();
         while let Some(frame) = self.frame().await {

@@ -23,11 +23,12 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::cluster::balance::stable_hash;
-use crate::cluster::guard::Pass;
+use crate::cluster::guard::{AdaptivePass, Pass};
 use crate::cluster::{Cluster, Endpoint, InFlight, PickInput};
 use crate::config::HashKey;
 use crate::observe::LogRecord;
 use crate::observe::metrics::{ClusterKindLabels, EndpointLabels};
+use crate::resilience::bulkhead::{Permit, Rejected};
 use crate::resilience::policy::{self, TryResult, Verdict, is_repeatable};
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
@@ -67,6 +68,8 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         attempts: 0,
         attempts_header: None,
         retry_after: None,
+        bulkhead: None,
+        adaptive: None,
         bytes_in: Arc::default(),
         snapshot: snapshot.clone(),
         cx: cx.clone(),
@@ -98,9 +101,11 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         }
         Err(e) => {
             let fallback = match e {
-                ProxyError::BreakerOpen | ProxyError::Degraded => {
-                    finish.route.as_ref().filter(|r| r.fallback.is_some()).cloned()
-                }
+                ProxyError::BreakerOpen | ProxyError::Degraded => finish
+                    .route
+                    .as_ref()
+                    .filter(|r| r.fallback.is_some())
+                    .cloned(),
                 _ => None,
             };
             finish.error = Some(e);
@@ -164,6 +169,10 @@ async fn forward(
         })
         .ok_or(ProxyError::NoRoute)?;
     finish.route = Some(route.clone());
+    let level = cx.shared.service_level.current();
+    if !level.serves(route.min_level) {
+        return Err(ProxyError::Degraded);
+    }
 
     let declared = req
         .headers()
@@ -230,7 +239,27 @@ async fn forward(
         repeatable &= kept.is_some();
     }
 
+    // The cluster's own limits: over the adaptive limit, shed at once; over
+    // the bulkhead, wait in its queue or be refused. A refused client may
+    // come back in a second.
     let guard = &cluster.guard;
+    let service_level = &cx.shared.service_level;
+    if let Some(adaptive) = &guard.adaptive {
+        finish.adaptive = Some(adaptive.admit().ok_or_else(|| {
+            finish.retry_after = Some(Duration::from_secs(1));
+            service_level.count(true);
+            ProxyError::Shed
+        })?);
+    }
+    finish.bulkhead = guard.enter().await.map_err(|e| {
+        finish.retry_after = Some(Duration::from_secs(1));
+        service_level.count(true);
+        match e {
+            Rejected::QueueFull => ProxyError::BulkheadFull,
+            Rejected::Timeout => ProxyError::QueueTimeout,
+        }
+    })?;
+    service_level.count(false);
     guard.deposit(finish.start);
     let mut tried = Vec::new();
     let mut next = choose(cluster, &mut pick, pinned, &tried, finish.start);
@@ -282,6 +311,15 @@ async fn forward(
             return result;
         };
         record_try(cx, cluster, endpoint, outcome, upstream_time, now);
+        if let Some(adaptive) = &finish.adaptive {
+            // Overload shows as timeouts, refused connections, 503 and 429:
+            // their latency measures nothing.
+            let dropped = matches!(
+                outcome,
+                TryResult::Timeout | TryResult::ConnectFailure | TryResult::Status(503 | 429)
+            );
+            adaptive.record(upstream_time, dropped, now);
+        }
         for pass in [cluster_pass, endpoint_pass].into_iter().flatten() {
             pass.record(outcome, upstream_time, now);
         }
@@ -308,7 +346,9 @@ async fn forward(
         pick.random = next_random();
         pick.now = now;
         next = choose(cluster, &mut pick, None, &tried, now);
-        let elsewhere = next.as_ref().is_ok_and(|(e, ..)| e.address != endpoint.address);
+        let elsewhere = next
+            .as_ref()
+            .is_ok_and(|(e, ..)| e.address != endpoint.address);
         let wait = match verdict {
             // Nothing was sent: another endpoint may take it at once.
             Verdict::Retry if outcome == TryResult::ConnectFailure && elsewhere => Duration::ZERO,
@@ -347,6 +387,9 @@ fn try_result(result: &Result<upstream::Exchange, ProxyError>) -> Option<TryResu
     }
 }
 
+/// An endpoint and the passes of the cluster's breaker and its own.
+type Chosen<'c> = (&'c Endpoint, Option<Pass>, Option<Pass>);
+
 /// An endpoint for the next try, admitted by the cluster's breaker and its
 /// own: the pinned one if given, otherwise a pick that avoids the endpoints
 /// already tried when another is available.
@@ -356,7 +399,7 @@ fn choose<'c>(
     mut pinned: Option<&'c Endpoint>,
     tried: &[SocketAddr],
     now: Instant,
-) -> Result<(&'c Endpoint, Option<Pass>, Option<Pass>), (ProxyError, Option<Duration>)> {
+) -> Result<Chosen<'c>, (ProxyError, Option<Duration>)> {
     let cluster_pass = match &cluster.guard.breaker {
         Some(b) => Some(
             b.allow(now)
@@ -616,6 +659,10 @@ pub struct Finish {
     attempts_header: Option<http::HeaderName>,
     /// When a refused client may come back (open breaker, full bulkhead).
     retry_after: Option<Duration>,
+    /// The cluster's bulkhead slot and adaptive-limit place, held until the
+    /// response is over.
+    bulkhead: Option<Permit>,
+    adaptive: Option<AdaptivePass>,
     bytes_in: Arc<AtomicU64>,
 }
 

@@ -6,4 +6,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+pub mod bulkhead;
+pub mod concurrency;
+pub mod degradation;
 pub mod policy;

@@ -8,8 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::cluster::Cluster;
 use crate::config::resilience::FallbackConfig;
 use crate::config::{HashKey, RouteConfig};
-use crate::resilience::policy::RetryPolicy;
 use crate::observe::metrics::RouteMetrics;
+use crate::resilience::degradation::Level;
+use crate::resilience::policy::RetryPolicy;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostMatch {
@@ -122,6 +123,8 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     /// The answer when the route will not forward; `None`: a JSON 503.
     pub fallback: Option<Fallback>,
+    /// The most severe service level at which the route still serves.
+    pub min_level: Level,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -168,6 +171,7 @@ impl Route {
             total_weight,
             retry: None,
             fallback: None,
+            min_level: Level::Minimal,
         }
     }
 
@@ -175,6 +179,7 @@ impl Route {
     pub fn with_policies(mut self, config: &RouteConfig) -> Route {
         self.retry = config.retry.as_ref().map(RetryPolicy::from_config);
         self.fallback = config.fallback.as_ref().map(Fallback::from_config);
+        self.min_level = crate::service_level::min_level(config.min_level);
         self
     }
 

@@ -243,6 +243,7 @@ impl Server {
             ));
         }
         self.restart_checks();
+        tokio::spawn(crate::service_level::run(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),

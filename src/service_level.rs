@@ -1,0 +1,173 @@
+//! The service level (FULL, DEGRADED, MINIMAL, MAINTENANCE) as the running
+//! process holds it: the `resilience::degradation` state machine behind a
+//! lock, its verdict published in an atomic that every request reads, the
+//! request and shed counts its triggers look at, and the task that feeds it
+//! the signals every `degradation.interval`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::resilience::{DegradationTable, MinLevel};
+use crate::resilience::degradation::{
+    Change, ClusterHealth, Degradation, DegradationConfig, Level, Signals,
+};
+use crate::shared::Shared;
+
+pub struct ServiceLevel {
+    state: Mutex<State>,
+    current: AtomicU8,
+    /// Requests routed, and those shed by a bulkhead or an adaptive limit,
+    /// since the last observation.
+    requests: AtomicU64,
+    shed: AtomicU64,
+}
+
+struct State {
+    machine: Degradation,
+    last: Option<(SystemTime, String)>,
+}
+
+/// A route's `min_level` as a level.
+pub fn min_level(m: MinLevel) -> Level {
+    match m {
+        MinLevel::Full => Level::Full,
+        MinLevel::Degraded => Level::Degraded,
+        MinLevel::Minimal => Level::Minimal,
+        MinLevel::Maintenance => Level::Maintenance,
+    }
+}
+
+fn machine_config(t: &DegradationTable) -> DegradationConfig {
+    DegradationConfig {
+        healthy_below: *t.healthy_below.get_ref(),
+        minimal_below: *t.minimal_below.get_ref(),
+        shed_above: *t.shed_above.get_ref(),
+        shed_minimal_above: *t.shed_minimal_above.get_ref(),
+        min_requests: t.min_requests,
+        enter_after: t.enter_after.get(),
+        exit_after: t.exit_after.get(),
+    }
+}
+
+impl ServiceLevel {
+    pub fn new(table: &DegradationTable) -> ServiceLevel {
+        ServiceLevel {
+            state: Mutex::new(State {
+                machine: Degradation::new(machine_config(table), Instant::now()),
+                last: None,
+            }),
+            current: AtomicU8::new(Level::Full as u8),
+            requests: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The level now; one atomic load.
+    pub fn current(&self) -> Level {
+        Level::ALL
+            .get(usize::from(self.current.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Counts a routed request for the overload trigger; `shed`: refused by
+    /// a bulkhead or the adaptive limit.
+    pub fn count(&self, shed: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if shed {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets (or with `None` clears) the level by hand.
+    pub fn set_manual(&self, level: Option<Level>) -> Level {
+        let mut state = self.lock();
+        let change = state.machine.set_manual(level, Instant::now());
+        self.publish(&mut state, change, "admin API");
+        state.machine.level()
+    }
+
+    /// One observation of the triggers (only when `auto` is on).
+    fn observe(&self, signals: &Signals) {
+        let mut state = self.lock();
+        let change = state.machine.observe(signals, Instant::now());
+        self.publish(&mut state, change, "trigger");
+    }
+
+    fn publish(&self, state: &mut State, change: Option<Change>, by: &str) {
+        self.current
+            .store(state.machine.level() as u8, Ordering::Relaxed);
+        if let Some(c) = change {
+            tracing::warn!(
+                by,
+                "service level {} → {}: {}",
+                c.from.as_str(),
+                c.to.as_str(),
+                c.reason
+            );
+            state.last = Some((SystemTime::now(), c.reason));
+        }
+    }
+
+    /// The level for `/status` and `GET /degradation`.
+    pub fn status(&self) -> serde_json::Value {
+        let state = self.lock();
+        serde_json::json!({
+            "level": state.machine.level().as_str(),
+            "manual": state.machine.manual().map(Level::as_str),
+            "auto": state.machine.auto_level().as_str(),
+            "last_change": state.last.as_ref().map(|(at, reason)| serde_json::json!({
+                "unix_ms": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                "reason": reason,
+            })),
+        })
+    }
+
+    fn reconfigure(&self, table: &DegradationTable) {
+        let mut state = self.lock();
+        let cfg = machine_config(table);
+        if *state.machine.config() != cfg {
+            // A new machine starts at FULL; a level set by hand stays.
+            let manual = state.machine.manual();
+            state.machine = Degradation::new(cfg, Instant::now());
+            let change = state.machine.set_manual(manual, Instant::now());
+            self.publish(&mut state, change.filter(|_| manual.is_some()), "reload");
+        }
+    }
+}
+
+/// Feeds the triggers every `degradation.interval` while `auto` is on.
+pub async fn run(shared: std::sync::Arc<Shared>) {
+    loop {
+        let snapshot = shared.snapshot.load_full();
+        let table = &snapshot.config.degradation;
+        shared.service_level.reconfigure(table);
+        let interval = table.interval.get().max(Duration::from_millis(10));
+        tokio::time::sleep(interval).await;
+        let requests = shared.service_level.requests.swap(0, Ordering::Relaxed);
+        let shed = shared.service_level.shed.swap(0, Ordering::Relaxed);
+        if !table.auto {
+            continue;
+        }
+        let now = Instant::now();
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|c| ClusterHealth {
+                name: c.name.to_string(),
+                healthy: c.endpoints.iter().filter(|e| e.live.usable(now)).count() as u32,
+                total: c.endpoints.len() as u32,
+            })
+            .collect();
+        shared.service_level.observe(&Signals {
+            clusters,
+            requests,
+            shed,
+        });
+    }
+}
