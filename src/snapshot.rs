@@ -76,13 +76,10 @@ impl Snapshot {
                     .map(|ls| ls.iter().map(|l| l.get_ref().clone()).collect());
                 (
                     only,
-                    Arc::new(Route::new(
-                        name,
-                        Matcher::from_config(r),
-                        targets,
-                        r.split_key.clone(),
-                    )
-                    .with_policies(r)),
+                    Arc::new(
+                        Route::new(name, Matcher::from_config(r), targets, r.split_key.clone())
+                            .with_policies(r),
+                    ),
                 )
             })
             .collect();
