@@ -71,6 +71,9 @@ pub(super) struct Control {
     pub fail_ratio: f64,
     pub ratio_status: u16,
     pub rng: u64,
+    /// A server of limited capacity: at most this many requests served at
+    /// once, each taking the duration; the rest wait their turn (FIFO).
+    pub capacity: Option<(Arc<tokio::sync::Semaphore>, Duration)>,
 }
 
 /// State shared by the test thread and the server thread.
@@ -97,6 +100,10 @@ impl State {
 
     /// The status this request is forced to (consuming one `fail_next`), and
     /// the global delay.
+    pub fn capacity(&self) -> Option<(Arc<tokio::sync::Semaphore>, Duration)> {
+        self.control().capacity.clone()
+    }
+
     pub fn take_forced(&self) -> (Option<u16>, Duration) {
         let mut c = self.control();
         let forced = if c.fail_remaining > 0 {
@@ -273,6 +280,15 @@ impl Backend {
         c.fail_ratio = ratio;
         c.ratio_status = status;
         c.rng = 0x9E37_79B9_7F4A_7C15;
+    }
+
+    /// Serves at most `concurrent` requests at once, each taking `service`
+    /// (on top of any delay); the others queue, as a real server's would:
+    /// past `concurrent / service` requests per second, latency grows
+    /// without bound.
+    pub fn set_capacity(&self, concurrent: usize, service: Duration) {
+        self.state.control().capacity =
+            Some((Arc::new(tokio::sync::Semaphore::new(concurrent)), service));
     }
 
     /// Delay added before every response head (on top of `?delay=`).

@@ -48,6 +48,12 @@ pub(super) async fn handle(
 
     let body_bytes = count_body(body).await?;
 
+    if let Some((slots, service)) = state.capacity() {
+        // Held until the head is written: the request occupies the server
+        // for its whole service time.
+        let _slot = slots.acquire_owned().await?;
+        tokio::time::sleep(service).await;
+    }
     let delay = global_delay + query.duration("delay").unwrap_or_default();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
