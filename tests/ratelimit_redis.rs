@@ -1,0 +1,893 @@
+//! The Redis rate-limit store against a real `redis-server` (Debian's, at
+//! /usr/bin/redis-server): each algorithm's counts, TTLs, two stores sharing
+//! one limit, script reloading, outages, recovery and throughput.
+//!
+//! Every test starts its own server on a free loopback port, so tests run in
+//! parallel without sharing state. Waiting is bounded polling, never a fixed
+//! sleep, except where a test waits for a limiter's own `retry_after`.
+//!
+//! Run with `cargo test --test ratelimit_redis -- --nocapture` to see the
+//! throughput figures.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use levee::ratelimit::redis::{RedisStore, Reply, StoreError};
+use levee::ratelimit::{Algorithm, Decision, Limit};
+
+use redis_support::{RedisServer, wait_until};
+
+/// A throwaway `redis-server` for tests. Self-contained (std only) so that
+/// other test files can copy it.
+mod redis_support {
+    #![allow(dead_code)]
+
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+    /// A `redis-server` child on 127.0.0.1, killed on drop.
+    pub struct RedisServer {
+        child: Option<Child>,
+        port: u16,
+        extra: Vec<String>,
+    }
+
+    /// A loopback port free at the time of the call.
+    pub fn free_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.local_addr().expect("local_addr").port()
+    }
+
+    /// Polls `cond` every 10 ms until it holds or `timeout` passes.
+    pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    impl RedisServer {
+        /// Starts a server on a free port, ready (answering PING).
+        pub fn start() -> RedisServer {
+            RedisServer::start_with(&[])
+        }
+
+        /// Starts a server with extra arguments (`["--requirepass", "pw"]`).
+        pub fn start_with(extra: &[&str]) -> RedisServer {
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            server.restart();
+            server
+        }
+
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        /// Starts the server again on the same port (after `kill`).
+        pub fn restart(&mut self) {
+            assert!(self.child.is_none(), "the server is running");
+            let port = self.port.to_string();
+            let child = Command::new(REDIS_SERVER)
+                .args(["--port", &port, "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--protected-mode", "no", "--loglevel", "warning"])
+                .args(&self.extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {REDIS_SERVER}: {e}"));
+            self.child = Some(child);
+            // Any reply will do (with a password, PING answers NOAUTH).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.try_query(&["PING"]).is_err() {
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    let mut err = String::new();
+                    if let Some(mut e) = self.child.take().and_then(|mut c| c.stderr.take()) {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("redis-server exited at start ({status}): {err}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on port {} not ready in 10 s",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        /// Kills the server (SIGKILL) and reaps it.
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        /// SIGSTOP: the server keeps its sockets but stops answering.
+        pub fn pause(&self) {
+            self.signal("-STOP");
+        }
+
+        /// SIGCONT after `pause`.
+        pub fn resume(&self) {
+            self.signal("-CONT");
+        }
+
+        fn signal(&self, sig: &str) {
+            let pid = self.child.as_ref().expect("running").id().to_string();
+            let ok = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill");
+            assert!(ok.success(), "kill {sig} {pid}");
+        }
+
+        /// Runs one command on a fresh connection; panics on failure.
+        pub fn query(&self, args: &[&str]) -> Value {
+            self.try_query(args)
+                .unwrap_or_else(|e| panic!("{args:?} on port {}: {e}", self.port))
+        }
+
+        pub fn try_query(&self, args: &[&str]) -> std::io::Result<Value> {
+            let mut conn = TcpStream::connect(("127.0.0.1", self.port))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut out = format!("*{}\r\n", args.len());
+            for a in args {
+                out += &format!("${}\r\n{a}\r\n", a.len());
+            }
+            conn.write_all(out.as_bytes())?;
+            read_value(&mut BufReader::new(conn))
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// A reply, as the blocking helper reads it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Value {
+        Str(String),
+        Err(String),
+        Int(i64),
+        Nil,
+        Array(Vec<Value>),
+    }
+
+    impl Value {
+        pub fn int(&self) -> i64 {
+            match self {
+                Value::Int(n) => *n,
+                other => panic!("not an integer: {other:?}"),
+            }
+        }
+
+        pub fn len(&self) -> usize {
+            match self {
+                Value::Array(items) => items.len(),
+                other => panic!("not an array: {other:?}"),
+            }
+        }
+    }
+
+    fn read_value(r: &mut impl BufRead) -> std::io::Result<Value> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed"));
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1.min(line.len()));
+        let num = || rest.parse::<i64>().map_err(|_| bad(line));
+        Ok(match kind {
+            "+" => Value::Str(rest.to_string()),
+            "-" => Value::Err(rest.to_string()),
+            ":" => Value::Int(num()?),
+            "$" if num()? < 0 => Value::Nil,
+            "$" => {
+                let mut data = vec![0; num()? as usize + 2];
+                r.read_exact(&mut data)?;
+                data.truncate(data.len() - 2);
+                Value::Str(String::from_utf8_lossy(&data).into_owned())
+            }
+            "*" if num()? < 0 => Value::Nil,
+            "*" => {
+                let mut items = Vec::new();
+                for _ in 0..num()? {
+                    items.push(read_value(r)?);
+                }
+                Value::Array(items)
+            }
+            _ => return Err(bad(line)),
+        })
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+/// A timeout generous enough for a loaded 2-core CI box.
+const SLOW_OK: Duration = Duration::from_secs(2);
+
+fn limit(algorithm: Algorithm, limit: u64, period: Duration, burst: u64) -> Limit {
+    Limit {
+        algorithm,
+        limit,
+        period,
+        burst,
+        delay: false,
+    }
+}
+
+fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::new(&server.url(), SLOW_OK).unwrap()
+}
+
+async fn check(store: &RedisStore, key: &str, l: &Limit) -> Decision {
+    store
+        .check(key.as_bytes(), l, 1)
+        .await
+        .unwrap_or_else(|e| panic!("check {key}: {e}"))
+}
+
+/// If the current aligned window of `period` (Redis aligns windows to the
+/// Unix epoch, on this machine's clock) has less than `need` left, sleeps
+/// into the next one.
+fn avoid_window_edge(period: Duration, need: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into = Duration::from_nanos((now.as_nanos() % period.as_nanos()) as u64);
+    let left = period - into;
+    if left < need {
+        std::thread::sleep(left + 5 * MS);
+    }
+}
+
+fn key_of(algorithm: Algorithm, key: &str) -> String {
+    String::from_utf8(RedisStore::key_for(algorithm, key.as_bytes())).unwrap()
+}
+
+// --- Each algorithm --------------------------------------------------------
+
+#[tokio::test]
+async fn token_bucket_allows_the_burst_then_refills_at_the_rate() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let l = limit(Algorithm::TokenBucket, 10, SEC, 5);
+    for i in 0..5u64 {
+        let d = check(&store, "tb", &l).await;
+        assert!(d.allowed, "request {i}: {d:?}");
+        assert_eq!(d.limit, 10);
+        assert_eq!(d.remaining, 4 - i);
+        assert_eq!(d.delay, Duration::ZERO);
+    }
+    let d = check(&store, "tb", &l).await;
+    assert!(!d.allowed, "{d:?}");
+    assert_eq!(d.remaining, 0);
+    // One token per 100 ms: due within 100 ms (less the time the burst
+    // took); the bucket is full again within 500 ms.
+    assert!(
+        d.retry_after > 50 * MS && d.retry_after <= 100 * MS,
+        "{d:?}"
+    );
+    assert!(d.reset > 400 * MS && d.reset <= 500 * MS, "{d:?}");
+    tokio::time::sleep(d.retry_after).await;
+    assert!(check(&store, "tb", &l).await.allowed);
+    // Other keys are separate.
+    assert!(check(&store, "tb-other", &l).await.allowed);
+}
+
+#[tokio::test]
+async fn leaky_bucket_shapes_with_delays_and_rejects_beyond_the_burst() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let mut l = limit(Algorithm::LeakyBucket, 10, SEC, 5);
+    l.delay = true;
+    let start = Instant::now();
+    // Burst 5 beyond the one leaking: six fit, each in the next 100 ms slot.
+    for i in 0..6u32 {
+        let d = check(&store, "lb", &l).await;
+        assert!(d.allowed, "request {i}: {d:?}");
+        let slot = i * 100 * MS;
+        let early = start.elapsed() + MS;
+        assert!(
+            d.delay <= slot && d.delay + early >= slot,
+            "request {i}: delay {:?}, slot {slot:?}",
+            d.delay
+        );
+    }
+    let d = check(&store, "lb", &l).await;
+    assert!(!d.allowed, "{d:?}");
+    assert!(
+        d.retry_after > 50 * MS && d.retry_after <= 100 * MS,
+        "{d:?}"
+    );
+    assert_eq!(d.delay, Duration::ZERO);
+
+    // Without delay (nodelay): the same six pass at once.
+    l.delay = false;
+    for i in 0..6 {
+        let d = check(&store, "lb-nodelay", &l).await;
+        assert!(d.allowed && d.delay == Duration::ZERO, "request {i}: {d:?}");
+    }
+    assert!(!check(&store, "lb-nodelay", &l).await.allowed);
+}
+
+#[tokio::test]
+async fn fixed_window_counts_per_aligned_window() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let l = limit(Algorithm::FixedWindow, 10, SEC, 0);
+    avoid_window_edge(SEC, 500 * MS);
+    for i in 0..10u64 {
+        let d = check(&store, "fw", &l).await;
+        assert!(d.allowed, "request {i}: {d:?}");
+        assert_eq!(d.remaining, 9 - i);
+    }
+    let d = check(&store, "fw", &l).await;
+    assert!(!d.allowed, "{d:?}");
+    // Until the end of the window, which is aligned to whole seconds.
+    assert!(
+        d.retry_after > Duration::ZERO && d.retry_after <= SEC,
+        "{d:?}"
+    );
+    assert_eq!(d.reset, d.retry_after);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let to_edge = SEC - Duration::from_nanos((now.as_nanos() % SEC.as_nanos()) as u64);
+    let skew = d.retry_after.abs_diff(to_edge);
+    assert!(
+        skew < 50 * MS,
+        "retry {:?} vs edge {to_edge:?}",
+        d.retry_after
+    );
+    tokio::time::sleep(d.retry_after).await;
+    let d = check(&store, "fw", &l).await;
+    assert!(d.allowed && d.remaining == 9, "{d:?}");
+}
+
+#[tokio::test]
+async fn sliding_log_is_exact_over_any_period() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let l = limit(Algorithm::SlidingLog, 5, SEC, 0);
+    let start = Instant::now();
+    for i in 0..5u64 {
+        let d = check(&store, "sl", &l).await;
+        assert!(d.allowed, "request {i}: {d:?}");
+        assert_eq!(d.remaining, 4 - i);
+        assert_eq!(d.reset, SEC);
+    }
+    let d = check(&store, "sl", &l).await;
+    assert!(!d.allowed, "{d:?}");
+    // The oldest entry leaves one period after it came.
+    let elapsed = start.elapsed();
+    assert!(
+        d.retry_after <= SEC && d.retry_after + elapsed + MS >= SEC,
+        "{d:?}"
+    );
+    let zset = server.query(&["ZCARD", &key_of(Algorithm::SlidingLog, "sl")]);
+    assert_eq!(zset.int(), 5, "rejected requests are not logged");
+    tokio::time::sleep(d.retry_after).await;
+    assert!(check(&store, "sl", &l).await.allowed);
+}
+
+#[tokio::test]
+async fn sliding_counter_weighs_the_previous_window() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let period = 2 * SEC;
+    let l = limit(Algorithm::SlidingCounter, 10, period, 0);
+    avoid_window_edge(period, SEC);
+    for i in 0..10u64 {
+        let d = check(&store, "sc", &l).await;
+        assert!(d.allowed, "request {i}: {d:?}");
+        assert_eq!(d.remaining, 9 - i);
+    }
+    let d = check(&store, "sc", &l).await;
+    assert!(!d.allowed, "{d:?}");
+    // Full window: room again once a tenth of the previous window (10
+    // requests) has slid out: 200 ms into the next window.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let to_edge = period - Duration::from_nanos((now.as_nanos() % period.as_nanos()) as u64);
+    let want = to_edge + 200 * MS;
+    assert!(
+        d.retry_after.abs_diff(want) < 50 * MS,
+        "retry {:?}, want {want:?}",
+        d.retry_after
+    );
+    assert!(d.reset > to_edge + period - 50 * MS, "{d:?}");
+    tokio::time::sleep(d.retry_after).await;
+    // Just one: the previous window still weighs (unless the sleep overshot
+    // by another 200 ms).
+    assert!(check(&store, "sc", &l).await.allowed);
+    assert!(!check(&store, "sc", &l).await.allowed);
+}
+
+#[tokio::test]
+async fn a_peek_with_cost_zero_changes_nothing() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    for algorithm in ALL {
+        let l = limit(algorithm, 3, 10 * SEC, 3);
+        let d = store.check(b"peek", &l, 0).await.unwrap();
+        assert!(d.allowed, "{algorithm:?}: {d:?}");
+        let key = key_of(algorithm, "peek");
+        assert_eq!(server.query(&["EXISTS", &key]).int(), 0, "{algorithm:?}");
+        // A cost beyond the capacity can never pass: a nominal retry.
+        let d = store.check(b"big", &l, 100).await.unwrap();
+        assert!(
+            !d.allowed && d.retry_after == 10 * SEC,
+            "{algorithm:?}: {d:?}"
+        );
+    }
+}
+
+const ALL: [Algorithm; 5] = [
+    Algorithm::TokenBucket,
+    Algorithm::LeakyBucket,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingLog,
+    Algorithm::SlidingCounter,
+];
+
+#[tokio::test]
+async fn every_key_gets_a_ttl_and_goes_away() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let period = 200 * MS;
+    for algorithm in ALL {
+        let l = limit(algorithm, 10, period, 10);
+        assert!(check(&store, "ttl", &l).await.allowed);
+        let key = key_of(algorithm, "ttl");
+        let ttl = server.query(&["PTTL", &key]).int();
+        // About the time until the state would be fresh again: one
+        // interval (20 ms) for the buckets, the window or period for the
+        // others, two windows for the counter.
+        let max = match algorithm {
+            Algorithm::TokenBucket | Algorithm::LeakyBucket => 20,
+            Algorithm::SlidingCounter => 400,
+            _ => 200,
+        };
+        assert!(ttl > 0 && ttl <= max, "{algorithm:?}: PTTL {ttl}");
+    }
+    let gone = wait_until(5 * SEC, || {
+        server.query(&["KEYS", "levee:rl:*"]) == redis_support::Value::Array(vec![])
+    });
+    assert!(
+        gone,
+        "keys left: {:?}",
+        server.query(&["KEYS", "levee:rl:*"])
+    );
+}
+
+// --- Sharing ---------------------------------------------------------------
+
+/// Runs `n` checks of `l` on `key` from a new thread with its own
+/// current-thread runtime (like a Levee worker); returns how many passed.
+fn worker(
+    store: Arc<RedisStore>,
+    key: &'static str,
+    l: Limit,
+    n: usize,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut allowed = 0;
+            for _ in 0..n {
+                if check(&store, key, &l).await.allowed {
+                    allowed += 1;
+                }
+            }
+            allowed
+        })
+    })
+}
+
+#[test]
+fn two_stores_share_one_limit_exactly() {
+    let server = RedisServer::start();
+    // Two stores: two Levee processes with one Redis.
+    let a = Arc::new(store(&server));
+    let b = Arc::new(store(&server));
+    let period = 100 * SEC;
+    avoid_window_edge(period, 5 * SEC);
+    for algorithm in ALL {
+        // 20 at once for every algorithm (the leaky bucket holds burst + 1).
+        let burst = if algorithm == Algorithm::LeakyBucket {
+            19
+        } else {
+            20
+        };
+        let l = limit(algorithm, 20, period, burst);
+        let workers = [
+            worker(a.clone(), "shared", l, 25),
+            worker(b.clone(), "shared", l, 25),
+            worker(a.clone(), "shared", l, 25),
+            worker(b.clone(), "shared", l, 25),
+        ];
+        let allowed: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert_eq!(allowed, 20, "{algorithm:?}");
+    }
+}
+
+#[test]
+fn one_store_serves_many_runtimes_at_once() {
+    let server = RedisServer::start();
+    let store = Arc::new(store(&server));
+    let l = limit(Algorithm::SlidingLog, 40, 100 * SEC, 0);
+    let workers: Vec<_> = (0..4)
+        .map(|_| worker(store.clone(), "many", l, 50))
+        .collect();
+    let allowed: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(allowed, 40);
+    assert_eq!(store.errors(), 0);
+}
+
+// --- Scripts ---------------------------------------------------------------
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_script_flush() {
+    let server = RedisServer::start();
+    let store = Arc::new(store(&server));
+    let l = limit(Algorithm::SlidingLog, 100, 100 * SEC, 0);
+    assert_eq!(check(&store, "flush", &l).await.remaining, 99);
+    let flushed = store.command(&[b"SCRIPT", b"FLUSH"]).await.unwrap();
+    assert_eq!(flushed, Reply::Simple("OK".into()));
+    // The next call meets NOSCRIPT, loads the script and runs it once.
+    assert_eq!(check(&store, "flush", &l).await.remaining, 98);
+    // Many at once, pipelined, after another flush: each runs exactly once.
+    server.query(&["SCRIPT", "FLUSH"]);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { check(&store, "flush", &l).await.allowed })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    assert_eq!(check(&store, "flush", &l).await.remaining, 77);
+    // Every algorithm recovers.
+    server.query(&["SCRIPT", "FLUSH"]);
+    for algorithm in ALL {
+        let l = limit(algorithm, 10, 10 * SEC, 10);
+        assert!(
+            check(&store, "flush-all", &l).await.allowed,
+            "{algorithm:?}"
+        );
+    }
+    assert_eq!(store.errors(), 0);
+}
+
+// --- Failure ---------------------------------------------------------------
+
+#[tokio::test]
+async fn a_dead_redis_fails_fast_and_a_restarted_one_is_used_again() {
+    let mut server = RedisServer::start();
+    let timeout = 100 * MS;
+    let store = RedisStore::new(&server.url(), timeout).unwrap();
+    let l = limit(Algorithm::TokenBucket, 1000, SEC, 1000);
+    assert!(check(&store, "down", &l).await.allowed);
+    assert!(store.is_up());
+    assert_eq!(store.errors(), 0);
+
+    server.kill();
+    let start = Instant::now();
+    let e = store.check(b"down", &l, 1).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+    assert!(took < timeout + 300 * MS, "first failure took {took:?}");
+    assert!(!store.is_up());
+    assert!(e.to_string().contains("unavailable"), "{e}");
+
+    // While backing off, calls fail at once without trying to connect.
+    for _ in 0..100 {
+        let start = Instant::now();
+        let e = store.check(b"down", &l, 1).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        assert!(start.elapsed() < 50 * MS, "{:?}", start.elapsed());
+    }
+    assert!(store.errors() >= 101, "{}", store.errors());
+
+    server.restart();
+    let back = poll_until(10 * SEC, || async {
+        store.check(b"down", &l, 1).await.is_ok()
+    })
+    .await;
+    assert!(back, "the store did not reconnect");
+    assert!(store.is_up());
+    // The restarted Redis has no scripts and no state: both come back.
+    assert!(check(&store, "down", &l).await.allowed);
+}
+
+/// Polls the async `cond` every 20 ms until it holds or `timeout` passes.
+async fn poll_until<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(20 * MS).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_never_blocks_a_call() {
+    // Nothing listens on this port.
+    let port = redis_support::free_port();
+    let store = RedisStore::new(&format!("redis://127.0.0.1:{port}"), 100 * MS).unwrap();
+    let l = limit(Algorithm::FixedWindow, 10, SEC, 0);
+    for _ in 0..20 {
+        let start = Instant::now();
+        let e = store.check(b"k", &l, 1).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        assert!(start.elapsed() < 400 * MS, "{:?}", start.elapsed());
+    }
+    assert!(!store.is_up());
+    assert_eq!(store.errors(), 20);
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_within_the_timeout() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let timeout = 100 * MS;
+    let store = RedisStore::new(&url, timeout).unwrap();
+    let l = limit(Algorithm::SlidingLog, 10, SEC, 0);
+    for _ in 0..5 {
+        let start = Instant::now();
+        let e = store.check(b"k", &l, 1).await.unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            matches!(e, StoreError::Timeout | StoreError::Unavailable(_)),
+            "{e}"
+        );
+        assert!(took < timeout + 300 * MS, "{took:?}");
+    }
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_is_taken_for_down_then_recovers() {
+    let server = RedisServer::start();
+    let timeout = 100 * MS;
+    let store = RedisStore::new(&server.url(), timeout).unwrap();
+    let l = limit(Algorithm::TokenBucket, 1000, SEC, 1000);
+    assert!(check(&store, "stall", &l).await.allowed);
+
+    server.pause();
+    let start = Instant::now();
+    let e = store.check(b"stall", &l, 1).await.unwrap_err();
+    assert_eq!(e, StoreError::Timeout);
+    assert!(
+        start.elapsed() < timeout + 300 * MS,
+        "{:?}",
+        start.elapsed()
+    );
+    // Within a few timeouts the connection is given up and calls fail fast.
+    let mut calls = 0;
+    let down = loop {
+        calls += 1;
+        let start = Instant::now();
+        let r = store.check(b"stall", &l, 1).await;
+        assert!(r.is_err());
+        assert!(
+            start.elapsed() < timeout + 300 * MS,
+            "{:?}",
+            start.elapsed()
+        );
+        if !store.is_up() || calls > 100 {
+            break !store.is_up();
+        }
+    };
+    assert!(down, "still up after {calls} calls");
+
+    server.resume();
+    let back = poll_until(10 * SEC, || async {
+        store.check(b"stall", &l, 1).await.is_ok()
+    })
+    .await;
+    assert!(back, "the store did not recover");
+    assert!(store.is_up());
+}
+
+#[tokio::test]
+async fn password_and_database_from_the_url() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let port = server.port();
+    let store = RedisStore::new(&format!("redis://:s3cret@127.0.0.1:{port}/2"), SLOW_OK).unwrap();
+    let l = limit(Algorithm::FixedWindow, 10, 10 * SEC, 0);
+    assert!(check(&store, "auth", &l).await.allowed);
+    let key = key_of(Algorithm::FixedWindow, "auth");
+    let exists = store.command(&[b"EXISTS", key.as_bytes()]).await.unwrap();
+    assert_eq!(exists, Reply::Integer(1));
+    let db0 = store.command(&[b"SELECT", b"0"]).await.unwrap();
+    assert_eq!(db0, Reply::Simple("OK".into()));
+    assert_eq!(
+        store.command(&[b"EXISTS", key.as_bytes()]).await.unwrap(),
+        Reply::Integer(0)
+    );
+
+    let wrong = RedisStore::new(&format!("redis://:nope@127.0.0.1:{port}"), SLOW_OK).unwrap();
+    let e = wrong.check(b"auth", &l, 1).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Unavailable(m) if m.contains("AUTH failed")),
+        "{e}"
+    );
+    assert!(!wrong.is_up());
+}
+
+#[test]
+fn bad_urls_are_refused_up_front() {
+    let e = RedisStore::new("http://127.0.0.1:6379", SLOW_OK).unwrap_err();
+    assert!(e.to_string().contains("redis://"), "{e}");
+    let e = RedisStore::new("redis://:pw@host:70000", SLOW_OK).unwrap_err();
+    assert!(
+        e.to_string().contains("port") && !e.to_string().contains("pw"),
+        "{e}"
+    );
+}
+
+// --- Throughput ------------------------------------------------------------
+
+#[test]
+fn throughput() {
+    const N: usize = 20_000;
+    let server = RedisServer::start();
+    let store = Arc::new(store(&server));
+    let l = limit(Algorithm::TokenBucket, 1_000_000, SEC, 1_000_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // One caller, one check at a time: latency-bound.
+    let start = Instant::now();
+    runtime.block_on(async {
+        for i in 0..N {
+            let key = format!("seq-{}", i % 1000);
+            assert!(check(&store, &key, &l).await.allowed);
+        }
+    });
+    let sequential = N as f64 / start.elapsed().as_secs_f64();
+
+    // Two worker threads (current-thread runtimes), 64 tasks each: the
+    // client pipelines.
+    let start = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|j| {
+                            let store = store.clone();
+                            tokio::spawn(async move {
+                                for i in 0..N / 128 {
+                                    let key = format!("par-{t}-{j}-{}", i % 8);
+                                    assert!(check(&store, &key, &l).await.allowed);
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let concurrent = N as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "redis rate-limit store: {N} checks: {sequential:.0} checks/s sequential, \
+         {concurrent:.0} checks/s concurrent (2 threads x 64 tasks)"
+    );
+    assert_eq!(store.errors(), 0);
+}
+
+// --- Outage logging --------------------------------------------------------
+
+/// Log lines of every test in this binary (the client thread logs, so a
+/// thread-local subscriber would not see them).
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+    .clone()
+}
+
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_logged_once_and_so_is_the_recovery() {
+    let logs = captured_logs();
+    let mut server = RedisServer::start();
+    let store = RedisStore::new(&server.url(), 100 * MS).unwrap();
+    let l = limit(Algorithm::TokenBucket, 1000, SEC, 1000);
+    assert!(check(&store, "log", &l).await.allowed);
+    server.kill();
+    // Many failures over several reconnect attempts (backoff 100, 200 ms).
+    let start = Instant::now();
+    while start.elapsed() < 500 * MS {
+        assert!(store.check(b"log", &l, 1).await.is_err());
+        tokio::time::sleep(5 * MS).await;
+    }
+    server.restart();
+    let back = poll_until(10 * SEC, || async {
+        store.check(b"log", &l, 1).await.is_ok()
+    })
+    .await;
+    assert!(back);
+    for _ in 0..10 {
+        assert!(check(&store, "log", &l).await.allowed);
+    }
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let ours = format!("redis://127.0.0.1:{}", server.port());
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&ours)).collect();
+    let down: Vec<_> = lines.iter().filter(|l| l.contains("unreachable")).collect();
+    let up: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("reachable again"))
+        .collect();
+    assert_eq!(down.len(), 1, "{lines:#?}");
+    assert!(down[0].contains("WARN"), "{}", down[0]);
+    assert_eq!(up.len(), 1, "{lines:#?}");
+    assert!(up[0].contains("INFO"), "{}", up[0]);
+}
