@@ -310,3 +310,36 @@ fn the_deadline_reaches_the_endpoint_and_a_shorter_client_deadline_wins() {
         "{took:?}"
     );
 }
+
+#[test]
+fn a_429_is_retried_after_its_retry_after_up_to_the_cap() {
+    let b = Backend::start("b");
+    let listen = free_addr();
+    let _levee = Levee::start(&config(
+        listen,
+        &[b.addr()],
+        &[
+            r#"retry = { max_attempts = 2, retry_statuses = [429], retry_after_max = "2s" }"#,
+            "outlier_detection = { enabled = false }",
+        ],
+    ));
+    // Retry-After: 1 is within the cap: the retry comes a second later.
+    b.fail_next(1, 429);
+    let started = Instant::now();
+    let r = request(listen, "GET", "/?header=Retry-After:1", &[], b"");
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-levee-attempts"), Some("2"));
+    println!("429 with Retry-After: 1 -> answered 200 after {took:?}");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Retry-After: 30 is beyond it: the 429 goes to the client at once.
+    b.fail_next(1, 429);
+    let started = Instant::now();
+    let r = request(listen, "GET", "/?header=Retry-After:30", &[], b"");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-levee-attempts"), Some("1"));
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
