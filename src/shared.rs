@@ -23,6 +23,8 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     /// FULL, DEGRADED, MINIMAL or MAINTENANCE.
     pub service_level: crate::service_level::ServiceLevel,
+    /// Rate-limit tables and Redis stores that outlive snapshots.
+    pub rate_limits: crate::ratelimit::rules::Registry,
 }
 
 impl Shared {
@@ -39,7 +41,8 @@ impl Shared {
             None
         };
         let service_level = crate::service_level::ServiceLevel::new(&config.degradation);
-        let snapshot = Snapshot::build(config, &live, &metrics, true);
+        let rate_limits = crate::ratelimit::rules::Registry::default();
+        let snapshot = Snapshot::build(config, &live, &rate_limits, &metrics, true);
         let id_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -52,12 +55,19 @@ impl Shared {
             id_seed,
             config_path,
             service_level,
+            rate_limits,
         })
     }
 
     /// Swaps in a snapshot built from an already validated config.
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
-        let snapshot = Arc::new(Snapshot::build(config, &self.live, &self.metrics, false));
+        let snapshot = Arc::new(Snapshot::build(
+            config,
+            &self.live,
+            &self.rate_limits,
+            &self.metrics,
+            false,
+        ));
         self.snapshot.store(snapshot.clone());
         self.metrics.reloads_applied();
         snapshot

@@ -13,6 +13,7 @@ use crate::cluster::{Cluster, LiveRegistry};
 use crate::config::Config;
 use crate::observe::Metrics;
 use crate::observe::metrics::RouteMetrics;
+use crate::ratelimit::rules::{RateLimits, Registry};
 use crate::route::{Matcher, Route, Target};
 
 /// Per-listener settings and the routes it serves, in declared order.
@@ -20,6 +21,8 @@ pub struct Listener {
     pub name: Arc<str>,
     pub address: SocketAddr,
     pub max_connections: usize,
+    /// 0: no per-IP limit.
+    pub max_connections_per_ip: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
@@ -33,11 +36,20 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// Metric handles for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// The rate-limit rules; routes hold the ones they list.
+    pub rate_limits: RateLimits,
 }
 
 impl Snapshot {
     /// `first`: the configuration Levee starts with (see `Cluster::build`).
-    pub fn build(config: Config, live: &LiveRegistry, metrics: &Metrics, first: bool) -> Snapshot {
+    pub fn build(
+        config: Config,
+        live: &LiveRegistry,
+        limits: &Registry,
+        metrics: &Metrics,
+        first: bool,
+    ) -> Snapshot {
+        let rate_limits = RateLimits::build(&config.rate_limit, limits, metrics);
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
@@ -77,8 +89,22 @@ impl Snapshot {
                 (
                     only,
                     Arc::new(
-                        Route::new(name, Matcher::from_config(r), targets, r.split_key.clone())
-                            .with_policies(r),
+                        Route::new(
+                            name.clone(),
+                            Matcher::from_config(r),
+                            targets,
+                            r.split_key.clone(),
+                        )
+                        .with_policies(r)
+                        .with_rate_limits(
+                            rate_limits.for_route(
+                                &name,
+                                &r.rate_limits
+                                    .iter()
+                                    .map(|n| n.get_ref().clone())
+                                    .collect::<Vec<_>>(),
+                            ),
+                        ),
                     ),
                 )
             })
@@ -92,6 +118,7 @@ impl Snapshot {
                     name: name.as_str().into(),
                     address: *l.address.get_ref(),
                     max_connections: *l.max_connections.get_ref(),
+                    max_connections_per_ip: l.max_connections_per_ip,
                     header_timeout: l.header_timeout.get(),
                     idle_timeout: l.idle_timeout.get(),
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
@@ -118,6 +145,7 @@ impl Snapshot {
             listeners,
             clusters,
             unrouted: RouteMetrics::new(metrics, "", ""),
+            rate_limits,
             config,
         }
     }

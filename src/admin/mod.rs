@@ -286,6 +286,7 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "path_prefix": r.path_prefix.as_ref().map(|h| h.get_ref()),
                 "methods": r.methods.iter().map(|m| m.get_ref()).collect::<Vec<_>>(),
                 "headers": r.headers.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect::<std::collections::BTreeMap<_, _>>(),
+                "rate_limits": r.rate_limits.iter().map(|n| n.get_ref()).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -342,5 +343,6 @@ fn status(shared: &Shared) -> serde_json::Value {
         "routes": routes,
         "clusters": clusters,
         "degradation": shared.service_level.status(),
+        "rate_limits": snap.rate_limits.status(),
     })
 }

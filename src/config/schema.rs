@@ -31,6 +31,9 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     #[serde(default)]
     pub degradation: DegradationTable,
+    /// Rate-limit store and rules; routes opt in with `rate_limits`.
+    #[serde(default)]
+    pub rate_limit: super::ratelimit::RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,6 +123,10 @@ pub struct ListenerConfig {
     /// Largest request body accepted; larger ones get 413. Unset: no limit.
     #[serde(default)]
     pub max_body_bytes: Option<ByteSize>,
+    /// Open connections one client IP may hold on this listener; beyond,
+    /// a new connection is answered 429 and closed. 0: no per-IP limit.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
 }
 
 fn default_protocol() -> Protocol {
@@ -183,6 +190,10 @@ pub struct RouteConfig {
     /// its fallback.
     #[serde(default)]
     pub min_level: MinLevel,
+    /// Names of `[[rate_limit.rules]]` checked for every request of the
+    /// route, in this order.
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

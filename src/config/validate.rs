@@ -16,7 +16,7 @@ pub(super) struct Invalid {
     pub message: String,
 }
 
-fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
+pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
     Invalid {
         span,
         key,
@@ -399,6 +399,20 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         }
         if let Some(retry) = &r.retry {
             check_retry(retry, &r.name, &format!("{key}.retry"))?;
+            // One budget per cluster: it bounds the load on the cluster's
+            // endpoints, whichever route the retries come from.
+            let (b, d) = (&retry.budget, super::resilience::BudgetConfig::default());
+            if b.enabled != d.enabled
+                || b.ratio.get_ref() != d.ratio.get_ref()
+                || b.min_per_sec.get_ref() != d.min_per_sec.get_ref()
+                || b.window != d.window
+            {
+                return Err(invalid(
+                    r.name.span(),
+                    format!("{key}.retry.budget"),
+                    "the retry budget is per cluster; set it in the cluster's [clusters.retry.budget]",
+                ));
+            }
         }
         if let Some(f) = &r.fallback {
             check_fallback(f, &format!("{key}.fallback"))?;
@@ -420,6 +434,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
             }
         }
     }
+    super::ratelimit::check(config)?;
     Ok(())
 }
 
@@ -540,7 +555,7 @@ fn check_fallback(f: &FallbackConfig, key: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_name(name: &str, span: Range<usize>, key: String) -> Result<(), Invalid> {
+pub(super) fn check_name(name: &str, span: Range<usize>, key: String) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -557,7 +572,7 @@ fn check_name(name: &str, span: Range<usize>, key: String) -> Result<(), Invalid
     }
 }
 
-fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<String> = names.map(|n| format!("{n:?}")).collect();
     if v.is_empty() {
         "none".into()

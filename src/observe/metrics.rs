@@ -76,6 +76,24 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleTierLabels {
+    pub rule: String,
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleDecisionLabels {
+    pub rule: String,
+    pub tier: String,
+    pub result: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -104,6 +122,10 @@ pub struct Metrics {
     pub endpoint_state: Family<StateLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
+    pub ratelimit_decisions: Family<RuleDecisionLabels, Counter>,
+    pub ratelimit_store_errors: Family<RuleLabels, Counter>,
+    pub ratelimit_keys: Family<RuleTierLabels, Gauge>,
+    pub connections_per_ip_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -238,8 +260,36 @@ impl Metrics {
             "Times an endpoint was ejected by passive outlier detection",
             ejections.clone(),
         );
+        let ratelimit_decisions = Family::<RuleDecisionLabels, Counter>::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Requests checked by a rate-limit rule, by rule, tier (\"\" for the rule's own limit) and result (allowed, limited, dry_run_limited)",
+            ratelimit_decisions.clone(),
+        );
+        let ratelimit_store_errors = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "ratelimit_store_errors",
+            "Rate-limit checks the Redis store failed (down, timed out, error), by rule; on_store_error decided them",
+            ratelimit_store_errors.clone(),
+        );
+        let ratelimit_keys = Family::<RuleTierLabels, Gauge>::default();
+        registry.register(
+            "ratelimit_keys",
+            "Keys held in a rule's local table, by rule and tier, as of the last sweep",
+            ratelimit_keys.clone(),
+        );
+        let connections_per_ip_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_per_ip_refused",
+            "Client connections answered 429 and closed because their IP was at the listener's max_connections_per_ip",
+            connections_per_ip_refused.clone(),
+        );
         Metrics {
             registry,
+            ratelimit_decisions,
+            ratelimit_store_errors,
+            ratelimit_keys,
+            connections_per_ip_refused,
             retries,
             retry_budget_exhausted,
             breaker_state,

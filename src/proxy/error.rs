@@ -29,6 +29,8 @@ pub enum ProxyError {
     Shed,
     /// The service level is below the route's `min_level`.
     Degraded,
+    /// A rate-limit rule of the route refused the request.
+    RateLimited,
 }
 
 impl ProxyError {
@@ -67,6 +69,7 @@ impl ProxyError {
             | ProxyError::QueueTimeout
             | ProxyError::Shed
             | ProxyError::Degraded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -87,6 +90,7 @@ impl ProxyError {
             ProxyError::QueueTimeout => "queue_timeout",
             ProxyError::Shed => "shed",
             ProxyError::Degraded => "degraded",
+            ProxyError::RateLimited => "rate_limited",
         }
     }
 
@@ -111,6 +115,7 @@ impl ProxyError {
             ProxyError::QueueTimeout => "timed out waiting for the upstream cluster",
             ProxyError::Shed => "the upstream cluster is overloaded; request shed",
             ProxyError::Degraded => "this route is switched off at the current service level",
+            ProxyError::RateLimited => "too many requests; see Retry-After",
         }
     }
 
@@ -148,10 +153,22 @@ pub fn response(
     retry_after: Option<std::time::Duration>,
     body: impl FnOnce(Bytes) -> ResponseBody,
 ) -> Response<ResponseBody> {
+    response_with_status(err, err.status(), request_id, retry_after, body)
+}
+
+/// `response` with another status than the error's own (a rate-limit
+/// refusal answers `rate_limit.status`).
+pub fn response_with_status(
+    err: ProxyError,
+    status: StatusCode,
+    request_id: &HeaderValue,
+    retry_after: Option<std::time::Duration>,
+    body: impl FnOnce(Bytes) -> ResponseBody,
+) -> Response<ResponseBody> {
     let id = request_id.to_str().unwrap_or("");
-    let bytes = json_body(err.status(), err.code(), err.message(), id);
+    let bytes = json_body(status, err.code(), err.message(), id);
     let mut resp = Response::new(body(bytes));
-    *resp.status_mut() = err.status();
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -28,6 +28,7 @@ use crate::cluster::{Cluster, Endpoint, InFlight, PickInput};
 use crate::config::HashKey;
 use crate::observe::LogRecord;
 use crate::observe::metrics::{ClusterKindLabels, EndpointLabels};
+use crate::ratelimit::rules::{Report, Ruling};
 use crate::resilience::bulkhead::{Permit, Rejected};
 use crate::resilience::policy::{self, TryResult, Verdict, is_repeatable};
 use crate::route::{self, Route};
@@ -70,6 +71,7 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         retry_after: None,
         bulkhead: None,
         adaptive: None,
+        rate_limit: None,
         bytes_in: Arc::default(),
         snapshot: snapshot.clone(),
         cx: cx.clone(),
@@ -83,6 +85,7 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         .attempts_header
         .clone()
         .map(|name| (name, HeaderValue::from(finish.attempts)));
+    let rate_limit = finish.rate_limit.take();
     let mut response = match forwarded {
         Ok(upstream::Exchange { head, body, .. }) => {
             let mut headers = head.headers;
@@ -126,8 +129,12 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
                     response
                 }
                 None => {
-                    finish.status = e.status().as_u16();
-                    error::response(e, &request_id, retry_after, |b| {
+                    let status = match (e, &rate_limit) {
+                        (ProxyError::RateLimited, Some(r)) => r.status,
+                        _ => e.status(),
+                    };
+                    finish.status = status.as_u16();
+                    error::response_with_status(e, status, &request_id, retry_after, |b| {
                         ResponseBody::full(b, Some(finish))
                     })
                 }
@@ -136,6 +143,9 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
     };
     if let Some((name, value)) = attempts {
         response.headers_mut().insert(name, value);
+    }
+    if let Some(r) = rate_limit {
+        r.apply(response.headers_mut());
     }
     response
 }
@@ -172,6 +182,24 @@ async fn forward(
     let level = cx.shared.service_level.current();
     if !level.serves(route.min_level) {
         return Err(ProxyError::Degraded);
+    }
+    if let Some(limits) = &route.rate_limits {
+        match limits
+            .check(req.headers(), cx.client.ip(), finish.start)
+            .await
+        {
+            Ruling::Pass { report, delay } => {
+                finish.rate_limit = report;
+                // A shaping leaky bucket: the request waits for its turn.
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            Ruling::Refuse(report) => {
+                finish.rate_limit = Some(report);
+                return Err(ProxyError::RateLimited);
+            }
+        }
     }
 
     let declared = req
@@ -663,6 +691,8 @@ pub struct Finish {
     /// response is over.
     bulkhead: Option<Permit>,
     adaptive: Option<AdaptivePass>,
+    /// The rate-limit headers for the answer (and its status if refused).
+    rate_limit: Option<Report>,
     bytes_in: Arc<AtomicU64>,
 }
 

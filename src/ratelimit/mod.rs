@@ -5,7 +5,9 @@
 //! that several Levee instances enforce one limit.
 
 pub mod algorithm;
+pub mod key;
 pub mod redis;
+pub mod rules;
 pub mod table;
 
 use std::time::Duration;

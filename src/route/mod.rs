@@ -125,6 +125,8 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     /// The most severe service level at which the route still serves.
     pub min_level: Level,
+    /// The rate-limit rules the route lists; `None`: no check at all.
+    pub rate_limits: Option<Arc<crate::ratelimit::rules::RouteLimits>>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -172,7 +174,16 @@ impl Route {
             retry: None,
             fallback: None,
             min_level: Level::Minimal,
+            rate_limits: None,
         }
+    }
+
+    pub fn with_rate_limits(
+        mut self,
+        limits: Option<Arc<crate::ratelimit::rules::RouteLimits>>,
+    ) -> Route {
+        self.rate_limits = limits;
+        self
     }
 
     /// The route's own retry policy and fallback, from its config.

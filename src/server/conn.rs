@@ -189,3 +189,38 @@ async fn request_timeout(mut stream: TcpStream, cx: &ConnCtx) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
+
+/// Answers 429 to a connection beyond its IP's `max_connections_per_ip`,
+/// then closes. The request is read (up to 64 KiB, for at most a second)
+/// before closing, so that the close does not reset the connection and
+/// lose the answer. Bounded: a client that neither reads nor writes is
+/// dropped after a second.
+pub async fn too_many_connections(mut stream: TcpStream, id_seed: u64) {
+    let id = headers::request_id(&http::HeaderMap::new(), id_seed);
+    let id = id.to_str().unwrap_or("");
+    let body = json_body(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        "too many open connections from this address",
+        id,
+    );
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}

@@ -4,10 +4,12 @@
 //! kernel spreads new connections across workers and no accept lock is
 //! shared. The connection limit is per listener across all workers.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -38,9 +40,38 @@ pub fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Open connections on one listener, across workers.
+/// Open connections on one listener, across workers, in all and per
+/// client IP.
 #[derive(Default)]
-pub struct ConnCount(AtomicUsize);
+pub struct ConnCount(AtomicUsize, PerIp);
+
+/// Open connections per client IP, kept only while the listener has a
+/// `max_connections_per_ip`. One lock, taken at accept and at close only.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerIp {
+    /// Takes a place for `ip` unless it already holds `max`.
+    fn enter(&self, ip: IpAddr, max: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Occupied(mut e) = map.entry(ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
 
 impl ConnCount {
     pub fn get(&self) -> usize {
@@ -48,12 +79,21 @@ impl ConnCount {
     }
 }
 
-struct Counted(Arc<ConnCount>, prometheus_client::metrics::gauge::Gauge);
+/// A connection's place in the counts: the listener's, and its IP's when
+/// it took one.
+struct Counted(
+    Arc<ConnCount>,
+    prometheus_client::metrics::gauge::Gauge,
+    Option<IpAddr>,
+);
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.0.fetch_sub(1, Ordering::Relaxed);
         self.1.dec();
+        if let Some(ip) = self.2 {
+            self.0.1.leave(ip);
+        }
     }
 }
 
@@ -90,6 +130,9 @@ impl AcceptLoop {
         let accepted = metrics.connections_total.get_or_create_owned(&labels);
         let refused = metrics.connections_refused.get_or_create_owned(&labels);
         let active = metrics.connections_active.get_or_create_owned(&labels);
+        let per_ip_refused = metrics
+            .connections_per_ip_refused
+            .get_or_create_owned(&labels);
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -124,7 +167,23 @@ impl AcceptLoop {
             }
             accepted.inc();
             active.inc();
-            let guard = Counted(self.count.clone(), active.clone());
+            let mut guard = Counted(self.count.clone(), active.clone(), None);
+            if l.max_connections_per_ip > 0 {
+                let ip = peer.ip().to_canonical();
+                if !self.count.1.enter(ip, l.max_connections_per_ip) {
+                    // Answered, not just closed, so that an HTTP client
+                    // knows why; the answer keeps its place in the
+                    // listener's count, which bounds how many there are.
+                    per_ip_refused.inc();
+                    let id_seed = self.shared.id_seed;
+                    tokio::spawn(async move {
+                        conn::too_many_connections(stream, id_seed).await;
+                        drop(guard);
+                    });
+                    continue;
+                }
+                guard.2 = Some(ip);
+            }
             let settings = Settings {
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,

@@ -244,6 +244,7 @@ impl Server {
         }
         self.restart_checks();
         tokio::spawn(crate::service_level::run(self.shared.clone()));
+        tokio::spawn(crate::ratelimit::rules::sweep_task(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),
