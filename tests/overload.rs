@@ -92,11 +92,7 @@ fn a_saturated_cluster_does_not_slow_another() {
     // the next try) so that the load is on Levee's slots, not on the CPU
     // the measurement shares.
     let stop = Arc::new(AtomicBool::new(false));
-    let answers = Arc::new([
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-    ]);
+    let answers = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let clients: Vec<_> = (0..32)
         .map(|_| {
             let (stop, answers) = (stop.clone(), answers.clone());
