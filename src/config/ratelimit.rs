@@ -163,6 +163,9 @@ pub struct RuleConfig {
     /// Overrides `rate_limit.store` for this rule.
     #[serde(default)]
     pub store: Option<StoreKind>,
+    /// Overrides `rate_limit.on_store_error` for this rule.
+    #[serde(default)]
+    pub on_store_error: Option<OnStoreError>,
     #[serde(default)]
     pub on_missing_key: OnMissingKey,
     #[serde(default)]

@@ -476,7 +476,7 @@ impl Rule {
                 match registry.store(url.get_ref(), config.redis_timeout.get()) {
                     Some(store) => Store::Redis {
                         store,
-                        on_error: config.on_store_error,
+                        on_error: r.on_store_error.unwrap_or(config.on_store_error),
                     },
                     None => Store::Local,
                 }

@@ -46,6 +46,7 @@ mod config;
 mod http;
 mod levee;
 pub mod raw;
+pub mod redis;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};
