@@ -22,6 +22,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::redis::RedisServer;
@@ -342,12 +344,62 @@ fn redis_outage_follows_on_store_error_and_recovers() {
         assert_eq!(burst(path, 8).0, 5, "{path} with Redis up");
     }
 
+    // From here until Redis is back, a second client keeps requesting the
+    // fail-open route every 20 ms: every answer must come, and quickly.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU32::new(0));
+    // Lets the background client make `n` more requests in the current
+    // state of Redis.
+    let let_run = |n: u32| {
+        let mark = answered.load(Ordering::Relaxed);
+        assert!(wait_until(T, || answered.load(Ordering::Relaxed) >= mark + n));
+    };
+    let load = {
+        let stop = stop.clone();
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
+            let mut failures = Vec::new();
+            let mut slowest = Duration::ZERO;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match try_get_from(ip("127.0.0.5"), listen, "/allow", &[]) {
+                    Ok(r) => {
+                        *statuses.entry(r.status).or_default() += 1;
+                        slowest = slowest.max(r.took);
+                    }
+                    Err(e) => failures.push(e),
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (statuses, failures, slowest)
+        })
+    };
+
     // Paused (SIGSTOP): connected but silent, the worst case for waiting.
     redis.pause();
     let paused: Vec<(usize, Duration)> = ["/allow", "/deny", "/local"]
         .iter()
         .map(|p| burst(p, 8))
         .collect();
+    // Held until the store has given up on the silent connection (a reply
+    // overdue by 500 ms), while the background client keeps asking.
+    let store_down = || {
+        levee.status_json()["rate_limits"]
+            .to_string()
+            .contains("(down)")
+    };
+    let paused_at = Instant::now();
+    assert!(
+        wait_until(T, store_down),
+        "the store never noticed the pause"
+    );
+    println!(
+        "redis paused: store marked down after {:?} more",
+        paused_at.elapsed()
+    );
+    let_run(25);
     redis.resume();
     println!(
         "redis paused, 8 requests each (allowed, slowest): allow {:?}, deny {:?}, local {:?}",
@@ -360,6 +412,7 @@ fn redis_outage_follows_on_store_error_and_recovers() {
         .iter()
         .map(|p| burst(p, 8))
         .collect();
+    let_run(25);
     let errors = levee
         .metric("levee_ratelimit_store_errors_total", &[])
         .unwrap_or(0.0);
@@ -395,6 +448,19 @@ fn redis_outage_follows_on_store_error_and_recovers() {
         "fail-closed rule never passed again"
     );
     let recovered = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (statuses, failures, slowest) = load.join().unwrap();
+    println!(
+        "background client on the fail-open route through pause, kill and restart: statuses {statuses:?}, \
+         {} failed, slowest {slowest:?}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        statuses.keys().all(|s| matches!(s, 200 | 429)),
+        "{statuses:?}"
+    );
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     let (ok, _) = burst("/deny", 8);
     println!(
         "redis restarted: fail-closed rule passes again after {recovered:?}; then {ok} more of 8 allowed"
