@@ -4,7 +4,8 @@
 #
 # Starts the bench-ref backend (one nginx, 127.0.0.1:9001-9003) and one Levee per variant,
 # each on its own port, then runs wrk against every variant, ROUNDS times, interleaved
-# (A B C A B C ...), and prints the median req/s and p99 of each and its ratio to `plain`.
+# (A B C A B C ...), and prints the median req/s, 2xx/s (goodput: a shed 503 is cheap and
+# is not throughput) and p99 of each, and the ratio of its 2xx/s and p99 to `plain`.
 #
 # Variants (VARIANTS, default "plain resilience ratelimit"):
 #   plain        bench/levee.toml as is
@@ -138,21 +139,26 @@ for r in $(seq 1 "$ROUNDS"); do
         rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
         p99=$(awk '$1 == "99%" { print $2 }' <<<"$out" | to_ms)
         errs=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out")
-        printf '%s\t%s\t%s\t%s\n' "$v" "$r" "${rps:-NA}" "${p99:-NA}" >>"$RESULTS"
-        log "round $r $v: $rps req/s, p99 ${p99} ms ${errs:+($errs)}"
+        # Goodput: answers that were not errors (an adaptive limit's 503s are cheap and
+        # would otherwise count as throughput).
+        bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
+        ok=$(awk -v r="${rps:-0}" -v b="${bad:-0}" -v d="$DURATION" 'BEGIN { printf "%.2f", r - b / d }')
+        printf '%s\t%s\t%s\t%s\t%s\n' "$v" "$r" "${rps:-NA}" "${p99:-NA}" "$ok" >>"$RESULTS"
+        log "round $r $v: $rps req/s ($ok ok/s), p99 ${p99} ms ${errs:+($errs)}"
         sleep "$PAUSE"
     done
 done
 
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR==0) {print "NA"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-printf '\n%-12s %12s %10s %12s %10s\n' variant "req/s" "p99 ms" "vs plain" "p99 vs"
-base_rps=$(awk -F'\t' '$1=="plain" {print $3}' "$RESULTS" | median)
+printf '\n%-12s %12s %12s %10s %12s %10s\n' variant "req/s" "2xx/s" "p99 ms" "2xx vs plain" "p99 vs"
+base_rps=$(awk -F'\t' '$1=="plain" {print $5}' "$RESULTS" | median)
 base_p99=$(awk -F'\t' '$1=="plain" {print $4}' "$RESULTS" | median)
 for v in $VARIANTS; do
-    rps=$(awk -F'\t' -v v="$v" '$1==v {print $3}' "$RESULTS" | median)
+    all=$(awk -F'\t' -v v="$v" '$1==v {print $3}' "$RESULTS" | median)
+    rps=$(awk -F'\t' -v v="$v" '$1==v {print $5}' "$RESULTS" | median)
     p99=$(awk -F'\t' -v v="$v" '$1==v {print $4}' "$RESULTS" | median)
-    awk -v v="$v" -v r="$rps" -v p="$p99" -v br="$base_rps" -v bp="$base_p99" 'BEGIN {
-        printf "%-12s %12.0f %10.2f %12s %10s\n", v, r, p,
+    awk -v v="$v" -v a="$all" -v r="$rps" -v p="$p99" -v br="$base_rps" -v bp="$base_p99" 'BEGIN {
+        printf "%-12s %12.0f %12.0f %10.2f %12s %10s\n", v, a, r, p,
             (br > 0 ? sprintf("%.3f", r / br) : "NA"), (bp > 0 ? sprintf("%.2f", p / bp) : "NA") }'
 done
 echo "(medians of $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s; raw: $RESULTS)"

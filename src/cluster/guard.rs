@@ -161,6 +161,7 @@ fn adaptive_config(c: &AdaptiveConcurrencyConfig) -> AdaptiveConfig {
         max_limit: *c.max_limit.get_ref(),
         initial_limit: c.initial_limit,
         tolerance: *c.tolerance.get_ref(),
+        slack: c.slack.get(),
         window: c.window.get(),
         probe_interval: c.probe_interval.get(),
         probe_limit: c.probe_limit,
@@ -279,7 +280,8 @@ impl SharedBreaker {
 
     /// Whether a call would be refused now; lock-free, for picking.
     pub fn blocks(&self, now: Instant) -> bool {
-        micros(now) < self.blocked_until.load(Ordering::Relaxed)
+        let until = self.blocked_until.load(Ordering::Relaxed);
+        until != 0 && micros(now) < until
     }
 
     /// Admits a call, or says how long until the breaker may admit one.

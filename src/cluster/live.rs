@@ -74,8 +74,12 @@ impl EndpointLive {
     /// Whether the endpoint may take new requests: in service by its
     /// lifecycle and not ejected.
     pub fn usable(&self, now: Instant) -> bool {
-        self.in_service.load(Ordering::Relaxed)
-            && micros(now) >= self.ejected_until.load(Ordering::Relaxed)
+        // Reading the clock against the epoch costs more than the rest of
+        // the check: only when there is an ejection to compare with.
+        self.in_service.load(Ordering::Relaxed) && {
+            let until = self.ejected_until.load(Ordering::Relaxed);
+            until == 0 || micros(now) >= until
+        }
     }
 
     /// The slow-start share of an endpoint that came back at most

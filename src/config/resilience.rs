@@ -230,6 +230,10 @@ pub struct AdaptiveConcurrencyConfig {
     /// How many times the no-load latency a window's latency may reach
     /// before the limit shrinks.
     pub tolerance: Spanned<f64>,
+    /// Latency above `tolerance` × the no-load latency that still does not
+    /// shrink the limit: Levee's own queueing when it is busy is not the
+    /// backend's overload.
+    pub slack: Duration,
     /// The shortest measurement window.
     pub window: Duration,
     /// How often the no-load latency is re-measured (from windows whose
@@ -247,6 +251,7 @@ impl Default for AdaptiveConcurrencyConfig {
             max_limit: Spanned::new(0..0, 1000),
             initial_limit: 20,
             tolerance: Spanned::new(0..0, 1.25),
+            slack: Duration::from_millis(2),
             window: Duration::from_millis(100),
             probe_interval: Duration::from_secs(30),
             probe_limit: 8,

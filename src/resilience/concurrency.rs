@@ -25,7 +25,7 @@
 //! fixed whatever the rate.
 //!
 //! **Gradient** (default; Netflix's Gradient, Envoy's gradient controller):
-//! `gradient = clamp(tolerance × no_load / rtt, 0.5, 1)`, then
+//! `gradient = clamp((tolerance × no_load + slack) / rtt, 0.5, 1)`, then
 //! `limit ← (1 − smoothing) × limit + smoothing × (limit × gradient +
 //! √limit)`. While the RTT is within `tolerance` of the no-load RTT the limit
 //! grows by the √limit headroom, so it finds a larger capacity quickly;
@@ -131,6 +131,12 @@ pub struct AdaptiveConfig {
     /// How many times the no-load RTT a window's RTT may reach before the
     /// limit shrinks (1.25). Below 1 (or NaN) counts as 1.
     pub tolerance: f64,
+    /// Latency above `tolerance × no_load` that still does not shrink the
+    /// limit (2 ms). A proxy whose own event loop is busy adds a little
+    /// queueing of its own to every measurement; without this slack, a fast
+    /// backend's sub-millisecond no-load latency makes that look like
+    /// overload, and the limit sheds requests the backend could serve.
+    pub slack: Duration,
     /// The weight of each gradient update (0.2); outside `(0, 1]` it is 1.
     pub smoothing: f64,
     /// The cut on a window with drops, and AIMD's decrease (0.9); outside
@@ -157,6 +163,7 @@ impl Default for AdaptiveConfig {
             max_limit: 1000,
             initial_limit: 20,
             tolerance: 1.25,
+            slack: Duration::from_millis(2),
             smoothing: 0.2,
             backoff: 0.9,
             window: Duration::from_millis(100),
@@ -366,18 +373,17 @@ impl AdaptiveLimit {
         let mut new = match (rtt, self.no_load) {
             _ if w.dropped > 0 => old * cfg.backoff,
             (Some(rtt), Some(base)) => {
-                // No faster than the reference counts as exactly it.
-                let ratio = match rtt <= base {
-                    true => 1.0,
-                    false => base.as_secs_f64() / rtt.as_secs_f64(),
-                };
+                // The latency allowed before the limit shrinks; no faster
+                // than the reference counts as exactly it.
+                let allowed = cfg.tolerance * base.as_secs_f64() + cfg.slack.as_secs_f64();
+                let ratio = allowed / rtt.max(base).as_secs_f64().max(1e-9);
                 match cfg.algorithm {
                     Algorithm::Gradient => {
-                        let gradient = (cfg.tolerance * ratio).clamp(MIN_GRADIENT, 1.0);
+                        let gradient = ratio.clamp(MIN_GRADIENT, 1.0);
                         let target = old * gradient + old.sqrt();
                         old * (1.0 - cfg.smoothing) + target * cfg.smoothing
                     }
-                    Algorithm::Aimd if cfg.tolerance * ratio < 1.0 => old * cfg.backoff,
+                    Algorithm::Aimd if ratio < 1.0 => old * cfg.backoff,
                     Algorithm::Aimd => old + f64::from(w.successes) / old,
                 }
             }
