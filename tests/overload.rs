@@ -88,7 +88,7 @@ fn a_saturated_cluster_does_not_slow_another() {
     latencies(listen, "/b", 100); // warm-up
     let baseline = latencies(listen, "/b", 1000);
 
-    // 32 clients on A, each pacing itself (a refusal waits 100 ms before
+    // 32 clients on A, each pacing itself (a refusal waits 500 ms before
     // the next try) so that the load is on Levee's slots, not on the CPU
     // the measurement shares.
     let stop = Arc::new(AtomicBool::new(false));
@@ -105,7 +105,7 @@ fn a_saturated_cluster_does_not_slow_another() {
                         _ => 2,
                     };
                     answers[i].fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(500));
                 }
             })
         })
