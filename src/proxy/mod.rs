@@ -1,13 +1,22 @@
 //! The request pipeline, top to bottom:
 //!
-//! 1. take the current snapshot and the request's id;
-//! 2. refuse what cannot be proxied safely (ambiguous framing, oversized
-//!    head or body);
-//! 3. match a route on the listener, pick an endpoint in its cluster;
-//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in);
-//! 5. send it over a pooled or new connection, bounded by the timeouts;
-//! 6. stream the response back; when the body is done, `Finish` records the
+//! 1. take the current snapshot and the request's id (`handle`);
+//! 2. refuse what cannot be proxied safely: ambiguous framing, oversized head
+//!    or body (`forward`);
+//! 3. match a route; its gates: the service level against its `min_level`,
+//!    its rate limits (`admit`); a split route draws its cluster;
+//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), keep
+//!    the body if a retry may need to send it again;
+//! 5. the cluster's limits: adaptive concurrency, bulkhead (`enter_cluster`);
+//! 6. tries (`send_with_retries`): an endpoint the breakers admit (`choose`),
+//!    the request over a pooled or new connection within the per-try timeout
+//!    and the deadline (`try_once`), the result recorded, and the retry policy
+//!    asked whether to answer or try again elsewhere;
+//! 7. stream the response back; when the body is done, `Finish` records the
 //!    request (metrics, access log) and returns the connection to the pool.
+//!
+//! Levee's own answers (errors, fallbacks, 429) are made in `handle` from the
+//! `ProxyError` the steps return.
 
 pub mod body;
 pub mod error;
@@ -30,7 +39,7 @@ use crate::observe::LogRecord;
 use crate::observe::metrics::{ClusterKindLabels, EndpointLabels};
 use crate::ratelimit::rules::{Report, Ruling};
 use crate::resilience::bulkhead::{Permit, Rejected};
-use crate::resilience::policy::{self, TryResult, Verdict, is_repeatable};
+use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict, is_repeatable};
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
 use crate::shared::Shared;
@@ -179,28 +188,7 @@ async fn forward(
         })
         .ok_or(ProxyError::NoRoute)?;
     finish.route = Some(route.clone());
-    let level = cx.shared.service_level.current();
-    if !level.serves(route.min_level) {
-        return Err(ProxyError::Degraded);
-    }
-    if let Some(limits) = &route.rate_limits {
-        match limits
-            .check(req.headers(), cx.client.ip(), finish.start)
-            .await
-        {
-            Ruling::Pass { report, delay } => {
-                finish.rate_limit = report;
-                // A shaping leaky bucket: the request waits for its turn.
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-            }
-            Ruling::Refuse(report) => {
-                finish.rate_limit = Some(report);
-                return Err(ProxyError::RateLimited);
-            }
-        }
-    }
+    admit(cx, route, req.headers(), finish).await?;
 
     let declared = req
         .headers()
@@ -224,7 +212,7 @@ async fn forward(
     let cluster = &route.targets[finish.target].cluster;
     let policy = route.retry.as_ref().unwrap_or(&cluster.retry);
     finish.attempts_header = policy.attempts_header.clone();
-    let mut pick = PickInput {
+    let pick = PickInput {
         now: finish.start,
         key: cluster
             .hash_key
@@ -240,9 +228,6 @@ async fn forward(
         .as_deref()
         .and_then(|name| cookie(req.headers(), name))
         .map(str::to_owned);
-    let pinned = token
-        .as_deref()
-        .and_then(|t| cluster.pinned(t, finish.start));
 
     let deadline = request_deadline(cluster, req.headers(), finish.start);
     let (mut parts, body) = req.into_parts();
@@ -267,9 +252,57 @@ async fn forward(
         repeatable &= kept.is_some();
     }
 
-    // The cluster's own limits: over the adaptive limit, shed at once; over
-    // the bulkhead, wait in its queue or be refused. A refused client may
-    // come back in a second.
+    enter_cluster(cx, cluster, finish).await?;
+    let outbound = Outbound {
+        parts,
+        body,
+        kept,
+        repeatable,
+        deadline,
+    };
+    send_with_retries(cx, cluster, policy, outbound, pick, token, finish).await
+}
+
+/// The route's own gates, before anything is read of the body: the service
+/// level against its `min_level`, then its rate limits (which may hold a
+/// request for its turn, or refuse it).
+async fn admit(
+    cx: &ConnCtx,
+    route: &Route,
+    headers: &http::HeaderMap,
+    finish: &mut Finish,
+) -> Result<(), ProxyError> {
+    if !cx.shared.service_level.current().serves(route.min_level) {
+        return Err(ProxyError::Degraded);
+    }
+    let Some(limits) = &route.rate_limits else {
+        return Ok(());
+    };
+    match limits.check(headers, cx.client.ip(), finish.start).await {
+        Ruling::Pass { report, delay } => {
+            finish.rate_limit = report;
+            // A shaping leaky bucket: the request waits for its turn.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(())
+        }
+        Ruling::Refuse(report) => {
+            finish.rate_limit = Some(report);
+            Err(ProxyError::RateLimited)
+        }
+    }
+}
+
+/// The cluster's own limits: over the adaptive limit, shed at once; over
+/// the bulkhead, wait in its queue or be refused. A refused client may come
+/// back in a second. The places taken are held by `finish` until the
+/// response is over.
+async fn enter_cluster(
+    cx: &ConnCtx,
+    cluster: &Cluster,
+    finish: &mut Finish,
+) -> Result<(), ProxyError> {
     let guard = &cluster.guard;
     let service_level = &cx.shared.service_level;
     if let Some(adaptive) = &guard.adaptive {
@@ -289,6 +322,39 @@ async fn forward(
     })?;
     service_level.count(false);
     guard.deposit(finish.start);
+    Ok(())
+}
+
+/// The request as it goes upstream, and what decides whether it may go
+/// twice.
+struct Outbound {
+    parts: http::request::Parts,
+    /// The client's body, streamed on the first try...
+    body: UpstreamBody,
+    /// ...or kept whole, and sent again on each try.
+    kept: Option<bytes::Bytes>,
+    /// May be sent again once sent (idempotent, body kept or none).
+    repeatable: bool,
+    deadline: Instant,
+}
+
+/// Step 6: tries until one is worth answering with. Each try goes to an
+/// endpoint the breakers admit; its result is recorded (latency, outlier
+/// detection, breakers, adaptive limit), and the retry policy says whether
+/// to answer or to try again, elsewhere, after a backoff, within the
+/// deadline and the budget.
+async fn send_with_retries(
+    cx: &ConnCtx,
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    mut out: Outbound,
+    mut pick: PickInput,
+    token: Option<String>,
+    finish: &mut Finish,
+) -> Result<upstream::Exchange, ProxyError> {
+    let pinned = token
+        .as_deref()
+        .and_then(|t| cluster.pinned(t, finish.start));
     let mut tried = Vec::new();
     let mut next = choose(cluster, &mut pick, pinned, &tried, finish.start);
     loop {
@@ -301,44 +367,15 @@ async fn forward(
         };
         finish.attempts += 1;
         let try_start = Instant::now();
-        if let Some(name) = &cluster.deadline_header {
-            let left = deadline.saturating_duration_since(try_start).as_millis();
-            parts.headers.insert(name, HeaderValue::from(left as u64));
-        }
-        let try_deadline = policy
-            .per_try_timeout
-            .map_or(deadline, |t| deadline.min(try_start + t));
-        let mut replay;
-        let body = match &kept {
-            Some(bytes) => {
-                replay = UpstreamBody::kept(bytes.clone());
-                &mut replay
-            }
-            None => &mut body,
-        };
-        let in_flight = endpoint.live.begin();
-        let exchange = upstream::send(cluster, endpoint, cx.worker, &parts, body);
-        let result =
-            match tokio::time::timeout_at(tokio::time::Instant::from_std(try_deadline), exchange)
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::UpstreamTimeout),
-            };
+        let result = try_once(cx, cluster, endpoint, policy, &mut out, try_start, finish).await;
         let now = Instant::now();
-        let upstream_time = now - try_start;
-        finish.upstream = Some(Upstream {
-            cluster: cluster.clone(),
-            endpoint: endpoint.address,
-            upstream_time: now - finish.start,
-            in_flight,
-        });
+        let took = now - try_start;
         // The client's side failed (body too large, went away): nothing to
         // judge the endpoint by, nothing to retry.
         let Some(outcome) = try_result(&result) else {
             return result;
         };
-        record_try(cx, cluster, endpoint, outcome, upstream_time, now);
+        record_try(cx, cluster, endpoint, outcome, took, now);
         if let Some(adaptive) = &finish.adaptive {
             // Overload shows as timeouts, refused connections, 503 and 429:
             // their latency measures nothing.
@@ -346,10 +383,10 @@ async fn forward(
                 outcome,
                 TryResult::Timeout | TryResult::ConnectFailure | TryResult::Status(503 | 429)
             );
-            adaptive.record(upstream_time, dropped, now);
+            adaptive.record(took, dropped, now);
         }
         for pass in [cluster_pass, endpoint_pass].into_iter().flatten() {
-            pass.record(outcome, upstream_time, now);
+            pass.record(outcome, took, now);
         }
 
         let retry_after = match &result {
@@ -363,7 +400,7 @@ async fn forward(
         let verdict = policy.verdict(
             finish.attempts,
             outcome,
-            repeatable,
+            out.repeatable,
             retry_after,
             SystemTime::now(),
         );
@@ -386,7 +423,7 @@ async fn forward(
         // A retry with nowhere to go, one that could not finish before the
         // deadline, or one the budget refuses, is not made: the client gets
         // this answer.
-        if next.is_err() || now + wait >= deadline || !guard.withdraw(now) {
+        if next.is_err() || now + wait >= out.deadline || !cluster.guard.withdraw(now) {
             return answer(cluster, endpoint, token.as_deref(), finish, result);
         }
         let labels = ClusterKindLabels {
@@ -399,6 +436,50 @@ async fn forward(
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// One try: the request to `endpoint`, within the per-try timeout and the
+/// deadline, telling the endpoint how long is left when the cluster says so.
+async fn try_once(
+    cx: &ConnCtx,
+    cluster: &Arc<Cluster>,
+    endpoint: &Endpoint,
+    policy: &RetryPolicy,
+    out: &mut Outbound,
+    start: Instant,
+    finish: &mut Finish,
+) -> Result<upstream::Exchange, ProxyError> {
+    if let Some(name) = &cluster.deadline_header {
+        let left = out.deadline.saturating_duration_since(start).as_millis();
+        out.parts
+            .headers
+            .insert(name, HeaderValue::from(left as u64));
+    }
+    let until = policy
+        .per_try_timeout
+        .map_or(out.deadline, |t| out.deadline.min(start + t));
+    let mut replay;
+    let body = match &out.kept {
+        Some(bytes) => {
+            replay = UpstreamBody::kept(bytes.clone());
+            &mut replay
+        }
+        None => &mut out.body,
+    };
+    let in_flight = endpoint.live.begin();
+    let exchange = upstream::send(cluster, endpoint, cx.worker, &out.parts, body);
+    let result =
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        };
+    finish.upstream = Some(Upstream {
+        cluster: cluster.clone(),
+        endpoint: endpoint.address,
+        upstream_time: finish.start.elapsed(),
+        in_flight,
+    });
+    result
 }
 
 /// What a try's result means for the breakers and the retry policy; `None`
