@@ -214,3 +214,56 @@ fn an_endpoint_breaker_takes_its_endpoint_out_of_selection() {
         Some(1.0)
     );
 }
+
+#[test]
+fn a_reload_keeps_an_open_breaker_unless_its_settings_change() {
+    let b = Backend::start("b");
+    b.set_status(Some(503));
+    let (listen, admin) = (free_addr(), free_addr());
+    let build = |open: &str, route: &str| {
+        ConfigBuilder::new()
+            .admin_at(admin)
+            .set("server", "workers = 1")
+            .set("access_log", "enabled = false")
+            .listener("main", listen)
+            .cluster_with(
+                "app",
+                &[b.addr()],
+                &[
+                    "retry = { max_attempts = 1 }",
+                    "outlier_detection = { enabled = false }",
+                    &format!(
+                        r#"circuit_breaker = {{ consecutive_failures = 3, open_duration = "{open}" }}"#
+                    ),
+                ],
+            )
+            .route(route, "app")
+            .build()
+    };
+    let levee = Levee::start(&build("60s", "all"));
+    let state = |levee: &Levee| levee.status_json()["clusters"][0]["breaker"]["state"].clone();
+    for _ in 0..3 {
+        assert_eq!(http_get(listen, "/").expect("request").status, 503);
+    }
+    assert_eq!(state(&levee), "open");
+    let reached = b.requests();
+
+    // Another route name, the same breaker settings: still open, and the
+    // backend sees nothing.
+    levee.write_config(&build("60s", "renamed"));
+    assert_eq!(levee.reload_via_admin(), 200);
+    assert_eq!(state(&levee), "open");
+    assert_eq!(http_get(listen, "/").expect("request").status, 503);
+    assert_eq!(
+        b.requests(),
+        reached,
+        "an open breaker let a request through"
+    );
+
+    // New breaker settings: a new breaker, closed.
+    levee.write_config(&build("30s", "renamed"));
+    assert_eq!(levee.reload_via_admin(), 200);
+    assert_eq!(state(&levee), "closed");
+    b.set_status(None);
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+}
