@@ -174,6 +174,12 @@ fn demo(listen: SocketAddr, admin: SocketAddr, backend_port: u16) -> ExitCode {
         names.join(", ")
     );
     println!("  try:     curl -i http://{listen}/hello");
+    println!(
+        "  limits:  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/limited; done   # 5/s per client"
+    );
+    println!(
+        "  degrade: curl -X PUT --data minimal http://{admin}/degradation; curl -i http://{listen}/reco   # 'auto' to undo"
+    );
     println!("  metrics: curl http://{admin}/metrics");
     println!("  status:  curl http://{admin}/status");
     println!("  stop:    Ctrl-C");

@@ -259,6 +259,27 @@ fn demo_serves_and_shows_the_spread() {
     let status = http_get(admin, "/status").expect("admin");
     assert_eq!(status.status, 200);
 
+    // What the banner invites to try: the per-client limit (5 at once)...
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| http_get(listen, "/limited").expect("request").status)
+        .collect();
+    assert_eq!(&statuses[..5], [200; 5], "{statuses:?}");
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+    // ...and a service level that switches the nice-to-have route off.
+    let put = http_request(
+        admin,
+        "PUT",
+        "/degradation",
+        &[],
+        b"minimal",
+        Duration::from_secs(5),
+    )
+    .expect("PUT /degradation");
+    assert_eq!(put.status, 200);
+    let reco = http_get(listen, "/reco").expect("request");
+    assert_eq!((reco.status, reco.text().as_str()), (200, "[]\n"));
+    assert_eq!(reco.header("x-backend"), None);
+
     // SIGTERM: a clean exit, and nothing listens any more.
     assert_eq!(send_sigterm(child.id()), 0);
     let exit = wait_child(&mut child, Duration::from_secs(10)).expect("demo exits");

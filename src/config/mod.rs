@@ -111,6 +111,27 @@ enabled = false
 name = "demo"
 address = "{listen}"
 
+# 5 requests per second per client, in bursts of up to 5.
+[[rate_limit.rules]]
+name = "per-client"
+key = ["client_ip"]
+limit = 5
+period = "1s"
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+cluster = "demo"
+rate_limits = ["per-client"]
+
+# A nice-to-have: switched off (an empty list) below the FULL service level.
+[[routes]]
+name = "recommendations"
+path_prefix = "/reco"
+cluster = "demo"
+min_level = "full"
+fallback = {{ status = 200, body = "[]\n", headers = {{ "content-type" = "application/json" }} }}
+
 [[routes]]
 name = "all"
 path_prefix = "/"
@@ -119,6 +140,9 @@ cluster = "demo"
 [[clusters]]
 name = "demo"
 balance = "round_robin"
+# Retry a connect failure or a 502/503/504 on another backend, within the budget.
+retry = {{ max_attempts = 2, retry_on = ["connect_failure", "gateway_error"] }}
+circuit_breaker = {{ consecutive_failures = 5, open_duration = "10s" }}
 "#
     );
     for b in backends {
