@@ -17,9 +17,12 @@ use levee::server::Server;
 /// Levee: a load balancer and reverse proxy built for reliability.
 ///
 /// Configuration is one TOML file; see docs/configuration.md and
-/// examples/levee.toml. Logs go to standard error (filter with LEVEE_LOG,
-/// e.g. LEVEE_LOG=debug); the access log is JSON lines on standard output
-/// unless configured otherwise.
+/// examples/levee.toml, docs/resilience.md (retries, circuit breakers,
+/// bulkheads, service levels) and docs/rate-limiting.md. Logs go to standard
+/// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
+/// JSON lines on standard output unless configured otherwise. The admin API
+/// (/status, /metrics, POST /reload, PUT /degradation) is in
+/// docs/operations.md.
 #[derive(Parser)]
 #[command(name = "levee", version, about, long_about)]
 struct Cli {
@@ -44,7 +47,9 @@ enum Command {
         config: PathBuf,
     },
     /// Start Levee on an embedded config with three built-in backends on
-    /// loopback, print the URLs to try, and show requests spread over them.
+    /// loopback (round robin, retries, a circuit breaker, a rate-limited
+    /// route, a route switched off below FULL), print what to try, and show
+    /// requests spread over the backends.
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
