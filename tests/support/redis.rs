@@ -1,5 +1,5 @@
 //! A throwaway `redis-server` for tests (Debian's, at /usr/bin/redis-server) on a
-//! free loopback port, killed on drop. Copied from tests/ratelimit_redis.rs.
+//! free loopback port, killed on drop.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,25 +15,7 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
-/// A loopback port free at the time of the call.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use super::{free_port, wait_until};
 
 impl RedisServer {
     /// Starts a server on a free port, ready (answering PING).
