@@ -93,6 +93,71 @@ fn access_log_has_one_json_line_per_request() {
     );
 }
 
+/// A 502 says why: the io cause of the failed try is in the access log
+/// (`upstream_error`) and in the error log line.
+#[test]
+fn a_failed_try_logs_its_cause() {
+    let (_refusing, dead) = refusing_addr();
+    let live = Backend::start("live");
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let config = ConfigBuilder::new()
+        .set("access_log", "enabled = true")
+        .set(
+            "access_log",
+            &format!("path = {:?}", log_path.display().to_string()),
+        )
+        .listener("main", listen)
+        .cluster_with("dead", &[dead], &["retry = { max_attempts = 1 }"])
+        .cluster("live", &[live.addr()])
+        .route_with("cut", "live", &["path_prefix = \"/close-mid\""])
+        .route("all", "dead")
+        .build();
+    let levee = Levee::start(&config);
+
+    let r =
+        http_request(listen, "GET", "/x", &[("X-Request-Id", "dead-1")], b"", T).expect("request");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        wait_until(T, || read_lines(&log_path).len() == 1),
+        "expected one access log line"
+    );
+    let line = &read_lines(&log_path)[0];
+    assert_eq!(line["error"], "upstream_connect", "{line}");
+    let cause = line["upstream_error"].as_str().unwrap_or_default();
+    assert!(
+        cause.starts_with("connect failed: ") && cause.to_lowercase().contains("refused"),
+        "the io cause is kept: {line}"
+    );
+
+    // The endpoint breaks off mid-body: the client gets a truncated body,
+    // the access log says why.
+    let cut = http_request(listen, "GET", "/close-mid", &[], b"", T);
+    assert!(cut.is_err() || cut.is_ok_and(|r| r.body.len() < 1000));
+    assert!(
+        wait_until(T, || read_lines(&log_path).len() == 2),
+        "expected two access log lines"
+    );
+    let line = &read_lines(&log_path)[1];
+    assert_eq!(line["endpoint"], live.addr().to_string(), "{line}");
+    assert!(
+        line["upstream_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("before the end of the body")),
+        "{line}"
+    );
+
+    assert!(
+        wait_until(T, || {
+            let logs = levee.stderr_text();
+            logs.contains("dead-1") && logs.to_lowercase().contains("connection refused")
+        }),
+        "the error log names the request and the cause: {}",
+        levee.stderr_text()
+    );
+}
+
 #[test]
 fn admin_token_guards_everything_but_healthz() {
     let b = Backend::start("b1");

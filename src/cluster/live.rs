@@ -10,15 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Cluster;
 use super::ewma;
 use super::health::outlier::{Outlier, OutlierConfig, may_eject};
 use super::health::state::{Check, Lifecycle, State, Thresholds, Transition};
-use super::pool::Pool;
 use crate::observe::metrics::{EndpointLabels, Metrics, StateLabels, UpstreamLabels};
+use crate::upstream::{Counters, Pool};
 
 /// Per-endpoint state that outlives snapshots.
 pub struct EndpointLive {
@@ -45,10 +44,8 @@ pub struct EndpointLive {
     state_gauges: [Gauge; 5],
     /// Response-time estimate for the latency-aware balancers.
     pub latency: ewma::Latency,
-    pub pool: Pool,
-    pub reused: Counter,
-    pub opened: Counter,
-    pub connect_errors: Counter,
+    /// Idle connections, and how requests got theirs.
+    pub pool: Arc<Pool>,
     in_flight_gauge: Gauge,
 }
 
@@ -313,10 +310,16 @@ impl LiveRegistry {
                     ejected_until: AtomicU64::new(0),
                     state_gauges: STATES.map(gauge),
                     latency: ewma::Latency::new(LATENCY_DECAY),
-                    pool: Pool::new(self.workers),
-                    reused: upstream("reused"),
-                    opened: upstream("new"),
-                    connect_errors: metrics.upstream_connect_errors.get_or_create_owned(&labels),
+                    pool: Arc::new(Pool::new(
+                        self.workers,
+                        Counters {
+                            reused: upstream("reused"),
+                            opened: upstream("new"),
+                            connect_errors: metrics
+                                .upstream_connect_errors
+                                .get_or_create_owned(&labels),
+                        },
+                    )),
                     in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),
                 });
                 live.publish(initial);

@@ -11,7 +11,6 @@ pub mod ewma;
 pub mod guard;
 pub mod health;
 mod live;
-pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::ClusterConfig;
 use crate::observe::Metrics;
 use crate::resilience::policy::RetryPolicy;
+use crate::upstream;
 use balance::{Balancer, Pick};
 use guard::{ClusterGuard, SharedBreaker};
 use health::outlier::OutlierConfig;
@@ -36,6 +36,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Where a try to this endpoint goes, from `worker`'s slot of its pool.
+    pub fn target<'a>(&'a self, cluster: &Cluster, worker: usize) -> upstream::Target<'a> {
+        upstream::Target {
+            address: self.address,
+            pool: &self.live.pool,
+            worker,
+            connect_timeout: cluster.connect_timeout,
+            limits: upstream::Limits {
+                max_idle: cluster.pool_max_idle,
+                idle_timeout: cluster.pool_idle_timeout,
+            },
+        }
+    }
+
     /// Whether the endpoint's breaker refuses calls now.
     pub fn breaker_blocks(&self, now: Instant) -> bool {
         self.breaker.as_ref().is_some_and(|b| b.blocks(now))

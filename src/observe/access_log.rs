@@ -25,6 +25,9 @@ pub struct LogRecord {
     pub bytes_out: u64,
     pub request_id: String,
     pub error: Option<&'static str>,
+    /// Why the last try failed, with its io cause ("connect failed:
+    /// Connection refused (os error 111)").
+    pub upstream_error: Option<String>,
     /// Tries made upstream (0: none, e.g. refused before forwarding).
     pub attempts: u32,
 }
@@ -61,6 +64,9 @@ impl LogRecord {
         let _ = write!(s, ",\"attempts\":{}", self.attempts);
         if let Some(e) = self.error {
             let _ = write!(s, ",\"error\":\"{e}\"");
+        }
+        if let Some(e) = &self.upstream_error {
+            let _ = write!(s, ",\"upstream_error\":{}", json_str(e));
         }
         s.push('}');
         s
@@ -210,6 +216,7 @@ mod tests {
             bytes_out: 6,
             request_id: "abc".into(),
             error: None,
+            upstream_error: Some("connect failed: \"refused\"".into()),
             attempts: 1,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
@@ -217,5 +224,6 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["cluster"], serde_json::Value::Null);
         assert_eq!(v["endpoint"], "127.0.0.1:9001");
+        assert_eq!(v["upstream_error"], "connect failed: \"refused\"");
     }
 }

@@ -4,9 +4,9 @@
 //! `UpstreamBody` carries the client's request body to the backend, counting
 //! bytes and enforcing the listener's size limit. `ResponseBody` carries the
 //! answer to the client; when it is dropped (fully sent, or the client went
-//! away) it completes the request: metrics, access log, in-flight count, and
-//! the upstream connection goes back to the pool if its response was read to
-//! the end.
+//! away) it completes the request: metrics, access log, in-flight count; the
+//! upstream body it wraps puts its connection back in the pool if its
+//! response was read to the end.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::BoxError;
 
 use super::Finish;
 
@@ -32,18 +34,24 @@ impl fmt::Display for TooLarge {
 
 impl StdError for TooLarge {}
 
-pub struct UpstreamBody {
+/// The client's request body on its way upstream. Generic over what the
+/// client connection hands over (hyper's `Incoming` today).
+pub struct UpstreamBody<B> {
     /// Read before `inner`: a body kept for retries, or the part of one read
     /// before it turned out too large to keep.
     kept: Option<Bytes>,
-    inner: Option<Incoming>,
+    inner: Option<B>,
     limit: u64,
     seen: u64,
     counter: Arc<AtomicU64>,
 }
 
-impl UpstreamBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, counter: Arc<AtomicU64>) -> Self {
+impl<B> UpstreamBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(inner: B, limit: Option<u64>, counter: Arc<AtomicU64>) -> Self {
         UpstreamBody {
             kept: None,
             inner: Some(inner),
@@ -67,10 +75,7 @@ impl UpstreamBody {
     /// Reads the body whole if it is at most `max` bytes: then it can be
     /// sent again, and is returned. A larger one stays streamable (what was
     /// read goes first) but is not returned.
-    pub async fn keep(
-        &mut self,
-        max: u64,
-    ) -> Result<Option<Bytes>, Box<dyn StdError + Send + Sync>> {
+    pub async fn keep(&mut self, max: u64) -> Result<Option<Bytes>, BoxError> {
         use http_body_util::BodyExt;
         let mut buf = bytes::BytesMut::new();
         while let Some(frame) = self.frame().await {
@@ -86,21 +91,15 @@ impl UpstreamBody {
         self.kept = (!bytes.is_empty()).then(|| bytes.clone());
         Ok(Some(bytes))
     }
-
-    pub fn empty() -> Self {
-        UpstreamBody {
-            kept: None,
-            inner: None,
-            limit: u64::MAX,
-            seen: 0,
-            counter: Arc::default(),
-        }
-    }
 }
 
-impl Body for UpstreamBody {
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = Box<dyn StdError + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -125,7 +124,7 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -160,7 +159,6 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     sent: u64,
-    ended: bool,
     finish: Option<Box<Finish>>,
 }
 
@@ -169,7 +167,6 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
             sent: 0,
-            ended: false,
             finish,
         }
     }
@@ -178,7 +175,6 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(Some(body)),
             sent: 0,
-            ended: false,
             finish: Some(finish),
         }
     }
@@ -204,7 +200,13 @@ impl Body for ResponseBody {
                     this.sent += d.len() as u64;
                 }
             }
-            Poll::Ready(None) => this.ended = true,
+            // The endpoint broke off mid-body: the client sees a truncated
+            // response, the access log says why.
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(finish) = this.finish.as_mut() {
+                    finish.body_failed(e);
+                }
+            }
             _ => {}
         }
         polled
@@ -229,13 +231,13 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        let complete = self.ended || self.is_end_stream();
-        let conn = match &mut self.kind {
-            Kind::Upstream(body) => body.take().and_then(crate::upstream::Body::into_reusable),
-            Kind::Full(_) => None,
-        };
+        // The upstream body first: it puts its connection back in the pool
+        // (if its response was read whole) before the request is logged.
+        if let Kind::Upstream(body) = &mut self.kind {
+            drop(body.take());
+        }
         if let Some(finish) = self.finish.take() {
-            finish.finish(self.sent, complete, conn);
+            finish.finish(self.sent);
         }
     }
 }

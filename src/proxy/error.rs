@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::ResponseBody;
+use super::body::{ResponseBody, TooLarge};
+use crate::upstream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
@@ -129,6 +130,34 @@ impl ProxyError {
                 | ProxyError::HeadersTooLarge
                 | ProxyError::ClientBody
         )
+    }
+}
+
+impl From<&upstream::Error> for ProxyError {
+    /// Levee's answer to a failed try: 502 when the endpoint could not be
+    /// reached or broke the exchange, 504 when it was too slow, and the
+    /// client's own fault (413, 400) when its body failed.
+    fn from(e: &upstream::Error) -> ProxyError {
+        match e {
+            upstream::Error::ConnectTimeout(_) => ProxyError::UpstreamConnectTimeout,
+            upstream::Error::Connect(_) => ProxyError::UpstreamConnect,
+            upstream::Error::TimedOut(_) => ProxyError::UpstreamTimeout,
+            upstream::Error::RequestBody(b) => client_body(b),
+            upstream::Error::Send(_)
+            | upstream::Error::Receive(_)
+            | upstream::Error::Closed
+            | upstream::Error::Response(_)
+            | upstream::Error::UnexpectedUpgrade => ProxyError::UpstreamFailed,
+        }
+    }
+}
+
+/// A failure reading the client's body: too large (413) or broken (400).
+pub fn client_body(e: &upstream::BoxError) -> ProxyError {
+    if e.is::<TooLarge>() {
+        ProxyError::BodyTooLarge
+    } else {
+        ProxyError::ClientBody
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
         adaptive: None,
         rate_limit: None,
         bytes_in: Arc::default(),
+        upstream_error: None,
         snapshot: snapshot.clone(),
         cx: cx.clone(),
     });
@@ -241,13 +242,10 @@ async fn forward(
     let mut kept = None;
     if !hyper::body::Body::is_end_stream(&body) {
         if repeatable && policy.retries_after_send() {
-            kept = body.keep(policy.buffer_body_max).await.map_err(|e| {
-                if e.is::<body::TooLarge>() {
-                    ProxyError::BodyTooLarge
-                } else {
-                    ProxyError::ClientBody
-                }
-            })?;
+            kept = body
+                .keep(policy.buffer_body_max)
+                .await
+                .map_err(|e| error::client_body(&e))?;
         }
         repeatable &= kept.is_some();
     }
@@ -330,7 +328,7 @@ async fn enter_cluster(
 struct Outbound {
     parts: http::request::Parts,
     /// The client's body, streamed on the first try...
-    body: UpstreamBody,
+    body: UpstreamBody<Incoming>,
     /// ...or kept whole, and sent again on each try.
     kept: Option<bytes::Bytes>,
     /// May be sent again once sent (idempotent, body kept or none).
@@ -372,8 +370,17 @@ async fn send_with_retries(
         let took = now - try_start;
         // The client's side failed (body too large, went away): nothing to
         // judge the endpoint by, nothing to retry.
+        if let Err(e) = &result {
+            tracing::warn!(
+                cluster = %cluster.name,
+                endpoint = %endpoint.address,
+                request_id = finish.request_id.to_str().unwrap_or(""),
+                "try {} failed: {e}",
+                finish.attempts
+            );
+        }
         let Some(outcome) = try_result(&result) else {
-            return result;
+            return finish.settle(result);
         };
         record_try(cx, cluster, endpoint, outcome, took, now);
         if let Some(adaptive) = &finish.adaptive {
@@ -448,7 +455,7 @@ async fn try_once(
     out: &mut Outbound,
     start: Instant,
     finish: &mut Finish,
-) -> Result<upstream::Exchange, ProxyError> {
+) -> Result<upstream::Exchange, upstream::Error> {
     if let Some(name) = &cluster.deadline_header {
         let left = out.deadline.saturating_duration_since(start).as_millis();
         out.parts
@@ -467,32 +474,30 @@ async fn try_once(
         None => &mut out.body,
     };
     let in_flight = endpoint.live.begin();
-    let exchange = upstream::send(cluster, endpoint, cx.worker, &out.parts, body);
+    let target = endpoint.target(cluster, cx.worker);
+    let exchange = upstream::send(&target, &out.parts, body);
     let result =
         match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
             Ok(result) => result,
-            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Err(_) => Err(upstream::Error::TimedOut(until - start)),
         };
     finish.upstream = Some(Upstream {
-        cluster: cluster.clone(),
         endpoint: endpoint.address,
         upstream_time: finish.start.elapsed(),
-        in_flight,
+        _in_flight: in_flight,
     });
     result
 }
 
 /// What a try's result means for the breakers and the retry policy; `None`
 /// when the client, not the endpoint, failed.
-fn try_result(result: &Result<upstream::Exchange, ProxyError>) -> Option<TryResult> {
+fn try_result(result: &Result<upstream::Exchange, upstream::Error>) -> Option<TryResult> {
     match result {
         Ok(ex) => Some(TryResult::Status(ex.head.status.as_u16())),
-        Err(ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout) => {
-            Some(TryResult::ConnectFailure)
-        }
-        Err(ProxyError::UpstreamTimeout) => Some(TryResult::Timeout),
-        Err(ProxyError::UpstreamFailed) => Some(TryResult::Reset),
-        Err(_) => None,
+        Err(e) if e.is_connect() => Some(TryResult::ConnectFailure),
+        Err(upstream::Error::TimedOut(_)) => Some(TryResult::Timeout),
+        Err(upstream::Error::RequestBody(_)) => None,
+        Err(_) => Some(TryResult::Reset),
     }
 }
 
@@ -589,7 +594,7 @@ fn answer(
     endpoint: &Endpoint,
     token: Option<&str>,
     finish: &mut Finish,
-    result: Result<upstream::Exchange, ProxyError>,
+    result: Result<upstream::Exchange, upstream::Error>,
 ) -> Result<upstream::Exchange, ProxyError> {
     if let (Some(name), Ok(_)) = (&cluster.affinity_cookie, &result) {
         let current = cluster.affinity_token(endpoint.address);
@@ -598,7 +603,7 @@ fn answer(
             finish.set_cookie = HeaderValue::from_str(&value).ok();
         }
     }
-    result
+    finish.settle(result)
 }
 
 /// When Levee gives up on the request: the cluster's `response_timeout`
@@ -741,10 +746,11 @@ fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
 }
 
 struct Upstream {
-    cluster: Arc<Cluster>,
     endpoint: SocketAddr,
     upstream_time: Duration,
-    in_flight: InFlight,
+    /// Counts the request as in flight to its endpoint until the response
+    /// is over.
+    _in_flight: InFlight,
 }
 
 /// Completes a request when its response body is dropped.
@@ -775,22 +781,33 @@ pub struct Finish {
     /// The rate-limit headers for the answer (and its status if refused).
     rate_limit: Option<Report>,
     bytes_in: Arc<AtomicU64>,
+    /// Why the last try failed, or the response body broke off, for the
+    /// access log.
+    upstream_error: Option<String>,
 }
 
 impl Finish {
-    /// `complete`: the response body was sent to the end. `conn`: the
-    /// upstream connection, if its response was read whole and it may be
-    /// reused.
-    pub fn finish(self: Box<Self>, bytes_out: u64, complete: bool, conn: Option<upstream::Conn>) {
+    /// The last try's result as the client will get it: an upstream failure
+    /// becomes Levee's answer, its cause kept for the access log.
+    fn settle(
+        &mut self,
+        result: Result<upstream::Exchange, upstream::Error>,
+    ) -> Result<upstream::Exchange, ProxyError> {
+        result.map_err(|e| {
+            let answer = ProxyError::from(&e);
+            self.upstream_error = Some(e.to_string());
+            answer
+        })
+    }
+
+    /// The endpoint broke off the response body.
+    pub fn body_failed(&mut self, e: &upstream::body::BodyError) {
+        self.upstream_error = Some(e.to_string());
+    }
+
+    /// `bytes_out`: the response body bytes handed to the client.
+    pub fn finish(self: Box<Self>, bytes_out: u64) {
         let shared = &self.cx.shared;
-        if let (Some(up), true, Some(conn)) = (&self.upstream, complete, conn) {
-            up.in_flight.live().pool.put(
-                self.cx.worker,
-                conn,
-                up.cluster.pool_max_idle,
-                up.cluster.pool_idle_timeout,
-            );
-        }
         let total = self.start.elapsed();
         let metrics = self
             .route
@@ -826,6 +843,7 @@ impl Finish {
                 bytes_out,
                 request_id: self.request_id.to_str().unwrap_or("").to_owned(),
                 error: self.error.map(ProxyError::code),
+                upstream_error: self.upstream_error,
                 attempts: self.attempts,
             });
         }

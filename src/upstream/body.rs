@@ -2,7 +2,8 @@
 //! upstream socket by the task that serves the client, frame by frame, so a
 //! body of any size passes with bounded memory and back-pressure on both
 //! sides. When the body has been read to its end and the endpoint allows it,
-//! the connection can go back to the pool.
+//! the connection goes back to the pool it came from when the body is
+//! dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,6 +14,14 @@ use hyper::body::{Frame, SizeHint};
 use super::chunked::{Decoder, Step};
 use super::codec;
 use super::conn::{Conn, READ_CHUNK};
+use super::pool::{Limits, Pool};
+
+/// Where the connection goes back to.
+pub(super) struct Checkin {
+    pub pool: std::sync::Arc<Pool>,
+    pub worker: usize,
+    pub limits: Limits,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -35,10 +44,16 @@ pub struct Body {
     conn: Option<Conn>,
     framing: Framing,
     keep_alive: bool,
+    checkin: Checkin,
 }
 
 impl Body {
-    pub fn new(conn: Conn, framing: codec::ResponseBody, keep_alive: bool) -> Body {
+    pub(super) fn new(
+        conn: Conn,
+        framing: codec::ResponseBody,
+        keep_alive: bool,
+        checkin: Checkin,
+    ) -> Body {
         let framing = match framing {
             codec::ResponseBody::None | codec::ResponseBody::Length(0) => Framing::Done,
             codec::ResponseBody::Length(n) => Framing::Length(n),
@@ -50,6 +65,7 @@ impl Body {
             conn: Some(conn),
             framing,
             keep_alive,
+            checkin,
         }
     }
 
@@ -63,13 +79,6 @@ impl Body {
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
-    }
-
-    /// The connection, if the body was read to its end and the endpoint
-    /// keeps it open; `None` means it must be closed.
-    pub fn into_reusable(mut self) -> Option<Conn> {
-        let conn = self.conn.take()?;
-        (self.keep_alive && self.is_end_stream() && conn.read.is_empty()).then_some(conn)
     }
 
     pub fn poll_frame(
@@ -138,6 +147,25 @@ impl Body {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
+        }
+    }
+}
+
+impl Drop for Body {
+    /// A connection whose response was read to its end, that the endpoint
+    /// keeps open and that holds no stray bytes goes back to the pool; any
+    /// other is closed.
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.keep_alive && self.is_end_stream() && conn.read.is_empty() {
+            let Checkin {
+                pool,
+                worker,
+                limits,
+            } = &self.checkin;
+            pool.put(*worker, conn, *limits);
         }
     }
 }

@@ -11,89 +11,111 @@ pub mod body;
 pub mod chunked;
 pub mod codec;
 pub mod conn;
+pub mod error;
+pub mod pool;
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http::{Method, header};
 use http_body_util::BodyExt;
+use hyper::body::Body as HttpBody;
 use tokio::io::AsyncWriteExt;
 
-use crate::cluster::{Cluster, Endpoint};
-use crate::proxy::body::{TooLarge, UpstreamBody};
-use crate::proxy::error::ProxyError;
 pub use body::Body;
+use body::Checkin;
 use codec::{RequestBody, ResponseHead};
 pub use conn::Conn;
+pub use error::{BoxError, Error};
+pub use pool::{Counters, Limits, Pool};
 
 /// Largest response head accepted from an endpoint.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Where a request goes, and the pool its connection comes from and goes
+/// back to.
+pub struct Target<'a> {
+    pub address: SocketAddr,
+    pub pool: &'a Arc<Pool>,
+    /// The worker whose slot of the pool this request uses.
+    pub worker: usize,
+    pub connect_timeout: Duration,
+    pub limits: Limits,
+}
 
 /// A response head and the body still to be read.
 pub struct Exchange {
     pub head: ResponseHead,
     pub body: Body,
     pub reused: bool,
+    /// How long opening a new connection took (`None`: a pooled one).
+    pub connect: Option<Duration>,
 }
 
-/// Sends a request to `endpoint` and reads its response head.
+/// Sends a request to `target` and reads its response head. The body is
+/// any `http_body::Body`: the client's, streamed, or one kept for a retry.
 ///
 /// A pooled connection that the endpoint closed just as we used it (nothing
 /// came back, not a byte) is replaced by a new one and the request sent
 /// again, but only when it has no body: then nothing of the client's was
 /// consumed, and the endpoint cannot have acted on a request it never read
 /// whole.
-pub async fn send(
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    worker: usize,
+pub async fn send<B>(
+    target: &Target<'_>,
     parts: &http::request::Parts,
-    body: &mut UpstreamBody,
-) -> Result<Exchange, ProxyError> {
-    let live = &endpoint.live;
+    body: &mut B,
+) -> Result<Exchange, Error>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let pool = target.pool;
     let framing = request_body(&parts.headers, body);
     let mut head = BytesMut::new();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     codec::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
 
-    if let Some(conn) = live
-        .pool
-        .take(worker, cluster.pool_idle_timeout, Instant::now())
-    {
-        match exchange(conn, &head, body, framing, &parts.method).await {
+    if let Some(conn) = pool.take(target.worker, target.limits.idle_timeout, Instant::now()) {
+        match exchange(conn, &head, body, framing, &parts.method, target).await {
             Ok(ex) => {
-                live.reused.inc();
+                pool.counters.reused.inc();
                 return Ok(Exchange { reused: true, ..ex });
             }
-            Err(Failure::Stale { sent })
+            Err(Failure::Stale { sent, .. })
                 if !sent || (is_idempotent(&parts.method) && framing == RequestBody::None) => {}
             Err(f) => return Err(f.into()),
         }
     }
-    let conn = match Conn::connect(endpoint.address, cluster.connect_timeout).await {
+    let started = Instant::now();
+    let conn = match Conn::connect(target.address, target.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
-            live.connect_errors.inc();
+            pool.counters.connect_errors.inc();
             return Err(match e {
-                conn::ConnectError::TimedOut => ProxyError::UpstreamConnectTimeout,
-                conn::ConnectError::Refused(_) => ProxyError::UpstreamConnect,
+                conn::ConnectError::TimedOut => Error::ConnectTimeout(target.connect_timeout),
+                conn::ConnectError::Refused(e) => Error::Connect(e),
             });
         }
     };
-    live.opened.inc();
-    exchange(conn, &head, body, framing, &parts.method)
-        .await
-        .map_err(ProxyError::from)
+    let connect = started.elapsed();
+    pool.counters.opened.inc();
+    let ex = exchange(conn, &head, body, framing, &parts.method, target).await?;
+    Ok(Exchange {
+        connect: Some(connect),
+        ..ex
+    })
 }
 
-fn request_body(headers: &http::HeaderMap, body: &UpstreamBody) -> RequestBody {
+fn request_body<B: HttpBody>(headers: &http::HeaderMap, body: &B) -> RequestBody {
     if let Some(n) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse().ok())
     {
         return RequestBody::Length(n);
     }
-    if hyper::body::Body::is_end_stream(body) {
+    if body.is_end_stream() {
         RequestBody::None
     } else {
         RequestBody::Chunked
@@ -110,85 +132,106 @@ fn is_idempotent(m: &Method) -> bool {
 
 enum Failure {
     /// The connection died before a single byte of response came back;
-    /// `sent`: whether the request head had been written.
+    /// `sent`: whether the request head had been written. `cause`: the io
+    /// error, if it was one (not a clean close).
     Stale {
         sent: bool,
+        cause: Option<std::io::Error>,
     },
-    Proxy(ProxyError),
+    Error(Error),
 }
 
-impl From<Failure> for ProxyError {
-    fn from(f: Failure) -> ProxyError {
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
         match f {
-            Failure::Stale { .. } => ProxyError::UpstreamFailed,
-            Failure::Proxy(e) => e,
+            Failure::Stale {
+                sent: false,
+                cause: Some(e),
+            } => Error::Send(e),
+            Failure::Stale { cause: Some(e), .. } => Error::Receive(e),
+            Failure::Stale { cause: None, .. } => Error::Closed,
+            Failure::Error(e) => e,
         }
     }
 }
 
-async fn exchange(
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Error(e)
+    }
+}
+
+async fn exchange<B>(
     mut conn: Conn,
     head: &[u8],
-    body: &mut UpstreamBody,
+    body: &mut B,
     framing: RequestBody,
     method: &Method,
-) -> Result<Exchange, Failure> {
-    if conn.stream.write_all(head).await.is_err() {
-        return Err(Failure::Stale { sent: false });
+    target: &Target<'_>,
+) -> Result<Exchange, Failure>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if let Err(e) = conn.stream.write_all(head).await {
+        return Err(Failure::Stale {
+            sent: false,
+            cause: Some(e),
+        });
     }
     write_body(&mut conn, body, framing).await?;
     let head = match read_head(&mut conn).await {
-        Err(Failure::Stale { .. }) if framing != RequestBody::None => {
-            // The client's body is gone: this request cannot be sent again.
-            return Err(Failure::Proxy(ProxyError::UpstreamFailed));
+        // The client's body is gone: this request cannot be sent again.
+        Err(stale @ Failure::Stale { .. }) if framing != RequestBody::None => {
+            return Err(Failure::Error(stale.into()));
         }
         other => other?,
     };
-    let framing = codec::response_body(method, &head)
-        .map_err(|_| Failure::Proxy(ProxyError::UpstreamFailed))?;
+    let framing = codec::response_body(method, &head).map_err(Error::from)?;
     let keep_alive = codec::keep_alive(&head);
+    let checkin = Checkin {
+        pool: target.pool.clone(),
+        worker: target.worker,
+        limits: target.limits,
+    };
     Ok(Exchange {
-        body: Body::new(conn, framing, keep_alive),
+        body: Body::new(conn, framing, keep_alive, checkin),
         head,
         reused: false,
+        connect: None,
     })
 }
 
 /// Streams the client's body to the endpoint, chunk-encoding it when its
 /// length is unknown.
-async fn write_body(
-    conn: &mut Conn,
-    body: &mut UpstreamBody,
-    framing: RequestBody,
-) -> Result<(), Failure> {
+async fn write_body<B>(conn: &mut Conn, body: &mut B, framing: RequestBody) -> Result<(), Failure>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<BoxError>,
+{
     if framing == RequestBody::None {
         return Ok(());
     }
-    let broken = |_| Failure::Proxy(ProxyError::UpstreamFailed);
+    let broken = |e| Failure::Error(Error::Send(e));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Failure::Proxy(if e.is::<TooLarge>() {
-                ProxyError::BodyTooLarge
-            } else {
-                ProxyError::ClientBody
-            })
-        })?;
-        let Ok(data) = frame.into_data() else {
+        let frame = frame.map_err(|e| Error::RequestBody(e.into()))?;
+        let Ok(mut data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
-        if data.is_empty() {
+        let len = bytes::Buf::remaining(&data);
+        if len == 0 {
             continue;
         }
         if framing == RequestBody::Chunked {
-            let size = format!("{:x}\r\n", data.len());
+            let size = format!("{len:x}\r\n");
             conn.stream
                 .write_all(size.as_bytes())
                 .await
                 .map_err(broken)?;
-            conn.stream.write_all(&data).await.map_err(broken)?;
+            conn.stream.write_all_buf(&mut data).await.map_err(broken)?;
             conn.stream.write_all(b"\r\n").await.map_err(broken)?;
         } else {
-            conn.stream.write_all(&data).await.map_err(broken)?;
+            conn.stream.write_all_buf(&mut data).await.map_err(broken)?;
         }
     }
     if framing == RequestBody::Chunked {
@@ -202,31 +245,40 @@ async fn read_head(conn: &mut Conn) -> Result<ResponseHead, Failure> {
     use bytes::Buf;
     let mut received_any = false;
     loop {
-        if !conn.read.is_empty() {
-            match codec::parse_response_head(&conn.read, MAX_RESPONSE_HEAD) {
-                Ok(Some(head)) => {
-                    conn.read.advance(head.len);
-                    // Upgrades are not proxied (Levee strips `Upgrade`), so a
-                    // 101 is a confused endpoint, not a tunnel to open.
-                    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(Failure::Proxy(ProxyError::UpstreamFailed));
-                    }
-                    // 100 Continue and other interim answers: the final one follows.
-                    if head.status.is_informational() {
-                        continue;
-                    }
-                    return Ok(head);
-                }
-                Ok(None) => {}
-                Err(_) => return Err(Failure::Proxy(ProxyError::UpstreamFailed)),
+        let parsed = if conn.read.is_empty() {
+            None
+        } else {
+            codec::parse_response_head(&conn.read, MAX_RESPONSE_HEAD).map_err(Error::from)?
+        };
+        if let Some(head) = parsed {
+            conn.read.advance(head.len);
+            if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Error::UnexpectedUpgrade.into());
             }
+            // 100 Continue and other interim answers: the final one follows.
+            if head.status.is_informational() {
+                continue;
+            }
+            return Ok(head);
         }
         if conn.read.capacity() - conn.read.len() < conn::READ_CHUNK / 4 {
             conn.read.reserve(conn::READ_CHUNK);
         }
         match tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.read).await {
-            Ok(0) | Err(_) if !received_any => return Err(Failure::Stale { sent: true }),
-            Ok(0) | Err(_) => return Err(Failure::Proxy(ProxyError::UpstreamFailed)),
+            Ok(0) if !received_any => {
+                return Err(Failure::Stale {
+                    sent: true,
+                    cause: None,
+                });
+            }
+            Err(e) if !received_any => {
+                return Err(Failure::Stale {
+                    sent: true,
+                    cause: Some(e),
+                });
+            }
+            Ok(0) => return Err(Error::Closed.into()),
+            Err(e) => return Err(Error::Receive(e).into()),
             Ok(_) => received_any = true,
         }
     }

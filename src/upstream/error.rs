@@ -1,0 +1,83 @@
+//! Why a request to an endpoint failed, with the cause kept.
+//!
+//! An operator looking at a 502 needs to know whether the endpoint refused
+//! the connection, reset it mid-request or sent garbage: each variant says
+//! at which step the exchange failed and keeps the `io::Error` (its kind and
+//! its OS message) that made it fail. The proxy maps these to its own answers
+//! (502, 504, 413, 400) and writes the cause to the error log and the access
+//! log.
+
+use std::error::Error as StdError;
+use std::io;
+use std::time::Duration;
+
+use super::codec::ParseError;
+
+/// The request body's own error, boxed: only made when a body fails.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection was not made within `connect_timeout`.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The connection was not made: refused, unreachable, out of ports.
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    /// Writing the request head or body failed.
+    #[error("sending the request failed: {0}")]
+    Send(#[source] io::Error),
+    /// Reading the response head failed.
+    #[error("reading the response failed: {0}")]
+    Receive(#[source] io::Error),
+    /// The endpoint closed the connection before a complete response head.
+    #[error("the endpoint closed the connection before answering")]
+    Closed,
+    /// The response head is not valid HTTP/1.x, or its framing is.
+    #[error("invalid response from the endpoint: {0}")]
+    Response(#[from] ParseError),
+    /// A `101` to a request that asked for no upgrade (Levee strips
+    /// `Upgrade`): a confused endpoint, not a tunnel to open.
+    #[error("the endpoint switched protocols unasked")]
+    UnexpectedUpgrade,
+    /// No response head within the time the caller allowed (per-try timeout
+    /// or deadline). Made by the caller, which owns the clock.
+    #[error("no response within {0:?}")]
+    TimedOut(Duration),
+    /// The request body (the client's side) failed while being sent.
+    #[error("the request body failed: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+impl Error {
+    /// Whether the request never reached the endpoint (no connection).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect(_) | Error::ConnectTimeout(_))
+    }
+
+    /// The kind of the io error behind this one, if there is one.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Error::Connect(e) | Error::Send(e) | Error::Receive(e) => Some(e.kind()),
+            Error::ConnectTimeout(_) | Error::TimedOut(_) => Some(io::ErrorKind::TimedOut),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_io_cause() {
+        let e = Error::Connect(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(e.is_connect());
+        assert_eq!(e.io_kind(), Some(io::ErrorKind::ConnectionRefused));
+        assert!(e.source().is_some());
+        assert!(e.to_string().starts_with("connect failed: "), "{e}");
+        let e = Error::Receive(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(!e.is_connect());
+        assert!(e.to_string().contains("reset"), "{e}");
+    }
+}
