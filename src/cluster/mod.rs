@@ -11,6 +11,7 @@ pub mod ewma;
 pub mod guard;
 pub mod health;
 mod live;
+mod tries;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use guard::{ClusterGuard, SharedBreaker};
 use health::outlier::OutlierConfig;
 use health::state::State;
 pub use live::{EndpointLive, InFlight, LiveRegistry};
+pub use tries::{Chosen, Unavailable};
 
 pub struct Endpoint {
     pub address: SocketAddr,

@@ -8,9 +8,11 @@
 //! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), keep
 //!    the body if a retry may need to send it again;
 //! 5. the cluster's limits: adaptive concurrency, bulkhead (`enter_cluster`);
-//! 6. tries (`send_with_retries`): an endpoint the breakers admit (`choose`),
+//! 6. tries (`send_with_retries`): an endpoint the breakers admit
+//!    (`Cluster::pick_for_try`),
 //!    the request over a pooled or new connection within the per-try timeout
-//!    and the deadline (`try_once`), the result recorded, and the retry policy
+//!    and the deadline (`try_once`), the result recorded (`Cluster::record`),
+//!    and the retry policy
 //!    asked whether to answer or try again elsewhere;
 //! 7. stream the response back; when the body is done, `Finish` records the
 //!    request (metrics, access log) and returns the connection to the pool.
@@ -32,11 +34,11 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::cluster::balance::stable_hash;
-use crate::cluster::guard::{AdaptivePass, Pass};
-use crate::cluster::{Cluster, Endpoint, InFlight, PickInput};
+use crate::cluster::guard::AdaptivePass;
+use crate::cluster::{Cluster, Endpoint, InFlight, PickInput, Unavailable};
 use crate::config::HashKey;
 use crate::observe::LogRecord;
-use crate::observe::metrics::{ClusterKindLabels, EndpointLabels};
+use crate::observe::metrics::ClusterKindLabels;
 use crate::ratelimit::rules::{Report, Ruling};
 use crate::resilience::bulkhead::{Permit, Rejected};
 use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict, is_repeatable};
@@ -354,15 +356,17 @@ async fn send_with_retries(
         .as_deref()
         .and_then(|t| cluster.pinned(t, finish.start));
     let mut tried = Vec::new();
-    let mut next = choose(cluster, &mut pick, pinned, &tried, finish.start);
+    let mut next = cluster.pick_for_try(&mut pick, pinned, &tried, finish.start);
     loop {
-        let (endpoint, cluster_pass, endpoint_pass) = match next {
+        let chosen = match next {
             Ok(chosen) => chosen,
-            Err((e, wait)) => {
-                finish.retry_after = wait;
-                return Err(e);
+            Err(Unavailable::BreakerOpen(wait)) => {
+                finish.retry_after = Some(wait);
+                return Err(ProxyError::BreakerOpen);
             }
+            Err(Unavailable::NoEndpoint) => return Err(ProxyError::NoEndpoint),
         };
+        let endpoint = chosen.endpoint;
         finish.attempts += 1;
         let try_start = Instant::now();
         let result = try_once(cx, cluster, endpoint, policy, &mut out, try_start, finish).await;
@@ -382,7 +386,7 @@ async fn send_with_retries(
         let Some(outcome) = try_result(&result) else {
             return finish.settle(result);
         };
-        record_try(cx, cluster, endpoint, outcome, took, now);
+        cluster.record(chosen, outcome, took, now, &cx.shared.metrics);
         if let Some(adaptive) = &finish.adaptive {
             // Overload shows as timeouts, refused connections, 503 and 429:
             // their latency measures nothing.
@@ -391,9 +395,6 @@ async fn send_with_retries(
                 TryResult::Timeout | TryResult::ConnectFailure | TryResult::Status(503 | 429)
             );
             adaptive.record(took, dropped, now);
-        }
-        for pass in [cluster_pass, endpoint_pass].into_iter().flatten() {
-            pass.record(outcome, took, now);
         }
 
         let retry_after = match &result {
@@ -417,10 +418,10 @@ async fn send_with_retries(
         tried.push(endpoint.address);
         pick.random = next_random();
         pick.now = now;
-        next = choose(cluster, &mut pick, None, &tried, now);
+        next = cluster.pick_for_try(&mut pick, None, &tried, now);
         let elsewhere = next
             .as_ref()
-            .is_ok_and(|(e, ..)| e.address != endpoint.address);
+            .is_ok_and(|c| c.endpoint.address != endpoint.address);
         let wait = match verdict {
             // Nothing was sent: another endpoint may take it at once.
             Verdict::Retry if outcome == TryResult::ConnectFailure && elsewhere => Duration::ZERO,
@@ -498,92 +499,6 @@ fn try_result(result: &Result<upstream::Exchange, upstream::Error>) -> Option<Tr
         Err(upstream::Error::TimedOut(_)) => Some(TryResult::Timeout),
         Err(upstream::Error::RequestBody(_)) => None,
         Err(_) => Some(TryResult::Reset),
-    }
-}
-
-/// An endpoint and the passes of the cluster's breaker and its own.
-type Chosen<'c> = (&'c Endpoint, Option<Pass>, Option<Pass>);
-
-/// An endpoint for the next try, admitted by the cluster's breaker and its
-/// own: the pinned one if given, otherwise a pick that avoids the endpoints
-/// already tried when another is available.
-fn choose<'c>(
-    cluster: &'c Cluster,
-    pick: &mut PickInput,
-    mut pinned: Option<&'c Endpoint>,
-    tried: &[SocketAddr],
-    now: Instant,
-) -> Result<Chosen<'c>, (ProxyError, Option<Duration>)> {
-    let cluster_pass = match &cluster.guard.breaker {
-        Some(b) => Some(
-            b.allow(now)
-                .map_err(|wait| (ProxyError::BreakerOpen, Some(wait)))?,
-        ),
-        None => None,
-    };
-    // Endpoints whose own breaker refused this request.
-    let mut refused: Vec<SocketAddr> = Vec::new();
-    for _ in 0..=cluster.endpoints.len() {
-        let endpoint = match pinned.take() {
-            Some(e) => e,
-            None => {
-                pick.avoid.clear();
-                pick.avoid.extend_from_slice(tried);
-                pick.avoid.extend_from_slice(&refused);
-                let fresh = cluster.pick(pick);
-                match fresh {
-                    Some(e) => e,
-                    None if !tried.is_empty() => {
-                        pick.avoid.clone_from(&refused);
-                        cluster.pick(pick).ok_or((ProxyError::NoEndpoint, None))?
-                    }
-                    None => return Err((ProxyError::NoEndpoint, None)),
-                }
-            }
-        };
-        match &endpoint.breaker {
-            None => return Ok((endpoint, cluster_pass, None)),
-            Some(b) => match b.allow(now) {
-                Ok(pass) => return Ok((endpoint, cluster_pass, Some(pass))),
-                Err(_) => refused.push(endpoint.address),
-            },
-        }
-    }
-    Err((ProxyError::NoEndpoint, None))
-}
-
-/// Feeds one try's result to the endpoint's latency estimate and outlier
-/// detector.
-fn record_try(
-    cx: &ConnCtx,
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    outcome: TryResult,
-    took: Duration,
-    now: Instant,
-) {
-    let ok = match outcome {
-        TryResult::Status(s) => s < 500,
-        _ => false,
-    };
-    if cluster.balance.uses_latency() {
-        endpoint.live.latency.record(took, ok, now);
-    }
-    if let Some(cfg) = &cluster.outlier {
-        let max = cluster.max_ejection_percent;
-        if let Some((reason, duration)) = endpoint.live.record_response(ok, cfg, max, cluster, now)
-        {
-            tracing::warn!(
-                cluster = %cluster.name,
-                endpoint = %endpoint.address,
-                "endpoint ejected for {duration:?}: {reason}"
-            );
-            let labels = EndpointLabels {
-                cluster: cluster.name.to_string(),
-                endpoint: endpoint.address.to_string(),
-            };
-            cx.shared.metrics.ejections.get_or_create(&labels).inc();
-        }
     }
 }
 
