@@ -158,6 +158,89 @@ fn a_failed_try_logs_its_cause() {
     );
 }
 
+/// Timings mean one thing each: a request that waited in the bulkhead
+/// queue shows the wait as `wait_ms`, not as upstream time; `head_ms` and
+/// `upstream_ms` run from its try's start.
+#[test]
+fn a_queued_request_shows_its_wait_apart_from_upstream_time() {
+    let b = Backend::start("slow");
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    // One worker: both requests use the same slot of the pool.
+    let config = ConfigBuilder::new()
+        .set("server", "workers = 1")
+        .set("access_log", "enabled = true")
+        .set(
+            "access_log",
+            &format!("path = {:?}", log_path.display().to_string()),
+        )
+        .listener("main", listen)
+        .cluster_with(
+            "one_at_a_time",
+            &[b.addr()],
+            &[r#"bulkhead = { max_concurrent = 1, max_queue = 4, queue_timeout = "5s" }"#],
+        )
+        .route("all", "one_at_a_time")
+        .build();
+    let _levee = Levee::start(&config);
+
+    // The first holds the only slot for 300 ms; the second, sent while it
+    // does, waits in the queue for it.
+    let first = std::thread::spawn(move || http_get(listen, "/first?delay=300ms"));
+    assert!(
+        wait_until(T, || b.in_flight() == 1),
+        "the first request reaches the backend"
+    );
+    let second = http_get(listen, "/second?delay=300ms").expect("second");
+    assert_eq!(second.status, 200);
+    assert_eq!(first.join().expect("thread").expect("first").status, 200);
+
+    assert!(
+        wait_until(T, || read_lines(&log_path).len() == 2),
+        "expected two access log lines"
+    );
+    let lines = read_lines(&log_path);
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"].as_str().is_some_and(|p| p.starts_with(path)))
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
+            .clone()
+    };
+    let f = |l: &serde_json::Value, k: &str| {
+        l[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number: {l}"))
+    };
+    let (first, queued) = (line("/first"), line("/second"));
+
+    assert!(f(&first, "wait_ms") < 150.0, "{first}");
+    assert!(f(&first, "connect_ms") >= 0.0, "a new connection: {first}");
+    assert!(f(&first, "head_ms") >= 290.0, "{first}");
+
+    let (wait, head, upstream, total) = (
+        f(&queued, "wait_ms"),
+        f(&queued, "head_ms"),
+        f(&queued, "upstream_ms"),
+        f(&queued, "total_ms"),
+    );
+    assert!(wait >= 150.0, "waited for the first to finish: {queued}");
+    assert!(
+        (290.0..2000.0).contains(&head) && head <= upstream,
+        "head and exchange from the try's start: {queued}"
+    );
+    assert!(
+        upstream <= total - wait + 1.0,
+        "the queue wait is not upstream time: {queued}"
+    );
+    assert!(total >= wait + head - 1.0, "{queued}");
+    assert_eq!(
+        queued["connect_ms"],
+        serde_json::Value::Null,
+        "the first's connection was back in the pool before the second's try: {queued}"
+    );
+}
+
 #[test]
 fn admin_token_guards_everything_but_healthz() {
     let b = Backend::start("b1");

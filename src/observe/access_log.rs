@@ -19,7 +19,15 @@ pub struct LogRecord {
     pub route: Option<std::sync::Arc<str>>,
     pub cluster: Option<std::sync::Arc<str>>,
     pub endpoint: Option<std::net::SocketAddr>,
+    /// Arrival → the first try's start (gates, bulkhead queue, body kept
+    /// for retries); `None` without a try.
+    pub wait_ms: Option<f64>,
+    /// The last try: opening its connection (`None`: a pooled one), its
+    /// start → the response head, and its start → the end of the exchange.
+    pub connect_ms: Option<f64>,
+    pub head_ms: Option<f64>,
     pub upstream_ms: Option<f64>,
+    /// Arrival → the end of the response.
     pub total_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -48,11 +56,20 @@ impl LogRecord {
             }
             None => s.push_str(",\"endpoint\":null"),
         }
-        match self.upstream_ms {
-            Some(ms) => {
-                let _ = write!(s, ",\"upstream_ms\":{ms:.3}");
+        for (name, value) in [
+            ("wait_ms", self.wait_ms),
+            ("connect_ms", self.connect_ms),
+            ("head_ms", self.head_ms),
+            ("upstream_ms", self.upstream_ms),
+        ] {
+            match value {
+                Some(ms) => {
+                    let _ = write!(s, ",\"{name}\":{ms:.3}");
+                }
+                None => {
+                    let _ = write!(s, ",\"{name}\":null");
+                }
             }
-            None => s.push_str(",\"upstream_ms\":null"),
         }
         let _ = write!(s, ",\"total_ms\":{:.3}", self.total_ms);
         let _ = write!(
@@ -210,6 +227,9 @@ mod tests {
             route: Some("r".into()),
             cluster: None,
             endpoint: Some("127.0.0.1:9001".parse().unwrap()),
+            wait_ms: Some(0.25),
+            connect_ms: None,
+            head_ms: Some(1.0),
             upstream_ms: Some(1.5),
             total_ms: 2.25,
             bytes_in: 0,
@@ -223,6 +243,8 @@ mod tests {
         assert_eq!(v["path"], "/a\"b");
         assert_eq!(v["status"], 200);
         assert_eq!(v["cluster"], serde_json::Value::Null);
+        assert_eq!(v["connect_ms"], serde_json::Value::Null);
+        assert_eq!(v["head_ms"], 1.0);
         assert_eq!(v["endpoint"], "127.0.0.1:9001");
         assert_eq!(v["upstream_error"], "connect failed: \"refused\"");
     }

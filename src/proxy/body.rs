@@ -20,7 +20,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use crate::upstream::BoxError;
 
-use super::Finish;
+use super::record::Completion;
 
 /// The request body refused because it is larger than allowed.
 #[derive(Debug)]
@@ -159,11 +159,11 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     sent: u64,
-    finish: Option<Box<Finish>>,
+    finish: Option<Box<Completion>>,
 }
 
 impl ResponseBody {
-    pub fn full(bytes: Bytes, finish: Option<Box<Finish>>) -> Self {
+    pub fn full(bytes: Bytes, finish: Option<Box<Completion>>) -> Self {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
             sent: 0,
@@ -171,7 +171,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn upstream(body: crate::upstream::Body, finish: Box<Finish>) -> Self {
+    pub fn upstream(body: crate::upstream::Body, finish: Box<Completion>) -> Self {
         ResponseBody {
             kind: Kind::Upstream(Some(body)),
             sent: 0,

@@ -4,51 +4,52 @@
 //! 2. refuse what cannot be proxied safely: ambiguous framing, oversized head
 //!    or body (`forward`);
 //! 3. match a route; its gates: the service level against its `min_level`,
-//!    its rate limits (`admit`); a split route draws its cluster;
+//!    its rate limits (`rate_limit`); a split route draws its cluster;
 //! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), keep
 //!    the body if a retry may need to send it again;
 //! 5. the cluster's limits: adaptive concurrency, bulkhead (`enter_cluster`);
 //! 6. tries (`send_with_retries`): an endpoint the breakers admit
-//!    (`Cluster::pick_for_try`),
-//!    the request over a pooled or new connection within the per-try timeout
-//!    and the deadline (`try_once`), the result recorded (`Cluster::record`),
-//!    and the retry policy
-//!    asked whether to answer or try again elsewhere;
-//! 7. stream the response back; when the body is done, `Finish` records the
-//!    request (metrics, access log) and returns the connection to the pool.
+//!    (`Cluster::pick_for_try`), the request over a pooled or new connection
+//!    within the per-try timeout and the deadline (`try_once`), the result
+//!    recorded (`Cluster::record`), and the retry policy asked whether to
+//!    answer or try again elsewhere;
+//! 7. the answer (`respond`): the endpoint's response streamed back, or
+//!    Levee's own (an error, a fallback, a 429); when its body is over,
+//!    `record::Completion` counts and logs the request.
 //!
-//! Levee's own answers (errors, fallbacks, 429) are made in `handle` from the
-//! `ProxyError` the steps return.
+//! Each step returns what it produced; `forward` collects it into a
+//! `Forwarded`, and `respond` turns that into the response and the
+//! request's `record::Outcome`.
 
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod record;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http::{Request, Response, Uri, Version};
 
 use crate::cluster::balance::stable_hash;
 use crate::cluster::guard::AdaptivePass;
-use crate::cluster::{Cluster, Endpoint, InFlight, PickInput, Unavailable};
+use crate::cluster::{Cluster, PickInput, Unavailable};
 use crate::config::HashKey;
-use crate::observe::LogRecord;
 use crate::observe::metrics::ClusterKindLabels;
 use crate::ratelimit::rules::{Report, Ruling};
-use crate::resilience::bulkhead::{Permit, Rejected};
+use crate::resilience::bulkhead::Rejected;
 use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict, is_repeatable};
 use crate::route::{self, Route};
 use crate::server::phase::Phase;
 use crate::shared::Shared;
-use crate::snapshot::Snapshot;
-use crate::upstream;
+use crate::snapshot::{Listener, Snapshot};
+use crate::upstream::{self, BoxError};
 use body::{ResponseBody, UpstreamBody};
 use error::ProxyError;
+use record::{Arrival, Completion, Outcome, Places, Routed, Tries, Try};
 
 /// What the pipeline knows about the client connection a request came on.
 pub struct ConnCtx {
@@ -62,277 +63,270 @@ pub struct ConnCtx {
 /// Most headers a request may carry, whatever their size.
 const MAX_HEADERS: usize = 100;
 
-pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// What the steps of the pipeline produced for a request.
+struct Forwarded {
+    routed: Option<Routed>,
+    /// The rate-limit headers for the answer (and its status if refused).
+    rate_limit: Option<Report>,
+    places: Places,
+    tries: Tries,
+    answer: Answer,
+}
+
+/// The endpoint's response, or why Levee answers itself.
+type Answer = Result<Reply, Refusal>;
+
+/// An endpoint's response, and the affinity cookie to set on it.
+struct Reply {
+    exchange: upstream::Exchange,
+    set_cookie: Option<HeaderValue>,
+}
+
+/// Levee's own answer, and when a refused client may come back (open
+/// breaker, full bulkhead, shedding).
+struct Refusal {
+    error: ProxyError,
+    retry_after: Option<Duration>,
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(error: ProxyError) -> Refusal {
+        Refusal {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl Forwarded {
+    /// Nothing produced yet; refused if nothing else is said.
+    fn refused(error: ProxyError) -> Forwarded {
+        Forwarded {
+            routed: None,
+            rate_limit: None,
+            places: Places::default(),
+            tries: Tries::default(),
+            answer: Err(error.into()),
+        }
+    }
+}
+
+/// The request body as the client connection hands it over.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static
+{
+}
+
+pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Response<ResponseBody> {
     let ambiguous_framing = cx.phase.active(body_len(req.headers()));
     let snapshot = cx.shared.snapshot.load_full();
-    let request_id = headers::request_id(req.headers(), cx.shared.id_seed);
-    let mut finish = Box::new(Finish {
+    let arrival = Arrival {
         start: Instant::now(),
         method: req.method().clone(),
         uri: req.uri().clone(),
-        request_id: request_id.clone(),
-        status: 0,
-        error: None,
-        route: None,
-        target: 0,
-        set_cookie: None,
-        upstream: None,
-        attempts: 0,
-        attempts_header: None,
-        retry_after: None,
-        bulkhead: None,
-        adaptive: None,
-        rate_limit: None,
+        request_id: headers::request_id(req.headers(), cx.shared.id_seed),
         bytes_in: Arc::default(),
-        upstream_error: None,
-        snapshot: snapshot.clone(),
-        cx: cx.clone(),
-    });
+    };
     let forwarded = if ambiguous_framing {
-        Err(ProxyError::BadFraming)
+        Forwarded::refused(ProxyError::BadFraming)
     } else {
-        forward(&cx, &snapshot, req, &mut finish).await
+        forward(&cx, &snapshot, &arrival, req).await
     };
-    let attempts = finish
-        .attempts_header
-        .clone()
-        .map(|name| (name, HeaderValue::from(finish.attempts)));
-    let rate_limit = finish.rate_limit.take();
-    let mut response = match forwarded {
-        Ok(upstream::Exchange { head, body, .. }) => {
-            let mut headers = head.headers;
-            headers::strip_hop_by_hop(&mut headers);
-            if !headers.contains_key(&headers::X_REQUEST_ID) {
-                headers.insert(headers::X_REQUEST_ID.clone(), request_id);
-            }
-            if let Some(cookie) = finish.set_cookie.take() {
-                headers.append(header::SET_COOKIE, cookie);
-            }
-            finish.status = head.status.as_u16();
-            let mut response = Response::new(ResponseBody::upstream(body, finish));
-            *response.status_mut() = head.status;
-            *response.headers_mut() = headers;
-            response
-        }
-        Err(e) => {
-            let fallback = match e {
-                ProxyError::BreakerOpen | ProxyError::Degraded => finish
-                    .route
-                    .as_ref()
-                    .filter(|r| r.fallback.is_some())
-                    .cloned(),
-                _ => None,
-            };
-            finish.error = Some(e);
-            let retry_after = finish.retry_after;
-            match fallback.as_ref().and_then(|r| r.fallback.as_ref()) {
-                Some(fallback) => {
-                    finish.status = fallback.status.as_u16();
-                    let body = ResponseBody::full(fallback.body.clone(), Some(finish));
-                    let mut response = Response::new(body);
-                    *response.status_mut() = fallback.status;
-                    *response.headers_mut() = fallback.headers.clone();
-                    let h = response.headers_mut();
-                    h.insert(headers::X_REQUEST_ID.clone(), request_id);
-                    if let (Some(wait), false) = (retry_after, h.contains_key(header::RETRY_AFTER))
-                    {
-                        h.insert(header::RETRY_AFTER, error::retry_after_value(wait));
-                    }
-                    response
-                }
-                None => {
-                    let status = match (e, &rate_limit) {
-                        (ProxyError::RateLimited, Some(r)) => r.status,
-                        _ => e.status(),
-                    };
-                    finish.status = status.as_u16();
-                    error::response_with_status(e, status, &request_id, retry_after, |b| {
-                        ResponseBody::full(b, Some(finish))
-                    })
-                }
-            }
-        }
-    };
-    if let Some((name, value)) = attempts {
-        response.headers_mut().insert(name, value);
-    }
-    if let Some(r) = rate_limit {
-        r.apply(response.headers_mut());
-    }
-    response
+    respond(cx, snapshot, arrival, forwarded)
 }
 
-/// Steps 2–5 of the pipeline: everything between the request head and the
+/// Steps 2–6 of the pipeline: everything between the request head and the
 /// response head that goes back to the client.
-async fn forward(
+async fn forward<B: RequestBody>(
     cx: &ConnCtx,
     snapshot: &Snapshot,
-    req: Request<Incoming>,
-    finish: &mut Finish,
-) -> Result<upstream::Exchange, ProxyError> {
-    headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
-    let listener = snapshot.listener(cx.local).ok_or(ProxyError::NoRoute)?;
-    if head_too_large(&req, listener.max_header_bytes) {
-        return Err(ProxyError::HeadersTooLarge);
-    }
+    arrival: &Arrival,
+    req: Request<B>,
+) -> Forwarded {
+    let mut out = Forwarded::refused(ProxyError::NoRoute);
+    let start = arrival.start;
+    let answer = async {
+        headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
+        let listener = snapshot.listener(cx.local).ok_or(ProxyError::NoRoute)?;
+        if head_too_large(&req, listener.max_header_bytes) {
+            return Err(ProxyError::HeadersTooLarge.into());
+        }
 
+        let route = match_route(listener, &req).ok_or(ProxyError::NoRoute)?;
+        out.routed = Some(Routed {
+            route: route.clone(),
+            target: 0,
+        });
+        if !cx.shared.service_level.current().serves(route.min_level) {
+            return Err(ProxyError::Degraded.into());
+        }
+        match rate_limit(cx, route, req.headers(), start).await {
+            Ok(report) => out.rate_limit = report,
+            Err(report) => {
+                out.rate_limit = Some(report);
+                return Err(ProxyError::RateLimited.into());
+            }
+        }
+
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Some(limit), Some(len)) = (listener.max_body_bytes, declared)
+            && len > limit
+        {
+            return Err(ProxyError::BodyTooLarge.into());
+        }
+
+        // A split route sends this request to one of its clusters: by the
+        // split key's hash (sticky) or at random.
+        if route.targets.len() > 1 {
+            let draw = match &route.split_key {
+                Some(k) => affinity_key(k, &req, cx.client),
+                None => next_random(),
+            };
+            out.routed = Some(Routed {
+                route: route.clone(),
+                target: route.target(draw),
+            });
+        }
+        let routed = out.routed.clone().ok_or(ProxyError::NoRoute)?;
+        let cluster = routed.cluster();
+        let policy = routed.policy();
+        let pick = PickInput {
+            now: start,
+            key: cluster
+                .hash_key
+                .as_ref()
+                .map_or(0, |k| affinity_key(k, &req, cx.client)),
+            random: next_random(),
+            avoid: Vec::new(),
+        };
+        // Session affinity: the endpoint the client's cookie names, while it
+        // may take requests; otherwise a fresh pick and a new cookie.
+        let token = cluster
+            .affinity_cookie
+            .as_deref()
+            .and_then(|name| cookie(req.headers(), name))
+            .map(str::to_owned);
+
+        let deadline = request_deadline(cluster, req.headers(), start);
+        let (mut parts, body) = req.into_parts();
+        rewrite_request(&mut parts, cx.client, &arrival.request_id);
+        let mut body = UpstreamBody::new(body, listener.max_body_bytes, arrival.bytes_in.clone());
+
+        // Whether the request may be sent a second time once it was sent: an
+        // idempotent method (or an Idempotency-Key) and a body we kept. A
+        // connect failure is retried regardless: nothing was sent.
+        let mut repeatable = is_repeatable(&parts.method, &parts.headers);
+        let mut kept = None;
+        if !hyper::body::Body::is_end_stream(&body) {
+            if repeatable && policy.retries_after_send() {
+                kept = body
+                    .keep(policy.buffer_body_max)
+                    .await
+                    .map_err(|e| error::client_body(&e))?;
+            }
+            repeatable &= kept.is_some();
+        }
+
+        out.places = enter_cluster(cx, cluster, start).await?;
+        let outbound = Outbound {
+            parts,
+            body,
+            kept,
+            repeatable,
+            deadline,
+        };
+        let adaptive = out.places.adaptive.as_ref();
+        let (tries, answer) =
+            send_with_retries(cx, cluster, policy, outbound, pick, token, adaptive, start).await;
+        out.tries = tries;
+        answer
+    }
+    .await;
+    out.answer = answer;
+    out
+}
+
+/// The first of the listener's routes, in declared order, that matches.
+fn match_route<'l, B>(listener: &'l Listener, req: &Request<B>) -> Option<&'l Arc<Route>> {
     let host = route::request_host(req.uri(), req.headers()).unwrap_or("");
     let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         host.to_ascii_lowercase().into()
     } else {
         host.into()
     };
-    let route = listener
-        .routes
-        .iter()
-        .find(|r| {
-            r.matcher
-                .matches(&host, req.uri().path(), req.method(), req.headers())
-        })
-        .ok_or(ProxyError::NoRoute)?;
-    finish.route = Some(route.clone());
-    admit(cx, route, req.headers(), finish).await?;
-
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let (Some(limit), Some(len)) = (listener.max_body_bytes, declared)
-        && len > limit
-    {
-        return Err(ProxyError::BodyTooLarge);
-    }
-
-    // A split route sends this request to one of its clusters: by the split
-    // key's hash (sticky) or at random.
-    if route.targets.len() > 1 {
-        let draw = match &route.split_key {
-            Some(k) => affinity_key(k, &req, cx.client),
-            None => next_random(),
-        };
-        finish.target = route.target(draw);
-    }
-    let cluster = &route.targets[finish.target].cluster;
-    let policy = route.retry.as_ref().unwrap_or(&cluster.retry);
-    finish.attempts_header = policy.attempts_header.clone();
-    let pick = PickInput {
-        now: finish.start,
-        key: cluster
-            .hash_key
-            .as_ref()
-            .map_or(0, |k| affinity_key(k, &req, cx.client)),
-        random: next_random(),
-        avoid: Vec::new(),
-    };
-    // Session affinity: the endpoint the client's cookie names, while it may
-    // take requests; otherwise a fresh pick and a new cookie.
-    let token = cluster
-        .affinity_cookie
-        .as_deref()
-        .and_then(|name| cookie(req.headers(), name))
-        .map(str::to_owned);
-
-    let deadline = request_deadline(cluster, req.headers(), finish.start);
-    let (mut parts, body) = req.into_parts();
-    rewrite_request(&mut parts, cx.client, &finish.request_id);
-    let mut body = UpstreamBody::new(body, listener.max_body_bytes, finish.bytes_in.clone());
-
-    // Whether the request may be sent a second time once it was sent: an
-    // idempotent method (or an Idempotency-Key) and a body we kept. A
-    // connect failure is retried regardless: nothing was sent.
-    let mut repeatable = is_repeatable(&parts.method, &parts.headers);
-    let mut kept = None;
-    if !hyper::body::Body::is_end_stream(&body) {
-        if repeatable && policy.retries_after_send() {
-            kept = body
-                .keep(policy.buffer_body_max)
-                .await
-                .map_err(|e| error::client_body(&e))?;
-        }
-        repeatable &= kept.is_some();
-    }
-
-    enter_cluster(cx, cluster, finish).await?;
-    let outbound = Outbound {
-        parts,
-        body,
-        kept,
-        repeatable,
-        deadline,
-    };
-    send_with_retries(cx, cluster, policy, outbound, pick, token, finish).await
+    listener.routes.iter().find(|r| {
+        r.matcher
+            .matches(&host, req.uri().path(), req.method(), req.headers())
+    })
 }
 
-/// The route's own gates, before anything is read of the body: the service
-/// level against its `min_level`, then its rate limits (which may hold a
-/// request for its turn, or refuse it).
-async fn admit(
+/// The route's rate limits, before anything is read of the body: a pass
+/// (with the headers to report, after waiting for its turn in a shaping
+/// leaky bucket) or a refusal.
+async fn rate_limit(
     cx: &ConnCtx,
     route: &Route,
     headers: &http::HeaderMap,
-    finish: &mut Finish,
-) -> Result<(), ProxyError> {
-    if !cx.shared.service_level.current().serves(route.min_level) {
-        return Err(ProxyError::Degraded);
-    }
+    now: Instant,
+) -> Result<Option<Report>, Report> {
     let Some(limits) = &route.rate_limits else {
-        return Ok(());
+        return Ok(None);
     };
-    match limits.check(headers, cx.client.ip(), finish.start).await {
+    match limits.check(headers, cx.client.ip(), now).await {
         Ruling::Pass { report, delay } => {
-            finish.rate_limit = report;
-            // A shaping leaky bucket: the request waits for its turn.
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            Ok(())
+            Ok(report)
         }
-        Ruling::Refuse(report) => {
-            finish.rate_limit = Some(report);
-            Err(ProxyError::RateLimited)
-        }
+        Ruling::Refuse(report) => Err(report),
     }
 }
 
 /// The cluster's own limits: over the adaptive limit, shed at once; over
 /// the bulkhead, wait in its queue or be refused. A refused client may come
-/// back in a second. The places taken are held by `finish` until the
-/// response is over.
-async fn enter_cluster(
-    cx: &ConnCtx,
-    cluster: &Cluster,
-    finish: &mut Finish,
-) -> Result<(), ProxyError> {
+/// back in a second. The places taken are held until the response is over.
+async fn enter_cluster(cx: &ConnCtx, cluster: &Cluster, now: Instant) -> Result<Places, Refusal> {
     let guard = &cluster.guard;
     let service_level = &cx.shared.service_level;
-    if let Some(adaptive) = &guard.adaptive {
-        finish.adaptive = Some(adaptive.admit().ok_or_else(|| {
-            finish.retry_after = Some(Duration::from_secs(1));
-            service_level.count(true);
-            ProxyError::Shed
-        })?);
-    }
-    finish.bulkhead = guard.enter().await.map_err(|e| {
-        finish.retry_after = Some(Duration::from_secs(1));
+    let refuse = |error| {
         service_level.count(true);
-        match e {
+        Refusal {
+            error,
+            retry_after: Some(Duration::from_secs(1)),
+        }
+    };
+    let adaptive = match &guard.adaptive {
+        Some(limit) => Some(limit.admit().ok_or_else(|| refuse(ProxyError::Shed))?),
+        None => None,
+    };
+    let bulkhead = guard.enter().await.map_err(|e| {
+        refuse(match e {
             Rejected::QueueFull => ProxyError::BulkheadFull,
             Rejected::Timeout => ProxyError::QueueTimeout,
-        }
+        })
     })?;
     service_level.count(false);
-    guard.deposit(finish.start);
-    Ok(())
+    guard.deposit(now);
+    Ok(Places { bulkhead, adaptive })
 }
 
 /// The request as it goes upstream, and what decides whether it may go
 /// twice.
-struct Outbound {
+struct Outbound<B> {
     parts: http::request::Parts,
     /// The client's body, streamed on the first try...
-    body: UpstreamBody<Incoming>,
+    body: UpstreamBody<B>,
     /// ...or kept whole, and sent again on each try.
-    kept: Option<bytes::Bytes>,
+    kept: Option<Bytes>,
     /// May be sent again once sent (idempotent, body kept or none).
     repeatable: bool,
     deadline: Instant,
@@ -343,51 +337,66 @@ struct Outbound {
 /// detection, breakers, adaptive limit), and the retry policy says whether
 /// to answer or to try again, elsewhere, after a backoff, within the
 /// deadline and the budget.
-async fn send_with_retries(
+#[allow(clippy::too_many_arguments)]
+async fn send_with_retries<B: RequestBody>(
     cx: &ConnCtx,
     cluster: &Arc<Cluster>,
     policy: &RetryPolicy,
-    mut out: Outbound,
+    mut out: Outbound<B>,
     mut pick: PickInput,
     token: Option<String>,
-    finish: &mut Finish,
-) -> Result<upstream::Exchange, ProxyError> {
-    let pinned = token
-        .as_deref()
-        .and_then(|t| cluster.pinned(t, finish.start));
+    adaptive: Option<&AdaptivePass>,
+    start: Instant,
+) -> (Tries, Answer) {
+    let mut tries = Tries::default();
+    let pinned = token.as_deref().and_then(|t| cluster.pinned(t, start));
     let mut tried = Vec::new();
-    let mut next = cluster.pick_for_try(&mut pick, pinned, &tried, finish.start);
+    let mut next = cluster.pick_for_try(&mut pick, pinned, &tried, start);
     loop {
         let chosen = match next {
             Ok(chosen) => chosen,
             Err(Unavailable::BreakerOpen(wait)) => {
-                finish.retry_after = Some(wait);
-                return Err(ProxyError::BreakerOpen);
+                let refusal = Refusal {
+                    error: ProxyError::BreakerOpen,
+                    retry_after: Some(wait),
+                };
+                return (tries, Err(refusal));
             }
-            Err(Unavailable::NoEndpoint) => return Err(ProxyError::NoEndpoint),
+            Err(Unavailable::NoEndpoint) => return (tries, Err(ProxyError::NoEndpoint.into())),
         };
         let endpoint = chosen.endpoint;
-        finish.attempts += 1;
+        tries.count += 1;
         let try_start = Instant::now();
-        let result = try_once(cx, cluster, endpoint, policy, &mut out, try_start, finish).await;
+        tries.first.get_or_insert(try_start);
+        let in_flight = endpoint.live.begin();
+        let result = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
         let now = Instant::now();
         let took = now - try_start;
-        // The client's side failed (body too large, went away): nothing to
-        // judge the endpoint by, nothing to retry.
+        tries.last = Some(Try {
+            endpoint: endpoint.address,
+            start: try_start,
+            connect: result.as_ref().ok().and_then(|ex| ex.connect),
+            head: result.is_ok().then_some(took),
+            took,
+            in_flight,
+        });
         if let Err(e) = &result {
             tracing::warn!(
                 cluster = %cluster.name,
                 endpoint = %endpoint.address,
-                request_id = finish.request_id.to_str().unwrap_or(""),
+                request_id = out.parts.headers.get(&headers::X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok()).unwrap_or(""),
                 "try {} failed: {e}",
-                finish.attempts
+                tries.count
             );
         }
+        // The client's side failed (body too large, went away): nothing to
+        // judge the endpoint by, nothing to retry.
         let Some(outcome) = try_result(&result) else {
-            return finish.settle(result);
+            return settle(tries, result.map(|exchange| (exchange, None)));
         };
         cluster.record(chosen, outcome, took, now, &cx.shared.metrics);
-        if let Some(adaptive) = &finish.adaptive {
+        if let Some(adaptive) = adaptive {
             // Overload shows as timeouts, refused connections, 503 and 429:
             // their latency measures nothing.
             let dropped = matches!(
@@ -406,14 +415,15 @@ async fn send_with_retries(
             Err(_) => None,
         };
         let verdict = policy.verdict(
-            finish.attempts,
+            tries.count,
             outcome,
             out.repeatable,
             retry_after,
             SystemTime::now(),
         );
         if verdict == Verdict::Answer {
-            return answer(cluster, endpoint, token.as_deref(), finish, result);
+            let cookie = affinity_cookie(cluster, endpoint.address, token.as_deref());
+            return settle(tries, result.map(|exchange| (exchange, cookie)));
         }
         tried.push(endpoint.address);
         pick.random = next_random();
@@ -426,13 +436,14 @@ async fn send_with_retries(
             // Nothing was sent: another endpoint may take it at once.
             Verdict::Retry if outcome == TryResult::ConnectFailure && elsewhere => Duration::ZERO,
             Verdict::RetryAfter(wait) => wait,
-            _ => policy.backoff.delay(finish.attempts, next_random()),
+            _ => policy.backoff.delay(tries.count, next_random()),
         };
         // A retry with nowhere to go, one that could not finish before the
         // deadline, or one the budget refuses, is not made: the client gets
         // this answer.
         if next.is_err() || now + wait >= out.deadline || !cluster.guard.withdraw(now) {
-            return answer(cluster, endpoint, token.as_deref(), finish, result);
+            let cookie = affinity_cookie(cluster, endpoint.address, token.as_deref());
+            return settle(tries, result.map(|exchange| (exchange, cookie)));
         }
         let labels = ClusterKindLabels {
             cluster: cluster.name.to_string(),
@@ -446,16 +457,35 @@ async fn send_with_retries(
     }
 }
 
+/// The last try's result as the client will get it: a failure becomes
+/// Levee's answer, its cause kept for the access log.
+fn settle(
+    mut tries: Tries,
+    result: Result<(upstream::Exchange, Option<HeaderValue>), upstream::Error>,
+) -> (Tries, Answer) {
+    let answer = match result {
+        Ok((exchange, set_cookie)) => Ok(Reply {
+            exchange,
+            set_cookie,
+        }),
+        Err(e) => {
+            let error = ProxyError::from(&e);
+            tries.error = Some(e.to_string());
+            Err(error.into())
+        }
+    };
+    (tries, answer)
+}
+
 /// One try: the request to `endpoint`, within the per-try timeout and the
 /// deadline, telling the endpoint how long is left when the cluster says so.
-async fn try_once(
+async fn try_once<B: RequestBody>(
     cx: &ConnCtx,
-    cluster: &Arc<Cluster>,
-    endpoint: &Endpoint,
+    cluster: &Cluster,
+    endpoint: &crate::cluster::Endpoint,
     policy: &RetryPolicy,
-    out: &mut Outbound,
+    out: &mut Outbound<B>,
     start: Instant,
-    finish: &mut Finish,
 ) -> Result<upstream::Exchange, upstream::Error> {
     if let Some(name) = &cluster.deadline_header {
         let left = out.deadline.saturating_duration_since(start).as_millis();
@@ -466,28 +496,22 @@ async fn try_once(
     let until = policy
         .per_try_timeout
         .map_or(out.deadline, |t| out.deadline.min(start + t));
+    let target = endpoint.target(cluster, cx.worker);
     let mut replay;
     let body = match &out.kept {
         Some(bytes) => {
-            replay = UpstreamBody::kept(bytes.clone());
+            replay = UpstreamBody::<B>::kept(bytes.clone());
             &mut replay
         }
         None => &mut out.body,
     };
-    let in_flight = endpoint.live.begin();
-    let target = endpoint.target(cluster, cx.worker);
     let exchange = upstream::send(&target, &out.parts, body);
-    let result =
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(upstream::Error::TimedOut(until - start)),
-        };
-    finish.upstream = Some(Upstream {
-        endpoint: endpoint.address,
-        upstream_time: finish.start.elapsed(),
-        _in_flight: in_flight,
-    });
-    result
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(upstream::Error::TimedOut(
+            until.saturating_duration_since(start),
+        )),
+    }
 }
 
 /// What a try's result means for the breakers and the retry policy; `None`
@@ -502,23 +526,122 @@ fn try_result(result: &Result<upstream::Exchange, upstream::Error>) -> Option<Tr
     }
 }
 
-/// The try's result goes to the client; a success re-issues the affinity
-/// cookie when the request landed elsewhere than its cookie said.
-fn answer(
+/// The affinity cookie to set when the request landed elsewhere than its
+/// cookie said (or had none).
+fn affinity_cookie(
     cluster: &Cluster,
-    endpoint: &Endpoint,
+    endpoint: SocketAddr,
     token: Option<&str>,
-    finish: &mut Finish,
-    result: Result<upstream::Exchange, upstream::Error>,
-) -> Result<upstream::Exchange, ProxyError> {
-    if let (Some(name), Ok(_)) = (&cluster.affinity_cookie, &result) {
-        let current = cluster.affinity_token(endpoint.address);
-        if current.is_some() && current != token {
-            let value = format!("{name}={}; Path=/; HttpOnly", current.unwrap_or(""));
-            finish.set_cookie = HeaderValue::from_str(&value).ok();
-        }
+) -> Option<HeaderValue> {
+    let name = cluster.affinity_cookie.as_ref()?;
+    let current = cluster.affinity_token(endpoint)?;
+    if Some(current) == token {
+        return None;
     }
-    finish.settle(result)
+    HeaderValue::from_str(&format!("{name}={current}; Path=/; HttpOnly")).ok()
+}
+
+/// Step 7: the response the client gets, and the request's outcome, which
+/// the response body carries until it is over.
+fn respond(
+    cx: Arc<ConnCtx>,
+    snapshot: Arc<Snapshot>,
+    arrival: Arrival,
+    forwarded: Forwarded,
+) -> Response<ResponseBody> {
+    let Forwarded {
+        routed,
+        rate_limit,
+        places,
+        tries,
+        answer,
+    } = forwarded;
+    let attempts = routed
+        .as_ref()
+        .and_then(|r| r.policy().attempts_header.clone())
+        .map(|name| (name, HeaderValue::from(tries.count)));
+    let request_id = arrival.request_id.clone();
+    let mut outcome = Outcome {
+        status: 0,
+        error: None,
+        routed,
+        places,
+        tries,
+    };
+    let completion = |outcome| {
+        Box::new(Completion {
+            cx,
+            snapshot,
+            arrival,
+            outcome,
+            body_error: None,
+        })
+    };
+    let mut response = match answer {
+        Ok(Reply {
+            exchange,
+            set_cookie,
+        }) => {
+            let upstream::Exchange { head, body, .. } = exchange;
+            let mut headers = head.headers;
+            headers::strip_hop_by_hop(&mut headers);
+            if !headers.contains_key(&headers::X_REQUEST_ID) {
+                headers.insert(headers::X_REQUEST_ID.clone(), request_id);
+            }
+            if let Some(cookie) = set_cookie {
+                headers.append(header::SET_COOKIE, cookie);
+            }
+            outcome.status = head.status.as_u16();
+            let mut response = Response::new(ResponseBody::upstream(body, completion(outcome)));
+            *response.status_mut() = head.status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Err(Refusal { error, retry_after }) => {
+            outcome.error = Some(error);
+            // An open breaker or a switched-off route answers with the
+            // route's fallback, when it has one.
+            let route = match error {
+                ProxyError::BreakerOpen | ProxyError::Degraded => {
+                    outcome.routed.as_ref().map(|r| r.route.clone())
+                }
+                _ => None,
+            };
+            match route.as_ref().and_then(|r| r.fallback.as_ref()) {
+                Some(fallback) => {
+                    outcome.status = fallback.status.as_u16();
+                    let body = ResponseBody::full(fallback.body.clone(), Some(completion(outcome)));
+                    let mut response = Response::new(body);
+                    *response.status_mut() = fallback.status;
+                    *response.headers_mut() = fallback.headers.clone();
+                    let h = response.headers_mut();
+                    h.insert(headers::X_REQUEST_ID.clone(), request_id);
+                    if let (Some(wait), false) = (retry_after, h.contains_key(header::RETRY_AFTER))
+                    {
+                        h.insert(header::RETRY_AFTER, error::retry_after_value(wait));
+                    }
+                    response
+                }
+                None => {
+                    let status = match (error, &rate_limit) {
+                        (ProxyError::RateLimited, Some(r)) => r.status,
+                        _ => error.status(),
+                    };
+                    outcome.status = status.as_u16();
+                    error::response_with_status(error, status, &request_id, retry_after, |b| {
+                        ResponseBody::full(b, Some(completion(outcome)))
+                    })
+                }
+            }
+        }
+    };
+    if let Some((name, value)) = attempts {
+        response.headers_mut().insert(name, value);
+    }
+    if let Some(r) = rate_limit {
+        r.apply(response.headers_mut());
+    }
+    response
 }
 
 /// When Levee gives up on the request: the cluster's `response_timeout`
@@ -550,7 +673,7 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 /// The xxh3 hash of what the cluster's `hash_key` names. A request without
 /// the header or cookie falls back to its client IP, so it still lands
 /// consistently.
-fn affinity_key(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> u64 {
+fn affinity_key<B>(key: &HashKey, req: &Request<B>, client: SocketAddr) -> u64 {
     let by_ip = || match client.ip().to_canonical() {
         std::net::IpAddr::V4(a) => stable_hash(&a.octets()),
         std::net::IpAddr::V6(a) => stable_hash(&a.octets()),
@@ -641,7 +764,7 @@ fn body_len(headers: &http::HeaderMap) -> Option<u64> {
     }
 }
 
-fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
+fn head_too_large<B>(req: &Request<B>, max: usize) -> bool {
     let headers = req.headers();
     if headers.len() > MAX_HEADERS {
         return true;
@@ -658,110 +781,4 @@ fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
         }
     }
     false
-}
-
-struct Upstream {
-    endpoint: SocketAddr,
-    upstream_time: Duration,
-    /// Counts the request as in flight to its endpoint until the response
-    /// is over.
-    _in_flight: InFlight,
-}
-
-/// Completes a request when its response body is dropped.
-pub struct Finish {
-    cx: Arc<ConnCtx>,
-    snapshot: Arc<Snapshot>,
-    start: Instant,
-    method: Method,
-    uri: Uri,
-    request_id: HeaderValue,
-    status: u16,
-    error: Option<ProxyError>,
-    route: Option<Arc<Route>>,
-    /// Which of the route's targets (clusters) took the request.
-    target: usize,
-    /// A session affinity cookie to set on the response.
-    set_cookie: Option<HeaderValue>,
-    upstream: Option<Upstream>,
-    /// Tries made upstream, and the header that reports them.
-    attempts: u32,
-    attempts_header: Option<http::HeaderName>,
-    /// When a refused client may come back (open breaker, full bulkhead).
-    retry_after: Option<Duration>,
-    /// The cluster's bulkhead slot and adaptive-limit place, held until the
-    /// response is over.
-    bulkhead: Option<Permit>,
-    adaptive: Option<AdaptivePass>,
-    /// The rate-limit headers for the answer (and its status if refused).
-    rate_limit: Option<Report>,
-    bytes_in: Arc<AtomicU64>,
-    /// Why the last try failed, or the response body broke off, for the
-    /// access log.
-    upstream_error: Option<String>,
-}
-
-impl Finish {
-    /// The last try's result as the client will get it: an upstream failure
-    /// becomes Levee's answer, its cause kept for the access log.
-    fn settle(
-        &mut self,
-        result: Result<upstream::Exchange, upstream::Error>,
-    ) -> Result<upstream::Exchange, ProxyError> {
-        result.map_err(|e| {
-            let answer = ProxyError::from(&e);
-            self.upstream_error = Some(e.to_string());
-            answer
-        })
-    }
-
-    /// The endpoint broke off the response body.
-    pub fn body_failed(&mut self, e: &upstream::body::BodyError) {
-        self.upstream_error = Some(e.to_string());
-    }
-
-    /// `bytes_out`: the response body bytes handed to the client.
-    pub fn finish(self: Box<Self>, bytes_out: u64) {
-        let shared = &self.cx.shared;
-        let total = self.start.elapsed();
-        let metrics = self
-            .route
-            .as_ref()
-            .map_or(&self.snapshot.unrouted, |r| &r.targets[self.target].metrics);
-        metrics.record(self.status, total.as_secs_f64());
-        if let Some(e) = self.error {
-            shared.metrics.error(e.code());
-        }
-        if let Some(log) = &shared.access_log {
-            log.log(&LogRecord {
-                time: SystemTime::now() - total,
-                client: self.cx.client.ip().to_canonical(),
-                method: self.method.clone(),
-                path: self
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned(),
-                status: self.status,
-                route: self.route.as_ref().map(|r| r.name.clone()),
-                cluster: self
-                    .route
-                    .as_ref()
-                    .map(|r| r.targets[self.target].cluster.name.clone()),
-                endpoint: self.upstream.as_ref().map(|u| u.endpoint),
-                upstream_ms: self
-                    .upstream
-                    .as_ref()
-                    .map(|u| u.upstream_time.as_secs_f64() * 1000.0),
-                total_ms: total.as_secs_f64() * 1000.0,
-                bytes_in: self.bytes_in.load(Ordering::Relaxed),
-                bytes_out,
-                request_id: self.request_id.to_str().unwrap_or("").to_owned(),
-                error: self.error.map(ProxyError::code),
-                upstream_error: self.upstream_error,
-                attempts: self.attempts,
-            });
-        }
-        self.cx.phase.idle();
-    }
 }
