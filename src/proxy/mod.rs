@@ -158,9 +158,16 @@ async fn forward<B: RequestBody>(
         }
 
         let route = match_route(listener, &req).ok_or(ProxyError::NoRoute)?;
+        // A split route sends this request to one of its clusters: by the
+        // split key's hash (sticky) or at random.
+        let target = match (&route.split_key, route.targets.len()) {
+            (_, 0 | 1) => 0,
+            (Some(k), _) => route.target(affinity_key(k, &req, cx.client)),
+            (None, _) => route.target(next_random()),
+        };
         out.routed = Some(Routed {
             route: route.clone(),
-            target: 0,
+            target,
         });
         if !cx.shared.service_level.current().serves(route.min_level) {
             return Err(ProxyError::Degraded.into());
@@ -183,21 +190,8 @@ async fn forward<B: RequestBody>(
             return Err(ProxyError::BodyTooLarge.into());
         }
 
-        // A split route sends this request to one of its clusters: by the
-        // split key's hash (sticky) or at random.
-        if route.targets.len() > 1 {
-            let draw = match &route.split_key {
-                Some(k) => affinity_key(k, &req, cx.client),
-                None => next_random(),
-            };
-            out.routed = Some(Routed {
-                route: route.clone(),
-                target: route.target(draw),
-            });
-        }
-        let routed = out.routed.clone().ok_or(ProxyError::NoRoute)?;
-        let cluster = routed.cluster();
-        let policy = routed.policy();
+        let cluster = &route.targets[target].cluster;
+        let policy = route.retry.as_ref().unwrap_or(&cluster.retry);
         let pick = PickInput {
             now: start,
             key: cluster
