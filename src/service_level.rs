@@ -1,18 +1,16 @@
 //! The service level (FULL, DEGRADED, MINIMAL, MAINTENANCE) as the running
 //! process holds it: the `resilience::degradation` state machine behind a
 //! lock, its verdict published in an atomic that every request reads, the
-//! request and shed counts its triggers look at, and the task that feeds it
-//! the signals every `degradation.interval`.
+//! request and shed counts its triggers look at. The task that feeds it the
+//! signals every `degradation.interval` is the server's
+//! (`server::control`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use crate::config::resilience::{DegradationTable, MinLevel};
-use crate::resilience::degradation::{
-    Change, ClusterHealth, Degradation, DegradationConfig, Level, Signals,
-};
-use crate::shared::Shared;
+use crate::resilience::degradation::{Change, Degradation, DegradationConfig, Level, Signals};
 
 pub struct ServiceLevel {
     state: Mutex<State>,
@@ -93,7 +91,7 @@ impl ServiceLevel {
     }
 
     /// One observation of the triggers (only when `auto` is on).
-    fn observe(&self, signals: &Signals) {
+    pub fn observe(&self, signals: &Signals) {
         let mut state = self.lock();
         let change = state.machine.observe(signals, Instant::now());
         self.publish(&mut state, change, "trigger");
@@ -128,7 +126,17 @@ impl ServiceLevel {
         })
     }
 
-    fn reconfigure(&self, table: &DegradationTable) {
+    /// The requests and sheds counted since the last call.
+    pub fn take_counts(&self) -> (u64, u64) {
+        (
+            self.requests.swap(0, Ordering::Relaxed),
+            self.shed.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    /// Takes a reloaded `[degradation]` table: a changed one starts a new
+    /// machine.
+    pub fn reconfigure(&self, table: &DegradationTable) {
         let mut state = self.lock();
         let cfg = machine_config(table);
         if *state.machine.config() != cfg {
@@ -138,36 +146,5 @@ impl ServiceLevel {
             let change = state.machine.set_manual(manual, Instant::now());
             self.publish(&mut state, change.filter(|_| manual.is_some()), "reload");
         }
-    }
-}
-
-/// Feeds the triggers every `degradation.interval` while `auto` is on.
-pub async fn run(shared: std::sync::Arc<Shared>) {
-    loop {
-        let snapshot = shared.snapshot.load_full();
-        let table = &snapshot.config.degradation;
-        shared.service_level.reconfigure(table);
-        let interval = table.interval.get().max(Duration::from_millis(10));
-        tokio::time::sleep(interval).await;
-        let requests = shared.service_level.requests.swap(0, Ordering::Relaxed);
-        let shed = shared.service_level.shed.swap(0, Ordering::Relaxed);
-        if !table.auto {
-            continue;
-        }
-        let now = Instant::now();
-        let clusters = snapshot
-            .clusters
-            .iter()
-            .map(|c| ClusterHealth {
-                name: c.name.to_string(),
-                healthy: c.endpoints.iter().filter(|e| e.live.usable(now)).count() as u32,
-                total: c.endpoints.len() as u32,
-            })
-            .collect();
-        shared.service_level.observe(&Signals {
-            clusters,
-            requests,
-            shed,
-        });
     }
 }

@@ -626,20 +626,6 @@ impl Rule {
     }
 }
 
-/// Sweeps the current snapshot's tables every `sweep_interval`, for the
-/// life of the process. Runs on the control thread.
-pub async fn sweep_task(shared: Arc<crate::shared::Shared>) {
-    loop {
-        let interval = shared.snapshot.load().rate_limits.sweep_interval;
-        tokio::time::sleep(interval).await;
-        let snapshot = shared.snapshot.load_full();
-        let (removed, left) = snapshot.rate_limits.sweep(Instant::now());
-        if removed > 0 {
-            tracing::debug!(removed, left, "rate-limit keys swept");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown).
 
 pub mod conn;
+mod control;
 pub mod listener;
 pub mod phase;
 
@@ -243,8 +244,8 @@ impl Server {
             ));
         }
         self.restart_checks();
-        tokio::spawn(crate::service_level::run(self.shared.clone()));
-        tokio::spawn(crate::ratelimit::rules::sweep_task(self.shared.clone()));
+        tokio::spawn(control::service_level(self.shared.clone()));
+        tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),
