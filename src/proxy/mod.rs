@@ -43,7 +43,6 @@ use crate::ratelimit::rules::{Report, Ruling};
 use crate::resilience::bulkhead::Rejected;
 use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict, is_repeatable};
 use crate::route::{self, Route};
-use crate::server::phase::Phase;
 use crate::shared::Shared;
 use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::{self, BoxError};
@@ -56,8 +55,21 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub client: SocketAddr,
     pub local: SocketAddr,
-    pub phase: Arc<Phase>,
+    /// Told when a request starts and when its response is over.
+    pub cycle: Arc<dyn RequestCycle>,
     pub worker: usize,
+}
+
+/// What the pipeline tells the client connection about its requests, which
+/// its server needs for its timeouts (header timeout while a head arrives,
+/// idle timeout between requests). The server implements it.
+pub trait RequestCycle: Send + Sync {
+    /// A request's head was taken; `body_len`: its body's length when known
+    /// from the head (0: none, `None`: chunked). Returns whether the
+    /// connection saw ambiguous framing for it.
+    fn started(&self, body_len: Option<u64>) -> bool;
+    /// The response is over; the connection waits for the next request.
+    fn finished(&self);
 }
 
 /// Most headers a request may carry, whatever their size.
@@ -123,7 +135,7 @@ impl<B> RequestBody for B where
 }
 
 pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Response<ResponseBody> {
-    let ambiguous_framing = cx.phase.active(body_len(req.headers()));
+    let ambiguous_framing = cx.cycle.started(body_len(req.headers()));
     let snapshot = cx.shared.snapshot.load_full();
     let arrival = Arrival {
         start: Instant::now(),

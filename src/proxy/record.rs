@@ -185,6 +185,6 @@ impl Completion {
             });
         }
         drop(outcome);
-        cx.phase.idle();
+        cx.cycle.finished();
     }
 }

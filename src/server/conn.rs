@@ -92,11 +92,11 @@ impl AsyncWrite for TimedIo {
 pub async fn serve(
     stream: TcpStream,
     cx: Arc<ConnCtx>,
+    phase: Arc<Phase>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let phase = cx.phase.clone();
     let io = TokioIo::new(TimedIo {
         inner: stream,
         phase: phase.clone(),

@@ -189,16 +189,17 @@ impl AcceptLoop {
                 idle_timeout: l.idle_timeout,
                 max_header_bytes: l.max_header_bytes,
             };
+            let phase = Arc::new(Phase::default());
             let cx = Arc::new(ConnCtx {
                 shared: self.shared.clone(),
                 client: peer,
                 local: self.address,
-                phase: Arc::new(Phase::default()),
+                cycle: phase.clone(),
                 worker: self.worker,
             });
             let shutdown = self.shutdown.clone();
             tokio::spawn(async move {
-                conn::serve(stream, cx, settings, shutdown).await;
+                conn::serve(stream, cx, phase, settings, shutdown).await;
                 drop(guard);
             });
         }

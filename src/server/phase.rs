@@ -127,6 +127,16 @@ pub enum Verdict {
     Wait,
 }
 
+impl crate::proxy::RequestCycle for Phase {
+    fn started(&self, body_len: Option<u64>) -> bool {
+        self.active(body_len)
+    }
+
+    fn finished(&self) {
+        self.idle();
+    }
+}
+
 /// The driver's side: remembers since when it has seen the current phase.
 pub struct Watch {
     header_timeout: Duration,
