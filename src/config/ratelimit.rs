@@ -65,19 +65,6 @@ pub enum AlgorithmName {
     SlidingCounter,
 }
 
-impl AlgorithmName {
-    pub fn algorithm(self) -> crate::ratelimit::Algorithm {
-        use crate::ratelimit::Algorithm;
-        match self {
-            AlgorithmName::TokenBucket => Algorithm::TokenBucket,
-            AlgorithmName::LeakyBucket => Algorithm::LeakyBucket,
-            AlgorithmName::FixedWindow => Algorithm::FixedWindow,
-            AlgorithmName::SlidingLog => Algorithm::SlidingLog,
-            AlgorithmName::SlidingCounter => Algorithm::SlidingCounter,
-        }
-    }
-}
-
 /// What a request missing a `header:` or `cookie:` key part gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -114,6 +114,10 @@ pub enum FailureOn {
     ServerError,
 }
 
+/// The largest `window_calls` a breaker honours: a typo in the
+/// configuration should not cost a gigabyte per endpoint.
+pub const MAX_WINDOW_CALLS: u32 = 10_000;
+
 /// `[clusters.circuit_breaker]` (the whole cluster) and
 /// `[clusters.endpoint_circuit_breaker]` (each endpoint on its own).
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -470,11 +470,15 @@ fn default_balance() -> Balance {
 fn default_slow_start() -> Duration {
     Duration::from_secs(0)
 }
+/// Virtual nodes per unit of weight when the configuration says nothing:
+/// ketama's and Envoy's order of magnitude, good to about ±10 % balance.
+pub const DEFAULT_VNODES: usize = 150;
+
 fn default_hash_key() -> HashKey {
     HashKey::ClientIp
 }
 fn default_virtual_nodes() -> Spanned<usize> {
-    Spanned::new(0..0, crate::cluster::balance::DEFAULT_VNODES)
+    Spanned::new(0..0, DEFAULT_VNODES)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)

@@ -512,13 +512,13 @@ fn check_breaker(b: &BreakerConfig, owner: &Spanned<String>, key: &str) -> Resul
         }
     }
     let calls = *b.window_calls.get_ref();
-    if calls > crate::resilience::breaker::MAX_COUNT {
+    if calls > super::resilience::MAX_WINDOW_CALLS {
         return Err(invalid(
             b.window_calls.span(),
             format!("{key}.window_calls"),
             format!(
                 "{calls} is out of range; at most {}",
-                crate::resilience::breaker::MAX_COUNT
+                super::resilience::MAX_WINDOW_CALLS
             ),
         ));
     }

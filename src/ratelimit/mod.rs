@@ -12,6 +12,8 @@ pub mod table;
 
 use std::time::Duration;
 
+use crate::config::ratelimit::AlgorithmName;
+
 /// The algorithm a rule runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -30,6 +32,18 @@ pub enum Algorithm {
     /// count plus the previous window's weighted by how much of it still
     /// overlaps the sliding period.
     SlidingCounter,
+}
+
+impl From<AlgorithmName> for Algorithm {
+    fn from(name: AlgorithmName) -> Algorithm {
+        match name {
+            AlgorithmName::TokenBucket => Algorithm::TokenBucket,
+            AlgorithmName::LeakyBucket => Algorithm::LeakyBucket,
+            AlgorithmName::FixedWindow => Algorithm::FixedWindow,
+            AlgorithmName::SlidingLog => Algorithm::SlidingLog,
+            AlgorithmName::SlidingCounter => Algorithm::SlidingCounter,
+        }
+    }
 }
 
 impl Algorithm {

@@ -440,7 +440,7 @@ impl Rule {
             .filter_map(|p| p.get_ref().parse().ok())
             .collect();
         let key = KeySpec::new(parts, r.on_missing_key);
-        let algorithm = r.algorithm.algorithm();
+        let algorithm = Algorithm::from(r.algorithm);
         let max_keys = *config.max_keys.get_ref();
         let tier = |tier: &str, limit: u64, period: Duration, burst: Option<u64>| {
             let burst = burst.unwrap_or(match algorithm {

@@ -117,8 +117,8 @@ pub struct Counts {
 }
 
 /// The largest `Window::Count` honoured: a typo in the configuration should
-/// not cost a gigabyte per endpoint.
-pub const MAX_COUNT: u32 = 10_000;
+/// not cost a gigabyte per endpoint (the configuration refuses more).
+pub const MAX_COUNT: u32 = crate::config::resilience::MAX_WINDOW_CALLS;
 const BUCKETS: usize = 10;
 const FAILED: u8 = 1;
 const SLOW: u8 = 2;

@@ -16,10 +16,9 @@
 
 use super::{Balancer, Member, Pick, stable_hash};
 
-/// Virtual nodes per unit of weight when the configuration says nothing:
-/// ketama's and Envoy's order of magnitude, good to about ±10 % balance.
-// Not yet built by `build()`; the lead wires it in.
-pub const DEFAULT_VNODES: usize = 150;
+/// Virtual nodes per unit of weight when the configuration says nothing (a
+/// default of the configuration, so it lives there).
+pub use crate::config::DEFAULT_VNODES;
 
 /// Cap on the number of ring points (16 bytes each). Weights go up to
 /// 10,000, and `vnodes × weight` points for such a member would take tens of
