@@ -17,8 +17,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::server::Control;
 use crate::shared::Shared;
+
+/// A request to the server's control loop from the admin API.
+pub enum Control {
+    Reload(oneshot::Sender<Result<String, String>>),
+}
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::Sender<Control>) {
     loop {

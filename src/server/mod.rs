@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::shared::Shared;
@@ -35,10 +35,7 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// A request to the control loop from the admin API.
-pub enum Control {
-    Reload(oneshot::Sender<Result<String, String>>),
-}
+pub use crate::admin::Control;
 
 struct Worker {
     tx: mpsc::UnboundedSender<AcceptLoop>,
