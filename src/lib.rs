@@ -2,8 +2,10 @@
 //!
 //! The request path reads top to bottom: `server` accepts and drives
 //! connections, `proxy` runs the pipeline, `route` matches, `cluster` picks an
-//! endpoint and pools its connections. `config` and `snapshot` are the control
-//! plane that builds what the data path reads. See `docs/architecture.md`.
+//! endpoint for each try and records its result, `upstream` talks to it over
+//! its pooled connections. `config` and `snapshot` are the control plane that
+//! builds what the data path reads. Each module imports only those below it
+//! (`docs/architecture.md` draws the graph).
 #![forbid(unsafe_code)]
 
 pub mod admin;
