@@ -248,10 +248,11 @@ async fn forward<B: RequestBody>(
             kept,
             repeatable,
             deadline,
+            pick,
+            token,
         };
         let adaptive = out.places.adaptive.as_ref();
-        let (tries, answer) =
-            send_with_retries(cx, cluster, policy, outbound, pick, token, adaptive, start).await;
+        let (tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
         out.tries = tries;
         answer
     }
@@ -336,6 +337,10 @@ struct Outbound<B> {
     /// May be sent again once sent (idempotent, body kept or none).
     repeatable: bool,
     deadline: Instant,
+    /// What picking an endpoint needs of the request (its arrival as
+    /// `now`), and the endpoint its affinity cookie names.
+    pick: PickInput,
+    token: Option<String>,
 }
 
 /// Step 6: tries until one is worth answering with. Each try goes to an
@@ -343,21 +348,19 @@ struct Outbound<B> {
 /// detection, breakers, adaptive limit), and the retry policy says whether
 /// to answer or to try again, elsewhere, after a backoff, within the
 /// deadline and the budget.
-#[allow(clippy::too_many_arguments)]
 async fn send_with_retries<B: RequestBody>(
     cx: &ConnCtx,
     cluster: &Arc<Cluster>,
     policy: &RetryPolicy,
     mut out: Outbound<B>,
-    mut pick: PickInput,
-    token: Option<String>,
     adaptive: Option<&AdaptivePass>,
-    start: Instant,
 ) -> (Tries, Answer) {
     let mut tries = Tries::default();
+    let token = out.token.take();
+    let start = out.pick.now;
     let pinned = token.as_deref().and_then(|t| cluster.pinned(t, start));
     let mut tried = Vec::new();
-    let mut next = cluster.pick_for_try(&mut pick, pinned, &tried, start);
+    let mut next = cluster.pick_for_try(&mut out.pick, pinned, &tried, start);
     loop {
         let chosen = match next {
             Ok(chosen) => chosen,
@@ -432,9 +435,9 @@ async fn send_with_retries<B: RequestBody>(
             return settle(tries, result.map(|exchange| (exchange, cookie)));
         }
         tried.push(endpoint.address);
-        pick.random = next_random();
-        pick.now = now;
-        next = cluster.pick_for_try(&mut pick, None, &tried, now);
+        out.pick.random = next_random();
+        out.pick.now = now;
+        next = cluster.pick_for_try(&mut out.pick, None, &tried, now);
         let elsewhere = next
             .as_ref()
             .is_ok_and(|c| c.endpoint.address != endpoint.address);
