@@ -219,3 +219,53 @@ pub fn retry_after_value(wait: std::time::Duration) -> HeaderValue {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::time::Duration;
+
+    #[test]
+    fn upstream_failures_map_to_levee_answers() {
+        let io = |k| io::Error::from(k);
+        let cases = [
+            (
+                upstream::Error::Connect(io(io::ErrorKind::ConnectionRefused)),
+                ProxyError::UpstreamConnect,
+                502,
+            ),
+            (
+                upstream::Error::ConnectTimeout(Duration::from_secs(1)),
+                ProxyError::UpstreamConnectTimeout,
+                504,
+            ),
+            (
+                upstream::Error::TimedOut(Duration::from_secs(1)),
+                ProxyError::UpstreamTimeout,
+                504,
+            ),
+            (
+                upstream::Error::Receive(io(io::ErrorKind::ConnectionReset)),
+                ProxyError::UpstreamFailed,
+                502,
+            ),
+            (upstream::Error::Closed, ProxyError::UpstreamFailed, 502),
+            (
+                upstream::Error::RequestBody(Box::new(TooLarge)),
+                ProxyError::BodyTooLarge,
+                413,
+            ),
+            (
+                upstream::Error::RequestBody(Box::new(io(io::ErrorKind::UnexpectedEof))),
+                ProxyError::ClientBody,
+                400,
+            ),
+        ];
+        for (e, answer, status) in cases {
+            let mapped = ProxyError::from(&e);
+            assert_eq!(mapped, answer, "{e}");
+            assert_eq!(mapped.status().as_u16(), status, "{e}");
+        }
+    }
+}

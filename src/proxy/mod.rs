@@ -390,12 +390,12 @@ async fn send_with_retries<B: RequestBody>(
             in_flight,
         });
         if let Err(e) = &result {
+            let request_id = out.parts.headers.get(&headers::X_REQUEST_ID);
             tracing::warn!(
                 cluster = %cluster.name,
                 endpoint = %endpoint.address,
-                request_id = out.parts.headers.get(&headers::X_REQUEST_ID)
-                    .and_then(|v| v.to_str().ok()).unwrap_or(""),
-                "try {} failed: {e}",
+                request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+                "try {} failed after {took:?}: {e}",
                 tries.count
             );
         }
