@@ -290,12 +290,15 @@ fn workers_are_threads_with_their_own_loops() {
         .build();
     let levee = Levee::start(&config);
     assert_eq!(levee.status_json()["workers"], 3);
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", levee.pid())).expect("tasks");
-    let workers = tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("levee-worker-"))
-        .count();
-    assert_eq!(workers, 3);
+    // Worker threads may still be starting when the admin API answers.
+    let workers = || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", levee.pid())).expect("tasks");
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("levee-worker-"))
+            .count()
+    };
+    assert!(wait_until(T, || workers() == 3), "{} workers", workers());
     // Every worker serves: 60 fresh connections all get answers.
     for _ in 0..60 {
         assert_eq!(http_get(listen, "/").expect("request").status, 200);
