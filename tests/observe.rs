@@ -183,7 +183,7 @@ fn a_queued_request_shows_its_wait_apart_from_upstream_time() {
         )
         .route("all", "one_at_a_time")
         .build();
-    let _levee = Levee::start(&config);
+    let levee = Levee::start(&config);
 
     // The first holds the only slot for 300 ms; the second, sent while it
     // does, waits in the queue for it.
@@ -239,6 +239,16 @@ fn a_queued_request_shows_its_wait_apart_from_upstream_time() {
         serde_json::Value::Null,
         "the first's connection was back in the pool before the second's try: {queued}"
     );
+
+    // The same, as histograms by cluster.
+    let cluster = [("cluster", "one_at_a_time")];
+    let metric = |name: &str| levee.metric(name, &cluster).unwrap_or(-1.0);
+    assert_eq!(metric("levee_request_wait_seconds_count"), 2.0);
+    let waited = metric("levee_request_wait_seconds_sum");
+    assert!((0.15..2.0).contains(&waited), "waited {waited} s in all");
+    assert_eq!(metric("levee_upstream_response_head_seconds_count"), 2.0);
+    let heads = metric("levee_upstream_response_head_seconds_sum");
+    assert!((0.58..4.0).contains(&heads), "heads took {heads} s in all");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ClusterConfig;
 use crate::observe::Metrics;
+use crate::observe::metrics::ClusterLabels;
 use crate::resilience::policy::RetryPolicy;
 use crate::upstream;
 use balance::{Balancer, Pick};
@@ -26,6 +27,7 @@ use guard::{ClusterGuard, SharedBreaker};
 use health::outlier::OutlierConfig;
 use health::state::State;
 pub use live::{EndpointLive, InFlight, LiveRegistry};
+use prometheus_client::metrics::histogram::Histogram;
 pub use tries::{Chosen, Unavailable};
 
 pub struct Endpoint {
@@ -90,6 +92,11 @@ pub struct Cluster {
     pub guard: Arc<ClusterGuard>,
     /// Tells the endpoint how many milliseconds are left.
     pub deadline_header: Option<http::HeaderName>,
+    /// Try start → response head, for every try that got one.
+    pub head_time: Histogram,
+    /// Request arrival → first try: the time spent in Levee's gates and
+    /// queues.
+    pub wait_time: Histogram,
 }
 
 /// The per-request inputs of a pick.
@@ -191,6 +198,14 @@ impl Cluster {
                 .deadline_header
                 .as_ref()
                 .and_then(|h| http::HeaderName::from_bytes(h.get_ref().as_bytes()).ok()),
+            head_time: metrics
+                .upstream_head_duration
+                .get_or_create_owned(&ClusterLabels {
+                    cluster: name.to_owned(),
+                }),
+            wait_time: metrics.request_wait.get_or_create_owned(&ClusterLabels {
+                cluster: name.to_owned(),
+            }),
         }
     }
 

@@ -104,6 +104,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_head_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
+    pub request_wait: Family<ClusterLabels, Histogram, fn() -> Histogram>,
     pub errors: Family<KindLabels, Counter>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_connect_errors: Family<EndpointLabels, Counter>,
@@ -151,6 +153,24 @@ impl Metrics {
             "request_duration_seconds",
             "Time from request head received to response body sent, by route",
             request_duration.clone(),
+        );
+        let upstream_head_duration =
+            Family::<ClusterLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "upstream_response_head_seconds",
+            "Time from a try's start to the endpoint's response head, by cluster (tries that got one)",
+            upstream_head_duration.clone(),
+        );
+        let request_wait =
+            Family::<ClusterLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_wait_seconds",
+            "Time from request head received to its first try, by cluster: rate-limit delay, bulkhead queue, body kept for retries",
+            request_wait.clone(),
         );
         let errors = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -302,6 +322,8 @@ impl Metrics {
             ejections,
             requests,
             request_duration,
+            upstream_head_duration,
+            request_wait,
             errors,
             upstream_requests,
             upstream_connect_errors,

@@ -376,11 +376,18 @@ async fn send_with_retries<B: RequestBody>(
         let endpoint = chosen.endpoint;
         tries.count += 1;
         let try_start = Instant::now();
-        tries.first.get_or_insert(try_start);
+        if tries.first.is_none() {
+            tries.first = Some(try_start);
+            let wait = try_start.saturating_duration_since(start);
+            cluster.wait_time.observe(wait.as_secs_f64());
+        }
         let in_flight = endpoint.live.begin();
         let result = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
         let now = Instant::now();
         let took = now - try_start;
+        if result.is_ok() {
+            cluster.head_time.observe(took.as_secs_f64());
+        }
         tries.last = Some(Try {
             endpoint: endpoint.address,
             start: try_start,
