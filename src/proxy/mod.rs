@@ -168,6 +168,7 @@ async fn forward(
     finish: &mut Finish,
 ) -> Result<upstream::Exchange, ProxyError> {
     headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
+    crate::server::front_door::check(&req)?;
     let listener = snapshot.listener(cx.local).ok_or(ProxyError::NoRoute)?;
     if head_too_large(&req, listener.max_header_bytes) {
         return Err(ProxyError::HeadersTooLarge);

@@ -1,6 +1,8 @@
-//! One client connection: HTTP/1.1 served by hyper, wrapped with the header
-//! and idle timeouts, graceful shutdown, and the 408 answer for a client that
-//! never finishes its request head.
+//! One client connection, whatever its transport: the first bytes tell what
+//! the client speaks (`sniff`); HTTP/1.1 is served by hyper, wrapped with the
+//! header and idle timeouts, graceful shutdown, and the 408 answer for a
+//! client that never finishes its request head. Everything here is generic
+//! over the stream, so a TLS stream gets the same treatment as a TCP one.
 
 use std::convert::Infallible;
 use std::io;
@@ -17,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::phase::{HeadScan, Phase, Verdict, Watch};
+use super::sniff::{self, Prefix, Prefixed, Speaks};
 use crate::proxy::{self, ConnCtx, error::json_body, headers};
 
 /// Connection settings taken from the listener when the connection is accepted.
@@ -28,13 +31,13 @@ pub struct Settings {
 
 /// The client socket, telling `Phase` when a new request starts arriving and
 /// scanning its head for ambiguous framing.
-struct TimedIo {
-    inner: TcpStream,
+struct TimedIo<S> {
+    inner: Prefixed<S>,
     phase: Arc<Phase>,
     scan: HeadScan,
 }
 
-impl AsyncRead for TimedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -61,7 +64,7 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,16 +92,42 @@ impl AsyncWrite for TimedIo {
 
 /// Serves one connection until the client leaves, a timeout closes it, or a
 /// shutdown has let its current request finish.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S>(
+    mut stream: S,
     cx: Arc<ConnCtx>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // What the client speaks. Until its first bytes arrive the connection
+    // is idle: the idle timeout and a shutdown close it.
+    let mut prefix = Prefix::default();
+    let speaks = tokio::select! {
+        r = prefix.read(&mut stream) => r,
+        _ = tokio::time::sleep(settings.idle_timeout) => return,
+        _ = shutdown.changed() => return,
+    };
+    match speaks {
+        Ok(Some(Speaks::Http1)) => {}
+        Ok(Some(other)) => {
+            let (protocol, answer) = match other {
+                Speaks::Http2 => ("http2", sniff::h2_goaway()),
+                _ => ("tls", sniff::TLS_ALERT.to_vec()),
+            };
+            cx.shared
+                .metrics
+                .wrong_protocol
+                .get_or_create(&crate::observe::metrics::ProtocolLabels { protocol })
+                .inc();
+            answer_and_close(stream, &answer).await;
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    }
     let phase = cx.phase.clone();
     let io = TokioIo::new(TimedIo {
-        inner: stream,
+        inner: Prefixed::new(prefix, stream),
         phase: phase.clone(),
         scan: HeadScan::default(),
     });
@@ -169,7 +198,7 @@ pub async fn serve(
 
 /// Answers 408 to a client whose request head did not arrive in time, then
 /// closes. The write is bounded: a client that does not read gets nothing.
-async fn request_timeout(mut stream: TcpStream, cx: &ConnCtx) {
+async fn request_timeout<S: AsyncWrite + Unpin>(mut stream: S, cx: &ConnCtx) {
     let id = headers::request_id(&http::HeaderMap::new(), cx.shared.id_seed);
     let id = id.to_str().unwrap_or("");
     let body = json_body(
@@ -191,11 +220,8 @@ async fn request_timeout(mut stream: TcpStream, cx: &ConnCtx) {
 }
 
 /// Answers 429 to a connection beyond its IP's `max_connections_per_ip`,
-/// then closes. The request is read (up to 64 KiB, for at most a second)
-/// before closing, so that the close does not reset the connection and
-/// lose the answer. Bounded: a client that neither reads nor writes is
-/// dropped after a second.
-pub async fn too_many_connections(mut stream: TcpStream, id_seed: u64) {
+/// then closes (see `answer_and_close`).
+pub async fn too_many_connections(stream: TcpStream, id_seed: u64) {
     let id = headers::request_id(&http::HeaderMap::new(), id_seed);
     let id = id.to_str().unwrap_or("");
     let body = json_body(
@@ -208,9 +234,18 @@ pub async fn too_many_connections(mut stream: TcpStream, id_seed: u64) {
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
         body.len()
     );
+    let mut answer = head.into_bytes();
+    answer.extend_from_slice(&body);
+    answer_and_close(stream, &answer).await;
+}
+
+/// Writes `answer` and closes. What the client sends is read (up to 64 KiB,
+/// for at most a second) before closing, so that the close does not reset
+/// the connection and lose the answer. Bounded: a client that neither reads
+/// nor writes is dropped after a second.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
     let answer = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
+        stream.write_all(answer).await?;
         stream.shutdown().await?;
         let mut buf = [0u8; 4096];
         let mut read = 0;

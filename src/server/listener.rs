@@ -197,6 +197,7 @@ impl AcceptLoop {
                 worker: self.worker,
             });
             let shutdown = self.shutdown.clone();
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 conn::serve(stream, cx, settings, shutdown).await;
                 drop(guard);

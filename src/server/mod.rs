@@ -7,8 +7,10 @@
 //! SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown).
 
 pub mod conn;
+pub mod front_door;
 pub mod listener;
 pub mod phase;
+pub mod sniff;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
