@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::server::client_body::ClientBody;
 
 use super::Finish;
 
@@ -36,14 +38,14 @@ pub struct UpstreamBody {
     /// Read before `inner`: a body kept for retries, or the part of one read
     /// before it turned out too large to keep.
     kept: Option<Bytes>,
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     limit: u64,
     seen: u64,
     counter: Arc<AtomicU64>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, counter: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: ClientBody, limit: Option<u64>, counter: Arc<AtomicU64>) -> Self {
         UpstreamBody {
             kept: None,
             inner: Some(inner),

@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::server::client_body::ClientBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::cluster::balance::stable_hash;
 use crate::cluster::guard::{AdaptivePass, Pass};
@@ -60,7 +60,7 @@ pub struct ConnCtx {
 /// Most headers a request may carry, whatever their size.
 const MAX_HEADERS: usize = 100;
 
-pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(cx: Arc<ConnCtx>, req: Request<ClientBody>) -> Response<ResponseBody> {
     let ambiguous_framing = cx.phase.active(body_len(req.headers()));
     let snapshot = cx.shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers(), cx.shared.id_seed);
@@ -164,7 +164,7 @@ pub async fn handle(cx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Respon
 async fn forward(
     cx: &ConnCtx,
     snapshot: &Snapshot,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     finish: &mut Finish,
 ) -> Result<upstream::Exchange, ProxyError> {
     headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
@@ -631,7 +631,7 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 /// The xxh3 hash of what the cluster's `hash_key` names. A request without
 /// the header or cookie falls back to its client IP, so it still lands
 /// consistently.
-fn affinity_key(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> u64 {
+fn affinity_key(key: &HashKey, req: &Request<ClientBody>, client: SocketAddr) -> u64 {
     let by_ip = || match client.ip().to_canonical() {
         std::net::IpAddr::V4(a) => stable_hash(&a.octets()),
         std::net::IpAddr::V6(a) => stable_hash(&a.octets()),
@@ -722,7 +722,7 @@ fn body_len(headers: &http::HeaderMap) -> Option<u64> {
     }
 }
 
-fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
+fn head_too_large(req: &Request<ClientBody>, max: usize) -> bool {
     let headers = req.headers();
     if headers.len() > MAX_HEADERS {
         return true;

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::phase::{HeadScan, Phase, Verdict, Watch};
-use super::sniff::{self, Prefix, Prefixed, Speaks};
+use super::sniff::{self, Prefix, Prefixed, ReadReady, Speaks};
 use crate::proxy::{self, ConnCtx, error::json_body, headers};
 
 /// Connection settings taken from the listener when the connection is accepted.
@@ -27,6 +27,7 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    pub engine: crate::config::Http1Engine,
 }
 
 /// The client socket, telling `Phase` when a new request starts arriving and
@@ -98,7 +99,7 @@ pub async fn serve<S>(
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     // What the client speaks. Until its first bytes arrive the connection
     // is idle: the idle timeout and a shutdown close it.
@@ -120,10 +121,13 @@ pub async fn serve<S>(
                 .wrong_protocol
                 .get_or_create(&crate::observe::metrics::ProtocolLabels { protocol })
                 .inc();
-            answer_and_close(stream, &answer).await;
+            linger_close(stream, &answer).await;
             return;
         }
         Ok(None) | Err(_) => return,
+    }
+    if settings.engine == crate::config::Http1Engine::Levee {
+        return super::h1::conn::serve(Prefixed::new(prefix, stream), cx, settings, shutdown).await;
     }
     let phase = cx.phase.clone();
     let io = TokioIo::new(TimedIo {
@@ -134,6 +138,7 @@ pub async fn serve<S>(
     let service_cx = cx.clone();
     let service = service_fn(move |req| {
         let cx = service_cx.clone();
+        let req = req.map(crate::server::client_body::ClientBody::Hyper);
         async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
     });
     let mut conn = http1::Builder::new()
@@ -198,25 +203,31 @@ pub async fn serve<S>(
 
 /// Answers 408 to a client whose request head did not arrive in time, then
 /// closes. The write is bounded: a client that does not read gets nothing.
-async fn request_timeout<S: AsyncWrite + Unpin>(mut stream: S, cx: &ConnCtx) {
-    let id = headers::request_id(&http::HeaderMap::new(), cx.shared.id_seed);
-    let id = id.to_str().unwrap_or("");
-    let body = json_body(
+async fn request_timeout<S: AsyncRead + AsyncWrite + Unpin>(stream: S, cx: &ConnCtx) {
+    let answer = error_answer(
         http::StatusCode::REQUEST_TIMEOUT,
         "header_timeout",
         "the request head did not arrive in time",
-        id,
+        cx,
     );
-    let head = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+    linger_close(stream, &answer).await;
+}
+
+/// A whole response carrying Levee's JSON error body, for errors answered
+/// outside the pipeline (no request to route), with `connection: close`.
+pub fn error_answer(status: http::StatusCode, code: &str, message: &str, cx: &ConnCtx) -> Vec<u8> {
+    let id = headers::request_id(&http::HeaderMap::new(), cx.shared.id_seed);
+    let id = id.to_str().unwrap_or("");
+    let body = json_body(status, code, message, id);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
-    );
-    let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Answers 429 to a connection beyond its IP's `max_connections_per_ip`,
@@ -236,16 +247,18 @@ pub async fn too_many_connections(stream: TcpStream, id_seed: u64) {
     );
     let mut answer = head.into_bytes();
     answer.extend_from_slice(&body);
-    answer_and_close(stream, &answer).await;
+    linger_close(stream, &answer).await;
 }
 
-/// Writes `answer` and closes. What the client sends is read (up to 64 KiB,
+/// Writes `answer` (may be empty) and closes. What the client sends is read (up to 64 KiB,
 /// for at most a second) before closing, so that the close does not reset
 /// the connection and lose the answer. Bounded: a client that neither reads
 /// nor writes is dropped after a second.
-async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
+pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
     let answer = async {
-        stream.write_all(answer).await?;
+        if !answer.is_empty() {
+            stream.write_all(answer).await?;
+        }
         stream.shutdown().await?;
         let mut buf = [0u8; 4096];
         let mut read = 0;

@@ -188,6 +188,7 @@ impl AcceptLoop {
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
                 max_header_bytes: l.max_header_bytes,
+                engine: snapshot.config.server.http1,
             };
             let cx = Arc::new(ConnCtx {
                 shared: self.shared.clone(),

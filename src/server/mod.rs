@@ -6,8 +6,10 @@
 //! control plane: it binds sockets, serves the admin API, and handles
 //! SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown).
 
+pub mod client_body;
 pub mod conn;
 pub mod front_door;
+pub mod h1;
 pub mod listener;
 pub mod phase;
 pub mod sniff;

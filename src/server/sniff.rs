@@ -132,6 +132,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// Waiting for a stream to become readable without reading: an idle
+/// keep-alive connection waits this way, holding no buffer, and takes one
+/// only when bytes are there (nginx's model). A TLS stream will be ready
+/// when it holds decrypted bytes or its socket is readable.
+pub trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<S: ReadReady> ReadReady for Prefixed<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 /// The answer to an HTTP/2 client on a listener that serves HTTP/1 only:
 /// the server preface (an empty SETTINGS frame) and a GOAWAY with
 /// HTTP_1_1_REQUIRED (RFC 9113 §7), so the client says why it failed.
