@@ -126,12 +126,27 @@ pub async fn serve<S>(
         }
         Ok(None) | Err(_) => return,
     }
+    let stream = Prefixed::new(prefix, stream);
     if settings.engine == crate::config::Http1Engine::Levee {
-        return super::h1::conn::serve(Prefixed::new(prefix, stream), cx, settings, shutdown).await;
+        return super::h1::conn::serve(stream, cx, settings, shutdown).await;
     }
+    // Boxed: hyper's connection state is large, and this future is what
+    // every connection's task holds.
+    Box::pin(serve_hyper(stream, cx, settings, shutdown)).await;
+}
+
+/// HTTP/1.1 served by hyper (`server.http1 = "hyper"`).
+async fn serve_hyper<S>(
+    stream: Prefixed<S>,
+    cx: Arc<ConnCtx>,
+    settings: Settings,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let phase = cx.phase.clone();
     let io = TokioIo::new(TimedIo {
-        inner: Prefixed::new(prefix, stream),
+        inner: stream,
         phase: phase.clone(),
         scan: HeadScan::default(),
     });
@@ -260,7 +275,8 @@ pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answ
             stream.write_all(answer).await?;
         }
         stream.shutdown().await?;
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's future.
+        let mut buf = vec![0u8; 4096];
         let mut read = 0;
         while read < 64 * 1024 {
             match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await? {
