@@ -53,9 +53,9 @@ pub struct ServerConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Http1Engine {
     /// hyper's server.
-    #[default]
     Hyper,
     /// Levee's own (`server::h1`): no buffer held by an idle connection.
+    #[default]
     Levee,
 }
 

@@ -160,7 +160,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// The config text. With `LEVEE_TEST_HTTP1=levee` (or `hyper`) in the
+    /// The config text. With `LEVEE_TEST_HTTP1=hyper` (or `levee`) in the
     /// environment, `[server] http1` is set to it unless the test sets it,
     /// so that the whole suite can run against either HTTP/1 engine.
     pub fn build(&self) -> String {
