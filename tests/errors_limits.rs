@@ -187,6 +187,37 @@ fn no_route_is_404_with_json_error() {
 }
 
 #[test]
+fn an_error_before_a_small_body_is_read_keeps_the_connection() {
+    // The 404 is answered without reading the body; the body (plain and
+    // chunked) is then read and dropped, so the connection carries the
+    // next request as the table in docs/operations.md says ("kept").
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .set("server", "workers = 1")
+        .listener("main", listen)
+        .cluster("app", &[b.addr()])
+        .route_with("api", "app", &["path_prefix = \"/api\""]);
+    let _levee = Levee::start(&cfg.build());
+    let mut c = RawConn::connect(listen).expect("connect");
+    c.write_all(b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .expect("write");
+    assert_levee_error(&c.read_response(T).expect("a 404"), 404, "no_route");
+    c.write_all(
+        b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .expect("write");
+    assert_levee_error(&c.read_response(T).expect("a 404"), 404, "no_route");
+    c.write_all(b"GET /api/after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let r = c
+        .read_response(T)
+        .expect("the next request on the same connection");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(b.recorded().len(), 1, "only /api/after reached the backend");
+}
+
+#[test]
 fn cluster_without_endpoints_is_503() {
     let listen = free_addr();
     let levee = Levee::start(&config(listen, &[], &[], &[]).build());

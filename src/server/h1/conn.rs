@@ -325,6 +325,8 @@ where
     if head.framing == Framing::Ambiguous {
         body_state = BodyState::Unread;
     }
+    // The framing of a body the pipeline stopped reading, for `discard_body`.
+    let mut unread: Option<Kind> = None;
     let mut req = Request::new(client_body);
     *req.method_mut() = head.method;
     *req.uri_mut() = head.uri;
@@ -359,7 +361,7 @@ where
             }
             Event::Fed(f) => {
                 body_state = body_state.after(f);
-                inbound = None;
+                unread = inbound.take().map(|i| i.kind);
             }
         }
     };
@@ -428,8 +430,9 @@ where
         if matches!(
             body_state,
             BodyState::Done | BodyState::Failed | BodyState::Gone
-        ) {
-            inbound = None;
+        ) && let Some(i) = inbound.take()
+        {
+            unread = Some(i.kind);
         }
         match event {
             // Nothing ready to add: send what is buffered.
@@ -465,8 +468,18 @@ where
     drop(out);
     // Completes the request: metrics, access log, pooled upstream connection.
     drop(body);
-    if inbound.is_some() {
+    if let Some(i) = inbound.take() {
         body_state = BodyState::Gone;
+        unread = Some(i.kind);
+    }
+    // A body the pipeline did not read (an error answered first): read
+    // and drop a small one, so the connection can carry the next request.
+    if !close
+        && body_state == BodyState::Gone
+        && let Some(kind) = unread
+        && discard_body(io, buf, kind).await
+    {
+        body_state = BodyState::Done;
     }
     close = close || body_state != BodyState::Done;
     if close {
@@ -476,6 +489,64 @@ where
     } else {
         Next::KeepAlive
     }
+}
+
+/// Most bytes of an unread request body read and dropped to keep the
+/// connection; a larger body closes it instead.
+const DISCARD_MAX: u64 = 64 * 1024;
+
+/// Reads the rest of a request body and drops it, within `DISCARD_MAX`
+/// bytes and a second. Returns whether it ended cleanly.
+async fn discard_body<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut, kind: Kind) -> bool {
+    let work = async {
+        let mut kind = kind;
+        let mut budget = DISCARD_MAX;
+        loop {
+            match &mut kind {
+                Kind::Length(remaining) => {
+                    if *remaining > budget {
+                        return false;
+                    }
+                    let n = (*remaining).min(buf.len() as u64);
+                    buf.advance(n as usize);
+                    *remaining -= n;
+                    budget -= n;
+                    if *remaining == 0 {
+                        return true;
+                    }
+                }
+                Kind::Chunked(decoder) => loop {
+                    let step = match decoder.step(buf) {
+                        Ok(step) => step,
+                        Err(_) => return false,
+                    };
+                    let n = match step {
+                        Step::Skip(n) | Step::Data(n) => n,
+                        Step::Done(n) => {
+                            buf.advance(n);
+                            return true;
+                        }
+                        Step::NeedMore => break,
+                    };
+                    if n as u64 > budget {
+                        return false;
+                    }
+                    buf.advance(n);
+                    budget -= n as u64;
+                },
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(BODY_READ);
+            }
+            match poll_fn(|c| poll_read_buf(Pin::new(&mut *io), c, buf)).await {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), work)
+        .await
+        .unwrap_or(false)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
