@@ -1,6 +1,7 @@
 //! Property tests (a bounded fuzz run in every `cargo test`) for the request
 //! head parser and the chunked decoder: whatever the bytes, no panic and no
-//! accepted ambiguity. Failing cases proptest finds are kept in
+//! accepted ambiguity (1,500 cases per property; `PROPTEST_CASES` for more).
+//! Failing cases proptest finds are kept in
 //! `proptest-regressions/server/h1/props.txt` and replayed first.
 
 use bytes::BytesMut;
@@ -229,7 +230,12 @@ fn encode_chunked(chunks: &[Vec<u8>], trailers: &[(String, String)], ext: bool) 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    // 1,500 cases per property in CI (a few seconds); PROPTEST_CASES=100000
+    // for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn head_parser_never_panics_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
