@@ -180,7 +180,19 @@ wieght = 2
         1,
         "drain_timout",
         "server.drain_timout",
-        "unknown field `drain_timout`, expected `workers` or `drain_timeout`",
+        "unknown field `drain_timout`, expected one of `workers`, `drain_timeout`, `http1`",
+    );
+}
+
+#[test]
+fn unknown_http1_engine() {
+    assert_refused(
+        "[server]\nhttp1 = \"nginx\"\n",
+        2,
+        9,
+        "\"nginx\"",
+        "server.http1",
+        "unknown variant `nginx`, expected `hyper` or `levee`",
     );
 }
 

@@ -9,6 +9,9 @@
 //!   answered 400 with the connection closed;
 //! - connection timeouts: slowloris (408), header timeout counted from the
 //!   first byte of a request, idle keep-alive timeout;
+//! - the strict front door: two `Host` lines, an HTTP/1.1 request without
+//!   `Host`, `CONNECT`, the HTTP/2 preface and a TLS ClientHello on a plain
+//!   HTTP/1 listener;
 //! - `max_connections`.
 //!
 //! Every Levee-made error is checked for its status, its JSON body (`status`,
@@ -181,6 +184,37 @@ fn no_route_is_404_with_json_error() {
 
     assert_eq!(b.requests(), 1, "unrouted requests never reach the backend");
     wait_errors(&levee, "no_route", 2.0);
+}
+
+#[test]
+fn an_error_before_a_small_body_is_read_keeps_the_connection() {
+    // The 404 is answered without reading the body; the body (plain and
+    // chunked) is then read and dropped, so the connection carries the
+    // next request as the table in docs/operations.md says ("kept").
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .set("server", "workers = 1")
+        .listener("main", listen)
+        .cluster("app", &[b.addr()])
+        .route_with("api", "app", &["path_prefix = \"/api\""]);
+    let _levee = Levee::start(&cfg.build());
+    let mut c = RawConn::connect(listen).expect("connect");
+    c.write_all(b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .expect("write");
+    assert_levee_error(&c.read_response(T).expect("a 404"), 404, "no_route");
+    c.write_all(
+        b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .expect("write");
+    assert_levee_error(&c.read_response(T).expect("a 404"), 404, "no_route");
+    c.write_all(b"GET /api/after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let r = c
+        .read_response(T)
+        .expect("the next request on the same connection");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(b.recorded().len(), 1, "only /api/after reached the backend");
 }
 
 #[test]
@@ -525,6 +559,144 @@ fn malformed_request_lines_are_400_and_close() {
         "nothing but the fresh requests may reach the backend: {:?}",
         b.recorded()
     );
+}
+
+#[test]
+fn two_host_lines_are_400_and_close() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen, &[], &[b.addr()], &[]).build());
+    let cases = [
+        "GET /two HTTP/1.1\r\nHost: levee.test\r\nHost: other.test\r\n\r\n",
+        // Equal values too: one Host line is the rule, not one host.
+        "GET /two HTTP/1.1\r\nHost: levee.test\r\nHost: levee.test\r\n\r\n",
+    ];
+    for (i, hostile) in cases.iter().enumerate() {
+        let r = assert_rejected_400(listen, hostile);
+        assert_levee_error(&r.parse().expect("a complete 400"), 400, "bad_host");
+        wait_errors(&levee, "bad_host", (i + 1) as f64);
+    }
+    assert_still_serving(listen, "b1");
+    assert!(
+        b.recorded().iter().all(|r| r.uri == "/"),
+        "neither request may reach the backend: {:?}",
+        b.recorded()
+    );
+}
+
+#[test]
+fn http11_without_host_is_400_http10_without_host_is_served() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen, &[], &[b.addr()], &[]).build());
+    let r = assert_rejected_400(listen, "GET /nohost HTTP/1.1\r\n\r\n");
+    assert_levee_error(&r.parse().expect("a complete 400"), 400, "bad_host");
+    wait_errors(&levee, "bad_host", 1.0);
+
+    let r = send_raw(listen, b"GET /old HTTP/1.0\r\n\r\n", T);
+    assert_eq!(r.status, Some(200), "HTTP/1.0 needs no Host: {:?}", r.text);
+    assert!(
+        b.recorded().iter().all(|r| r.uri != "/nohost"),
+        "the Host-less HTTP/1.1 request must not reach the backend: {:?}",
+        b.recorded()
+    );
+}
+
+#[test]
+fn connect_is_refused_with_405_and_never_forwarded() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen, &[], &[b.addr()], &[]).build());
+    let r = send_raw(
+        listen,
+        b"CONNECT internal.test:22 HTTP/1.1\r\nHost: internal.test:22\r\n\r\nSSH-2.0-x\r\n",
+        T,
+    );
+    let resp = r.parse().expect("a complete 405");
+    assert_levee_error(&resp, 405, "connect_refused");
+    let allow = resp.header("allow").unwrap_or("");
+    assert!(
+        allow.contains("GET") && !allow.contains("CONNECT"),
+        "Allow: {allow:?}"
+    );
+    assert!(r.closed, "closed after the refused CONNECT: {r:?}");
+    wait_errors(&levee, "connect_refused", 1.0);
+    assert_eq!(b.requests(), 0, "CONNECT never reaches the backend");
+    assert_still_serving(listen, "b1");
+}
+
+#[test]
+fn http2_preface_on_an_http1_listener_gets_goaway_and_is_counted() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen, &[], &[b.addr()], &[]).build());
+    let wrong = |p| levee.metric("levee_connections_wrong_protocol_total", &[("protocol", p)]);
+    assert_eq!(wrong("http2"), Some(0.0), "present at 0 before any event");
+    assert_eq!(wrong("tls"), Some(0.0), "present at 0 before any event");
+
+    // The preface and an empty SETTINGS frame, as a prior-knowledge client
+    // sends them.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let r = send_raw(listen, &hello, T);
+    assert!(r.closed, "closed after the answer: {r:?}");
+    let got = &r.bytes;
+    assert!(got.len() >= 26, "a SETTINGS and a GOAWAY frame: {got:?}");
+    assert_eq!(got[3], 0x4, "first frame is SETTINGS: {got:?}");
+    assert_eq!(got[9 + 3], 0x7, "second frame is GOAWAY: {got:?}");
+    assert_eq!(
+        &got[9 + 9 + 4..9 + 9 + 8],
+        &[0, 0, 0, 0xd],
+        "GOAWAY says HTTP_1_1_REQUIRED"
+    );
+    wait_metric(
+        &levee,
+        "levee_connections_wrong_protocol_total",
+        &[("protocol", "http2")],
+        1.0,
+    );
+
+    // A real HTTP/2 client reports why.
+    let out = std::process::Command::new("curl")
+        .args(["-sSv", "--http2-prior-knowledge", "--max-time", "5"])
+        .arg(format!("http://{listen}/"))
+        .output()
+        .expect("curl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "curl must fail: {err}");
+    // curl 7.88 words it "recveived GOAWAY, error=13" (13: HTTP_1_1_REQUIRED).
+    assert!(err.contains("GOAWAY, error=13"), "curl says: {err}");
+    wait_metric(
+        &levee,
+        "levee_connections_wrong_protocol_total",
+        &[("protocol", "http2")],
+        2.0,
+    );
+    assert_eq!(b.requests(), 0, "nothing reaches the backend");
+    assert_still_serving(listen, "b1");
+}
+
+#[test]
+fn tls_client_hello_on_a_plain_listener_gets_an_alert_and_is_counted() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen, &[], &[b.addr()], &[]).build());
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--insecure", "--max-time", "5"])
+        .arg(format!("https://{listen}/"))
+        .output()
+        .expect("curl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "curl must fail: {err}");
+    assert!(err.contains("handshake failure"), "curl says: {err}");
+    wait_metric(
+        &levee,
+        "levee_connections_wrong_protocol_total",
+        &[("protocol", "tls")],
+        1.0,
+    );
+    assert_eq!(b.requests(), 0, "nothing reaches the backend");
+    assert_still_serving(listen, "b1");
 }
 
 // ---------------------------------------------------------------------------

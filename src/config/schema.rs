@@ -44,6 +44,19 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Which HTTP/1.1 server serves client connections.
+    pub http1: Http1Engine,
+}
+
+/// The HTTP/1.1 server implementation (`server.http1`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    /// hyper's server.
+    Hyper,
+    /// Levee's own (`server::h1`): no buffer held by an idle connection.
+    #[default]
+    Levee,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +64,7 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: 0,
             drain_timeout: Duration::from_secs(30),
+            http1: Http1Engine::default(),
         }
     }
 }

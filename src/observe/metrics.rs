@@ -72,6 +72,11 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -128,6 +133,7 @@ pub struct Metrics {
     pub ratelimit_store_errors: Family<RuleLabels, Counter>,
     pub ratelimit_keys: Family<RuleTierLabels, Gauge>,
     pub connections_per_ip_refused: Family<ListenerLabels, Counter>,
+    pub wrong_protocol: Family<ProtocolLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -304,8 +310,19 @@ impl Metrics {
             "Client connections answered 429 and closed because their IP was at the listener's max_connections_per_ip",
             connections_per_ip_refused.clone(),
         );
+        let wrong_protocol = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "connections_wrong_protocol",
+            "Client connections that spoke a protocol their listener does not serve (http2: the HTTP/2 preface on an HTTP/1 listener, answered with GOAWAY; tls: a TLS ClientHello on a plain listener, answered with an alert), then closed",
+            wrong_protocol.clone(),
+        );
+        // Present from the start, so that an absent series means 0.
+        for protocol in ["http2", "tls"] {
+            drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
+        }
         Metrics {
             registry,
+            wrong_protocol,
             ratelimit_decisions,
             ratelimit_store_errors,
             ratelimit_keys,

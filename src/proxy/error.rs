@@ -32,6 +32,10 @@ pub enum ProxyError {
     Degraded,
     /// A rate-limit rule of the route refused the request.
     RateLimited,
+    /// Two `Host` lines, or none on an HTTP/1.1 request.
+    BadHost,
+    /// `CONNECT`: Levee is not a forward proxy.
+    ConnectRefused,
 }
 
 impl ProxyError {
@@ -64,7 +68,10 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::BadFraming | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadFraming | ProxyError::ClientBody | ProxyError::BadHost => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BreakerOpen
             | ProxyError::BulkheadFull
             | ProxyError::QueueTimeout
@@ -92,6 +99,8 @@ impl ProxyError {
             ProxyError::Shed => "shed",
             ProxyError::Degraded => "degraded",
             ProxyError::RateLimited => "rate_limited",
+            ProxyError::BadHost => "bad_host",
+            ProxyError::ConnectRefused => "connect_refused",
         }
     }
 
@@ -117,6 +126,8 @@ impl ProxyError {
             ProxyError::Shed => "the upstream cluster is overloaded; request shed",
             ProxyError::Degraded => "this route is switched off at the current service level",
             ProxyError::RateLimited => "too many requests; see Retry-After",
+            ProxyError::BadHost => "an HTTP/1.1 request needs exactly one Host header",
+            ProxyError::ConnectRefused => "CONNECT is not served here: this is a reverse proxy",
         }
     }
 
@@ -126,6 +137,8 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadFraming
+                | ProxyError::BadHost
+                | ProxyError::ConnectRefused
                 | ProxyError::BodyTooLarge
                 | ProxyError::HeadersTooLarge
                 | ProxyError::ClientBody
@@ -204,6 +217,13 @@ pub fn response_with_status(
         HeaderValue::from_static("application/json"),
     );
     h.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
+    if err == ProxyError::ConnectRefused {
+        // A 405 names the methods that are served (RFC 9110 §15.5.6).
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
+        );
+    }
     if err.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

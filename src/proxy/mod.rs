@@ -23,6 +23,7 @@
 
 pub mod body;
 pub mod error;
+pub mod front_door;
 pub mod headers;
 pub mod record;
 
@@ -164,6 +165,7 @@ async fn forward<B: RequestBody>(
     let start = arrival.start;
     let answer = async {
         headers::check_framing(req.headers()).map_err(|_| ProxyError::BadFraming)?;
+        front_door::check(&req)?;
         let listener = snapshot.listener(cx.local).ok_or(ProxyError::NoRoute)?;
         if head_too_large(&req, listener.max_header_bytes) {
             return Err(ProxyError::HeadersTooLarge.into());

@@ -1,6 +1,8 @@
-//! One client connection: HTTP/1.1 served by hyper, wrapped with the header
-//! and idle timeouts, graceful shutdown, and the 408 answer for a client that
-//! never finishes its request head.
+//! One client connection, whatever its transport: the first bytes tell what
+//! the client speaks (`sniff`); HTTP/1.1 is served by hyper, wrapped with the
+//! header and idle timeouts, graceful shutdown, and the 408 answer for a
+//! client that never finishes its request head. Everything here is generic
+//! over the stream, so a TLS stream gets the same treatment as a TCP one.
 
 use std::convert::Infallible;
 use std::io;
@@ -17,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::phase::{HeadScan, Phase, Verdict, Watch};
+use super::sniff::{self, Prefix, Prefixed, ReadReady, Speaks};
 use crate::proxy::{self, ConnCtx, error::json_body, headers};
 
 /// Connection settings taken from the listener when the connection is accepted.
@@ -24,17 +27,18 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    pub engine: crate::config::Http1Engine,
 }
 
 /// The client socket, telling `Phase` when a new request starts arriving and
 /// scanning its head for ambiguous framing.
-struct TimedIo {
-    inner: TcpStream,
+struct TimedIo<S> {
+    inner: Prefixed<S>,
     phase: Arc<Phase>,
     scan: HeadScan,
 }
 
-impl AsyncRead for TimedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -61,7 +65,7 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,14 +93,59 @@ impl AsyncWrite for TimedIo {
 
 /// Serves one connection until the client leaves, a timeout closes it, or a
 /// shutdown has let its current request finish.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S>(
+    mut stream: S,
     cx: Arc<ConnCtx>,
     phase: Arc<Phase>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+{
+    // What the client speaks. Until its first bytes arrive the connection
+    // is idle: the idle timeout and a shutdown close it.
+    let mut prefix = Prefix::default();
+    let speaks = tokio::select! {
+        r = prefix.read(&mut stream) => r,
+        _ = tokio::time::sleep(settings.idle_timeout) => return,
+        _ = shutdown.changed() => return,
+    };
+    match speaks {
+        Ok(Some(Speaks::Http1)) => {}
+        Ok(Some(other)) => {
+            let (protocol, answer) = match other {
+                Speaks::Http2 => ("http2", sniff::h2_goaway()),
+                _ => ("tls", sniff::TLS_ALERT.to_vec()),
+            };
+            cx.shared
+                .metrics
+                .wrong_protocol
+                .get_or_create(&crate::observe::metrics::ProtocolLabels { protocol })
+                .inc();
+            linger_close(stream, &answer).await;
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    }
+    let stream = Prefixed::new(prefix, stream);
+    if settings.engine == crate::config::Http1Engine::Levee {
+        return super::h1::conn::serve(stream, cx, phase, settings, shutdown).await;
+    }
+    // Boxed: hyper's connection state is large, and this future is what
+    // every connection's task holds.
+    Box::pin(serve_hyper(stream, cx, phase, settings, shutdown)).await;
+}
+
+/// HTTP/1.1 served by hyper (`server.http1 = "hyper"`).
+async fn serve_hyper<S>(
+    stream: Prefixed<S>,
+    cx: Arc<ConnCtx>,
+    phase: Arc<Phase>,
+    settings: Settings,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(TimedIo {
         inner: stream,
         phase: phase.clone(),
@@ -105,6 +154,7 @@ pub async fn serve(
     let service_cx = cx.clone();
     let service = service_fn(move |req| {
         let cx = service_cx.clone();
+        let req = req.map(crate::server::client_body::ClientBody::Hyper);
         async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
     });
     let mut conn = http1::Builder::new()
@@ -169,33 +219,36 @@ pub async fn serve(
 
 /// Answers 408 to a client whose request head did not arrive in time, then
 /// closes. The write is bounded: a client that does not read gets nothing.
-async fn request_timeout(mut stream: TcpStream, cx: &ConnCtx) {
-    let id = headers::request_id(&http::HeaderMap::new(), cx.shared.id_seed);
-    let id = id.to_str().unwrap_or("");
-    let body = json_body(
+async fn request_timeout<S: AsyncRead + AsyncWrite + Unpin>(stream: S, cx: &ConnCtx) {
+    let answer = error_answer(
         http::StatusCode::REQUEST_TIMEOUT,
         "header_timeout",
         "the request head did not arrive in time",
-        id,
+        cx,
     );
-    let head = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+    linger_close(stream, &answer).await;
+}
+
+/// A whole response carrying Levee's JSON error body, for errors answered
+/// outside the pipeline (no request to route), with `connection: close`.
+pub fn error_answer(status: http::StatusCode, code: &str, message: &str, cx: &ConnCtx) -> Vec<u8> {
+    let id = headers::request_id(&http::HeaderMap::new(), cx.shared.id_seed);
+    let id = id.to_str().unwrap_or("");
+    let body = json_body(status, code, message, id);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
-    );
-    let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Answers 429 to a connection beyond its IP's `max_connections_per_ip`,
-/// then closes. The request is read (up to 64 KiB, for at most a second)
-/// before closing, so that the close does not reset the connection and
-/// lose the answer. Bounded: a client that neither reads nor writes is
-/// dropped after a second.
-pub async fn too_many_connections(mut stream: TcpStream, id_seed: u64) {
+/// then closes (see `answer_and_close`).
+pub async fn too_many_connections(stream: TcpStream, id_seed: u64) {
     let id = headers::request_id(&http::HeaderMap::new(), id_seed);
     let id = id.to_str().unwrap_or("");
     let body = json_body(
@@ -208,11 +261,23 @@ pub async fn too_many_connections(mut stream: TcpStream, id_seed: u64) {
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
         body.len()
     );
+    let mut answer = head.into_bytes();
+    answer.extend_from_slice(&body);
+    linger_close(stream, &answer).await;
+}
+
+/// Writes `answer` (may be empty) and closes. What the client sends is read (up to 64 KiB,
+/// for at most a second) before closing, so that the close does not reset
+/// the connection and lose the answer. Bounded: a client that neither reads
+/// nor writes is dropped after a second.
+pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
     let answer = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
+        if !answer.is_empty() {
+            stream.write_all(answer).await?;
+        }
         stream.shutdown().await?;
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's future.
+        let mut buf = vec![0u8; 4096];
         let mut read = 0;
         while read < 64 * 1024 {
             match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await? {

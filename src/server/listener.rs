@@ -188,6 +188,7 @@ impl AcceptLoop {
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
                 max_header_bytes: l.max_header_bytes,
+                engine: snapshot.config.server.http1,
             };
             let phase = Arc::new(Phase::default());
             let cx = Arc::new(ConnCtx {
@@ -198,6 +199,7 @@ impl AcceptLoop {
                 worker: self.worker,
             });
             let shutdown = self.shutdown.clone();
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 conn::serve(stream, cx, phase, settings, shutdown).await;
                 drop(guard);

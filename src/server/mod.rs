@@ -6,10 +6,13 @@
 //! control plane: it binds sockets, serves the admin API, and handles
 //! SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown).
 
+pub mod client_body;
 pub mod conn;
 mod control;
+pub mod h1;
 pub mod listener;
 pub mod phase;
+pub mod sniff;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -28,6 +28,7 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+#[derive(Clone)]
 struct Table {
     name: String,
     lines: Vec<String>,
@@ -159,14 +160,29 @@ impl ConfigBuilder {
         self
     }
 
+    /// The config text. With `LEVEE_TEST_HTTP1=hyper` (or `levee`) in the
+    /// environment, `[server] http1` is set to it unless the test sets it,
+    /// so that the whole suite can run against either HTTP/1 engine.
     pub fn build(&self) -> String {
+        let mut tables = self.tables.clone();
+        if let Ok(engine) = std::env::var("LEVEE_TEST_HTTP1") {
+            let line = format!("http1 = {engine:?}");
+            match tables.iter_mut().find(|t| t.name == "server") {
+                Some(t) if !t.lines.iter().any(|l| l.starts_with("http1")) => t.lines.push(line),
+                Some(_) => {}
+                None => tables.push(Table {
+                    name: "server".into(),
+                    lines: vec![line],
+                }),
+            }
+        }
         let mut out = String::new();
-        let admin_extra = self.tables.iter().find(|t| t.name == "admin");
+        let admin_extra = tables.iter().find(|t| t.name == "admin");
         out.push_str(&format!("[admin]\naddress = \"{}\"\n", self.admin));
         for line in admin_extra.map(|t| t.lines.as_slice()).unwrap_or_default() {
             out.push_str(&format!("{line}\n"));
         }
-        for t in self.tables.iter().filter(|t| t.name != "admin") {
+        for t in tables.iter().filter(|t| t.name != "admin") {
             out.push_str(&format!("\n[{}]\n", t.name));
             for line in &t.lines {
                 out.push_str(&format!("{line}\n"));
