@@ -444,6 +444,71 @@ cluster = "ap"
     }
 }
 
+/// Issue 9, item 0a: an empty or truncated file (an editor's half-written
+/// save, a failed template run) is refused by SIGHUP and by `POST /reload`,
+/// and every listener keeps serving. Only a file that says
+/// `allow_no_listeners = true` may leave the admin API alone.
+#[test]
+fn an_empty_or_truncated_file_never_stops_the_listeners() {
+    let a = Backend::start("a");
+    let (listen, admin) = (free_addr(), free_addr());
+    let good = simple(listen, admin, &[a.addr()]).build();
+    let mut levee = Levee::start(&good);
+    assert_eq!(backend_name(&get_ok(listen, "/")), "a");
+    // Cut short after the admin table: valid TOML, no listener.
+    let truncated = format!("[admin]\naddress = \"{admin}\"\n");
+    let cases = [
+        ("SIGHUP", ""),
+        ("POST /reload", ""),
+        ("SIGHUP", truncated.as_str()),
+    ];
+    for (n, (how, text)) in cases.into_iter().enumerate() {
+        levee.write_config(text);
+        let n = n as u64 + 1;
+        if how == "SIGHUP" {
+            assert!(levee.sighup());
+            assert!(
+                wait_until(T, || reloads(&levee, "refused") == n),
+                "{how} {text:?}: not refused\n{}",
+                levee.logs()
+            );
+        } else {
+            let r = levee
+                .admin_request("POST", "/reload", b"")
+                .expect("POST /reload");
+            assert_eq!(r.status, 400, "{how}: {}", r.text());
+            let body = r.json().expect("JSON answer");
+            assert_eq!(body["result"], "refused", "{body}");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(":1:1: listeners: no listener"), "{body}");
+        }
+        assert_eq!(reloads(&levee, "applied"), 0);
+        for name in answered_by(listen, 3) {
+            assert_eq!(name, "a", "{how} {text:?}: still serving");
+        }
+    }
+    assert!(
+        levee
+            .stderr_text()
+            .contains("configuration refused, still running the previous one"),
+        "{}",
+        levee.stderr_text()
+    );
+    // Said explicitly: applied, and the listener closes.
+    levee.write_config(&format!(
+        "[server]\nallow_no_listeners = true\n[admin]\naddress = \"{admin}\"\n[access_log]\nenabled = false\n"
+    ));
+    assert_eq!(levee.reload_via_admin(), 200, "{}", levee.logs());
+    assert!(
+        wait_until(T, || connect_refused(listen)),
+        "the listener should close"
+    );
+    assert_eq!(
+        levee.status_json()["listeners"].as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // c. In-flight requests finish across a reload.
 

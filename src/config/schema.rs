@@ -44,6 +44,13 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// A configuration without listeners (only the admin API serves) is
+    /// refused unless this says so: an empty or truncated file must never
+    /// stop every listener.
+    pub allow_no_listeners: bool,
+    /// Where to write the process id at start (nginx's `pid`, HAProxy's
+    /// `pidfile`); removed on a clean exit. Unset: no pid file.
+    pub pid_file: Option<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +58,8 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: 0,
             drain_timeout: Duration::from_secs(30),
+            allow_no_listeners: false,
+            pid_file: None,
         }
     }
 }
@@ -312,9 +321,10 @@ pub struct ClusterConfig {
     pub name: Spanned<String>,
     #[serde(default = "default_balance")]
     pub balance: Balance,
-    /// What `ip_hash`, `consistent_hash` and `maglev` hash.
+    /// What `ip_hash`, `consistent_hash` and `maglev` hash (spanned: set on
+    /// another algorithm, it is refused, not ignored).
     #[serde(default = "default_hash_key")]
-    pub hash_key: HashKey,
+    pub hash_key: Spanned<HashKey>,
     /// Points per endpoint (times its weight) on the `consistent_hash` ring.
     #[serde(default = "default_virtual_nodes")]
     pub virtual_nodes: Spanned<usize>,
@@ -470,8 +480,8 @@ fn default_balance() -> Balance {
 fn default_slow_start() -> Duration {
     Duration::from_secs(0)
 }
-fn default_hash_key() -> HashKey {
-    HashKey::ClientIp
+fn default_hash_key() -> Spanned<HashKey> {
+    Spanned::new(0..0, HashKey::ClientIp)
 }
 fn default_virtual_nodes() -> Spanned<usize> {
     Spanned::new(0..0, crate::cluster::balance::DEFAULT_VNODES)
