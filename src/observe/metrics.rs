@@ -284,7 +284,7 @@ impl Metrics {
             "Client connections answered 429 and closed because their IP was at the listener's max_connections_per_ip",
             connections_per_ip_refused.clone(),
         );
-        Metrics {
+        let metrics = Metrics {
             registry,
             ratelimit_decisions,
             ratelimit_store_errors,
@@ -310,7 +310,9 @@ impl Metrics {
             connections_total,
             connections_refused,
             reloads,
-        }
+        };
+        super::known::process(&metrics);
+        metrics
     }
 
     /// The Prometheus text exposition of every metric.
