@@ -509,6 +509,62 @@ fn an_empty_or_truncated_file_never_stops_the_listeners() {
     );
 }
 
+/// Issue 9, item 0b: a setting fixed at start (`server.workers`,
+/// `admin.address`, `access_log.enabled`, ...) changed by a reload is refused
+/// with the reason, not accepted and ignored; a new `access_log.path` is
+/// applied (the log is reopened there).
+#[test]
+fn a_reload_refuses_restart_only_changes_and_moves_the_access_log() {
+    let a = Backend::start("a");
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = |name: &str| dir.path().join(name).display().to_string();
+    let with = |workers: usize, log_path: &str| {
+        ConfigBuilder::simple(listen, &[a.addr()])
+            .admin_at(admin)
+            .set("server", &format!("workers = {workers}"))
+            .set("access_log", &format!("path = {log_path:?}"))
+            .build()
+    };
+    let mut levee = Levee::start(&with(1, &log("first.log")));
+    let path = levee.config_path().display().to_string();
+    get_ok(listen, "/one");
+    levee.write_config(&with(2, &log("first.log")));
+    let r = levee
+        .admin_request("POST", "/reload", b"")
+        .expect("POST /reload");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json().expect("JSON")["error"].as_str(),
+        Some(
+            format!(
+                "{path}: server.workers: a reload cannot change it (running 1, the file says 2); \
+                 restart Levee to apply it, or put the running value back"
+            )
+            .as_str()
+        )
+    );
+    levee.write_config(&with(1, &log("second.log")));
+    assert_eq!(levee.reload_via_admin(), 200, "{}", levee.logs());
+    get_ok(listen, "/two");
+    let paths = |name: &str| {
+        let text = std::fs::read_to_string(log(name)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["path"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(T, || paths("second.log") == ["/two"]),
+        "{:?}\n{}",
+        paths("second.log"),
+        levee.logs()
+    );
+    assert_eq!(paths("first.log"), ["/one"]);
+    assert!(levee.sighup());
+    assert!(wait_until(T, || reloads(&levee, "applied") == 2));
+}
+
 // ---------------------------------------------------------------------------
 // c. In-flight requests finish across a reload.
 
