@@ -161,6 +161,10 @@ fn demo(listen: SocketAddr, admin: SocketAddr, backend_port: u16) -> ExitCode {
     let backends: Vec<SocketAddr> = (0..3)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], backend_port.saturating_add(i))))
         .collect();
+    if let Err(e) = levee::demo::check_ports(listen, admin, &backends) {
+        eprintln!("levee demo: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = levee::demo::start_backends(&backends) {
         eprintln!("levee demo: cannot start the demo backends: {e}");
         return ExitCode::FAILURE;

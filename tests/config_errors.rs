@@ -1056,3 +1056,45 @@ retry = { max_attempts = 1, retry_statuses = [503] }
         "max_attempts = 1 makes no retry; raise max_attempts or remove retry_statuses",
     );
 }
+
+/// Issue 9, item 6e: type errors in the words of the file's reader, not
+/// Rust's (`usize`, `u32`, `f64`, `struct RetryConfig`, `as i128`).
+#[test]
+fn type_errors_speak_toml_not_rust() {
+    let cases = [
+        (
+            "[server]\nworkers = -1\n",
+            "server.workers: invalid value: integer `-1`, expected a whole number (0 or more)",
+        ),
+        (
+            "[server]\nworkers = 99999999999999999999\n",
+            "server.workers: invalid type: integer `99999999999999999999`, expected a whole number (0 or more)",
+        ),
+        (
+            "[[clusters]]\nname = \"a\"\npanic_threshold = 1.5\n",
+            "clusters[0].panic_threshold: invalid type: decimal number `1.5`, expected a whole number from 0 to 4294967295",
+        ),
+        (
+            "[admin]\nenabled = \"yes\"\n",
+            "admin.enabled: invalid type: string \"yes\", expected true or false",
+        ),
+        (
+            "[[clusters]]\nname = \"a\"\nretry = \"x\"\n",
+            "clusters[0].retry: invalid type: string \"x\", expected a table, e.g. { key = value } or a [section]",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\nmethods = \"GET\"\n",
+            "routes[0].methods: invalid type: string \"GET\", expected a list, e.g. [\"a\", \"b\"]",
+        ),
+    ];
+    for (toml, want) in cases {
+        let (code, _, stderr) = Levee::check(toml);
+        assert_eq!(code, 1, "{toml}");
+        assert!(stderr.trim_end().ends_with(want), "{toml}\n got: {stderr}");
+        for rust in [
+            "usize", "u32", "i128", "f64", "struct ", "boolean", "sequence",
+        ] {
+            assert!(!stderr.contains(rust), "{rust} leaked: {stderr}");
+        }
+    }
+}

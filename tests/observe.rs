@@ -607,3 +607,47 @@ fn admin_404_lists_every_endpoint() {
     let r = http_request(admin, "POST", &drain, &[], b"", T).expect("drain");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Item 5c: `levee demo` with a port already taken says which flag chooses
+/// another (and suggests a free one), for each of its three kinds of port.
+#[test]
+fn demo_names_the_flag_for_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    let run = |listen: String, admin: String, backend_port: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["demo", "--listen", &listen, "--admin", &admin])
+            .args(["--backend-port", &backend_port])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run levee demo");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let free = || free_addr().to_string();
+    let ports = three_free_ports().to_string();
+    let (code, stderr) = run(busy.to_string(), free(), ports.clone());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("levee demo: {busy} is not available"))
+            && stderr.contains("choose another address with --listen, e.g. --listen 127.0.0.1:"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(free(), busy.to_string(), ports);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("choose another address with --admin, e.g. --admin 127.0.0.1:"),
+        "{stderr}"
+    );
+    // The busy port as the second of the three backends.
+    let (code, stderr) = run(free(), free(), (busy.port() - 1).to_string());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("and {busy} is not available"))
+            && stderr.contains("choose other ports with --backend-port, e.g. --backend-port "),
+        "{stderr}"
+    );
+    drop(taken);
+}

@@ -1,9 +1,11 @@
 //! Idle upstream connections, per endpoint and per worker.
 //!
-//! Each worker thread runs its own event loop, and a hyper connection is
-//! driven by a task on the loop that opened it; handing it to another worker
-//! would make every request hop threads. So each worker has its own slot, and
-//! a slot's lock is only ever taken by its own worker (uncontended).
+//! An idle connection is Levee's own (`upstream::Conn`: a socket registered
+//! with the event loop of the worker that opened it, and its read buffer);
+//! the request's task reads and writes it directly, with no driver task.
+//! Used from another worker, its socket would be polled by a foreign loop and
+//! every request would hop threads. So each worker has its own slot, and a
+//! slot's lock is only ever taken by its own worker (uncontended).
 //! Connections are reused newest-first, which keeps the hot set small and lets
 //! the rest age out.
 
