@@ -811,6 +811,18 @@ fn an_empty_or_comment_only_file_is_refused() {
     // Clusters and routes but no listener: the same.
     let toml = "[[clusters]]\nname = \"app\"\n[[routes]]\nname = \"all\"\ncluster = \"app\"\n";
     assert_refused(toml, 1, 1, "[[clusters]]", "listeners", NO_LISTENER);
+    // `levee run` on an empty file: refused, exit 1, the admin API never up.
+    let mut levee = Levee::spawn("# nothing yet\n");
+    let status = levee.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", levee.stderr_text());
+    assert!(
+        levee
+            .stderr_text()
+            .contains("levee: configuration refused: "),
+        "{}",
+        levee.stderr_text()
+    );
+    assert!(levee.stderr_text().contains(NO_LISTENER));
 }
 
 #[test]
