@@ -223,18 +223,19 @@ mod weight_tests {
     #[test]
     fn every_weighted_algorithm_honours_weights() {
         let members = weighted(&[3, 1]);
-        for balance in [
-            "round_robin",
-            "weighted_round_robin",
-            "least_conn",
-            "weighted_least_conn",
-            "ip_hash",
-            "consistent_hash",
-            "maglev",
-            "random",
+        for (balance, extra) in [
+            ("round_robin", ""),
+            ("weighted_round_robin", ""),
+            ("least_conn", ""),
+            ("weighted_least_conn", ""),
+            ("ip_hash", ""),
+            ("consistent_hash", ""),
+            ("consistent_hash", "hash_balance_factor = 1.25"),
+            ("maglev", ""),
+            ("random", ""),
         ] {
             let config: ClusterConfig =
-                toml::from_str(&format!("name = \"c\"\nbalance = \"{balance}\"\n"))
+                toml::from_str(&format!("name = \"c\"\nbalance = \"{balance}\"\n{extra}\n"))
                     .expect("cluster config");
             let b = build(&config, &members);
             let mut in_flight = [0u64; 2];
@@ -258,7 +259,7 @@ mod weight_tests {
             let share = in_flight[0] as f64 / 4000.0;
             assert!(
                 (0.70..=0.80).contains(&share),
-                "{balance}: weight 3 of 4 took {share:.3} of the picks"
+                "{balance} {extra}: weight 3 of 4 took {share:.3} of the picks"
             );
         }
     }
