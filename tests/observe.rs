@@ -560,6 +560,13 @@ fn status_shows_uptime_config_path_and_the_last_reload() {
             .is_some_and(|e| e.starts_with(&format!("{path}:1:1: listeners: no listener"))),
         "{r}"
     );
+    // The service level's last change: readable too.
+    let put = levee
+        .admin_request("PUT", "/degradation", b"minimal")
+        .expect("PUT /degradation");
+    assert_eq!(put.status, 200);
+    let change = &levee.status_json()["degradation"]["last_change"];
+    assert!(is_rfc3339(&change["time"]), "{change}");
     std::thread::sleep(Duration::from_millis(1100));
     assert!(levee.status_json()["uptime_seconds"].as_u64() >= Some(1));
 }
