@@ -834,6 +834,17 @@ fn the_admin_api_alone_only_when_the_file_says_so() {
         stdout.ends_with("/levee.toml: ok (0 listeners, 0 routes, 0 clusters)\n"),
         "{stdout:?}"
     );
+    // ...and not with the admin API off as well: then nothing would serve.
+    let toml = "[server]\nallow_no_listeners = true\n\n[admin]\nenabled = false\n";
+    assert_refused(
+        toml,
+        1,
+        1,
+        "[server]",
+        "listeners",
+        "no listener and the admin API disabled: Levee would serve nothing at all; \
+         add a [[listeners]] table or enable the admin API",
+    );
 }
 
 #[test]

@@ -454,6 +454,14 @@ fn check_serves_something(config: &Config) -> Result<(), Invalid> {
              server.allow_no_listeners = true to run with the admin API only",
         ));
     }
+    if config.listeners.is_empty() && !config.admin.enabled {
+        return Err(invalid(
+            0..0,
+            "listeners".into(),
+            "no listener and the admin API disabled: Levee would serve nothing at all; \
+             add a [[listeners]] table or enable the admin API",
+        ));
+    }
     for (i, r) in config.routes.iter().enumerate() {
         if r.listeners.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid(
