@@ -1121,3 +1121,34 @@ fn type_errors_speak_toml_not_rust() {
         }
     }
 }
+
+#[test]
+fn rate_limit_settings_that_could_not_act_are_refused() {
+    let toml = r#"[[rate_limit.rules]]
+name = "per-ip"
+limit = 5
+on_store_error = "deny"
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"per-ip\"",
+        "rate_limit.rules[0].on_store_error",
+        "only applies to a rule whose store is \"redis\"; this rule counts locally",
+    );
+    let toml = r#"[[rate_limit.rules]]
+name = "per-ip"
+key = ["client_ip", "route"]
+limit = 5
+on_missing_key = "skip"
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"per-ip\"",
+        "rate_limit.rules[0].on_missing_key",
+        "only applies to a key with a header: or cookie: part, which a request may lack",
+    );
+}

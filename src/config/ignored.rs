@@ -7,6 +7,7 @@
 
 use serde_spanned::Spanned;
 
+use super::ratelimit::{OnMissingKey, StoreKind};
 use super::resilience::{BreakerConfig, BulkheadConfig, RetryConfig};
 use super::schema::{Balance, CheckKind, ClusterConfig, Config, HealthCheckConfig};
 use super::validate::{Invalid, invalid};
@@ -40,6 +41,28 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         }
         if let Some(retry) = &r.retry {
             check_retry(retry, &r.name, &format!("{key}.retry"))?;
+        }
+    }
+    let rl = &config.rate_limit;
+    for (i, r) in rl.rules.iter().enumerate() {
+        let key = format!("rate_limit.rules[{i}]");
+        if r.on_store_error.is_some() && r.store.unwrap_or(rl.store) == StoreKind::Local {
+            return Err(invalid(
+                r.name.span(),
+                format!("{key}.on_store_error"),
+                "only applies to a rule whose store is \"redis\"; this rule counts locally",
+            ));
+        }
+        let by_request = r.key.get_ref().iter().any(|p| {
+            let p = p.get_ref();
+            p.starts_with("header:") || p.starts_with("cookie:")
+        });
+        if r.on_missing_key != OnMissingKey::default() && !by_request {
+            return Err(invalid(
+                r.name.span(),
+                format!("{key}.on_missing_key"),
+                "only applies to a key with a header: or cookie: part, which a request may lack",
+            ));
         }
     }
     Ok(())
