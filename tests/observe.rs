@@ -648,11 +648,14 @@ fn demo_names_the_flag_for_a_taken_port() {
         stderr.contains("choose another address with --admin, e.g. --admin 127.0.0.1:"),
         "{stderr}"
     );
-    // The busy port as the second of the three backends.
-    let (code, stderr) = run(free(), free(), (busy.port() - 1).to_string());
+    // A busy port as the second of the three backends.
+    let first = three_free_ports();
+    let second = std::net::TcpListener::bind(("127.0.0.1", first + 1)).expect("bind");
+    let (code, stderr) = run(free(), free(), first.to_string());
+    drop(second);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("and {busy} is not available"))
+        stderr.contains(&format!("and 127.0.0.1:{} is not available", first + 1))
             && stderr.contains("choose other ports with --backend-port, e.g. --backend-port "),
         "{stderr}"
     );
