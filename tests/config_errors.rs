@@ -834,6 +834,18 @@ fn the_admin_api_alone_only_when_the_file_says_so() {
         stdout.ends_with("/levee.toml: ok (0 listeners, 0 routes, 0 clusters)\n"),
         "{stdout:?}"
     );
+    // `levee run` on it: the admin API alone serves.
+    let admin = free_addr();
+    let levee = Levee::start(&format!(
+        "[server]\nallow_no_listeners = true\n\n[admin]\naddress = \"{admin}\"\n"
+    ));
+    let status = levee.status_json();
+    assert_eq!(
+        status["listeners"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    drop(levee);
     // ...and not with the admin API off as well: then nothing would serve.
     let toml = "[server]\nallow_no_listeners = true\n\n[admin]\nenabled = false\n";
     assert_refused(
