@@ -1080,6 +1080,19 @@ bulkhead = { max_concurrent = 10, queue_timeout = "2s" }
     );
     let toml = r#"[[clusters]]
 name = "app"
+response_timeout = "2s"
+retry = { per_try_timeout = "2s" }
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"app\"",
+        "clusters[0].retry.per_try_timeout",
+        "2s is not shorter than response_timeout 2s (the deadline over all tries), so it would never end a try; make it shorter or remove it",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
 retry = { max_attempts = 1, retry_statuses = [503] }
 "#;
     assert_refused(

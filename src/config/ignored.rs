@@ -108,6 +108,19 @@ fn check_cluster(c: &ClusterConfig, key: &str) -> Result<(), Invalid> {
         check_health(h, &c.name, &format!("{key}.health_check"))?;
     }
     check_retry(&c.retry, &c.name, &format!("{key}.retry"))?;
+    if let Some(t) = c.retry.per_try_timeout
+        && t >= c.response_timeout
+    {
+        return Err(invalid(
+            c.name.span(),
+            format!("{key}.retry.per_try_timeout"),
+            format!(
+                "{t} is not shorter than response_timeout {} (the deadline over all tries), \
+                 so it would never end a try; make it shorter or remove it",
+                c.response_timeout
+            ),
+        ));
+    }
     for (field, b) in [
         ("circuit_breaker", &c.circuit_breaker),
         ("endpoint_circuit_breaker", &c.endpoint_circuit_breaker),
