@@ -13,6 +13,56 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+/// Checks that the demo's addresses are free, before anything starts, so
+/// that a taken port is reported with the flag that moves it (and a free
+/// address to try) rather than as a bare "address in use".
+pub fn check_ports(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backends: &[SocketAddr],
+) -> Result<(), String> {
+    let taken = |a: SocketAddr| std::net::TcpListener::bind(a).err();
+    for (address, flag) in [(listen, "--listen"), (admin, "--admin")] {
+        if let Some(e) = taken(address) {
+            let hint = next_free(address, 1)
+                .map(|a| format!(", e.g. {flag} {a}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "{address} is not available ({e}); choose another address with {flag}{hint}"
+            ));
+        }
+    }
+    for &address in backends {
+        if let Some(e) = taken(address) {
+            let (first, n) = (backends[0], backends.len());
+            let hint = next_free(first, n)
+                .map(|a| format!(", e.g. --backend-port {}", a.port()))
+                .unwrap_or_default();
+            return Err(format!(
+                "the {n} demo backends need ports {} to {} and {address} is not available ({e}); \
+                 choose other ports with --backend-port{hint}",
+                first.port(),
+                first.port().saturating_add(n as u16 - 1)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first address after `from` (same IP, a higher port, at most 100
+/// ports on) where `n` consecutive ports are free now.
+fn next_free(from: SocketAddr, n: usize) -> Option<SocketAddr> {
+    (1..=100u16).find_map(|step| {
+        let start = from.port().checked_add(step)?;
+        let all_free = (0..n as u16).all(|i| {
+            start
+                .checked_add(i)
+                .is_some_and(|p| std::net::TcpListener::bind(SocketAddr::new(from.ip(), p)).is_ok())
+        });
+        all_free.then(|| SocketAddr::new(from.ip(), start))
+    })
+}
+
 /// Starts the demo backends on their own thread; returns once they listen.
 pub fn start_backends(addresses: &[SocketAddr]) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()

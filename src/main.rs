@@ -21,8 +21,8 @@ use levee::server::Server;
 /// bulkheads, service levels) and docs/rate-limiting.md. Logs go to standard
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
-/// (/status, /metrics, POST /reload, PUT /degradation) is in
-/// docs/operations.md.
+/// (/status, /metrics, POST /reload, PUT /degradation, draining endpoints)
+/// and the signals are in docs/operations.md.
 #[derive(Parser)]
 #[command(name = "levee", version, about, long_about)]
 struct Cli {
@@ -33,8 +33,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve traffic with a configuration file. SIGHUP reloads the file
-    /// (a bad file is refused and the running config kept); SIGTERM or
+    /// (a bad file, an empty one included, is refused and the running config
+    /// kept); SIGUSR1 reopens the access log file (logrotate); SIGTERM or
     /// SIGINT stop accepting, let in-flight requests finish, and exit 0.
+    /// server.pid_file in the config writes a pid file.
     Run {
         /// Path to the TOML configuration.
         #[arg(short, long, value_name = "FILE")]
@@ -49,7 +51,8 @@ enum Command {
     /// Start Levee on an embedded config with three built-in backends on
     /// loopback (round robin, retries, a circuit breaker, a rate-limited
     /// route, a route switched off below FULL), print what to try, and show
-    /// requests spread over the backends.
+    /// requests spread over the backends. A port already taken is reported
+    /// with the flag that moves it.
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -161,6 +164,10 @@ fn demo(listen: SocketAddr, admin: SocketAddr, backend_port: u16) -> ExitCode {
     let backends: Vec<SocketAddr> = (0..3)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], backend_port.saturating_add(i))))
         .collect();
+    if let Err(e) = levee::demo::check_ports(listen, admin, &backends) {
+        eprintln!("levee demo: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = levee::demo::start_backends(&backends) {
         eprintln!("levee demo: cannot start the demo backends: {e}");
         return ExitCode::FAILURE;

@@ -120,6 +120,7 @@ impl ServiceLevel {
             "manual": state.machine.manual().map(Level::as_str),
             "auto": state.machine.auto_level().as_str(),
             "last_change": state.last.as_ref().map(|(at, reason)| serde_json::json!({
+                "time": crate::observe::access_log::rfc3339_millis(*at),
                 "unix_ms": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "reason": reason,
             })),

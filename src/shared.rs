@@ -25,6 +25,21 @@ pub struct Shared {
     pub service_level: crate::service_level::ServiceLevel,
     /// Rate-limit tables and Redis stores that outlive snapshots.
     pub rate_limits: crate::ratelimit::rules::Registry,
+    /// When the process started serving (wall clock for `/status`, monotonic
+    /// for the uptime).
+    pub started: (std::time::SystemTime, std::time::Instant),
+    /// The last reload, for `/status`.
+    pub last_reload: std::sync::Mutex<Option<LastReload>>,
+}
+
+/// What `/status` says about the last reload.
+#[derive(Clone, Debug)]
+pub struct LastReload {
+    pub at: std::time::SystemTime,
+    /// `SIGHUP` or `admin`.
+    pub trigger: &'static str,
+    /// The summary when applied, the reason when refused.
+    pub result: Result<String, String>,
 }
 
 impl Shared {
@@ -56,6 +71,8 @@ impl Shared {
             config_path,
             service_level,
             rate_limits,
+            started: (std::time::SystemTime::now(), std::time::Instant::now()),
+            last_reload: std::sync::Mutex::new(None),
         })
     }
 

@@ -49,6 +49,7 @@ impl Snapshot {
         metrics: &Metrics,
         first: bool,
     ) -> Snapshot {
+        crate::observe::known::config(metrics, &config);
         let rate_limits = RateLimits::build(&config.rate_limit, limits, metrics);
         let clusters: Vec<Arc<Cluster>> = config
             .clusters

@@ -480,3 +480,50 @@ fn balancing_config_errors() {
         }
     }
 }
+
+/// Issue 9, item 0b: `round_robin` honours weights as nginx's and HAProxy's
+/// do (it ignored them: 20/20/20 with `weight = 3`), smooth and exact over
+/// each cycle; a reload that changes a weight changes the split.
+#[test]
+fn round_robin_honours_weights_and_their_reload() {
+    let bs = three();
+    let (admin, listen) = (free_addr(), free_addr());
+    let weighted = |w: u32| {
+        ConfigBuilder::new()
+            .admin_at(admin)
+            .set("server", "workers = 1")
+            .set("access_log", "enabled = false")
+            .listener("main", listen)
+            .cluster_with("app", &[], &["balance = \"round_robin\""])
+            .endpoint("app", bs[0].addr(), &[&format!("weight = {w}")])
+            .endpoint("app", bs[1].addr(), &[])
+            .endpoint("app", bs[2].addr(), &[])
+            .route("all", "app")
+            .build()
+    };
+    let levee = Levee::start(&weighted(1));
+    let names = ["b1", "b2", "b3"];
+    let count = |n: usize| {
+        let mut by = HashMap::new();
+        for _ in 0..n {
+            *by.entry(get(listen, "/", &[]).1).or_insert(0usize) += 1;
+        }
+        by
+    };
+    let by = count(30);
+    println!("round_robin 1:1:1: {}", split(&by, &names));
+    assert_eq!(
+        by.values().copied().collect::<HashSet<_>>(),
+        HashSet::from([10])
+    );
+    levee.write_config(&weighted(3));
+    assert_eq!(levee.reload_via_admin(), 200);
+    // Sequential requests on one worker: exactly 3/1/1 of every 5.
+    let by = count(50);
+    println!("round_robin 3:1:1: {}", split(&by, &names));
+    assert_eq!(
+        [by.get("b1"), by.get("b2"), by.get("b3")],
+        [Some(&30), Some(&10), Some(&10)],
+        "{by:?}"
+    );
+}

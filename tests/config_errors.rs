@@ -180,7 +180,7 @@ wieght = 2
         1,
         "drain_timout",
         "server.drain_timout",
-        "unknown field `drain_timout`, expected one of `workers`, `drain_timeout`, `http1`",
+        "unknown field `drain_timout`, expected one of `workers`, `drain_timeout`, `http1`, `allow_no_listeners`, `pid_file`",
     );
 }
 
@@ -804,4 +804,388 @@ cluster = "nope"
         levee.stderr_text()
     );
     assert!(refused_connect(admin), "nothing listens on admin {admin}");
+}
+
+// ---- A configuration must serve something (issue 9, item 0a) ----
+
+const NO_LISTENER: &str = "no listener: Levee would serve nothing (is the file empty or cut short?); \
+add a [[listeners]] table with a name and an address, or set server.allow_no_listeners = true \
+to run with the admin API only";
+
+#[test]
+fn an_empty_or_comment_only_file_is_refused() {
+    for toml in ["", "\n", "# nothing here yet\n"] {
+        let (code, stdout, stderr) = Levee::check(toml);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{toml:?}: {stderr}");
+        let want = format!("/levee.toml:1:1: listeners: {NO_LISTENER}\n");
+        assert!(stderr.ends_with(&want), "{toml:?}: got {stderr:?}");
+    }
+    // Clusters and routes but no listener: the same.
+    let toml = "[[clusters]]\nname = \"app\"\n[[routes]]\nname = \"all\"\ncluster = \"app\"\n";
+    assert_refused(toml, 1, 1, "[[clusters]]", "listeners", NO_LISTENER);
+    // `levee run` on an empty file: refused, exit 1, the admin API never up.
+    let mut levee = Levee::spawn("# nothing yet\n");
+    let status = levee.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", levee.stderr_text());
+    assert!(
+        levee
+            .stderr_text()
+            .contains("levee: configuration refused: "),
+        "{}",
+        levee.stderr_text()
+    );
+    assert!(levee.stderr_text().contains(NO_LISTENER));
+}
+
+#[test]
+fn the_admin_api_alone_only_when_the_file_says_so() {
+    let toml = "[server]\nallow_no_listeners = true\n\n[admin]\naddress = \"127.0.0.1:19900\"\n";
+    let (code, stdout, stderr) = Levee::check(toml);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        stdout.ends_with("/levee.toml: ok (0 listeners, 0 routes, 0 clusters)\n"),
+        "{stdout:?}"
+    );
+    // `levee run` on it: the admin API alone serves.
+    let admin = free_addr();
+    let levee = Levee::start(&format!(
+        "[server]\nallow_no_listeners = true\n\n[admin]\naddress = \"{admin}\"\n"
+    ));
+    let status = levee.status_json();
+    assert_eq!(
+        status["listeners"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    drop(levee);
+    // ...and not with the admin API off as well: then nothing would serve.
+    let toml = "[server]\nallow_no_listeners = true\n\n[admin]\nenabled = false\n";
+    assert_refused(
+        toml,
+        1,
+        1,
+        "[server]",
+        "listeners",
+        "no listener and the admin API disabled: Levee would serve nothing at all; \
+         add a [[listeners]] table or enable the admin API",
+    );
+}
+
+#[test]
+fn a_listener_without_a_route_is_refused() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+
+[[listeners]]
+name = "side"
+address = "127.0.0.1:18081"
+
+[[clusters]]
+name = "app"
+
+[[routes]]
+name = "api"
+listeners = ["main"]
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        6,
+        8,
+        "\"side\"",
+        "listeners[1]",
+        "listener \"side\" has no route, so it could only answer 404; add a [[routes]] entry \
+         that serves it (a route without `listeners` serves every listener)",
+    );
+    // No route at all.
+    let toml = "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:18080\"\n";
+    let (code, _, stderr) = Levee::check(toml);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(":2:8: listeners[0]: listener \"main\" has no route"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_route_with_an_empty_listener_list_is_refused() {
+    let toml = r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:18080"
+
+[[clusters]]
+name = "app"
+
+[[routes]]
+name = "all"
+cluster = "app"
+
+[[routes]]
+name = "nowhere"
+listeners = []
+cluster = "app"
+"#;
+    assert_refused(
+        toml,
+        13,
+        8,
+        "\"nowhere\"",
+        "routes[1].listeners",
+        "an empty list serves no listener; name at least one, or remove the key to serve every listener",
+    );
+}
+
+// ---- Never accept and ignore a setting (issue 9, item 0b) ----
+
+const WEIGHTLESS: &str = "picks by load and latency and cannot use weights; remove the weight, \
+or choose a weighted algorithm (round_robin, least_conn, random, ip_hash, consistent_hash, maglev)";
+
+#[test]
+fn weights_on_an_algorithm_that_cannot_use_them_are_refused() {
+    for balance in ["p2c", "least_response_time", "peak_ewma"] {
+        let toml = format!(
+            r#"[[clusters]]
+name = "app"
+balance = "{balance}"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19002"
+weight = 3
+"#
+        );
+        assert_refused(
+            &toml,
+            10,
+            10,
+            "3",
+            "clusters[0].endpoints[1].weight",
+            &format!("balance = \"{balance}\" {WEIGHTLESS}"),
+        );
+        // weight = 1 (the default, written out) changes nothing: accepted.
+        let ok = toml.replace("weight = 3", "weight = 1")
+            + "[[listeners]]\nname = \"m\"\naddress = \"127.0.0.1:18080\"\n\
+               [[routes]]\nname = \"r\"\ncluster = \"app\"\n";
+        let (code, _, stderr) = Levee::check(&ok);
+        assert_eq!(code, 0, "{balance}: {stderr}");
+    }
+}
+
+#[test]
+fn keys_of_another_algorithm_are_refused() {
+    let toml = r#"[[clusters]]
+name = "app"
+balance = "round_robin"
+hash_key = "header:x-user"
+"#;
+    assert_refused(
+        toml,
+        4,
+        12,
+        "\"header:x-user\"",
+        "clusters[0].hash_key",
+        "only applies to balance = \"ip_hash\", \"consistent_hash\" or \"maglev\"; this cluster uses \"round_robin\"",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+balance = "maglev"
+virtual_nodes = 100
+"#;
+    assert_refused(
+        toml,
+        4,
+        17,
+        "100",
+        "clusters[0].virtual_nodes",
+        "only applies to balance = \"consistent_hash\"; this cluster uses \"maglev\"",
+    );
+}
+
+#[test]
+fn a_split_key_without_a_split_is_refused() {
+    let toml = r#"[[clusters]]
+name = "app"
+
+[[routes]]
+name = "all"
+cluster = "app"
+split_key = "client_ip"
+"#;
+    assert_refused(
+        toml,
+        5,
+        8,
+        "\"all\"",
+        "routes[0].split_key",
+        "only applies to a route with `split`; this route sends everything to its `cluster`",
+    );
+}
+
+#[test]
+fn http_settings_on_a_tcp_check_and_a_status_that_never_passes_are_refused() {
+    let toml = r#"[[clusters]]
+name = "app"
+health_check = { type = "tcp", path = "/ready" }
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"app\"",
+        "clusters[0].health_check.path",
+        "only applies to type = \"http\"; a tcp check only connects",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+health_check = { expect_status = [200, 503] }
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"app\"",
+        "clusters[0].health_check.expect_status",
+        "503 can never pass (503 means \"out of service\" and never passes); list statuses from 100 to 599 other than 503",
+    );
+}
+
+#[test]
+fn breaker_bulkhead_and_retry_settings_that_could_not_act_are_refused() {
+    let toml = r#"[[clusters]]
+name = "app"
+circuit_breaker = { window = "10s", window_calls = 50 }
+"#;
+    assert_refused(
+        toml,
+        3,
+        52,
+        "50",
+        "clusters[0].circuit_breaker.window_calls",
+        "the window is either the last `window_calls` calls or the calls of the last `window`, not both; remove one",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+endpoint_circuit_breaker = { slow_call_rate = 0.5 }
+"#;
+    assert_refused(
+        toml,
+        3,
+        47,
+        "0.5",
+        "clusters[0].endpoint_circuit_breaker.slow_call_rate",
+        "needs slow_call_threshold (how slow a slow call is); set it or remove slow_call_rate",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+bulkhead = { max_concurrent = 10, queue_timeout = "2s" }
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"app\"",
+        "clusters[0].bulkhead.queue_timeout",
+        "max_queue = 0 queues nothing, so there is no wait to bound; set max_queue or remove queue_timeout",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+response_timeout = "2s"
+retry = { per_try_timeout = "2s" }
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"app\"",
+        "clusters[0].retry.per_try_timeout",
+        "2s is not shorter than response_timeout 2s (the deadline over all tries), so it would never end a try; make it shorter or remove it",
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+retry = { max_attempts = 1, retry_statuses = [503] }
+"#;
+    assert_refused(
+        toml,
+        3,
+        47,
+        "503",
+        "clusters[0].retry.retry_statuses",
+        "max_attempts = 1 makes no retry; raise max_attempts or remove retry_statuses",
+    );
+}
+
+/// Issue 9, item 6e: type errors in the words of the file's reader, not
+/// Rust's (`usize`, `u32`, `f64`, `struct RetryConfig`, `as i128`).
+#[test]
+fn type_errors_speak_toml_not_rust() {
+    let cases = [
+        (
+            "[server]\nworkers = -1\n",
+            "server.workers: invalid value: integer `-1`, expected a whole number (0 or more)",
+        ),
+        (
+            "[server]\nworkers = 99999999999999999999\n",
+            "server.workers: invalid type: integer `99999999999999999999`, expected a whole number (0 or more)",
+        ),
+        (
+            "[[clusters]]\nname = \"a\"\npanic_threshold = 1.5\n",
+            "clusters[0].panic_threshold: invalid type: decimal number `1.5`, expected a whole number from 0 to 4294967295",
+        ),
+        (
+            "[admin]\nenabled = \"yes\"\n",
+            "admin.enabled: invalid type: string \"yes\", expected true or false",
+        ),
+        (
+            "[[clusters]]\nname = \"a\"\nretry = \"x\"\n",
+            "clusters[0].retry: invalid type: string \"x\", expected a table, e.g. { key = value } or a [section]",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\nmethods = \"GET\"\n",
+            "routes[0].methods: invalid type: string \"GET\", expected a list, e.g. [\"a\", \"b\"]",
+        ),
+    ];
+    for (toml, want) in cases {
+        let (code, _, stderr) = Levee::check(toml);
+        assert_eq!(code, 1, "{toml}");
+        assert!(stderr.trim_end().ends_with(want), "{toml}\n got: {stderr}");
+        for rust in [
+            "usize", "u32", "i128", "f64", "struct ", "boolean", "sequence",
+        ] {
+            assert!(!stderr.contains(rust), "{rust} leaked: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn rate_limit_settings_that_could_not_act_are_refused() {
+    let toml = r#"[[rate_limit.rules]]
+name = "per-ip"
+limit = 5
+on_store_error = "deny"
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"per-ip\"",
+        "rate_limit.rules[0].on_store_error",
+        "only applies to a rule whose store is \"redis\"; this rule counts locally",
+    );
+    let toml = r#"[[rate_limit.rules]]
+name = "per-ip"
+key = ["client_ip", "route"]
+limit = 5
+on_missing_key = "skip"
+"#;
+    assert_refused(
+        toml,
+        2,
+        8,
+        "\"per-ip\"",
+        "rate_limit.rules[0].on_missing_key",
+        "only applies to a key with a header: or cookie: part, which a request may lack",
+    );
 }

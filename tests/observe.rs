@@ -286,7 +286,8 @@ fn admin_token_guards_everything_but_healthz() {
     }
     let reload = http_request(admin, "POST", "/reload", &[], b"", T).expect("admin");
     assert_eq!(reload.status, 401, "reload without token");
-    assert_eq!(levee.metric("levee_config_reloads_total", &[]), None);
+    // Not reloaded: the counters exist, at 0.
+    assert_eq!(levee.metric("levee_config_reloads_total", &[]), Some(0.0));
     let health = http_request(admin, "GET", "/healthz", &[], b"", T).expect("admin");
     assert_eq!(health.status, 200);
 }
@@ -471,4 +472,353 @@ fn wait_child(
     }
     let _ = child.kill();
     None
+}
+
+// ---- Operating it day to day (issue 9, item 5) ----
+
+/// Item 5a: counters that exist from the start at 0, so that "absent means
+/// 0" alerts and `increase()` work from the first event: error kinds, reload
+/// results, per-cluster retry reasons, per-endpoint health and breaker
+/// transitions, outlier ejections; and those of a cluster a reload adds.
+#[test]
+fn known_counters_exist_at_zero_from_the_start() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let config = |more: bool| {
+        let mut c = ConfigBuilder::new()
+            .set("access_log", "enabled = false")
+            .listener("main", listen)
+            .cluster_with(
+                "app",
+                &[b.addr()],
+                &[
+                    "health_check = { interval = \"1s\" }",
+                    "circuit_breaker = { consecutive_failures = 5 }",
+                    "endpoint_circuit_breaker = { consecutive_failures = 5 }",
+                ],
+            )
+            .route("all", "app");
+        if more {
+            c = c.cluster("more", &[b.addr()]);
+        }
+        c
+    };
+    let cfg = config(false);
+    let admin = cfg.admin_addr();
+    let levee = Levee::start(&cfg.build());
+    let text = levee.metrics_text();
+    let at_zero = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            metric_sum(text, name, labels),
+            Some(0.0),
+            "{name} {labels:?} should exist at 0 in:\n{text}"
+        );
+    };
+    let ep = b.addr().to_string();
+    for kind in [
+        "no_route",
+        "no_endpoint",
+        "upstream_connect",
+        "breaker_open",
+        "header_timeout",
+    ] {
+        at_zero(&text, "levee_errors_total", &[("kind", kind)]);
+    }
+    for result in ["applied", "refused"] {
+        at_zero(&text, "levee_config_reloads_total", &[("result", result)]);
+    }
+    for kind in [
+        "connect_failure",
+        "timeout",
+        "gateway_error",
+        "rate_limited",
+    ] {
+        at_zero(
+            &text,
+            "levee_upstream_retries_total",
+            &[("cluster", "app"), ("kind", kind)],
+        );
+    }
+    at_zero(
+        &text,
+        "levee_retry_budget_exhausted_total",
+        &[("cluster", "app")],
+    );
+    for (from, to) in [
+        ("healthy", "unhealthy"),
+        ("unhealthy", "healthy"),
+        ("healthy", "draining"),
+    ] {
+        at_zero(
+            &text,
+            "levee_endpoint_transitions_total",
+            &[
+                ("cluster", "app"),
+                ("endpoint", &ep),
+                ("from", from),
+                ("to", to),
+            ],
+        );
+    }
+    for endpoint in ["", ep.as_str()] {
+        at_zero(
+            &text,
+            "levee_breaker_transitions_total",
+            &[
+                ("cluster", "app"),
+                ("endpoint", endpoint),
+                ("from", "closed"),
+                ("to", "open"),
+            ],
+        );
+    }
+    at_zero(
+        &text,
+        "levee_outlier_ejections_total",
+        &[("cluster", "app"), ("endpoint", &ep)],
+    );
+    // A cluster added by a reload: its counters at 0 as soon as it is in.
+    levee.write_config(&config(true).admin_at(admin).build());
+    assert_eq!(levee.reload_via_admin(), 200);
+    let text = levee.metrics_text();
+    at_zero(
+        &text,
+        "levee_upstream_retries_total",
+        &[("cluster", "more"), ("kind", "connect_failure")],
+    );
+    assert_eq!(
+        levee.metric("levee_config_reloads_total", &[("result", "applied")]),
+        Some(1.0)
+    );
+}
+
+/// Item 5b: SIGUSR1 reopens the access log, as logrotate's `postrotate`
+/// expects: lines before it stay in the moved file, lines after go to a new
+/// file at the configured path.
+#[test]
+fn sigusr1_reopens_the_access_log_after_logrotate() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let config = ConfigBuilder::simple(listen, &[b.addr()])
+        .set(
+            "access_log",
+            &format!("path = {:?}", log_path.display().to_string()),
+        )
+        .build();
+    let mut levee = Levee::start(&config);
+    assert_eq!(http_get(listen, "/before").expect("request").status, 200);
+    assert!(wait_until(T, || read_lines(&log_path).len() == 1));
+    std::fs::rename(&log_path, &rotated).expect("rotate");
+    assert!(levee.signal(libc::SIGUSR1));
+    assert!(
+        wait_until(T, || levee.stderr_text().contains("access log reopened")),
+        "{}",
+        levee.logs()
+    );
+    assert_eq!(http_get(listen, "/after").expect("request").status, 200);
+    assert!(
+        wait_until(T, || read_lines(&log_path).len() == 1),
+        "a new file at the configured path\n{}",
+        levee.logs()
+    );
+    assert_eq!(read_lines(&log_path)[0]["path"], "/after");
+    let old = read_lines(&rotated);
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0]["path"], "/before");
+    assert!(levee.is_running());
+}
+
+/// Item 5b: `server.pid_file` holds the pid while Levee runs and is removed
+/// on a clean exit.
+#[test]
+fn pid_file_is_written_and_removed_on_a_clean_exit() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_path = dir.path().join("levee.pid");
+    let config = ConfigBuilder::simple(listen, &[b.addr()])
+        .set(
+            "server",
+            &format!("pid_file = {:?}", pid_path.display().to_string()),
+        )
+        .set("access_log", "enabled = false")
+        .build();
+    let mut levee = Levee::start(&config);
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).expect("pid file"),
+        format!("{}\n", levee.pid())
+    );
+    assert!(levee.sigterm());
+    let exit = levee.wait_exit(T).expect("exits");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !pid_path.exists(),
+        "the pid file is removed on a clean exit"
+    );
+    // A pid file that cannot be written: Levee refuses to start.
+    let bad = ConfigBuilder::simple(free_addr(), &[b.addr()])
+        .set("server", "pid_file = \"/nonexistent-dir/levee.pid\"")
+        .build();
+    let mut levee = Levee::spawn(&bad);
+    let exit = levee.wait_exit(T).expect("exits");
+    assert_eq!(exit.code(), Some(1));
+    assert!(
+        levee
+            .stderr_text()
+            .contains("cannot write the pid file /nonexistent-dir/levee.pid"),
+        "{}",
+        levee.stderr_text()
+    );
+}
+
+/// An RFC 3339 UTC timestamp as Levee writes it: `2026-11-22T05:26:11.123Z`.
+fn is_rfc3339(v: &serde_json::Value) -> bool {
+    v.as_str().is_some_and(|t| {
+        let b = t.as_bytes();
+        t.len() == 24 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && t.ends_with('Z')
+    })
+}
+
+/// Item 5b: `/status` shows when Levee started, its uptime, the config
+/// file, and the last reload (time, trigger, result) in RFC 3339.
+#[test]
+fn status_shows_uptime_config_path_and_the_last_reload() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::simple(listen, &[b.addr()]).set("access_log", "enabled = false");
+    let good = cfg.build();
+    let mut levee = Levee::start(&good);
+    let s = levee.status_json();
+    assert!(is_rfc3339(&s["started"]), "{s}");
+    assert!(s["uptime_seconds"].as_u64().is_some(), "{s}");
+    let path = levee.config_path().display().to_string();
+    assert_eq!(s["config_path"].as_str(), Some(path.as_str()));
+    assert!(s["last_reload"].is_null(), "{s}");
+
+    assert_eq!(levee.reload_via_admin(), 200);
+    let r = &levee.status_json()["last_reload"];
+    assert!(is_rfc3339(&r["time"]), "{r}");
+    assert_eq!(r["trigger"], "admin");
+    assert_eq!(r["result"], "applied");
+    assert_eq!(r["summary"], "1 listeners, 1 routes, 1 clusters");
+
+    levee.write_config("");
+    assert!(levee.sighup());
+    assert!(
+        wait_until(T, || levee.status_json()["last_reload"]["result"]
+            == "refused"),
+        "{}",
+        levee.logs()
+    );
+    let r = &levee.status_json()["last_reload"];
+    assert_eq!(r["trigger"], "SIGHUP");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("{path}:1:1: listeners: no listener"))),
+        "{r}"
+    );
+    // The service level's last change: readable too.
+    let put = levee
+        .admin_request("PUT", "/degradation", b"minimal")
+        .expect("PUT /degradation");
+    assert_eq!(put.status, 200);
+    let change = &levee.status_json()["degradation"]["last_change"];
+    assert!(is_rfc3339(&change["time"]), "{change}");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(levee.status_json()["uptime_seconds"].as_u64() >= Some(1));
+}
+
+/// Item 5b: the admin API's 404 lists every endpoint, and each listed GET
+/// endpoint answers.
+#[test]
+fn admin_404_lists_every_endpoint() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&ConfigBuilder::simple(listen, &[b.addr()]).build());
+    let admin = levee.admin_addr();
+    let r = http_get(admin, "/nope").expect("admin");
+    assert_eq!(r.status, 404);
+    let body = r.json().expect("JSON");
+    let listed: Vec<&str> = body["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "GET /healthz",
+            "GET /metrics",
+            "GET /status",
+            "POST /reload",
+            "GET /degradation",
+            "PUT /degradation",
+            "POST /clusters/{cluster}/endpoints/{ip:port}/drain",
+            "POST /clusters/{cluster}/endpoints/{ip:port}/undrain",
+        ]
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PUT /degradation")),
+        "{body}"
+    );
+    for e in listed.iter().filter_map(|e| e.strip_prefix("GET ")) {
+        assert_eq!(http_get(admin, e).expect("admin").status, 200, "GET {e}");
+    }
+    let drain = format!("/clusters/app/endpoints/{}/drain", b.addr());
+    let r = http_request(admin, "POST", &drain, &[], b"", T).expect("drain");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Item 5c: `levee demo` with a port already taken says which flag chooses
+/// another (and suggests a free one), for each of its three kinds of port.
+#[test]
+fn demo_names_the_flag_for_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    let run = |listen: String, admin: String, backend_port: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["demo", "--listen", &listen, "--admin", &admin])
+            .args(["--backend-port", &backend_port])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run levee demo");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let free = || free_addr().to_string();
+    let ports = three_free_ports().to_string();
+    let (code, stderr) = run(busy.to_string(), free(), ports.clone());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("levee demo: {busy} is not available"))
+            && stderr.contains("choose another address with --listen, e.g. --listen 127.0.0.1:"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(free(), busy.to_string(), ports);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("choose another address with --admin, e.g. --admin 127.0.0.1:"),
+        "{stderr}"
+    );
+    // A busy port as the second of the three backends.
+    let first = three_free_ports();
+    let second = std::net::TcpListener::bind(("127.0.0.1", first + 1)).expect("bind");
+    let (code, stderr) = run(free(), free(), first.to_string());
+    drop(second);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("and 127.0.0.1:{} is not available", first + 1))
+            && stderr.contains("choose other ports with --backend-port, e.g. --backend-port "),
+        "{stderr}"
+    );
+    drop(taken);
 }

@@ -617,7 +617,12 @@ period = "1m"
 
     // Reload: "plan" unchanged keeps its counts (alice stays refused), and
     // a changed tier starts afresh (paid 20 → 30: bob passes again).
-    levee.write_config(&cfg(30));
+    // A reload cannot move the admin API (it would be refused): keep the
+    // running one's address in place of the one the builder picked.
+    let text = cfg(30);
+    let picked = text.lines().nth(1).unwrap_or_default().to_owned();
+    let running = format!("address = \"{}\"", levee.admin_addr());
+    levee.write_config(&text.replacen(&picked, &running, 1));
     assert_eq!(levee.reload_via_admin(), 200);
     assert_eq!(
         passed(&run("alice", Some("free"), 2)),

@@ -444,6 +444,127 @@ cluster = "ap"
     }
 }
 
+/// Issue 9, item 0a: an empty or truncated file (an editor's half-written
+/// save, a failed template run) is refused by SIGHUP and by `POST /reload`,
+/// and every listener keeps serving. Only a file that says
+/// `allow_no_listeners = true` may leave the admin API alone.
+#[test]
+fn an_empty_or_truncated_file_never_stops_the_listeners() {
+    let a = Backend::start("a");
+    let (listen, admin) = (free_addr(), free_addr());
+    let good = simple(listen, admin, &[a.addr()]).build();
+    let mut levee = Levee::start(&good);
+    assert_eq!(backend_name(&get_ok(listen, "/")), "a");
+    // Cut short after the admin table: valid TOML, no listener.
+    let truncated = format!("[admin]\naddress = \"{admin}\"\n");
+    let cases = [
+        ("SIGHUP", ""),
+        ("POST /reload", ""),
+        ("SIGHUP", truncated.as_str()),
+    ];
+    for (n, (how, text)) in cases.into_iter().enumerate() {
+        levee.write_config(text);
+        let n = n as u64 + 1;
+        if how == "SIGHUP" {
+            assert!(levee.sighup());
+            assert!(
+                wait_until(T, || reloads(&levee, "refused") == n),
+                "{how} {text:?}: not refused\n{}",
+                levee.logs()
+            );
+        } else {
+            let r = levee
+                .admin_request("POST", "/reload", b"")
+                .expect("POST /reload");
+            assert_eq!(r.status, 400, "{how}: {}", r.text());
+            let body = r.json().expect("JSON answer");
+            assert_eq!(body["result"], "refused", "{body}");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(":1:1: listeners: no listener"), "{body}");
+        }
+        assert_eq!(reloads(&levee, "applied"), 0);
+        for name in answered_by(listen, 3) {
+            assert_eq!(name, "a", "{how} {text:?}: still serving");
+        }
+    }
+    assert!(
+        levee
+            .stderr_text()
+            .contains("configuration refused, still running the previous one"),
+        "{}",
+        levee.stderr_text()
+    );
+    // Said explicitly: applied, and the listener closes.
+    levee.write_config(&format!(
+        "[server]\nallow_no_listeners = true\n[admin]\naddress = \"{admin}\"\n[access_log]\nenabled = false\n"
+    ));
+    assert_eq!(levee.reload_via_admin(), 200, "{}", levee.logs());
+    assert!(
+        wait_until(T, || connect_refused(listen)),
+        "the listener should close"
+    );
+    assert_eq!(
+        levee.status_json()["listeners"].as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
+/// Issue 9, item 0b: a setting fixed at start (`server.workers`,
+/// `admin.address`, `access_log.enabled`, ...) changed by a reload is refused
+/// with the reason, not accepted and ignored; a new `access_log.path` is
+/// applied (the log is reopened there).
+#[test]
+fn a_reload_refuses_restart_only_changes_and_moves_the_access_log() {
+    let a = Backend::start("a");
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = |name: &str| dir.path().join(name).display().to_string();
+    let with = |workers: usize, log_path: &str| {
+        ConfigBuilder::simple(listen, &[a.addr()])
+            .admin_at(admin)
+            .set("server", &format!("workers = {workers}"))
+            .set("access_log", &format!("path = {log_path:?}"))
+            .build()
+    };
+    let mut levee = Levee::start(&with(1, &log("first.log")));
+    let path = levee.config_path().display().to_string();
+    get_ok(listen, "/one");
+    levee.write_config(&with(2, &log("first.log")));
+    let r = levee
+        .admin_request("POST", "/reload", b"")
+        .expect("POST /reload");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json().expect("JSON")["error"].as_str(),
+        Some(
+            format!(
+                "{path}: server.workers: a reload cannot change it (running 1, the file says 2); \
+                 restart Levee to apply it, or put the running value back"
+            )
+            .as_str()
+        )
+    );
+    levee.write_config(&with(1, &log("second.log")));
+    assert_eq!(levee.reload_via_admin(), 200, "{}", levee.logs());
+    get_ok(listen, "/two");
+    let paths = |name: &str| {
+        let text = std::fs::read_to_string(log(name)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["path"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(T, || paths("second.log") == ["/two"]),
+        "{:?}\n{}",
+        paths("second.log"),
+        levee.logs()
+    );
+    assert_eq!(paths("first.log"), ["/one"]);
+    assert!(levee.sighup());
+    assert!(wait_until(T, || reloads(&levee, "applied") == 2));
+}
+
 // ---------------------------------------------------------------------------
 // c. In-flight requests finish across a reload.
 

@@ -1,4 +1,6 @@
-//! The admin API: `/healthz`, `/metrics`, `/status` and `POST /reload`.
+//! The admin API: every endpoint is in [`ENDPOINTS`] (health, metrics,
+//! status, reload, the service level, draining an endpoint), which the 404
+//! answer lists.
 //!
 //! Bound to loopback by default. When `admin.token` is set, everything but
 //! `/healthz` (which probes need) requires `Authorization: Bearer <token>`.
@@ -17,11 +19,35 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::observe::access_log::rfc3339_millis;
 use crate::shared::Shared;
 
 /// A request to the server's control loop from the admin API.
 pub enum Control {
     Reload(oneshot::Sender<Result<String, String>>),
+}
+
+/// Every endpoint of the admin API, as the 404 answer lists them.
+pub const ENDPOINTS: &[&str] = &[
+    "GET /healthz",
+    "GET /metrics",
+    "GET /status",
+    "POST /reload",
+    "GET /degradation",
+    "PUT /degradation",
+    "POST /clusters/{cluster}/endpoints/{ip:port}/drain",
+    "POST /clusters/{cluster}/endpoints/{ip:port}/undrain",
+];
+
+/// Whether the request carries the admin token.
+///
+/// Compared in constant time (`subtle`): `==` on strings stops at the first
+/// differing byte, so the time of a refusal would tell a remote guesser how
+/// many leading bytes were right, and the token could be found a byte at a
+/// time. Only the length can still be learnt, which says little.
+fn token_matches(given: Option<&str>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())))
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::Sender<Control>) {
@@ -80,7 +106,7 @@ async fn route(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if !token_matches(given, &token) {
             return reply_json(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
@@ -125,13 +151,13 @@ async fn route(
         {
             drain(p, shared)
         }
-        (_, "/metrics" | "/status" | "/reload") => reply_json(
+        (_, "/metrics" | "/status" | "/reload" | "/degradation") => reply_json(
             StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": "method_not_allowed", "message": "GET /metrics, GET /status, POST /reload"}),
+            json!({"error": "method_not_allowed", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
         ),
         _ => reply_json(
             StatusCode::NOT_FOUND,
-            json!({"error": "not_found", "message": "admin endpoints: /healthz, /metrics, /status, POST /reload"}),
+            json!({"error": "not_found", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
         ),
     }
 }
@@ -245,7 +271,6 @@ fn drain(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
     )
 }
 
-/// The running configuration and live endpoint state, as JSON.
 fn breaker_json(b: &crate::cluster::guard::SharedBreaker) -> serde_json::Value {
     let s = b.status();
     json!({
@@ -255,12 +280,14 @@ fn breaker_json(b: &crate::cluster::guard::SharedBreaker) -> serde_json::Value {
         "slow_calls": s.counts.slow_calls,
         "rejections": s.counts.rejections,
         "last_transition": s.last_transition.map(|(at, reason)| json!({
+            "time": rfc3339_millis(at),
             "unix_ms": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             "reason": reason,
         })),
     })
 }
 
+/// The running configuration and live endpoint state, as JSON.
 fn status(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
     let listeners: Vec<_> = snap
@@ -339,9 +366,33 @@ fn status(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
+    let (started_at, started) = shared.started;
+    let last_reload = shared
+        .last_reload
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
+        "started": rfc3339_millis(started_at),
+        "uptime_seconds": started.elapsed().as_secs(),
+        "config_path": shared.config_path.as_ref().map(|p| p.display().to_string()),
+        "last_reload": last_reload.map(|r| {
+            let (result, detail) = match &r.result {
+                Ok(summary) => ("applied", json!({"summary": summary})),
+                Err(e) => ("refused", json!({"error": e})),
+            };
+            let mut v = json!({
+                "time": rfc3339_millis(r.at),
+                "trigger": r.trigger,
+                "result": result,
+            });
+            if let (Some(o), Some(d)) = (v.as_object_mut(), detail.as_object()) {
+                o.extend(d.clone());
+            }
+            v
+        }),
         "workers": shared.live.workers(),
         "listeners": listeners,
         "routes": routes,
@@ -349,4 +400,18 @@ fn status(shared: &Shared) -> serde_json::Value {
         "degradation": shared.service_level.status(),
         "rate_limits": snap.rate_limits.status(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(Some("s3cret"), "s3cret"));
+        assert!(!token_matches(Some("s3creT"), "s3cret"));
+        assert!(!token_matches(Some("s3cre"), "s3cret"));
+        assert!(!token_matches(Some(""), "s3cret"));
+        assert!(!token_matches(None, "s3cret"));
+    }
 }

@@ -163,7 +163,10 @@ impl Cluster {
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout.get(),
             balance: config.balance,
-            hash_key: config.balance.uses_key().then(|| config.hash_key.clone()),
+            hash_key: config
+                .balance
+                .uses_key()
+                .then(|| config.hash_key.get_ref().clone()),
             health_check: config.health_check.clone(),
             outlier: config.outlier_detection.enabled.then(|| {
                 let o = &config.outlier_detection;
@@ -307,7 +310,8 @@ mod tests {
 
     /// A cluster of four primaries and one backup, with `extra` cluster keys.
     fn cluster(extra: &str) -> Cluster {
-        let mut text = format!("[[clusters]]\nname = \"c\"\n{extra}\n");
+        let mut text =
+            format!("[server]\nallow_no_listeners = true\n[[clusters]]\nname = \"c\"\n{extra}\n");
         for port in 1..=4 {
             text.push_str(&format!(
                 "[[clusters.endpoints]]\naddress = \"127.0.0.1:{port}\"\n"

@@ -138,7 +138,7 @@ mod tests {
     /// Two endpoints (ports 1 and 2) and the cluster keys `extra`.
     fn cluster(extra: &str) -> Cluster {
         let text = format!(
-            "[[clusters]]\nname = \"c\"\n{extra}\n\
+            "[server]\nallow_no_listeners = true\n[[clusters]]\nname = \"c\"\n{extra}\n\
              [[clusters.endpoints]]\naddress = \"127.0.0.1:1\"\n\
              [[clusters.endpoints]]\naddress = \"127.0.0.1:2\"\n"
         );

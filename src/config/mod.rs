@@ -4,11 +4,13 @@
 //! names the file, line, column, the key and what would be valid. Levee never
 //! runs half-configured, and a refused reload leaves the running config alone.
 
+mod ignored;
 pub mod ratelimit;
 pub mod resilience;
 mod schema;
 mod validate;
 pub mod value;
+mod words;
 
 use std::fmt;
 use std::ops::Range;
@@ -70,7 +72,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
     let de = toml::Deserializer::parse(text)
-        .map_err(|e| at(e.span(), String::new(), e.message().to_owned()))?;
+        .map_err(|e| at(e.span(), String::new(), words::in_user_words(e.message())))?;
     let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         // serde_spanned shows up in the path as a private field; hide it.
         let key = e
@@ -79,7 +81,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
         let inner = e.into_inner();
-        let mut message = inner.message().to_owned();
+        let mut message = words::in_user_words(inner.message());
         if message == "invalid socket address syntax" {
             message.push_str("; write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"");
         }

@@ -46,6 +46,13 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Which HTTP/1.1 server serves client connections.
     pub http1: Http1Engine,
+    /// A configuration without listeners (only the admin API serves) is
+    /// refused unless this says so: an empty or truncated file must never
+    /// stop every listener.
+    pub allow_no_listeners: bool,
+    /// Where to write the process id at start (nginx's `pid`, HAProxy's
+    /// `pidfile`); removed on a clean exit. Unset: no pid file.
+    pub pid_file: Option<Spanned<String>>,
 }
 
 /// The HTTP/1.1 server implementation (`server.http1`).
@@ -65,6 +72,8 @@ impl Default for ServerConfig {
             workers: 0,
             drain_timeout: Duration::from_secs(30),
             http1: Http1Engine::default(),
+            allow_no_listeners: false,
+            pid_file: None,
         }
     }
 }
@@ -326,9 +335,10 @@ pub struct ClusterConfig {
     pub name: Spanned<String>,
     #[serde(default = "default_balance")]
     pub balance: Balance,
-    /// What `ip_hash`, `consistent_hash` and `maglev` hash.
+    /// What `ip_hash`, `consistent_hash` and `maglev` hash (spanned: set on
+    /// another algorithm, it is refused, not ignored).
     #[serde(default = "default_hash_key")]
-    pub hash_key: HashKey,
+    pub hash_key: Spanned<HashKey>,
     /// Points per endpoint (times its weight) on the `consistent_hash` ring.
     #[serde(default = "default_virtual_nodes")]
     pub virtual_nodes: Spanned<usize>,
@@ -488,8 +498,8 @@ fn default_slow_start() -> Duration {
 /// ketama's and Envoy's order of magnitude, good to about ±10 % balance.
 pub const DEFAULT_VNODES: usize = 150;
 
-fn default_hash_key() -> HashKey {
-    HashKey::ClientIp
+fn default_hash_key() -> Spanned<HashKey> {
+    Spanned::new(0..0, HashKey::ClientIp)
 }
 fn default_virtual_nodes() -> Spanned<usize> {
     Spanned::new(0..0, DEFAULT_VNODES)

@@ -434,7 +434,63 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
             }
         }
     }
+    super::ignored::check(config)?;
     super::ratelimit::check(config)?;
+    // Last: a partial config written to show one mistake is judged on that
+    // mistake first.
+    check_serves_something(config)
+}
+
+/// A configuration that listens nowhere, or a listener that can only answer
+/// 404, is a mistake (an empty or truncated file parses as an empty config):
+/// refused, so that a reload can never stop every listener by accident.
+fn check_serves_something(config: &Config) -> Result<(), Invalid> {
+    if config.listeners.is_empty() && !config.server.allow_no_listeners {
+        return Err(invalid(
+            0..0,
+            "listeners".into(),
+            "no listener: Levee would serve nothing (is the file empty or cut short?); \
+             add a [[listeners]] table with a name and an address, or set \
+             server.allow_no_listeners = true to run with the admin API only",
+        ));
+    }
+    if config.listeners.is_empty() && !config.admin.enabled {
+        return Err(invalid(
+            0..0,
+            "listeners".into(),
+            "no listener and the admin API disabled: Levee would serve nothing at all; \
+             add a [[listeners]] table or enable the admin API",
+        ));
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.listeners.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid(
+                r.name.span(),
+                format!("routes[{i}].listeners"),
+                "an empty list serves no listener; name at least one, or remove the key \
+                 to serve every listener",
+            ));
+        }
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
+        let name = l.name.get_ref();
+        let served = config.routes.iter().any(|r| {
+            r.listeners
+                .as_ref()
+                .is_none_or(|ls| ls.iter().any(|n| n.get_ref() == name))
+        });
+        if !served {
+            return Err(invalid(
+                l.name.span(),
+                format!("listeners[{i}]"),
+                format!(
+                    "listener {name:?} has no route, so it could only answer 404; add a \
+                     [[routes]] entry that serves it (a route without `listeners` serves \
+                     every listener)"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

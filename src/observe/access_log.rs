@@ -125,6 +125,23 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 enum Msg {
     Line(String),
     Flush(mpsc::Sender<()>),
+    /// Open the file again (after logrotate moved it away: SIGUSR1), at a
+    /// new path when one is given; the answer says whether it worked.
+    Reopen(Option<String>, mpsc::Sender<std::io::Result<()>>),
+}
+
+/// `-` is standard output; anything else a file opened for appending.
+fn open(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(if path == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )
+    })
 }
 
 /// Handle to the access log writer thread.
@@ -137,22 +154,15 @@ impl AccessLog {
     /// Starts the writer: `-` writes to standard output, anything else is a
     /// file opened for appending.
     pub fn start(path: &str) -> std::io::Result<AccessLog> {
-        let mut out: Box<dyn Write + Send> = if path == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            )
-        };
+        let mut out = open(path)?;
+        let mut path = path.to_owned();
         let (tx, rx) = mpsc::sync_channel::<Msg>(65_536);
         std::thread::Builder::new()
             .name("levee-access-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(64 * 1024);
                 let mut acks = Vec::new();
+                let mut reopens = Vec::new();
                 while let Ok(first) = rx.recv() {
                     let mut next = Some(first);
                     // Batch whatever else is already queued into one write.
@@ -163,6 +173,11 @@ impl AccessLog {
                                 buf.push(b'\n');
                             }
                             Msg::Flush(ack) => acks.push(ack),
+                            Msg::Reopen(to, ack) => {
+                                reopens.push((to, ack));
+                                // Lines before the reopen go to the old file.
+                                break;
+                            }
                         }
                         if buf.len() < 60 * 1024 {
                             next = rx.try_recv().ok();
@@ -174,6 +189,16 @@ impl AccessLog {
                     buf.clear();
                     for ack in acks.drain(..) {
                         let _ = ack.send(());
+                    }
+                    for (to, ack) in reopens.drain(..) {
+                        let wanted = to.unwrap_or_else(|| path.clone());
+                        // On failure the old file stays in use: a line in
+                        // a moved file beats a lost one.
+                        let result = open(&wanted).map(|file| {
+                            out = file;
+                            path = wanted;
+                        });
+                        let _ = ack.send(result);
                     }
                 }
             })?;
@@ -189,6 +214,18 @@ impl AccessLog {
         if self.tx.send(Msg::Flush(ack)).is_ok() {
             let _ = done.recv_timeout(std::time::Duration::from_secs(1));
         }
+    }
+
+    /// Opens the file again, at `path` if given, else at the same path
+    /// (logrotate has moved the old one away). Lines queued before it go to
+    /// the old file. Waits at most a second for the writer.
+    pub fn reopen(&self, path: Option<&str>) -> std::io::Result<()> {
+        let (ack, done) = mpsc::channel();
+        self.tx
+            .send(Msg::Reopen(path.map(str::to_owned), ack))
+            .map_err(|_| std::io::Error::other("the access log writer has stopped"))?;
+        done.recv_timeout(std::time::Duration::from_secs(1))
+            .map_err(|_| std::io::Error::other("the access log writer did not answer"))?
     }
 
     pub fn log(&self, record: &LogRecord) {
@@ -247,5 +284,67 @@ mod tests {
         assert_eq!(v["head_ms"], 1.0);
         assert_eq!(v["endpoint"], "127.0.0.1:9001");
         assert_eq!(v["upstream_error"], "connect failed: \"refused\"");
+    }
+
+    #[test]
+    fn reopen_follows_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::start(path.to_str().unwrap()).unwrap();
+        let line = |n: u32| LogRecord {
+            status: 200 + n as u16,
+            ..sample()
+        };
+        log.log(&line(0));
+        log.flush();
+        // logrotate: move the file away, then signal.
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        log.log(&line(1));
+        log.reopen(None).unwrap();
+        log.log(&line(2));
+        log.flush();
+        let statuses = |p: &std::path::Path| -> Vec<u64> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["status"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(statuses(&rotated), [200, 201]);
+        assert_eq!(statuses(&path), [202]);
+        // A path that cannot be opened: an error, and the old file stays.
+        assert!(log.reopen(Some("/nonexistent-dir/x.log")).is_err());
+        log.log(&line(3));
+        log.flush();
+        assert_eq!(statuses(&path), [202, 203]);
+    }
+
+    fn sample() -> LogRecord {
+        LogRecord {
+            time: SystemTime::UNIX_EPOCH,
+            client: "127.0.0.1".parse().unwrap(),
+            method: http::Method::GET,
+            path: "/".into(),
+            status: 200,
+            route: None,
+            cluster: None,
+            endpoint: None,
+            wait_ms: None,
+            connect_ms: None,
+            head_ms: None,
+            upstream_ms: None,
+            total_ms: 1.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            request_id: "r".into(),
+            error: None,
+            upstream_error: None,
+            attempts: 1,
+        }
     }
 }

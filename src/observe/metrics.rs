@@ -320,7 +320,7 @@ impl Metrics {
         for protocol in ["http2", "tls"] {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
-        Metrics {
+        let metrics = Metrics {
             registry,
             wrong_protocol,
             ratelimit_decisions,
@@ -349,7 +349,9 @@ impl Metrics {
             connections_total,
             connections_refused,
             reloads,
-        }
+        };
+        super::known::process(&metrics);
+        metrics
     }
 
     /// The Prometheus text exposition of every metric.

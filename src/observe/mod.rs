@@ -1,6 +1,7 @@
 //! What Levee tells about itself: Prometheus metrics and the access log.
 
 pub mod access_log;
+pub mod known;
 pub mod metrics;
 
 pub use access_log::{AccessLog, LogRecord};

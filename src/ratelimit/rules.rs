@@ -632,7 +632,11 @@ mod tests {
     use std::path::Path;
 
     fn limits(toml: &str) -> RateLimits {
-        let config = crate::config::parse(Path::new("t.toml"), toml).unwrap();
+        let config = crate::config::parse(
+            Path::new("t.toml"),
+            &format!("[server]\nallow_no_listeners = true\n{toml}"),
+        )
+        .unwrap();
         RateLimits::build(&config.rate_limit, &Registry::default(), &Metrics::new())
     }
 
@@ -736,7 +740,11 @@ dry_run = true
         let registry = Registry::default();
         let metrics = Metrics::new();
         let build = |toml: &str| {
-            let config = crate::config::parse(Path::new("t.toml"), toml).unwrap();
+            let config = crate::config::parse(
+                Path::new("t.toml"),
+                &format!("[server]\nallow_no_listeners = true\n{toml}"),
+            )
+            .unwrap();
             RateLimits::build(&config.rate_limit, &registry, &metrics)
         };
         let a = build(RULES);

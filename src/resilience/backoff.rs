@@ -12,12 +12,14 @@
 //! deterministic; the caller feeds any uniform `u64` (a per-worker PRNG).
 //!
 //! `retry_after` reads a 429 or 503's `Retry-After` (RFC 9110 §10.2.3) as
-//! delta-seconds or an IMF-fixdate, capped so that a server cannot park a
-//! request for an hour. The obsolete RFC 850 and asctime date forms are not
-//! read: `None` means "no usable hint", and the caller falls back to its
-//! own backoff.
+//! delta-seconds or an HTTP-date, capped so that a server cannot park a
+//! request for an hour. Dates are parsed by the `httpdate` crate, which
+//! reads the IMF-fixdate senders must produce and the obsolete RFC 850 and
+//! asctime forms that RFC 9110 §5.6.7 requires a recipient to accept too.
+//! `None` means "no usable hint", and the caller falls back to its own
+//! backoff.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Jitter {
@@ -82,7 +84,7 @@ fn uniform(random: u64, n: u64) -> u64 {
 }
 
 /// The delay a `Retry-After` value asks for, at most `cap`: delta-seconds,
-/// or an IMF-fixdate relative to `now` (a date already past asks for zero).
+/// or an HTTP-date relative to `now` (a date already past asks for zero).
 /// `None` for anything else.
 pub fn retry_after(header: &str, now: SystemTime, cap: Duration) -> Option<Duration> {
     let value = header.trim_matches([' ', '\t']);
@@ -90,76 +92,16 @@ pub fn retry_after(header: &str, now: SystemTime, cap: Duration) -> Option<Durat
         // Too many digits for a u64 is still "a long time".
         value.parse().map_or(Duration::MAX, Duration::from_secs)
     } else {
-        let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(imf_fixdate(value)?).ok()?);
+        let at = httpdate::parse_http_date(value).ok()?;
         at.duration_since(now).unwrap_or(Duration::ZERO)
     };
     Some(wait.min(cap))
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-
-/// Seconds since the Unix epoch of `Sun, 06 Nov 1994 08:49:37 GMT`, the one
-/// date form HTTP senders must produce. The day name must be one, but is not
-/// checked against the date.
-fn imf_fixdate(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    // ASCII first, so that slicing by bytes cannot split a character.
-    if !s.is_ascii() || b.len() != 29 || &s[3..5] != ", " || &s[25..] != " GMT" {
-        return None;
-    }
-    if !WEEKDAYS.contains(&&s[..3])
-        || b[7] != b' '
-        || b[11] != b' '
-        || b[16] != b' '
-        || b[19] != b':'
-        || b[22] != b':'
-    {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = &b[range];
-        digits
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    let day = num(5..7)?;
-    let month = MONTHS.iter().position(|&m| m == &s[8..11])? as i64 + 1;
-    let year = num(12..16)?;
-    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    // 60 is a leap second, which the epoch count folds into the next minute.
-    if day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     const MS: Duration = Duration::from_millis(1);
     const SEC: Duration = Duration::from_secs(1);
@@ -279,13 +221,32 @@ mod tests {
         let t = |s| retry_after(s, leap, Duration::MAX);
         assert_eq!(t("Thu, 29 Feb 2024 00:00:10 GMT"), Some(10 * SEC));
         assert_eq!(t("Fri, 01 Mar 2024 00:00:00 GMT"), Some(86_400 * SEC));
-        assert_eq!(t("Thu, 29 Feb 2024 23:59:60 GMT"), Some(86_400 * SEC));
         assert_eq!(t("Sat, 01 Jan 2000 00:00:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        let epoch = |s| retry_after(s, UNIX_EPOCH, Duration::MAX);
+        assert_eq!(epoch("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
         assert_eq!(
-            imf_fixdate("Fri, 31 Dec 9999 23:59:59 GMT"),
-            Some(253_402_300_799)
+            epoch("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(Duration::from_secs(253_402_300_799))
         );
+    }
+
+    /// RFC 9110 §5.6.7: a recipient must accept the obsolete RFC 850 and
+    /// asctime forms as well as the IMF-fixdate.
+    #[test]
+    fn retry_after_obsolete_date_forms() {
+        let at = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let cap = 60 * SEC;
+        for date in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(
+                retry_after(date, at - 20 * SEC, cap),
+                Some(20 * SEC),
+                "{date}"
+            );
+        }
     }
 
     #[test]
@@ -311,9 +272,10 @@ mod tests {
             "Thu, 29 Feb 2024 0a:00:00 GMT",
             "Thu, 29 Feb 2024 00:00:00 GMT.",
             "Thé 29 Feb 2024 00:00:00 GMT",
-            "Thursday, 29-Feb-24 00:00:00 GMT",
-            "Thu Feb 29 00:00:00 2024",
             "Thu, 29 Feb 2024 00:00:00 GMTé",
+            // The day name must match the date.
+            "Fri, 29 Feb 2024 00:00:00 GMT",
+            "Thursday, 30-Feb-24 00:00:00 GMT",
         ] {
             assert_eq!(retry_after(bad, now, SEC), None, "{bad:?}");
         }

@@ -232,7 +232,7 @@ mod tests {
 
     fn route(toml_text: &str) -> Matcher {
         let full = format!(
-            "[[clusters]]\nname = \"c\"\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n{toml_text}"
+            "[server]\nallow_no_listeners = true\n[[clusters]]\nname = \"c\"\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n{toml_text}"
         );
         let config = crate::config::parse(std::path::Path::new("t.toml"), &full).unwrap();
         Matcher::from_config(&config.routes[0])
@@ -282,7 +282,7 @@ mod split_tests {
     use crate::observe::Metrics;
 
     fn split_route(weights: &[u32]) -> Route {
-        let mut text = String::new();
+        let mut text = String::from("[server]\nallow_no_listeners = true\n");
         for i in 0..weights.len() {
             text.push_str(&format!("[[clusters]]\nname = \"c{i}\"\n"));
         }

@@ -4,14 +4,17 @@
 //! nginx model): it accepts on its own sockets and serves those connections
 //! start to finish, so a request never hops threads. The main thread is the
 //! control plane: it binds sockets, serves the admin API, and handles
-//! SIGHUP (reload) and SIGTERM/SIGINT (graceful shutdown).
+//! SIGHUP (reload), SIGUSR1 (reopen the access log, for logrotate) and
+//! SIGTERM/SIGINT (graceful shutdown).
 
 pub mod client_body;
 pub mod conn;
 mod control;
+mod fixed;
 pub mod h1;
 pub mod listener;
 pub mod phase;
+pub mod pid_file;
 pub mod sniff;
 
 use std::collections::HashMap;
@@ -32,6 +35,11 @@ pub enum StartError {
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: String,
         source: std::io::Error,
     },
     #[error("cannot start: {0}")]
@@ -60,6 +68,8 @@ pub struct Server {
     /// Active health check tasks of the current snapshot.
     checks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    /// Removed when the server is dropped after a clean shutdown.
+    pid_file: Option<pid_file::PidFile>,
 }
 
 /// How many workers `workers = 0` means.
@@ -80,6 +90,7 @@ impl Server {
             .iter()
             .map(|l| *l.address.get_ref())
             .collect();
+        let pid_path = config.server.pid_file.as_ref().map(|p| p.get_ref().clone());
         let shared = Arc::new(Shared::new(config, config_path, workers)?);
         let (shutdown, _) = watch::channel(false);
         let mut server = Server {
@@ -89,6 +100,7 @@ impl Server {
             retired: Vec::new(),
             checks: Vec::new(),
             shutdown,
+            pid_file: None,
         };
         for id in 0..workers {
             server.workers.push(spawn_worker(id)?);
@@ -96,6 +108,12 @@ impl Server {
         let sockets = bind_all(&addresses, workers)?;
         for (address, per_worker) in sockets {
             server.listen(address, per_worker);
+        }
+        // Last: the file announces a process that is listening.
+        if let Some(path) = pid_path {
+            let pid = pid_file::PidFile::create(std::path::Path::new(&path))
+                .map_err(|source| StartError::PidFile { path, source })?;
+            server.pid_file = Some(pid);
         }
         Ok(server)
     }
@@ -142,6 +160,15 @@ impl Server {
                 );
             }
         };
+        let refuse = |e: String| {
+            self.shared.metrics.reloads_refused();
+            match &path {
+                Some(p) => format!("{}: {e}", p.display()),
+                None => e,
+            }
+        };
+        let running = self.shared.snapshot.load().config.clone();
+        fixed::check(&running, &config).map_err(refuse)?;
         let wanted: Vec<SocketAddr> = config
             .listeners
             .iter()
@@ -156,6 +183,18 @@ impl Server {
             self.shared.metrics.reloads_refused();
             e.to_string()
         })?;
+        // A new access log path: reopen there before anything is swapped,
+        // so a path that cannot be opened refuses the reload whole.
+        if let Some(log) = &self.shared.access_log
+            && config.access_log.path != running.access_log.path
+        {
+            log.reopen(Some(&config.access_log.path)).map_err(|e| {
+                refuse(format!(
+                    "access_log.path: cannot open {:?}: {e}",
+                    config.access_log.path
+                ))
+            })?;
+        }
         let summary = format!(
             "{} listeners, {} routes, {} clusters",
             config.listeners.len(),
@@ -223,6 +262,7 @@ impl Server {
     /// Runs the control plane until SIGTERM or SIGINT, then drains.
     pub async fn run_until_signalled(mut self) -> std::io::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
@@ -254,10 +294,12 @@ impl Server {
         );
         loop {
             tokio::select! {
-                _ = hup.recv() => self.log_reload("SIGHUP"),
+                _ = hup.recv() => {
+                    let _ = self.reload_by("SIGHUP");
+                }
+                _ = usr1.recv() => self.reopen_access_log(),
                 Some(Control::Reload(reply)) = control_rx.recv() => {
-                    let result = self.reload();
-                    log_reload_result("admin", &result);
+                    let result = self.reload_by("admin");
                     let _ = reply.send(result);
                 }
                 _ = term.recv() => break,
@@ -280,9 +322,37 @@ impl Server {
         Ok(())
     }
 
-    fn log_reload(&mut self, trigger: &str) {
+    /// Reloads, logs the result and keeps it for `/status`.
+    fn reload_by(&mut self, trigger: &'static str) -> Result<String, String> {
         let result = self.reload();
         log_reload_result(trigger, &result);
+        let last = crate::shared::LastReload {
+            at: std::time::SystemTime::now(),
+            trigger,
+            result: result.clone(),
+        };
+        *self
+            .shared
+            .last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(last);
+        result
+    }
+
+    /// SIGUSR1: logrotate has moved the access log away; open it again.
+    fn reopen_access_log(&self) {
+        let Some(log) = &self.shared.access_log else {
+            tracing::info!("SIGUSR1: the access log is off; nothing to reopen");
+            return;
+        };
+        let path = self.shared.snapshot.load().config.access_log.path.clone();
+        match log.reopen(None) {
+            Ok(()) => tracing::info!(path, "SIGUSR1: access log reopened"),
+            Err(e) => tracing::error!(
+                path,
+                "SIGUSR1: cannot reopen the access log, still writing to the old file: {e}"
+            ),
+        }
     }
 }
 

@@ -99,8 +99,14 @@ pub fn build(config: &ClusterConfig, members: &[Member]) -> Box<dyn Balancer> {
     let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
     let vnodes = *config.virtual_nodes.get_ref();
     match config.balance {
-        Balance::RoundRobin => Box::new(RoundRobin::new(members.len())),
+        Balance::RoundRobin => Box::new(RoundRobin::new(&weights)),
         Balance::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(&weights)),
+        // Least connections honours weights as nginx's and HAProxy's do:
+        // with unequal weights it compares in-flight requests per unit of
+        // weight (equal weights give the same order as plain counts).
+        Balance::LeastConn if weights.windows(2).any(|w| w[0] != w[1]) => {
+            Box::new(WeightedLeastConn::new(members))
+        }
         Balance::LeastConn => Box::new(LeastConn::new(members)),
         Balance::WeightedLeastConn => Box::new(WeightedLeastConn::new(members)),
         Balance::IpHash => Box::new(IpHash::new(members)),
@@ -201,5 +207,60 @@ pub(crate) mod testing {
             pending.push((now + rtt[i], i));
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::testing::{rng, weighted};
+    use super::*;
+
+    /// Every algorithm that accepts a weight honours it: with weights 3:1,
+    /// requests that never finish (so in-flight counts build up) and random
+    /// keys, the heavy endpoint takes about three quarters of the picks.
+    /// (p2c, least_response_time and peak_ewma refuse weights in the
+    /// configuration instead; see config::ignored.)
+    #[test]
+    fn every_weighted_algorithm_honours_weights() {
+        let members = weighted(&[3, 1]);
+        for (balance, extra) in [
+            ("round_robin", ""),
+            ("weighted_round_robin", ""),
+            ("least_conn", ""),
+            ("weighted_least_conn", ""),
+            ("ip_hash", ""),
+            ("consistent_hash", ""),
+            ("consistent_hash", "hash_balance_factor = 1.25"),
+            ("maglev", ""),
+            ("random", ""),
+        ] {
+            let config: ClusterConfig =
+                toml::from_str(&format!("name = \"c\"\nbalance = \"{balance}\"\n{extra}\n"))
+                    .expect("cluster config");
+            let b = build(&config, &members);
+            let mut in_flight = [0u64; 2];
+            let mut state = 7;
+            let all = |_: usize| true;
+            for _ in 0..4000 {
+                let snapshot = in_flight;
+                let stats = |i: usize| Stats {
+                    in_flight: snapshot[i],
+                    ..Stats::default()
+                };
+                let ctx = Pick {
+                    stats: &stats,
+                    key: rng(&mut state),
+                    random: rng(&mut state),
+                    ..Pick::simple(&all)
+                };
+                let i = b.pick(&ctx).expect("a pick");
+                in_flight[i] += 1;
+            }
+            let share = in_flight[0] as f64 / 4000.0;
+            assert!(
+                (0.70..=0.80).contains(&share),
+                "{balance} {extra}: weight 3 of 4 took {share:.3} of the picks"
+            );
+        }
     }
 }

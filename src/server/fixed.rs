@@ -1,0 +1,49 @@
+//! Settings fixed at start. A reload that changes one of them is refused
+//! with the reason, rather than applied without it: the file and `/status`
+//! would otherwise show a value that does not act.
+
+use crate::config::Config;
+
+/// `Err(reason)` when `new` changes a setting that only a restart can change.
+/// `access_log.path` is not one: a reload reopens the log at the new path.
+pub fn check(running: &Config, new: &Config) -> Result<(), String> {
+    let fixed = [
+        (
+            "server.workers",
+            running.server.workers.to_string(),
+            new.server.workers.to_string(),
+        ),
+        ("server.pid_file", pid_file(running), pid_file(new)),
+        (
+            "admin.enabled",
+            running.admin.enabled.to_string(),
+            new.admin.enabled.to_string(),
+        ),
+        (
+            "admin.address",
+            running.admin.address.get_ref().to_string(),
+            new.admin.address.get_ref().to_string(),
+        ),
+        (
+            "access_log.enabled",
+            running.access_log.enabled.to_string(),
+            new.access_log.enabled.to_string(),
+        ),
+    ];
+    for (key, was, now) in fixed {
+        if was != now {
+            return Err(format!(
+                "{key}: a reload cannot change it (running {was}, the file says {now}); \
+                 restart Levee to apply it, or put the running value back"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn pid_file(c: &Config) -> String {
+    c.server
+        .pid_file
+        .as_ref()
+        .map_or_else(|| "unset".into(), |p| format!("{:?}", p.get_ref()))
+}
