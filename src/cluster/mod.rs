@@ -497,4 +497,39 @@ mod tests {
             "back, its full share at once"
         );
     }
+
+    #[test]
+    fn a_reload_without_outlier_detection_ends_its_ejections() {
+        let text = |extra: &str| {
+            let mut t = format!("[[clusters]]\nname = \"c\"\n{extra}\n");
+            for port in 1..=2 {
+                t.push_str(&format!(
+                    "[[clusters.endpoints]]\naddress = \"127.0.0.1:{port}\"\n"
+                ));
+            }
+            t
+        };
+        let (live, metrics) = (LiveRegistry::new(1), Metrics::new());
+        let build = |extra: &str| {
+            let path = std::path::Path::new("t.toml");
+            let config = crate::config::parse(path, &text(extra)).unwrap();
+            Cluster::build(&config.clusters[0], &live, &metrics, false)
+        };
+        let now = Instant::now();
+        let c = build("");
+        let cfg = c.outlier.clone().unwrap();
+        for _ in 0..5 {
+            let first = &c.endpoints[0].live;
+            first.record_response(false, &cfg, c.max_ejection_percent, &c, now);
+        }
+        assert!(c.endpoints[0].live.is_ejected(now));
+        // The same settings keep the ejection; detection off ends it, since
+        // nothing would judge its probe.
+        let again = build("");
+        assert!(again.endpoints[0].live.is_ejected(now));
+        let off = build("outlier_detection = { enabled = false }");
+        let now = Instant::now();
+        assert!(!off.endpoints[0].live.is_ejected(now));
+        assert!(off.endpoints[0].live.usable(now));
+    }
 }
