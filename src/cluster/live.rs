@@ -109,8 +109,9 @@ impl EndpointLive {
             return true;
         }
         let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
         let taken = outlier.claim(now, hold);
-        self.publish_ejection(outlier.ejection());
+        self.publish_ejection(before, outlier.ejection());
         taken
     }
 
@@ -121,15 +122,21 @@ impl EndpointLive {
             return;
         }
         let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
         if outlier.clear(now) {
             tracing::info!(cluster = %self.cluster, endpoint = %self.address,
                 "outlier ejection ended: the cluster no longer has outlier detection");
         }
-        self.publish_ejection(outlier.ejection());
+        self.publish_ejection(before, outlier.ejection());
     }
 
-    /// Publishes outlier detection's verdict for `usable` to read.
-    fn publish_ejection(&self, ejection: Ejection) {
+    /// Publishes outlier detection's verdict for `usable` to read, when it
+    /// changed (most responses change nothing, and a store would take the
+    /// cache line from every other worker reading it).
+    fn publish_ejection(&self, before: Ejection, ejection: Ejection) {
+        if before == ejection {
+            return;
+        }
         let (until, probe) = match ejection {
             Ejection::None => (0, NO_PROBE),
             Ejection::Ejected { until, probe } => (
@@ -261,6 +268,7 @@ impl EndpointLive {
     /// endpoint answers, and the lifecycle decides how much it takes).
     fn check_ends_ejection(&self, check: Check, healthy: u32, now: Instant) {
         let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
         let pass = matches!(check, Check::Pass | Check::Degraded);
         match outlier.record_check(pass, healthy, now) {
             Some(End::ActiveCheck) => self.ended(
@@ -274,7 +282,7 @@ impl EndpointLive {
             Some(end) => self.ended(end, "its time ran out"),
             None => {}
         }
-        self.publish_ejection(outlier.ejection());
+        self.publish_ejection(before, outlier.ejection());
     }
 
     /// Sets the lifecycle outright (a cluster without active checks is
@@ -300,6 +308,7 @@ impl EndpointLive {
         now: Instant,
     ) -> Option<(String, Duration)> {
         let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
         if let Some(end) = outlier.expire(now) {
             self.ended(end, "its time ran out");
         }
@@ -326,7 +335,7 @@ impl EndpointLive {
                     .then(|| (reason, outlier.eject(cfg, probe, now)))
             }
         };
-        self.publish_ejection(outlier.ejection());
+        self.publish_ejection(before, outlier.ejection());
         ejected
     }
 
