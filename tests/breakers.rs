@@ -6,7 +6,10 @@
 //!   fallback at once (timed); after recovery it closes. Logged, counted,
 //!   shown in `/status`;
 //! - an endpoint breaker takes its endpoint out of selection instead of
-//!   failing requests.
+//!   failing requests;
+//! - a reload keeps a breaker, a retry budget and a bulkhead (with the
+//!   requests it holds) while their settings are unchanged, wherever they
+//!   moved in the file, and starts a new breaker when its settings change.
 //!
 //! Run with `cargo test --test breakers -- --nocapture` to see the figures.
 
@@ -334,5 +337,45 @@ fn a_reload_that_only_moves_the_text_keeps_the_breaker_and_the_budget() {
     assert_eq!(changed["breaker"]["state"], "closed", "{changed}");
     assert_eq!(changed["retry_budget"], before["retry_budget"], "{changed}");
     b.set_status(None);
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+}
+
+/// A bulkhead kept across a reload keeps counting the requests in flight:
+/// a reload that only moves the text must not hand out a second set of
+/// slots while the first are taken.
+#[test]
+fn a_reload_that_only_moves_the_text_keeps_the_bulkhead_full() {
+    let b = Backend::start("b");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = ConfigBuilder::new()
+        .admin_at(admin)
+        .set("server", "workers = 1")
+        .set("access_log", "enabled = false")
+        .listener("main", listen)
+        .cluster_with(
+            "app",
+            &[b.addr()],
+            &["bulkhead = { max_concurrent = 1, max_queue = 0 }"],
+        )
+        .route("all", "app")
+        .build();
+    let levee = Levee::start(&config);
+    let bulkhead = |levee: &Levee| levee.status_json()["clusters"][0]["bulkhead"].clone();
+    let slow = std::thread::spawn(move || http_get(listen, "/?delay=3s").map(|r| r.status));
+    assert!(wait_until(T, || bulkhead(&levee)["in_flight"] == 1));
+    assert_eq!(http_get(listen, "/").expect("request").status, 503);
+    assert_eq!(bulkhead(&levee)["rejected_full"], 1);
+
+    levee.write_config(&format!("# moved, not changed\n\n{config}"));
+    assert_eq!(levee.reload_via_admin(), 200);
+    let after = bulkhead(&levee);
+    assert_eq!(
+        (after["in_flight"].clone(), after["rejected_full"].clone()),
+        (1.into(), 1.into()),
+        "{after}"
+    );
+    let r = http_get(listen, "/").expect("request");
+    assert_eq!(r.status, 503, "a second slot after the reload");
+    assert_eq!(slow.join().expect("slow request"), Ok(200));
     assert_eq!(http_get(listen, "/").expect("request").status, 200);
 }
