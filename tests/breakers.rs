@@ -6,7 +6,10 @@
 //!   fallback at once (timed); after recovery it closes. Logged, counted,
 //!   shown in `/status`;
 //! - an endpoint breaker takes its endpoint out of selection instead of
-//!   failing requests.
+//!   failing requests;
+//! - a reload keeps a breaker, a retry budget and a bulkhead (with the
+//!   requests it holds) while their settings are unchanged, wherever they
+//!   moved in the file, and starts a new breaker when its settings change.
 //!
 //! Run with `cargo test --test breakers -- --nocapture` to see the figures.
 
@@ -265,5 +268,114 @@ fn a_reload_keeps_an_open_breaker_unless_its_settings_change() {
     assert_eq!(levee.reload_via_admin(), 200);
     assert_eq!(state(&levee), "closed");
     b.set_status(None);
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+}
+
+#[test]
+fn a_reload_that_only_moves_the_text_keeps_the_breaker_and_the_budget() {
+    let b = Backend::start("b");
+    b.set_status(Some(503));
+    let (listen, admin) = (free_addr(), free_addr());
+    // Settings read as `Spanned` values (failure_rate, window_calls,
+    // failure_statuses, ratio): their place in the file must not matter.
+    let build = |rate: &str| {
+        ConfigBuilder::new()
+            .admin_at(admin)
+            .set("server", "workers = 1")
+            .set("access_log", "enabled = false")
+            .listener("main", listen)
+            .cluster_with(
+                "app",
+                &[b.addr()],
+                &[
+                    "retry = { max_attempts = 2, retry_statuses = [503], budget = { ratio = 0.5 } }",
+                    "outlier_detection = { enabled = false }",
+                    "bulkhead = { max_concurrent = 50 }",
+                    &format!(
+                        r#"circuit_breaker = {{ consecutive_failures = 0, failure_rate = {rate}, min_calls = 4, window_calls = 4, failure_statuses = [429], open_duration = "60s" }}"#
+                    ),
+                ],
+            )
+            .route_with(
+                "all",
+                "app",
+                &[r#"fallback = { headers = { "x-fallback" = "1" } }"#],
+            )
+            .build()
+    };
+    let levee = Levee::start(&build("0.5"));
+    let cluster = |levee: &Levee| levee.status_json()["clusters"][0].clone();
+    // Two requests, two tries each: four failed calls open the breaker, and
+    // the budget allowed two retries.
+    for _ in 0..2 {
+        assert_eq!(http_get(listen, "/").expect("request").status, 503);
+    }
+    let before = cluster(&levee);
+    assert_eq!(before["breaker"]["state"], "open", "{before}");
+    assert_eq!(before["retry_budget"]["allowed"], 2, "{before}");
+    let reached = b.requests();
+
+    // A comment at the top moves every setting down two lines.
+    levee.write_config(&format!("# moved, not changed\n\n{}", build("0.5")));
+    assert_eq!(levee.reload_via_admin(), 200);
+    let after = cluster(&levee);
+    assert_eq!(after["breaker"]["state"], "open", "{after}");
+    assert_eq!(after["retry_budget"], before["retry_budget"], "{after}");
+    let r = http_get(listen, "/").expect("request");
+    assert_eq!((r.status, r.header("x-fallback").is_some()), (503, true));
+    assert_eq!(
+        b.requests(),
+        reached,
+        "an open breaker let a request through"
+    );
+
+    // A new threshold: a new breaker, closed; the budget is not the
+    // breaker's and keeps its history.
+    levee.write_config(&build("0.6"));
+    assert_eq!(levee.reload_via_admin(), 200);
+    let changed = cluster(&levee);
+    assert_eq!(changed["breaker"]["state"], "closed", "{changed}");
+    assert_eq!(changed["retry_budget"], before["retry_budget"], "{changed}");
+    b.set_status(None);
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+}
+
+/// A bulkhead kept across a reload keeps counting the requests in flight:
+/// a reload that only moves the text must not hand out a second set of
+/// slots while the first are taken.
+#[test]
+fn a_reload_that_only_moves_the_text_keeps_the_bulkhead_full() {
+    let b = Backend::start("b");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = ConfigBuilder::new()
+        .admin_at(admin)
+        .set("server", "workers = 1")
+        .set("access_log", "enabled = false")
+        .listener("main", listen)
+        .cluster_with(
+            "app",
+            &[b.addr()],
+            &["bulkhead = { max_concurrent = 1, max_queue = 0 }"],
+        )
+        .route("all", "app")
+        .build();
+    let levee = Levee::start(&config);
+    let bulkhead = |levee: &Levee| levee.status_json()["clusters"][0]["bulkhead"].clone();
+    let slow = std::thread::spawn(move || http_get(listen, "/?delay=3s").map(|r| r.status));
+    assert!(wait_until(T, || bulkhead(&levee)["in_flight"] == 1));
+    assert_eq!(http_get(listen, "/").expect("request").status, 503);
+    assert_eq!(bulkhead(&levee)["rejected_full"], 1);
+
+    levee.write_config(&format!("# moved, not changed\n\n{config}"));
+    assert_eq!(levee.reload_via_admin(), 200);
+    let after = bulkhead(&levee);
+    assert_eq!(
+        (after["in_flight"].clone(), after["rejected_full"].clone()),
+        (1.into(), 1.into()),
+        "{after}"
+    );
+    let r = http_get(listen, "/").expect("request");
+    assert_eq!(r.status, 503, "a second slot after the reload");
+    assert_eq!(slow.join().expect("slow request"), Ok(200));
     assert_eq!(http_get(listen, "/").expect("request").status, 200);
 }

@@ -10,7 +10,10 @@
 //! - a stopped backend under steady load: connect failures are retried on
 //!   another endpoint (no client-visible error), the endpoint is ejected
 //!   after `consecutive_failures` of them, and takes traffic again once
-//!   restarted and the ejection is over;
+//!   restarted and the ejection is over, through one probe request (no
+//!   active checks);
+//! - with active checks, a restarted backend is back within about a second:
+//!   its passing checks end the (30 s) ejection;
 //! - all primaries failing their checks sends traffic to the backup, and it
 //!   moves back when a primary recovers;
 //! - panic mode: a cluster whose only endpoint fails its checks still
@@ -421,9 +424,18 @@ fn stopped_backend_is_ejected_without_client_errors() {
         back_after >= Duration::from_millis(800),
         "traffic during the 1 s ejection: {back_after:?}"
     );
-    let ep = endpoint(&levee, b3_addr).unwrap();
-    assert_eq!(ep["ejected"], false, "{ep}");
-    assert_eq!(ep["usable"], true, "{ep}");
+    // That first request was its probe; its success ends the ejection.
+    assert!(
+        wait_until(T, || endpoint(&levee, b3_addr)
+            .is_some_and(|e| e["ejected"] == false && e["usable"] == true)),
+        "{:?}",
+        endpoint(&levee, b3_addr)
+    );
+    let probes = levee.metric(
+        "levee_outlier_ejections_ended_total",
+        &[("cluster", "app"), ("endpoint", &ep3), ("reason", "probe")],
+    );
+    assert_eq!(probes, Some(1.0));
 
     load.join().expect("load thread");
     let seen = seen.lock().unwrap();
@@ -569,4 +581,129 @@ fn endpoint_added_by_reload_warms_up_first() {
         "healthy_threshold is 2: {checks_before}"
     );
     assert_eq!(transitions(&levee, b1.addr(), "healthy", "warming"), 0.0);
+}
+
+/// Paced GETs of `/load` from one thread, every `gap`, until `stop` is set
+/// (at most `max`): each answer's status and backend (status 0: no answer).
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(listen: SocketAddr, gap: Duration, max: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            for i in 0..max {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let due = start + gap * i as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait); // pacing, not readiness
+                }
+                let r = http_request(listen, "GET", "/load", &[], b"", REQ_TIMEOUT);
+                v.lock().unwrap().push(match r {
+                    Ok(r) => Seen {
+                        status: r.status,
+                        backend: r.header("x-backend").unwrap_or_default().to_owned(),
+                    },
+                    Err(e) => Seen {
+                        status: 0,
+                        backend: e,
+                    },
+                });
+            }
+        });
+        Load { stop, seen, thread }
+    }
+
+    fn sent(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Stops the load; returns every answer.
+    fn finish(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("load thread");
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// The issue's measurement: a backend killed under load and restarted is
+/// ejected by outlier detection (30 s by default) and marked unhealthy by
+/// its checks; once restarted, the checks HAProxy would run (every 500 ms,
+/// rise 2) bring it back, ending the ejection, in about a second. Before,
+/// the ejection ran its full 30 s.
+#[test]
+fn a_restarted_backend_is_back_as_soon_as_its_checks_pass() {
+    let b1 = Backend::start("b1");
+    let b2 = Backend::start("b2");
+    let mut b3 = Backend::start("b3");
+    let b3_addr = b3.addr();
+    let ep3 = b3_addr.to_string();
+    let (admin, listen) = (free_addr(), free_addr());
+    let levee = Levee::start(&config(
+        admin,
+        listen,
+        &[b1.addr(), b2.addr(), b3_addr],
+        &[],
+        &[
+            r#"health_check = { interval = "500ms", timeout = "500ms", jitter = "0s", healthy_threshold = 2, unhealthy_threshold = 3 }"#,
+        ],
+    ));
+    let ended = |reason: &str| {
+        levee.metric(
+            "levee_outlier_ejections_ended_total",
+            &[("cluster", "app"), ("endpoint", &ep3), ("reason", reason)],
+        )
+    };
+    assert_eq!(ended("active_check"), Some(0.0), "present from the start");
+
+    // 200 GET/s (at most 20 s).
+    let load = Load::start(listen, Duration::from_millis(5), 4000);
+    assert!(wait_until(T, || load.sent() >= 100));
+    b3.stop();
+    // Ejected by the failed requests, then unhealthy by its checks.
+    assert!(wait_until(T, || endpoint(&levee, b3_addr)
+        .is_some_and(|e| e["ejected"] == true)));
+    wait_state(&levee, b3_addr, "unhealthy");
+
+    let b3 = Backend::start_on("b3", b3_addr);
+    let restarted = Instant::now();
+    let first = || {
+        b3.recorded()
+            .iter()
+            .find(|r| r.uri == "/load")
+            .map(|r| r.at)
+    };
+    assert!(
+        wait_until(T, || first().is_some()),
+        "b3 never got traffic back"
+    );
+    let back = first().unwrap().saturating_duration_since(restarted);
+    println!("restarted b3 took its first request {back:?} after the restart");
+    assert!(back < Duration::from_secs(2), "back after {back:?}");
+    assert!(wait_until(T, || ended("active_check") == Some(1.0)));
+    assert_eq!(ended("expired"), Some(0.0));
+    assert!(wait_until(T, || b3.requests() >= 20), "a full share");
+
+    let seen = load.finish();
+    let errors: Vec<(u16, &str)> = seen
+        .iter()
+        .filter(|s| s.status != 200)
+        .map(|s| (s.status, s.backend.as_str()))
+        .collect();
+    println!("{} responses, {} errors", seen.len(), errors.len());
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    assert!(
+        levee
+            .stderr_text()
+            .contains("outlier ejection ended: 2 passing active checks in a row"),
+        "the end is logged"
+    );
 }

@@ -1,8 +1,11 @@
 //! What stands between the requests and a cluster: its circuit breaker,
-//! retry budget and bulkhead, plus the per-endpoint breakers. Like
-//! `EndpointLive`, this outlives snapshots: a reload that leaves a cluster's
-//! resilience settings alone keeps the breaker's state and the budget's
-//! history; one that changes them starts afresh.
+//! retry budget, bulkhead and adaptive limit, plus the per-endpoint
+//! breakers. Like `EndpointLive`, these outlive snapshots: each is kept by
+//! its owner (cluster, or cluster and endpoint) and its settings, compared
+//! by value, so a reload that leaves a guard's settings alone keeps its
+//! state (an open breaker stays open, a budget keeps its history) whatever
+//! else changed in the file, and one that changes them starts that guard
+//! afresh, and only that one.
 //!
 //! The cores (`resilience::*`) are synchronous and take the clock; this is
 //! where they meet locks, metrics and logs.
@@ -20,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::live::micros;
 use crate::config::ClusterConfig;
 use crate::config::resilience::BreakerConfig as BreakerTable;
-use crate::config::resilience::{AdaptiveAlgorithm, AdaptiveConcurrencyConfig};
+use crate::config::resilience::{AdaptiveAlgorithm, AdaptiveConcurrencyConfig, BulkheadConfig};
 use crate::observe::metrics::{
     ClusterKindLabels, ClusterLabels, EndpointLabels, Metrics, StateLabels, TransitionLabels,
 };
@@ -28,7 +31,7 @@ use crate::resilience::breaker::{self, Admission, Breaker, Outcome, State, Windo
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::bulkhead::{self, Bulkhead};
 use crate::resilience::concurrency::{self, AdaptiveConfig, AdaptiveLimit};
-use crate::resilience::policy::{FailurePolicy, RetryPolicy, TryResult};
+use crate::resilience::policy::{BudgetSettings, FailurePolicy, RetryPolicy, TryResult};
 
 /// The cluster-wide guards.
 pub struct ClusterGuard {
@@ -36,7 +39,7 @@ pub struct ClusterGuard {
     pub breaker: Option<Arc<SharedBreaker>>,
     pub bulkhead: Option<Arc<Bulkhead>>,
     pub adaptive: Option<Arc<Adaptive>>,
-    budget: Option<Mutex<RetryBudget>>,
+    budget: Option<Arc<Mutex<RetryBudget>>>,
     budget_exhausted: Counter,
     bulkhead_full: Counter,
     bulkhead_timeout: Counter,
@@ -372,12 +375,56 @@ impl SharedBreaker {
     }
 }
 
-/// Keeps guards across reloads, by cluster (or endpoint) and settings. The
-/// registry holds them weakly: the snapshots that use them keep them alive.
+/// Things of one kind kept across reloads: for each owner, the ones made
+/// for each settings value still in use. Held weakly: the snapshots that use
+/// them keep them alive. Settings are compared with `==`, by value; never
+/// by their `Debug` text, which for config values includes where in the
+/// file they were written.
+struct Kept<K, S, T> {
+    map: Mutex<HashMap<K, Versions<S, T>>>,
+}
+
+/// The ones of one owner, each with the settings it was made for.
+type Versions<S, T> = Vec<(S, Weak<T>)>;
+
+impl<K, S, T> Default for Kept<K, S, T> {
+    fn default() -> Self {
+        Kept {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, S: PartialEq + Clone, T> Kept<K, S, T> {
+    /// The one kept for `owner` with `settings`, or a new one from `make`.
+    fn get(&self, owner: K, settings: &S, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, v| {
+            v.retain(|(_, w)| w.strong_count() > 0);
+            !v.is_empty()
+        });
+        let kept = map.entry(owner).or_default();
+        if let Some(t) = kept
+            .iter()
+            .find(|(s, _)| s == settings)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return t;
+        }
+        let t = Arc::new(make());
+        kept.push((settings.clone(), Arc::downgrade(&t)));
+        t
+    }
+}
+
+/// Keeps guards across reloads, each by its owner and its own settings.
 #[derive(Default)]
 pub struct GuardRegistry {
-    clusters: Mutex<HashMap<(String, String), Weak<ClusterGuard>>>,
-    endpoints: Mutex<HashMap<(String, SocketAddr, String), Weak<SharedBreaker>>>,
+    breakers: Kept<String, BreakerTable, SharedBreaker>,
+    budgets: Kept<String, BudgetSettings, Mutex<RetryBudget>>,
+    bulkheads: Kept<String, BulkheadConfig, Bulkhead>,
+    adaptive: Kept<String, AdaptiveConcurrencyConfig, Adaptive>,
+    endpoints: Kept<(String, SocketAddr), BreakerTable, SharedBreaker>,
 }
 
 impl GuardRegistry {
@@ -388,31 +435,22 @@ impl GuardRegistry {
         metrics: &Metrics,
     ) -> Arc<ClusterGuard> {
         let name = config.name.get_ref();
-        // The settings that shape the guards' state; any change starts afresh.
-        let fingerprint = format!(
-            "{:?}|{:?}|{:?}|{:?}",
-            config.circuit_breaker, retry.budget, config.bulkhead, config.adaptive_concurrency
-        );
-        let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        let key = (name.clone(), fingerprint);
-        if let Some(g) = map.get(&key).and_then(Weak::upgrade) {
-            return g;
-        }
-        let guard = Arc::new(ClusterGuard {
-            breaker: config
-                .circuit_breaker
-                .as_ref()
-                .map(|t| Arc::new(SharedBreaker::new(t, name, "", metrics))),
+        let guard = ClusterGuard {
+            breaker: config.circuit_breaker.as_ref().map(|t| {
+                self.breakers
+                    .get(name.clone(), t, || SharedBreaker::new(t, name, "", metrics))
+            }),
             bulkhead: config.bulkhead.as_ref().map(|b| {
-                Arc::new(Bulkhead::new(
-                    *b.max_concurrent.get_ref(),
-                    b.max_queue,
-                    b.queue_timeout.get(),
-                ))
+                self.bulkheads.get(name.clone(), b, || {
+                    Bulkhead::new(
+                        *b.max_concurrent.get_ref(),
+                        b.max_queue,
+                        b.queue_timeout.get(),
+                    )
+                })
             }),
             adaptive: config.adaptive_concurrency.as_ref().map(|a| {
-                Arc::new(Adaptive {
+                self.adaptive.get(name.clone(), a, || Adaptive {
                     limit: Mutex::new(AdaptiveLimit::new(adaptive_config(a), Instant::now())),
                     shed: metrics.shed.get_or_create_owned(&ClusterLabels {
                         cluster: name.clone(),
@@ -431,17 +469,18 @@ impl GuardRegistry {
                     cluster: name.clone(),
                     kind: "queue_timeout",
                 }),
-            budget: retry
-                .budget
-                .map(|b| Mutex::new(RetryBudget::new(b.ratio, b.min_per_sec, b.window))),
+            budget: retry.budget.map(|b| {
+                self.budgets.get(name.clone(), &b, || {
+                    Mutex::new(RetryBudget::new(b.ratio, b.min_per_sec, b.window))
+                })
+            }),
             budget_exhausted: metrics
                 .retry_budget_exhausted
                 .get_or_create_owned(&ClusterLabels {
                     cluster: name.clone(),
                 }),
-        });
-        map.insert(key, Arc::downgrade(&guard));
-        guard
+        };
+        Arc::new(guard)
     }
 
     pub fn endpoint(
@@ -451,19 +490,113 @@ impl GuardRegistry {
         table: &BreakerTable,
         metrics: &Metrics,
     ) -> Arc<SharedBreaker> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        let key = (cluster.to_owned(), address, format!("{table:?}"));
-        if let Some(b) = map.get(&key).and_then(Weak::upgrade) {
-            return b;
-        }
-        let b = Arc::new(SharedBreaker::new(
-            table,
-            cluster,
-            &address.to_string(),
+        self.endpoints
+            .get((cluster.to_owned(), address), table, || {
+                SharedBreaker::new(table, cluster, &address.to_string(), metrics)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"
+[[clusters]]
+name = "app"
+circuit_breaker = { failure_rate = 0.3, window_calls = 20, failure_statuses = [429] }
+endpoint_circuit_breaker = { failure_rate = 0.4 }
+bulkhead = { max_concurrent = 8 }
+adaptive_concurrency = { tolerance = 1.5, max_limit = 200 }
+retry = { budget = { ratio = 0.1 } }
+[[clusters.endpoints]]
+address = "127.0.0.1:1"
+"#;
+
+    /// The guards a registry gives the first cluster of `text`.
+    fn guards(
+        registry: &GuardRegistry,
+        metrics: &Metrics,
+        text: &str,
+    ) -> (Arc<ClusterGuard>, Arc<SharedBreaker>) {
+        let text = format!("[server]\nallow_no_listeners = true\n{text}");
+        let config = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let c = &config.clusters[0];
+        let retry = RetryPolicy::from_config(&c.retry);
+        let endpoint = registry.endpoint(
+            "app",
+            *c.endpoints[0].address.get_ref(),
+            c.endpoint_circuit_breaker.as_ref().unwrap(),
             metrics,
-        ));
-        map.insert(key, Arc::downgrade(&b));
-        b
+        );
+        (registry.cluster(c, &retry, metrics), endpoint)
+    }
+
+    fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn guards_survive_text_moving_and_restart_only_when_their_settings_change() {
+        let (registry, metrics) = (GuardRegistry::default(), Metrics::new());
+        let (a, ea) = guards(&registry, &metrics, CLUSTER);
+        // Every setting moved in the file (spans differ), none changed.
+        let moved = |text: &str| format!("# a comment\n\n{}", text.replace(" = ", "   =   "));
+        let (b, eb) = guards(&registry, &metrics, &moved(CLUSTER));
+        assert!(same(&a.breaker, &b.breaker), "cluster breaker kept");
+        assert!(same(&a.bulkhead, &b.bulkhead), "bulkhead kept");
+        assert!(same(&a.adaptive, &b.adaptive), "adaptive limit kept");
+        assert!(same(&a.budget, &b.budget), "retry budget kept");
+        assert!(Arc::ptr_eq(&ea, &eb), "endpoint breaker kept");
+
+        // A new bulkhead size replaces the bulkhead only.
+        let (c, ec) = guards(&registry, &metrics, &moved(&CLUSTER.replace("= 8", "= 9")));
+        assert!(!same(&b.bulkhead, &c.bulkhead));
+        assert!(same(&b.breaker, &c.breaker));
+        assert!(same(&b.adaptive, &c.adaptive));
+        assert!(same(&b.budget, &c.budget));
+        assert!(Arc::ptr_eq(&eb, &ec));
+
+        // Each of the others, likewise.
+        let (d, ed) = guards(&registry, &metrics, &CLUSTER.replace("[429]", "[429, 503]"));
+        assert!(!same(&a.breaker, &d.breaker) && same(&a.bulkhead, &d.bulkhead));
+        assert!(
+            Arc::ptr_eq(&ea, &ed),
+            "the endpoint breaker has its own table"
+        );
+        let (e, ee) = guards(
+            &registry,
+            &metrics,
+            &CLUSTER.replace("rate = 0.4", "rate = 0.45"),
+        );
+        assert!(!Arc::ptr_eq(&ea, &ee) && same(&a.breaker, &e.breaker));
+        let (f, _) = guards(
+            &registry,
+            &metrics,
+            &CLUSTER.replace("tolerance = 1.5", "tolerance = 1.6"),
+        );
+        assert!(!same(&a.adaptive, &f.adaptive) && same(&a.breaker, &f.breaker));
+        let (g, _) = guards(
+            &registry,
+            &metrics,
+            &CLUSTER.replace("ratio = 0.1", "ratio = 0.2"),
+        );
+        assert!(!same(&a.budget, &g.budget) && same(&a.adaptive, &g.adaptive));
+    }
+
+    #[test]
+    fn a_guard_nobody_uses_is_forgotten() {
+        let (registry, metrics) = (GuardRegistry::default(), Metrics::new());
+        let (a, _) = guards(&registry, &metrics, CLUSTER);
+        let weak = Arc::downgrade(a.breaker.as_ref().unwrap());
+        drop(a);
+        assert!(weak.upgrade().is_none(), "the registry holds guards weakly");
+        let (b, _) = guards(&registry, &metrics, CLUSTER);
+        assert!(b.breaker.is_some());
+        let map = registry.breakers.map.lock().unwrap();
+        assert_eq!(map["app"].len(), 1, "dead entries are dropped");
     }
 }

@@ -10,18 +10,23 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Cluster;
 use super::ewma;
-use super::health::outlier::{Outlier, OutlierConfig, may_eject};
+use super::health::outlier::{Ejection, End, Event, Outlier, OutlierConfig, may_eject};
 use super::health::state::{Check, Lifecycle, State, Thresholds, Transition};
-use crate::observe::metrics::{EndpointLabels, Metrics, StateLabels, UpstreamLabels};
+use crate::observe::metrics::{
+    EndpointLabels, EndpointReasonLabels, Metrics, StateLabels, UpstreamLabels,
+};
 use crate::upstream::{Counters, Pool};
 
 /// Per-endpoint state that outlives snapshots.
 pub struct EndpointLive {
     pub address: SocketAddr,
+    /// The cluster's name, for log lines.
+    cluster: Arc<str>,
     in_flight: AtomicI64,
     /// Active-check state (WARMING, HEALTHY, DEGRADED, UNHEALTHY, DRAINING).
     lifecycle: Mutex<Lifecycle>,
@@ -38,9 +43,15 @@ pub struct EndpointLive {
     /// (microseconds after `epoch()`), for the slow-start ramp; `u64::MAX`:
     /// no ramp.
     ramp_from: AtomicU64,
-    /// Ejected by outlier detection until this many microseconds after
-    /// `epoch()`; 0 when not ejected.
+    /// Outlier detection's verdict (`publish_ejection`): ejected until this
+    /// many microseconds after `epoch()`; 0 when not ejected.
     ejected_until: AtomicU64,
+    /// After `ejected_until`: `NO_PROBE`, the endpoint is back; `PROBE_OPEN`,
+    /// one probe request may be claimed (`take_probe`); later values, a
+    /// probe is in flight and the next may be claimed at that time.
+    probe: AtomicU64,
+    /// Ejections ended, by `End` (in `End::ALL` order).
+    ejections_ended: [Counter; 3],
     state_gauges: [Gauge; 5],
     /// Response-time estimate for the latency-aware balancers.
     pub latency: ewma::Latency,
@@ -48,6 +59,9 @@ pub struct EndpointLive {
     pub pool: Arc<Pool>,
     in_flight_gauge: Gauge,
 }
+
+const NO_PROBE: u64 = 0;
+const PROBE_OPEN: u64 = 1;
 
 /// The instant ejection deadlines are counted from.
 fn epoch() -> Instant {
@@ -75,8 +89,72 @@ impl EndpointLive {
         // the check: only when there is an ejection to compare with.
         self.in_service.load(Ordering::Relaxed) && {
             let until = self.ejected_until.load(Ordering::Relaxed);
-            until == 0 || micros(now) >= until
+            until == 0 || {
+                let (m, probe) = (micros(now), self.probe.load(Ordering::Relaxed));
+                m >= until && (probe <= PROBE_OPEN || m >= probe)
+            }
         }
+    }
+
+    /// Called for the endpoint a pick chose: true if it may take the
+    /// request. An endpoint whose ejection time is over takes one probe
+    /// request, claimed here for at most `hold`; a second pick that raced
+    /// for the same probe gets false and picks again.
+    pub fn take_probe(&self, now: Instant, hold: Duration) -> bool {
+        if self.ejected_until.load(Ordering::Relaxed) == 0
+            || self.probe.load(Ordering::Relaxed) == NO_PROBE
+        {
+            return true;
+        }
+        let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
+        let taken = outlier.claim(now, hold);
+        self.publish_ejection(before, outlier.ejection());
+        taken
+    }
+
+    /// Ends an ejection without counting it: the cluster no longer has
+    /// outlier detection, so nothing would ever judge a probe.
+    pub(super) fn clear_ejection(&self, now: Instant) {
+        if self.ejected_until.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
+        if outlier.clear(now) {
+            tracing::info!(cluster = %self.cluster, endpoint = %self.address,
+                "outlier ejection ended: the cluster no longer has outlier detection");
+        }
+        self.publish_ejection(before, outlier.ejection());
+    }
+
+    /// Publishes outlier detection's verdict for `usable` to read, when it
+    /// changed (most responses change nothing, and a store would take the
+    /// cache line from every other worker reading it).
+    fn publish_ejection(&self, before: Ejection, ejection: Ejection) {
+        if before == ejection {
+            return;
+        }
+        let (until, probe) = match ejection {
+            Ejection::None => (0, NO_PROBE),
+            Ejection::Ejected { until, probe } => (
+                micros(until).max(1),
+                if probe { PROBE_OPEN } else { NO_PROBE },
+            ),
+            // Over; only the probe decides now.
+            Ejection::Probing { claimed: None } => (1, PROBE_OPEN),
+            Ejection::Probing { claimed: Some(t) } => (1, micros(t).max(PROBE_OPEN + 1)),
+        };
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.probe.store(probe, Ordering::Relaxed);
+    }
+
+    /// Logs and counts the end of an ejection.
+    fn ended(&self, end: End, detail: &str) {
+        tracing::info!(cluster = %self.cluster, endpoint = %self.address,
+            reason = end.as_str(), "outlier ejection ended: {detail}");
+        let i = End::ALL.iter().position(|e| *e == end).unwrap_or(0);
+        self.ejections_ended[i].inc();
     }
 
     /// The slow-start share of an endpoint that came back at most
@@ -95,8 +173,11 @@ impl EndpointLive {
         }
     }
 
+    /// Out of rotation by outlier detection: ejected, or its time over and
+    /// waiting on a probe.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        micros(now) < self.ejected_until.load(Ordering::Relaxed)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && (self.probe.load(Ordering::Relaxed) != NO_PROBE || micros(now) < until)
     }
 
     pub fn state(&self) -> State {
@@ -165,6 +246,7 @@ impl EndpointLive {
         thresholds: &Thresholds,
         now: Instant,
     ) -> Option<Transition> {
+        self.check_ends_ejection(check, thresholds.healthy, now);
         let mut lifecycle = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let transition = lifecycle.record(check, thresholds, now);
         if let Some(t) = &transition {
@@ -179,6 +261,28 @@ impl EndpointLive {
         transition
     }
 
+    /// An active check's part in outlier detection: `healthy` passing
+    /// checks in a row end an ejection (a degraded answer counts: the
+    /// endpoint answers, and the lifecycle decides how much it takes).
+    fn check_ends_ejection(&self, check: Check, healthy: u32, now: Instant) {
+        let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        let before = outlier.ejection();
+        let pass = matches!(check, Check::Pass | Check::Degraded);
+        match outlier.record_check(pass, healthy, now) {
+            Some(End::ActiveCheck) => self.ended(
+                End::ActiveCheck,
+                &format!(
+                    "{} passing active checks in a row (healthy_threshold {})",
+                    healthy.max(1),
+                    healthy
+                ),
+            ),
+            Some(end) => self.ended(end, "its time ran out"),
+            None => {}
+        }
+        self.publish_ejection(before, outlier.ejection());
+    }
+
     /// Sets the lifecycle outright (a cluster without active checks is
     /// healthy by definition).
     pub(super) fn reset(&self, state: State, now: Instant) {
@@ -190,8 +294,9 @@ impl EndpointLive {
     }
 
     /// Feeds one response to outlier detection. Returns why and for how
-    /// long the endpoint was ejected, if this response ejected it.
-    /// `others_ejected`: how many of the cluster's endpoints already are.
+    /// long the endpoint was ejected, if this response ejected it (a trigger
+    /// fired, or it was the probe and failed). The end of an ejection is
+    /// logged and counted here.
     pub fn record_response(
         &self,
         ok: bool,
@@ -201,19 +306,35 @@ impl EndpointLive {
         now: Instant,
     ) -> Option<(String, Duration)> {
         let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
-        let reason = outlier.record(ok, cfg, now)?;
-        let ejected = cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.live.is_ejected(now))
-            .count();
-        if !may_eject(ejected, cluster.endpoints.len(), max_percent) {
-            return None;
+        let before = outlier.ejection();
+        if let Some(end) = outlier.expire(now) {
+            self.ended(end, "its time ran out");
         }
-        let duration = outlier.eject(cfg, now);
-        self.ejected_until
-            .store(micros(now + duration), Ordering::Relaxed);
-        Some((reason, duration))
+        let ejected = match outlier.record(ok, cfg, now) {
+            None => None,
+            Some(Event::Ended(end)) => {
+                self.ended(end, "its probe request succeeded");
+                None
+            }
+            Some(Event::Reejected(duration)) => Some((
+                "its probe request after the ejection failed".to_owned(),
+                duration,
+            )),
+            Some(Event::Trip(reason)) => {
+                let ejected = cluster
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.live.is_ejected(now))
+                    .count();
+                // Without active checks, nothing but a probe request can
+                // say that the endpoint is back.
+                let probe = cluster.health_check.is_none();
+                may_eject(ejected, cluster.endpoints.len(), max_percent)
+                    .then(|| (reason, outlier.eject(cfg, probe, now)))
+            }
+        };
+        self.publish_ejection(before, outlier.ejection());
+        ejected
     }
 
     pub fn in_flight(&self) -> i64 {
@@ -298,8 +419,20 @@ impl LiveRegistry {
                         state: state.as_str(),
                     })
                 };
+                let ended = End::ALL.map(|end| {
+                    metrics
+                        .ejections_ended
+                        .get_or_create_owned(&EndpointReasonLabels {
+                            cluster: cluster.to_owned(),
+                            endpoint: address.to_string(),
+                            reason: end.as_str(),
+                        })
+                });
+                // Present from the start, at 0: "absent" must not mean "none".
+                let _ = metrics.ejections.get_or_create_owned(&labels);
                 let live = Arc::new(EndpointLive {
                     address,
+                    cluster: cluster.into(),
                     in_flight: AtomicI64::new(0),
                     lifecycle: Mutex::new(Lifecycle::new(initial, Instant::now())),
                     outlier: Mutex::new(Outlier::new()),
@@ -308,6 +441,8 @@ impl LiveRegistry {
                     degraded: AtomicBool::new(false),
                     ramp_from: AtomicU64::new(u64::MAX),
                     ejected_until: AtomicU64::new(0),
+                    probe: AtomicU64::new(NO_PROBE),
+                    ejections_ended: ended,
                     state_gauges: STATES.map(gauge),
                     latency: ewma::Latency::new(LATENCY_DECAY),
                     pool: Arc::new(Pool::new(

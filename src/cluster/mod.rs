@@ -140,12 +140,18 @@ impl Cluster {
                     .map(|t| live.guards.endpoint(name, *e.address.get_ref(), t, metrics)),
             })
             .collect();
+        let now = Instant::now();
         if config.health_check.is_none() {
             // Nothing would ever move these endpoints again: take any
             // verdict of an earlier configuration's checks back.
-            let now = Instant::now();
             for e in &endpoints {
                 e.live.reset(State::Healthy, now);
+            }
+        }
+        if !config.outlier_detection.enabled {
+            // Likewise for an earlier configuration's ejections.
+            for e in &endpoints {
+                e.live.clear_ejection(now);
             }
         }
         let retry = RetryPolicy::from_config(&config.retry);
@@ -221,7 +227,10 @@ impl Cluster {
     pub fn pinned(&self, token: &str, now: Instant) -> Option<&Endpoint> {
         let i = self.affinity_tokens.iter().position(|t| t == token)?;
         let e = &self.endpoints[i];
-        (e.live.usable(now) && !e.breaker_blocks(now)).then_some(e)
+        let ok = e.live.usable(now)
+            && !e.breaker_blocks(now)
+            && e.live.take_probe(now, self.response_timeout);
+        ok.then_some(e)
     }
 
     /// The affinity token of an endpoint of this cluster.
@@ -231,6 +240,23 @@ impl Cluster {
     }
 
     pub fn pick(&self, input: &PickInput) -> Option<&Endpoint> {
+        // An endpoint whose outlier ejection is over takes one probe request
+        // before its full share. Two workers may pick it for the probe at
+        // once: the one that loses the claim picks again, and no longer
+        // finds it usable. Each lost claim takes one endpoint out, so this
+        // ends.
+        for _ in 0..=self.endpoints.len() {
+            let (e, panic) = self.pick_once(input)?;
+            // Panic mode sends to endpoints whatever their verdict.
+            if panic || e.live.take_probe(input.now, self.response_timeout) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// One pick; true with it when in panic mode.
+    fn pick_once(&self, input: &PickInput) -> Option<(&Endpoint, bool)> {
         let now = input.now;
         let balancer: &dyn Balancer = if input.avoid.is_empty() {
             &*self.balancer
@@ -289,16 +315,17 @@ impl Cluster {
             let usable = (0..self.endpoints.len()).filter(|&i| primary(i)).count();
             if primaries > 0 && usable * 100 < primaries * self.panic_threshold as usize {
                 let i = balancer.pick(&ctx(&panic))?;
-                return self.endpoints.get(i);
+                return Some((self.endpoints.get(i)?, true));
             }
         }
-        let i = balancer
+        let chosen = balancer
             .pick(&ctx(&ramped))
             .or_else(|| balancer.pick(&ctx(&healthy)))
             .or_else(|| balancer.pick(&ctx(&primary)))
             .or_else(|| balancer.pick(&ctx(&backup)))
-            .or_else(|| balancer.pick(&ctx(&panic)))?;
-        self.endpoints.get(i)
+            .map(|i| (i, false))
+            .or_else(|| balancer.pick(&ctx(&panic)).map(|i| (i, true)))?;
+        Some((self.endpoints.get(chosen.0)?, chosen.1))
     }
 }
 
@@ -419,5 +446,126 @@ mod tests {
         down(&c, 2, now);
         // 1 of 4 usable: 25 % < 50 %.
         assert_eq!(picks(&c, now), [1, 2, 3, 4]);
+    }
+
+    /// How many of 100 picks at `now` go to port 1 (endpoint 0).
+    fn to_first(c: &Cluster, now: Instant) -> usize {
+        let input = PickInput {
+            now,
+            key: 0,
+            random: 0,
+            avoid: Vec::new(),
+        };
+        (0..100)
+            .filter(|_| c.pick(&input).is_some_and(|e| e.address.port() == 1))
+            .count()
+    }
+
+    #[test]
+    fn without_checks_an_ejected_endpoint_comes_back_through_one_probe() {
+        const SEC: Duration = Duration::from_secs(1);
+        let now = Instant::now();
+        let c = cluster("");
+        let cfg = c.outlier.clone().unwrap();
+        let first = &c.endpoints[0].live;
+        let record = |ok, at| first.record_response(ok, &cfg, c.max_ejection_percent, &c, at);
+        let eject = |at| {
+            for _ in 0..4 {
+                assert_eq!(record(false, at), None);
+            }
+            record(false, at).unwrap()
+        };
+        assert_eq!(eject(now).1, 30 * SEC);
+        assert_eq!(to_first(&c, now), 0, "ejected");
+        assert_eq!(to_first(&c, now + 29 * SEC), 0);
+        // Its time over: one request, then nothing until its result...
+        let end = now + 30 * SEC;
+        assert_eq!(to_first(&c, end), 1, "one probe");
+        assert_eq!(to_first(&c, end + SEC), 0, "one probe in flight");
+        assert!(first.is_ejected(end + SEC));
+        // ...which, a success, gives it its full share.
+        assert_eq!(record(true, end + SEC), None);
+        assert_eq!(to_first(&c, end + SEC), 25);
+        assert!(!first.is_ejected(end + SEC));
+
+        // Ejected again: the second ejection is longer, and a failed probe
+        // ejects it for longer still.
+        let t = end + 2 * SEC;
+        assert_eq!(eject(t).1, 60 * SEC);
+        assert_eq!(to_first(&c, t + 60 * SEC), 1);
+        let (why, length) = record(false, t + 61 * SEC).unwrap();
+        assert_eq!(
+            (why.as_str(), length),
+            ("its probe request after the ejection failed", 90 * SEC)
+        );
+        assert_eq!(to_first(&c, t + 62 * SEC), 0);
+        // A probe whose result never came is given up after the cluster's
+        // response_timeout, and another is sent.
+        let end = t + 61 * SEC + 90 * SEC;
+        assert_eq!(to_first(&c, end), 1);
+        assert_eq!(to_first(&c, end + c.response_timeout - SEC), 0);
+        assert_eq!(to_first(&c, end + c.response_timeout), 1);
+    }
+
+    #[test]
+    fn with_checks_passing_checks_end_an_ejection() {
+        let now = Instant::now();
+        let c = cluster("health_check = {}");
+        let cfg = c.outlier.clone().unwrap();
+        let first = &c.endpoints[0].live;
+        for _ in 0..5 {
+            first.record_response(false, &cfg, c.max_ejection_percent, &c, now);
+        }
+        assert!(first.is_ejected(now));
+        let two = Thresholds {
+            healthy: 2,
+            unhealthy: 3,
+        };
+        let ms = Duration::from_millis(500);
+        first.record_check(Check::Pass, &two, now + ms);
+        assert_eq!(to_first(&c, now + ms), 0, "one pass is not enough");
+        first.record_check(Check::Pass, &two, now + 2 * ms);
+        assert!(!first.is_ejected(now + 2 * ms));
+        assert_eq!(
+            to_first(&c, now + 2 * ms),
+            25,
+            "back, its full share at once"
+        );
+    }
+
+    #[test]
+    fn a_reload_without_outlier_detection_ends_its_ejections() {
+        let text = |extra: &str| {
+            let mut t = format!("[[clusters]]\nname = \"c\"\n{extra}\n");
+            for port in 1..=2 {
+                t.push_str(&format!(
+                    "[[clusters.endpoints]]\naddress = \"127.0.0.1:{port}\"\n"
+                ));
+            }
+            t
+        };
+        let (live, metrics) = (LiveRegistry::new(1), Metrics::new());
+        let build = |extra: &str| {
+            let path = std::path::Path::new("t.toml");
+            let text = format!("[server]\nallow_no_listeners = true\n{}", text(extra));
+            let config = crate::config::parse(path, &text).unwrap();
+            Cluster::build(&config.clusters[0], &live, &metrics, false)
+        };
+        let now = Instant::now();
+        let c = build("");
+        let cfg = c.outlier.clone().unwrap();
+        for _ in 0..5 {
+            let first = &c.endpoints[0].live;
+            first.record_response(false, &cfg, c.max_ejection_percent, &c, now);
+        }
+        assert!(c.endpoints[0].live.is_ejected(now));
+        // The same settings keep the ejection; detection off ends it, since
+        // nothing would judge its probe.
+        let again = build("");
+        assert!(again.endpoints[0].live.is_ejected(now));
+        let off = build("outlier_detection = { enabled = false }");
+        let now = Instant::now();
+        assert!(!off.endpoints[0].live.is_ejected(now));
+        assert!(off.endpoints[0].live.usable(now));
     }
 }

@@ -120,7 +120,9 @@ pub const MAX_WINDOW_CALLS: u32 = 10_000;
 
 /// `[clusters.circuit_breaker]` (the whole cluster) and
 /// `[clusters.endpoint_circuit_breaker]` (each endpoint on its own).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+// PartialEq compares values (`Spanned` ignores its span): guards are kept
+// across reloads while their settings compare equal.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failures in a row that open it; 0 disables this trigger.
@@ -171,7 +173,8 @@ impl Default for BreakerConfig {
 
 /// `[clusters.bulkhead]`: the cluster's share of Levee, so that one slow
 /// backend cannot hold every connection.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+// PartialEq by value: see `BreakerConfig`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BulkheadConfig {
     pub max_concurrent: Spanned<u32>,
@@ -223,7 +226,8 @@ pub enum AdaptiveAlgorithm {
 /// `[clusters.adaptive_concurrency]`: a limit on the requests in flight to
 /// the cluster, learned from its latency; the excess is answered 503 at
 /// once. Off unless the table is present.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+// PartialEq by value: see `BreakerConfig`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptiveConcurrencyConfig {
     pub algorithm: AdaptiveAlgorithm,

@@ -41,6 +41,13 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointReasonLabels {
+    pub cluster: String,
+    pub endpoint: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub cluster: String,
     pub endpoint: String,
@@ -129,6 +136,7 @@ pub struct Metrics {
     pub endpoint_state: Family<StateLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
+    pub ejections_ended: Family<EndpointReasonLabels, Counter>,
     pub ratelimit_decisions: Family<RuleDecisionLabels, Counter>,
     pub ratelimit_store_errors: Family<RuleLabels, Counter>,
     pub ratelimit_keys: Family<RuleTierLabels, Gauge>,
@@ -286,6 +294,12 @@ impl Metrics {
             "Times an endpoint was ejected by passive outlier detection",
             ejections.clone(),
         );
+        let ejections_ended = Family::<EndpointReasonLabels, Counter>::default();
+        registry.register(
+            "outlier_ejections_ended",
+            "Outlier ejections that ended, by reason: active_check (healthy_threshold passing active checks in a row), expired (its time ran out; clusters with active checks), probe (its probe request succeeded; clusters without active checks)",
+            ejections_ended.clone(),
+        );
         let ratelimit_decisions = Family::<RuleDecisionLabels, Counter>::default();
         registry.register(
             "ratelimit_decisions",
@@ -337,6 +351,7 @@ impl Metrics {
             endpoint_state,
             transitions,
             ejections,
+            ejections_ended,
             requests,
             request_duration,
             upstream_head_duration,

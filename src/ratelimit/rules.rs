@@ -49,22 +49,43 @@ const DRY_RUN_LOG_EVERY: Duration = Duration::from_secs(10);
 /// holding it.
 #[derive(Default)]
 pub struct Registry {
-    tables: Mutex<HashMap<String, Weak<Table>>>,
+    /// By (rule, tier): the tables made for each settings value in use.
+    tables: Mutex<HashMap<(String, String), Vec<KeptTable>>>,
     stores: Mutex<HashMap<String, Weak<RedisStore>>>,
 }
 
+type KeptTable = (TableSettings, Weak<Table>);
+
+/// What a table's counts mean; a table is reused only while they compare
+/// equal, by value.
+#[derive(Clone, PartialEq)]
+struct TableSettings {
+    limit: Limit,
+    key: KeySpec,
+    max_keys: usize,
+}
+
 impl Registry {
-    /// The table of `rule`'s `tier`, reused when `fingerprint` (its limit,
-    /// key and size) is the one it was made for.
-    fn table(&self, rule: &str, tier: &str, fingerprint: String, max_keys: usize) -> Arc<Table> {
-        let id = format!("{rule}\0{tier}\0{fingerprint}");
+    /// The table of `rule`'s `tier`, reused while its settings (limit, key
+    /// and size) are the ones it was made for.
+    fn table(&self, rule: &str, tier: &str, settings: TableSettings) -> Arc<Table> {
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        tables.retain(|_, t| t.strong_count() > 0);
-        if let Some(t) = tables.get(&id).and_then(Weak::upgrade) {
+        tables.retain(|_, v| {
+            v.retain(|(_, t)| t.strong_count() > 0);
+            !v.is_empty()
+        });
+        let kept = tables
+            .entry((rule.to_owned(), tier.to_owned()))
+            .or_default();
+        if let Some(t) = kept
+            .iter()
+            .find(|(s, _)| *s == settings)
+            .and_then(|(_, t)| t.upgrade())
+        {
             return t;
         }
-        let t = Arc::new(Table::new(max_keys));
-        tables.insert(id, Arc::downgrade(&t));
+        let t = Arc::new(Table::new(settings.max_keys));
+        kept.push((settings, Arc::downgrade(&t)));
         t
     }
 
@@ -454,7 +475,11 @@ impl Rule {
                 burst,
                 delay: r.delay,
             };
-            let fingerprint = format!("{limit:?} {key:?}");
+            let settings = TableSettings {
+                limit,
+                key: key.clone(),
+                max_keys,
+            };
             let decisions = |result| {
                 metrics
                     .ratelimit_decisions
@@ -467,7 +492,7 @@ impl Rule {
             Tier {
                 name: tier.into(),
                 limit,
-                table: registry.table(&name, tier, fingerprint, max_keys),
+                table: registry.table(&name, tier, settings),
                 allowed: decisions("allowed"),
                 limited: decisions("limited"),
                 dry_run_limited: decisions("dry_run_limited"),
@@ -748,7 +773,8 @@ dry_run = true
             RateLimits::build(&config.rate_limit, &registry, &metrics)
         };
         let a = build(RULES);
-        let b = build(RULES);
+        // Moved in the file, not changed: the same tables.
+        let b = build(&format!("# a comment\n\n{RULES}"));
         assert!(Arc::ptr_eq(
             &a.rules["ip"].base.as_ref().unwrap().table,
             &b.rules["ip"].base.as_ref().unwrap().table
@@ -761,6 +787,12 @@ dry_run = true
         assert!(Arc::ptr_eq(
             &a.rules["watch"].base.as_ref().unwrap().table,
             &c.rules["watch"].base.as_ref().unwrap().table
+        ));
+        // A new size is a new table (the old one would keep the old size).
+        let d = build(&RULES.replace("headers = \"both\"", "headers = \"both\"\nmax_keys = 10"));
+        assert!(!Arc::ptr_eq(
+            &a.rules["watch"].base.as_ref().unwrap().table,
+            &d.rules["watch"].base.as_ref().unwrap().table
         ));
     }
 
