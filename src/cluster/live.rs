@@ -255,6 +255,9 @@ pub struct LiveRegistry {
     workers: usize,
     /// Breakers, retry budgets and bulkheads.
     pub guards: super::guard::GuardRegistry,
+    /// What the names in endpoint addresses resolve to now; snapshots
+    /// expand named endpoints from it.
+    pub resolved: Arc<crate::discovery::Resolved>,
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointLive>>>,
 }
 
@@ -263,6 +266,7 @@ impl LiveRegistry {
         LiveRegistry {
             workers,
             guards: Default::default(),
+            resolved: Default::default(),
             endpoints: Mutex::new(HashMap::new()),
         }
     }
@@ -325,10 +329,19 @@ impl LiveRegistry {
             .clone()
     }
 
-    /// Forgets endpoints that the newest config no longer has. Snapshots still
-    /// in use keep their own references, so in-flight requests are unaffected.
+    /// Forgets endpoints that the newest snapshot no longer has. Snapshots
+    /// still in use keep their own references, so in-flight requests finish;
+    /// the forgotten endpoints are drained first, so that those snapshots'
+    /// retries do not pick them either.
     pub fn retain(&self, keep: &[(String, SocketAddr)]) {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|k, _| keep.contains(k));
+        let now = Instant::now();
+        map.retain(|k, live| {
+            let stays = keep.contains(k);
+            if !stays {
+                live.drain(now);
+            }
+            stays
+        });
     }
 }

@@ -4,6 +4,7 @@
 //! names the file, line, column, the key and what would be valid. Levee never
 //! runs half-configured, and a refused reload leaves the running config alone.
 
+pub mod dns;
 pub mod ratelimit;
 pub mod resilience;
 mod schema;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use dns::{DnsConfig, EndpointAddress};
 pub use schema::*;
 pub use value::{ByteSize, Duration};
 

@@ -58,6 +58,10 @@ pub struct Server {
     retired: Vec<Arc<ConnCount>>,
     /// Active health check tasks of the current snapshot.
     checks: Vec<tokio::task::JoinHandle<()>>,
+    /// One task per endpoint name of the current configuration.
+    discovery: Vec<tokio::task::JoinHandle<()>>,
+    /// Woken by a discovery task when a name's addresses change.
+    resolved_changed: Arc<tokio::sync::Notify>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -79,7 +83,21 @@ impl Server {
             .iter()
             .map(|l| *l.address.get_ref())
             .collect();
+        let names = crate::discovery::Query::all(&config);
+        let dns = config.dns.clone();
         let shared = Arc::new(Shared::new(config, config_path, workers)?);
+        if !names.is_empty() {
+            // Serve from the first request with what the names resolve to.
+            // A name that resolves to nothing does not stop the start: its
+            // cluster goes without those endpoints until it resolves.
+            crate::discovery::task::resolve_at_start(
+                &dns,
+                &names,
+                &shared.live.resolved,
+                &shared.metrics,
+            );
+            shared.rebuild(true);
+        }
         let (shutdown, _) = watch::channel(false);
         let mut server = Server {
             shared,
@@ -87,6 +105,8 @@ impl Server {
             bound: HashMap::new(),
             retired: Vec::new(),
             checks: Vec::new(),
+            discovery: Vec::new(),
+            resolved_changed: Arc::new(tokio::sync::Notify::new()),
             shutdown,
         };
         for id in 0..workers {
@@ -162,6 +182,7 @@ impl Server {
             config.clusters.len()
         );
         self.shared.install(config);
+        self.restart_discovery();
         self.restart_checks();
         for (address, per_worker) in sockets {
             self.listen(address, per_worker);
@@ -192,6 +213,32 @@ impl Server {
             task.abort();
         }
         self.checks = crate::cluster::health::checker::spawn(&self.shared);
+    }
+
+    /// Replaces the name lookups with those of the current configuration
+    /// (its names and its `[dns]` settings); what names resolve to is kept.
+    /// Needs the control loop's runtime.
+    fn restart_discovery(&mut self) {
+        for task in self.discovery.drain(..) {
+            task.abort();
+        }
+        let snapshot = self.shared.snapshot.load_full();
+        self.discovery = crate::discovery::task::spawn(
+            &snapshot.config.dns,
+            &crate::discovery::Query::all(&snapshot.config),
+            &self.shared.live.resolved,
+            &self.resolved_changed,
+            &self.shared.metrics,
+        );
+    }
+
+    /// A name's addresses changed: a new snapshot from the same
+    /// configuration, and checks for the endpoints it now has.
+    fn apply_resolved(&mut self) {
+        let snapshot = self.shared.rebuild(false);
+        let endpoints: usize = snapshot.clusters.iter().map(|c| c.endpoints.len()).sum();
+        tracing::info!(endpoints, "endpoints rebuilt from DNS answers");
+        self.restart_checks();
     }
 
     fn open_connections(&self) -> usize {
@@ -242,6 +289,7 @@ impl Server {
                 control_tx,
             ));
         }
+        self.restart_discovery();
         self.restart_checks();
         tokio::spawn(crate::service_level::run(self.shared.clone()));
         tokio::spawn(crate::ratelimit::rules::sweep_task(self.shared.clone()));
@@ -254,6 +302,7 @@ impl Server {
         loop {
             tokio::select! {
                 _ = hup.recv() => self.log_reload("SIGHUP"),
+                _ = self.resolved_changed.notified() => self.apply_resolved(),
                 Some(Control::Reload(reply)) = control_rx.recv() => {
                     let result = self.reload();
                     log_reload_result("admin", &result);
