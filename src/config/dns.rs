@@ -247,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn ttl_bounds_are_checked() {
+        let load = |dns: &str| crate::config::parse(std::path::Path::new("t.toml"), dns);
+        let e = load("[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "dns.max_ttl"));
+        assert!(e.message.contains("below min_ttl 10s"), "{e}");
+        let e = load("[dns]\nmin_ttl = \"0s\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "dns.min_ttl"));
+        let e = load("[dns]\nnameservers = [\"localhost:53\"]\n").unwrap_err();
+        assert!(e.key.starts_with("dns.nameservers"), "{e}");
+        let ok = load("[dns]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\n").unwrap();
+        assert_eq!(ok.dns.nameservers.len(), 2);
+        assert_eq!(
+            ok.dns.max_ttl.get_ref().get(),
+            std::time::Duration::from_secs(30)
+        );
+    }
+
+    #[test]
     fn display_round_trips() {
         for s in ["10.0.0.1:80", "[::1]:80", "app:8080", "srv:_http._tcp.x"] {
             assert_eq!(parse(s).unwrap().to_string(), s);
