@@ -77,7 +77,18 @@ impl Dnsmasq {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(Self::binary());
+        // The server lives in a static, which is never dropped: a small
+        // shell stays with it and stops it when this test process is gone
+        // (or when the shell is killed), so no dnsmasq outlives the tests.
+        let watchdog = format!(
+            "\"$0\" \"$@\" & d=$!; trap 'kill $d 2>/dev/null; wait $d; exit 0' TERM; \
+             while kill -0 {pid} 2>/dev/null && kill -0 $d 2>/dev/null; do sleep 0.2; done; \
+             kill $d 2>/dev/null; wait $d; kill -0 {pid} 2>/dev/null || rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.hosts.path().display()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(watchdog).arg(Self::binary());
         cmd.args([
             "--no-daemon",
             "--keep-in-foreground",
@@ -114,9 +125,13 @@ impl Dnsmasq {
         );
     }
 
+    /// Stops the server and returns once it is gone.
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            // SIGTERM to the shell: it stops dnsmasq, waits for it, exits.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let _ = c.wait();
         }
     }
