@@ -458,3 +458,49 @@ fn check_validates_names_without_dns_and_refuses_bad_addresses() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reload_keeps_resolved_names_and_resolves_new_ones() {
+    let d = dns();
+    let port = free_port();
+    let one = Backend::start_on("one", at([127, 0, 0, 2], port));
+    let two = Backend::start_on("two", at([127, 0, 0, 3], port));
+    d.set_hosts(
+        "reload",
+        &[
+            ("one.reload.test", [127, 0, 0, 2]),
+            ("two.reload.test", [127, 0, 0, 3]),
+        ],
+    );
+    let listen = free_addr();
+    let first = config(&d, listen, &format!("one.reload.test:{port}"), "");
+    let levee = Levee::start(&first);
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+
+    // The same name after a reload: served at once, no gap while it is
+    // looked up again.
+    levee.write_config(&format!(
+        "{first}\n[[routes]]\nname = \"other\"\ncluster = \"app\"\n"
+    ));
+    assert_eq!(levee.reload_via_admin(), 200);
+    let r = http_get(listen, "/").expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(one.requests(), 2);
+
+    // A name added by a reload serves as soon as it is resolved.
+    let added = first.replace(
+        &format!("address = \"one.reload.test:{port}\""),
+        &format!(
+            "address = \"one.reload.test:{port}\"\n\n[[clusters.endpoints]]\n\
+             address = \"two.reload.test:{port}\""
+        ),
+    );
+    assert_ne!(added, first, "test bug: the endpoint was not added");
+    levee.write_config(&added);
+    assert_eq!(levee.reload_via_admin(), 200);
+    let reached = wait_until(Duration::from_secs(10), || {
+        let _ = http_get(listen, "/");
+        two.requests() > 0
+    });
+    assert!(reached, "the name added by the reload serves");
+}
