@@ -81,6 +81,15 @@ impl Name {
         }
     }
 
+    /// A name whose lookup at start failed (and was logged then): the next
+    /// failure continues that outage instead of starting a new one.
+    pub fn failed_at_start() -> Name {
+        Name {
+            current: None,
+            failures: 1,
+        }
+    }
+
     pub fn current(&self) -> Option<&[Target]> {
         self.current.as_deref()
     }
@@ -234,6 +243,18 @@ mod tests {
         let s = name.apply(Lookup::Failed("refused".into()), &BOUNDS, now);
         assert_eq!(s.event, Some(Event::Failing("refused".into())));
         assert_eq!(s.next - now, Duration::from_secs(1), "backoff starts over");
+    }
+
+    #[test]
+    fn a_name_that_failed_at_start_continues_that_outage() {
+        let now = Instant::now();
+        let mut name = Name::failed_at_start();
+        let s = name.apply(Lookup::Failed("refused".into()), &BOUNDS, now);
+        assert_eq!(s.event, None, "already logged at start");
+        assert_eq!(s.next - now, Duration::from_secs(2));
+        let s = name.apply(found(&[t(1)], 5), &BOUNDS, now);
+        assert_eq!(s.event, Some(Event::Recovered { failures: 2 }));
+        assert_eq!(s.changed, Some(vec![t(1)]));
     }
 
     #[test]

@@ -63,13 +63,13 @@ fn list(targets: &[Target]) -> String {
 /// runtime of its own (the control loop's does not exist yet). A name that
 /// does not resolve is logged and counted; its endpoints are absent until a
 /// later lookup succeeds (the cluster answers 503 `no_endpoint` if it has
-/// nothing else). Returns how many names resolved.
+/// nothing else). Returns the names that did not resolve.
 pub fn resolve_at_start(
     config: &DnsConfig,
     queries: &[Query],
     table: &Resolved,
     metrics: &Metrics,
-) -> usize {
+) -> Vec<Query> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,7 +77,7 @@ pub fn resolve_at_start(
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot resolve endpoint names at start: {e}");
-            return 0;
+            return queries.to_vec();
         }
     };
     runtime.block_on(async {
@@ -85,12 +85,12 @@ pub fn resolve_at_start(
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("cannot resolve endpoint names: {e}");
-                return 0;
+                return queries.to_vec();
             }
         };
         // One query's timeout, plus room for the SRV targets' lookups.
         let limit = config.timeout.get() * 2 + Duration::from_millis(500);
-        let mut resolved = 0;
+        let mut failed = Vec::new();
         for (query, lookup) in resolve_all(&dns, queries, limit).await {
             let counters = Counters::new(metrics, &query);
             let mut name = Name::default();
@@ -102,16 +102,16 @@ pub fn resolve_at_start(
                     name = %query,
                     "cannot resolve at start: {why}; its endpoints are left out until it resolves"
                 );
+                failed.push(query.clone());
             }
             if let Some(targets) = step.changed {
                 counters.ok.inc();
                 counters.addresses.set(targets.len() as i64);
                 tracing::info!(name = %query, "resolved to {}", list(&targets));
                 table.set(query, targets);
-                resolved += 1;
             }
         }
-        resolved
+        failed
     })
 }
 
@@ -122,12 +122,13 @@ fn bounds(config: &DnsConfig) -> Bounds {
     }
 }
 
-/// Starts one task per name. Names the table already has an answer for are
-/// next looked up after `min_ttl`; the others at once. Must run on the
-/// control loop's runtime.
+/// Starts one task per name. Names the table already has an answer for, and
+/// those in `failed_at_start`, are next looked up after `min_ttl`; the others
+/// (new names) at once. Must run on the control loop's runtime.
 pub fn spawn(
     config: &DnsConfig,
     queries: &[Query],
+    failed_at_start: &[Query],
     table: &Arc<Resolved>,
     changed: &Arc<Notify>,
     metrics: &Metrics,
@@ -148,14 +149,20 @@ pub fn spawn(
         .iter()
         .map(|q| {
             let known = table.get(q);
-            let first = if known.is_some() {
+            let tried = failed_at_start.contains(q);
+            let first = if known.is_some() || tried {
                 Instant::now() + bounds.min_ttl
             } else {
                 Instant::now()
             };
+            let name = if known.is_none() && tried {
+                Name::failed_at_start()
+            } else {
+                Name::new(known)
+            };
             let task = Task {
                 query: q.clone(),
-                name: Name::new(known),
+                name,
                 dns: dns.clone(),
                 bounds,
                 table: table.clone(),
@@ -191,11 +198,17 @@ impl Task {
                 self.counters.ok.inc();
             }
             match &step.event {
-                Some(Event::Failing(why)) => tracing::warn!(
-                    name = %self.query,
-                    "cannot resolve: {why}; keeping the last known addresses {}",
-                    list(self.name.current().unwrap_or_default())
-                ),
+                Some(Event::Failing(why)) => match self.name.current() {
+                    Some(known) => tracing::warn!(
+                        name = %self.query,
+                        "cannot resolve: {why}; keeping the last known addresses {}",
+                        list(known)
+                    ),
+                    None => tracing::warn!(
+                        name = %self.query,
+                        "cannot resolve: {why}; no addresses for it yet"
+                    ),
+                },
                 Some(Event::Recovered { failures }) => tracing::info!(
                     name = %self.query,
                     "resolves again after {failures} failed lookups"

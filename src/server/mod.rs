@@ -62,6 +62,9 @@ pub struct Server {
     discovery: Vec<tokio::task::JoinHandle<()>>,
     /// Woken by a discovery task when a name's addresses change.
     resolved_changed: Arc<tokio::sync::Notify>,
+    /// Names that did not resolve at start (already logged), for the first
+    /// discovery tasks.
+    failed_at_start: Vec<crate::discovery::Query>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -86,11 +89,12 @@ impl Server {
         let names = crate::discovery::Query::all(&config);
         let dns = config.dns.clone();
         let shared = Arc::new(Shared::new(config, config_path, workers)?);
+        let mut failed_at_start = Vec::new();
         if !names.is_empty() {
             // Serve from the first request with what the names resolve to.
             // A name that resolves to nothing does not stop the start: its
             // cluster goes without those endpoints until it resolves.
-            crate::discovery::task::resolve_at_start(
+            failed_at_start = crate::discovery::task::resolve_at_start(
                 &dns,
                 &names,
                 &shared.live.resolved,
@@ -107,6 +111,7 @@ impl Server {
             checks: Vec::new(),
             discovery: Vec::new(),
             resolved_changed: Arc::new(tokio::sync::Notify::new()),
+            failed_at_start,
             shutdown,
         };
         for id in 0..workers {
@@ -226,6 +231,7 @@ impl Server {
         self.discovery = crate::discovery::task::spawn(
             &snapshot.config.dns,
             &crate::discovery::Query::all(&snapshot.config),
+            &std::mem::take(&mut self.failed_at_start),
             &self.shared.live.resolved,
             &self.resolved_changed,
             &self.shared.metrics,
