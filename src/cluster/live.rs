@@ -330,16 +330,19 @@ impl LiveRegistry {
     }
 
     /// Forgets endpoints that the newest snapshot no longer has. Snapshots
-    /// still in use keep their own references, so in-flight requests finish;
-    /// the forgotten endpoints are drained first, so that those snapshots'
-    /// retries do not pick them either.
+    /// still in use keep their own references, so in-flight requests finish.
+    /// Their state gauges say DRAINING (no new request reaches them: new
+    /// snapshots do not have them), but their lifecycle is left alone: a
+    /// request that loaded the previous snapshot just before the swap may
+    /// still pick one, and must not fail for want of an endpoint.
     pub fn retain(&self, keep: &[(String, SocketAddr)]) {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         map.retain(|k, live| {
             let stays = keep.contains(k);
             if !stays {
-                live.drain(now);
+                for (gauge, s) in live.state_gauges.iter().zip(STATES) {
+                    gauge.set(i64::from(s == State::Draining));
+                }
             }
             stays
         });
