@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_bin in curl:curl redis-server:redis-server; do
+for pkg_bin in curl:curl redis-server:redis-server dnsmasq:dnsmasq; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
-    command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+    command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;

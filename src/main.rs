@@ -43,7 +43,8 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file and exit: 0 if it is valid, 1 with the
-    /// error (file:line:column: key: problem) otherwise.
+    /// error (file:line:column: key: problem) otherwise. Names in endpoint
+    /// addresses are checked for form, not resolved.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,

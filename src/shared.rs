@@ -76,6 +76,22 @@ impl Shared {
         })
     }
 
+    /// Swaps in a snapshot built from the current configuration again, with
+    /// what endpoint names resolve to now (not a reload: the file is not
+    /// read). `first`: still starting (endpoints begin HEALTHY).
+    pub fn rebuild(&self, first: bool) -> Arc<Snapshot> {
+        let config = self.snapshot.load().config.clone();
+        let snapshot = Arc::new(Snapshot::build(
+            config,
+            &self.live,
+            &self.rate_limits,
+            &self.metrics,
+            first,
+        ));
+        self.snapshot.store(snapshot.clone());
+        snapshot
+    }
+
     /// Swaps in a snapshot built from an already validated config.
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
         let snapshot = Arc::new(Snapshot::build(

@@ -132,14 +132,9 @@ impl Snapshot {
                 })
             })
             .collect();
-        let keep: Vec<(String, SocketAddr)> = config
-            .clusters
+        let keep: Vec<(String, SocketAddr)> = clusters
             .iter()
-            .flat_map(|c| {
-                c.endpoints
-                    .iter()
-                    .map(|e| (c.name.get_ref().clone(), *e.address.get_ref()))
-            })
+            .flat_map(|c| c.endpoints.iter().map(|e| (c.name.to_string(), e.address)))
             .collect();
         live.retain(&keep);
         Snapshot {

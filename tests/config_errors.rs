@@ -135,7 +135,7 @@ listners = []
         1,
         "listners",
         "listners",
-        "unknown field `listners`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `clusters`, `degradation`, `rate_limit`",
+        "unknown field `listners`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `clusters`, `degradation`, `rate_limit`, `dns`",
     );
 }
 
@@ -238,15 +238,17 @@ name = "app"
 address = "127.0.0.1:19001"
 
 [[clusters.endpoints]]
-address = "backend-2:80"
+address = "backend-2"
 "#;
+    // An endpoint may be a host name (docs/configuration.md, endpoints by
+    // name), but it needs a port.
     assert_refused(
         toml,
         8,
         11,
-        "\"backend-2:80\"",
+        "\"backend-2\"",
         "clusters[0].endpoints[1].address",
-        hint,
+        r#"address "backend-2" has no port; write IP:PORT ("10.0.0.5:8080", "[::1]:8080"), HOST:PORT ("app:8080") or srv:NAME ("srv:_http._tcp.app.internal")"#,
     );
 }
 

@@ -525,7 +525,11 @@ address = "127.0.0.1:1"
         let retry = RetryPolicy::from_config(&c.retry);
         let endpoint = registry.endpoint(
             "app",
-            *c.endpoints[0].address.get_ref(),
+            c.endpoints[0]
+                .address
+                .get_ref()
+                .ip()
+                .expect("an IP address"),
             c.endpoint_circuit_breaker.as_ref().unwrap(),
             metrics,
         );

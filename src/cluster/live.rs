@@ -373,6 +373,9 @@ pub struct LiveRegistry {
     workers: usize,
     /// Breakers, retry budgets and bulkheads.
     pub guards: super::guard::GuardRegistry,
+    /// What the names in endpoint addresses resolve to now; snapshots
+    /// expand named endpoints from it.
+    pub resolved: Arc<crate::discovery::Resolved>,
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointLive>>>,
 }
 
@@ -381,6 +384,7 @@ impl LiveRegistry {
         LiveRegistry {
             workers,
             guards: Default::default(),
+            resolved: Default::default(),
             endpoints: Mutex::new(HashMap::new()),
         }
     }
@@ -463,10 +467,22 @@ impl LiveRegistry {
             .clone()
     }
 
-    /// Forgets endpoints that the newest config no longer has. Snapshots still
-    /// in use keep their own references, so in-flight requests are unaffected.
+    /// Forgets endpoints that the newest snapshot no longer has. Snapshots
+    /// still in use keep their own references, so in-flight requests finish.
+    /// Their state gauges say DRAINING (no new request reaches them: new
+    /// snapshots do not have them), but their lifecycle is left alone: a
+    /// request that loaded the previous snapshot just before the swap may
+    /// still pick one, and must not fail for want of an endpoint.
     pub fn retain(&self, keep: &[(String, SocketAddr)]) {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|k, _| keep.contains(k));
+        map.retain(|k, live| {
+            let stays = keep.contains(k);
+            if !stays {
+                for (gauge, s) in live.state_gauges.iter().zip(STATES) {
+                    gauge.set(i64::from(s == State::Draining));
+                }
+            }
+            stays
+        });
     }
 }

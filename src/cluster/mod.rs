@@ -126,18 +126,18 @@ impl Cluster {
             State::Healthy
         };
         let name = config.name.get_ref().as_str();
-        let endpoints: Vec<Endpoint> = config
-            .endpoints
-            .iter()
+        // Named endpoints become the addresses their names resolve to now.
+        let endpoints: Vec<Endpoint> = crate::discovery::expand(&config.endpoints, &live.resolved)
+            .into_iter()
             .map(|e| Endpoint {
-                address: *e.address.get_ref(),
-                weight: *e.weight.get_ref(),
+                address: e.address,
+                weight: e.weight,
                 backup: e.backup,
-                live: live.get(metrics, name, *e.address.get_ref(), initial),
+                live: live.get(metrics, name, e.address, initial),
                 breaker: config
                     .endpoint_circuit_breaker
                     .as_ref()
-                    .map(|t| live.guards.endpoint(name, *e.address.get_ref(), t, metrics)),
+                    .map(|t| live.guards.endpoint(name, e.address, t, metrics)),
             })
             .collect();
         let now = Instant::now();

@@ -4,6 +4,7 @@
 //! names the file, line, column, the key and what would be valid. Levee never
 //! runs half-configured, and a refused reload leaves the running config alone.
 
+pub mod dns;
 mod ignored;
 pub mod ratelimit;
 pub mod resilience;
@@ -16,6 +17,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use dns::{DnsConfig, EndpointAddress};
 pub use schema::*;
 pub use value::{ByteSize, Duration};
 
@@ -60,6 +62,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates config text; `path` is only used in errors.
+/// For unit tests of one part of a configuration: `text` parsed as
+/// `t.toml` with `server.allow_no_listeners = true` appended, so that it
+/// needs no listener and its lines keep their numbers.
+#[cfg(test)]
+pub fn parse_part(text: &str) -> Result<Config, ConfigError> {
+    let text = format!("{text}\n[server]\nallow_no_listeners = true\n");
+    parse(Path::new("t.toml"), &text)
+}
+
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let at = |span: Option<Range<usize>>, key: String, message: String| {
         let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));

@@ -34,6 +34,9 @@ pub struct Config {
     /// Rate-limit store and rules; routes opt in with `rate_limits`.
     #[serde(default)]
     pub rate_limit: super::ratelimit::RateLimitConfig,
+    /// How endpoint names are resolved.
+    #[serde(default)]
+    pub dns: super::dns::DnsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -520,7 +523,8 @@ fn default_pool_idle_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    pub address: Spanned<SocketAddr>,
+    /// `IP:PORT`, `HOST:PORT` or `srv:NAME` (see `dns.rs`).
+    pub address: Spanned<super::dns::EndpointAddress>,
     #[serde(default = "default_weight")]
     pub weight: Spanned<u32>,
     /// Used only when no primary endpoint is available.

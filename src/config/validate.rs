@@ -25,6 +25,7 @@ pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String
 }
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
+    super::dns::check(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -245,7 +246,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         let mut seen = HashSet::new();
         for (j, e) in c.endpoints.iter().enumerate() {
             let ekey = format!("{key}.endpoints[{j}]");
-            if !seen.insert(*e.address.get_ref()) {
+            if !seen.insert(e.address.get_ref().clone()) {
                 return Err(invalid(
                     e.address.span(),
                     format!("{ekey}.address"),

@@ -84,6 +84,17 @@ pub struct ProtocolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub name: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsNameLabels {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -142,6 +153,8 @@ pub struct Metrics {
     pub ratelimit_keys: Family<RuleTierLabels, Gauge>,
     pub connections_per_ip_refused: Family<ListenerLabels, Counter>,
     pub wrong_protocol: Family<ProtocolLabels, Counter>,
+    pub dns_lookups: Family<DnsLabels, Counter>,
+    pub dns_addresses: Family<DnsNameLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -324,6 +337,18 @@ impl Metrics {
             "Client connections answered 429 and closed because their IP was at the listener's max_connections_per_ip",
             connections_per_ip_refused.clone(),
         );
+        let dns_lookups = Family::<DnsLabels, Counter>::default();
+        registry.register(
+            "dns_lookups",
+            "Lookups of the names in endpoint addresses, by name and result (ok, failed); a failed lookup keeps the last known addresses",
+            dns_lookups.clone(),
+        );
+        let dns_addresses = Family::<DnsNameLabels, Gauge>::default();
+        registry.register(
+            "dns_addresses",
+            "Addresses a name in an endpoint address resolves to now (the last successful answer)",
+            dns_addresses.clone(),
+        );
         let wrong_protocol = Family::<ProtocolLabels, Counter>::default();
         registry.register(
             "connections_wrong_protocol",
@@ -336,6 +361,8 @@ impl Metrics {
         }
         let metrics = Metrics {
             registry,
+            dns_lookups,
+            dns_addresses,
             wrong_protocol,
             ratelimit_decisions,
             ratelimit_store_errors,

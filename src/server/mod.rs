@@ -67,6 +67,13 @@ pub struct Server {
     retired: Vec<Arc<ConnCount>>,
     /// Active health check tasks of the current snapshot.
     checks: Vec<tokio::task::JoinHandle<()>>,
+    /// One task per endpoint name of the current configuration.
+    discovery: Vec<tokio::task::JoinHandle<()>>,
+    /// Woken by a discovery task when a name's addresses change.
+    resolved_changed: Arc<tokio::sync::Notify>,
+    /// Names that did not resolve at start (already logged), for the first
+    /// discovery tasks.
+    failed_at_start: Vec<crate::discovery::Query>,
     shutdown: watch::Sender<bool>,
     /// Removed when the server is dropped after a clean shutdown.
     pid_file: Option<pid_file::PidFile>,
@@ -91,7 +98,22 @@ impl Server {
             .map(|l| *l.address.get_ref())
             .collect();
         let pid_path = config.server.pid_file.as_ref().map(|p| p.get_ref().clone());
+        let names = crate::discovery::Query::all(&config);
+        let dns = config.dns.clone();
         let shared = Arc::new(Shared::new(config, config_path, workers)?);
+        let mut failed_at_start = Vec::new();
+        if !names.is_empty() {
+            // Serve from the first request with what the names resolve to.
+            // A name that resolves to nothing does not stop the start: its
+            // cluster goes without those endpoints until it resolves.
+            failed_at_start = crate::discovery::task::resolve_at_start(
+                &dns,
+                &names,
+                &shared.live.resolved,
+                &shared.metrics,
+            );
+            shared.rebuild(true);
+        }
         let (shutdown, _) = watch::channel(false);
         let mut server = Server {
             shared,
@@ -99,6 +121,9 @@ impl Server {
             bound: HashMap::new(),
             retired: Vec::new(),
             checks: Vec::new(),
+            discovery: Vec::new(),
+            resolved_changed: Arc::new(tokio::sync::Notify::new()),
+            failed_at_start,
             shutdown,
             pid_file: None,
         };
@@ -202,6 +227,7 @@ impl Server {
             config.clusters.len()
         );
         self.shared.install(config);
+        self.restart_discovery();
         self.restart_checks();
         for (address, per_worker) in sockets {
             self.listen(address, per_worker);
@@ -232,6 +258,33 @@ impl Server {
             task.abort();
         }
         self.checks = crate::cluster::health::checker::spawn(&self.shared);
+    }
+
+    /// Replaces the name lookups with those of the current configuration
+    /// (its names and its `[dns]` settings); what names resolve to is kept.
+    /// Needs the control loop's runtime.
+    fn restart_discovery(&mut self) {
+        for task in self.discovery.drain(..) {
+            task.abort();
+        }
+        let snapshot = self.shared.snapshot.load_full();
+        self.discovery = crate::discovery::task::spawn(
+            &snapshot.config.dns,
+            &crate::discovery::Query::all(&snapshot.config),
+            &std::mem::take(&mut self.failed_at_start),
+            &self.shared.live.resolved,
+            &self.resolved_changed,
+            &self.shared.metrics,
+        );
+    }
+
+    /// A name's addresses changed: a new snapshot from the same
+    /// configuration, and checks for the endpoints it now has.
+    fn apply_resolved(&mut self) {
+        let snapshot = self.shared.rebuild(false);
+        let endpoints: usize = snapshot.clusters.iter().map(|c| c.endpoints.len()).sum();
+        tracing::info!(endpoints, "endpoints rebuilt from DNS answers");
+        self.restart_checks();
     }
 
     fn open_connections(&self) -> usize {
@@ -283,6 +336,7 @@ impl Server {
                 control_tx,
             ));
         }
+        self.restart_discovery();
         self.restart_checks();
         tokio::spawn(control::service_level(self.shared.clone()));
         tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
@@ -298,6 +352,7 @@ impl Server {
                     let _ = self.reload_by("SIGHUP");
                 }
                 _ = usr1.recv() => self.reopen_access_log(),
+                _ = self.resolved_changed.notified() => self.apply_resolved(),
                 Some(Control::Reload(reply)) = control_rx.recv() => {
                     let result = self.reload_by("admin");
                     let _ = reply.send(result);
