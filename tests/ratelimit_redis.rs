@@ -350,7 +350,7 @@ async fn scripts_are_reloaded_after_script_flush() {
     let l = limit(Algorithm::SlidingLog, 100, 100 * SEC, 0);
     assert_eq!(check(&store, "flush", &l).await.remaining, 99);
     let flushed = store.command(&[b"SCRIPT", b"FLUSH"]).await.unwrap();
-    assert_eq!(flushed, Reply::Simple("OK".into()));
+    assert_eq!(flushed, Reply::Okay);
     // The next call meets NOSCRIPT, loads the script and runs it once.
     assert_eq!(check(&store, "flush", &l).await.remaining, 98);
     // Many at once, pipelined, after another flush: each runs exactly once.
@@ -525,12 +525,12 @@ async fn password_and_database_from_the_url() {
     assert!(check(&store, "auth", &l).await.allowed);
     let key = key_of(Algorithm::FixedWindow, "auth");
     let exists = store.command(&[b"EXISTS", key.as_bytes()]).await.unwrap();
-    assert_eq!(exists, Reply::Integer(1));
+    assert_eq!(exists, Reply::Int(1));
     let db0 = store.command(&[b"SELECT", b"0"]).await.unwrap();
-    assert_eq!(db0, Reply::Simple("OK".into()));
+    assert_eq!(db0, Reply::Okay);
     assert_eq!(
         store.command(&[b"EXISTS", key.as_bytes()]).await.unwrap(),
-        Reply::Integer(0)
+        Reply::Int(0)
     );
 
     let wrong = RedisStore::new(&format!("redis://:nope@127.0.0.1:{port}"), SLOW_OK).unwrap();

@@ -15,7 +15,7 @@
 //!   and kept across reloads while the rule's settings stay the same
 //!   (`Registry`, like `cluster::guard` keeps breakers).
 //! - Redis counts: `RedisStore` (one per URL, also kept across reloads)
-//!   under `levee:rl:<algorithm>:<rule>:<tier>:<key>`. When a call fails
+//!   under `levee:rl:<algorithm>:{<rule>:<tier>:<key>}`. When a call fails
 //!   (down, slower than `redis_timeout`, an error), `on_store_error`
 //!   decides, and the failure is counted per rule.
 
@@ -173,7 +173,7 @@ impl RateLimits {
                     Store::Local => "local".to_owned(),
                     Store::Redis { store, .. } => {
                         let up = if store.is_up() { "up" } else { "down" };
-                        format!("redis {} ({up})", store.url())
+                        format!("redis {} ({up})", store.target())
                     }
                 };
                 let tiers: Vec<serde_json::Value> = rule
