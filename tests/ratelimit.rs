@@ -320,7 +320,11 @@ fn redis_outage_follows_on_store_error_and_recovers() {
             ("local", "/local", &["fallback"]),
         ],
         &format!(
-            "[rate_limit]\nstore = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"100ms\"\n{}{}{}",
+            // Exact: every request asks Redis (leases would answer from
+            // their cached refusals for the rest of the minute, without
+            // noticing the outage).
+            "[rate_limit]\nstore = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"100ms\"\n\
+             redis_mode = \"exact\"\n{}{}{}",
             redis.url(),
             rule("fail-open", "allow"),
             rule("fail-closed", "deny"),

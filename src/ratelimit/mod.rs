@@ -6,6 +6,7 @@
 
 pub mod algorithm;
 pub mod key;
+pub mod lease;
 pub mod redis;
 pub mod rules;
 pub mod table;

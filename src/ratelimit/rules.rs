@@ -31,11 +31,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::key::{self, KeyInput, KeySpec};
-use super::redis::RedisStore;
+use super::lease::{self, Leases, Take};
+use super::redis::{Options, RedisStore, StoreError, Target};
 use super::table::Table;
 use super::{Algorithm, Decision, Limit};
 use crate::config::ratelimit::{
-    Cidr, HeaderStyle, KeyPart, OnStoreError, RateLimitConfig, RuleConfig, StoreKind,
+    Cidr, HeaderStyle, KeyPart, OnStoreError, RateLimitConfig, RedisMode, RuleConfig, StoreKind,
 };
 use crate::observe::Metrics;
 use crate::observe::metrics::{RuleDecisionLabels, RuleLabels, RuleTierLabels};
@@ -68,16 +69,15 @@ impl Registry {
         t
     }
 
-    /// The store for `url`; `None` (logged) if its client thread cannot
-    /// start.
-    fn store(&self, url: &str, timeout: Duration) -> Option<Arc<RedisStore>> {
-        let id = format!("{url}\0{timeout:?}");
+    /// The store for `target`, reused while `id` (its config) is the
+    /// same; `None` (logged) if it cannot start.
+    fn store(&self, target: Target, options: Options, id: String) -> Option<Arc<RedisStore>> {
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
         stores.retain(|_, s| s.strong_count() > 0);
         if let Some(s) = stores.get(&id).and_then(Weak::upgrade) {
             return Some(s);
         }
-        match RedisStore::new(url, timeout) {
+        match RedisStore::open(target, options) {
             Ok(s) => {
                 let s = Arc::new(s);
                 stores.insert(id, Arc::downgrade(&s));
@@ -153,6 +153,9 @@ impl RateLimits {
         for rule in self.rules.values() {
             for tier in rule.all_tiers() {
                 removed += tier.table.sweep(&tier.limit, now);
+                if let Some(leases) = &tier.leases {
+                    leases.sweep(now);
+                }
                 let len = tier.table.len();
                 tier.keys.set(i64::try_from(len).unwrap_or(i64::MAX));
                 left += len;
@@ -419,6 +422,8 @@ struct Tier {
     limit: Limit,
     /// Local counts (also the fallback of a Redis rule).
     table: Arc<Table>,
+    /// A Redis rule in lease mode: the leases taken from the shared count.
+    leases: Option<Arc<Leases>>,
     allowed: Counter,
     limited: Counter,
     dry_run_limited: Counter,
@@ -442,6 +447,21 @@ impl Rule {
         let key = KeySpec::new(parts, r.on_missing_key);
         let algorithm = r.algorithm.algorithm();
         let max_keys = *config.max_keys.get_ref();
+        let store = match (r.store.unwrap_or(config.store), config.redis_target()) {
+            (StoreKind::Redis, Some((target, options, id))) => {
+                match registry.store(target, options, id) {
+                    Some(store) => Store::Redis {
+                        store,
+                        on_error: r.on_store_error.unwrap_or(config.on_store_error),
+                    },
+                    None => Store::Local,
+                }
+            }
+            _ => Store::Local,
+        };
+        let lease_mode = matches!(store, Store::Redis { .. })
+            && r.redis_mode.unwrap_or(config.redis_mode) == RedisMode::Lease;
+        let lease_size = config.lease_size();
         let tier = |tier: &str, limit: u64, period: Duration, burst: Option<u64>| {
             let burst = burst.unwrap_or(match algorithm {
                 Algorithm::TokenBucket => limit,
@@ -468,6 +488,8 @@ impl Rule {
                 name: tier.into(),
                 limit,
                 table: registry.table(&name, tier, fingerprint, max_keys),
+                leases: (lease_mode && lease::leasable(&limit))
+                    .then(|| Arc::new(Leases::new(lease_size, max_keys))),
                 allowed: decisions("allowed"),
                 limited: decisions("limited"),
                 dry_run_limited: decisions("dry_run_limited"),
@@ -506,18 +528,6 @@ impl Rule {
                 tiers,
             }
         });
-        let store = match (r.store.unwrap_or(config.store), &config.redis_url) {
-            (StoreKind::Redis, Some(url)) => {
-                match registry.store(url.get_ref(), config.redis_timeout.get()) {
-                    Some(store) => Store::Redis {
-                        store,
-                        on_error: r.on_store_error.unwrap_or(config.on_store_error),
-                    },
-                    None => Store::Local,
-                }
-            }
-            _ => Store::Local,
-        };
         Rule {
             store_errors: metrics
                 .ratelimit_store_errors
@@ -576,7 +586,51 @@ impl Rule {
         shared_key.extend_from_slice(tier.name.as_bytes());
         shared_key.push(b':');
         shared_key.extend_from_slice(key);
-        match store.check(&shared_key, &tier.limit, 1).await {
+        let result = match &tier.leases {
+            None => store.check(&shared_key, &tier.limit, 1).await,
+            Some(leases) => match leases.take(&shared_key, &tier.limit, now) {
+                Take::Local { decision, renew } => {
+                    if let Some(size) = renew {
+                        // Ahead of need: this request does not wait for it.
+                        let (store, leases, limit) = (store.clone(), leases.clone(), tier.limit);
+                        tokio::spawn(async move {
+                            match take_lease(&store, &shared_key, &limit, size).await {
+                                Ok((got, d)) => {
+                                    leases.granted(
+                                        &shared_key,
+                                        &limit,
+                                        got,
+                                        &d,
+                                        false,
+                                        Instant::now(),
+                                    );
+                                }
+                                Err(_) => leases.failed(&shared_key),
+                            }
+                        });
+                    }
+                    Ok(decision)
+                }
+                Take::Acquire(size) => {
+                    match take_lease(store, &shared_key, &tier.limit, size).await {
+                        Ok((got, d)) => Ok(leases.granted(
+                            &shared_key,
+                            &tier.limit,
+                            got,
+                            &d,
+                            true,
+                            Instant::now(),
+                        )),
+                        Err(e) => {
+                            leases.failed(&shared_key);
+                            Err(e)
+                        }
+                    }
+                }
+                Take::Exact => store.check(&shared_key, &tier.limit, 1).await,
+            },
+        };
+        match result {
             Ok(d) => Some(d),
             // The store logs the outage once; here it is counted.
             Err(_) => {
@@ -624,6 +678,28 @@ impl Rule {
             "dry-run rate limit: {count} request(s) would have been refused since the last report"
         );
     }
+}
+
+/// Asks Redis for a lease of `size` requests of `key`: what was granted
+/// and Redis's decision. When `size` does not fit, takes what is left
+/// (Redis's `remaining`); when nothing is, asks for one, so that the
+/// refusal's `retry_after` is that of a single request.
+async fn take_lease(
+    store: &RedisStore,
+    key: &[u8],
+    limit: &Limit,
+    size: u64,
+) -> Result<(u64, Decision), StoreError> {
+    let d = store.check(key, limit, size).await?;
+    if d.allowed || size == 1 {
+        return Ok((size, d));
+    }
+    let rest = d.remaining.clamp(1, size - 1);
+    let d = store.check(key, limit, rest).await?;
+    if d.allowed || rest == 1 {
+        return Ok((rest, d));
+    }
+    Ok((1, store.check(key, limit, 1).await?))
 }
 
 /// Sweeps the current snapshot's tables every `sweep_interval`, for the
