@@ -242,6 +242,27 @@ impl Leases {
             return Take::Exact;
         };
         lease.settle(now);
+        // Tokens already leased are spent first, even when Redis has since
+        // refused a renewal: they were counted there.
+        if lease.current > 0 {
+            lease.current -= 1;
+            lease.spent += 1;
+            let decision = lease.allowed(limit);
+            let mut renew = None;
+            if !lease.renewing
+                && lease.next == 0
+                && lease.denied_until.is_none()
+                && lease.current * 2 <= lease.size
+            {
+                let size = self.next_size(limit, lease, now);
+                lease.renewing = true;
+                lease.size = size;
+                lease.spent = 0;
+                lease.since = now;
+                renew = Some(size);
+            }
+            return Take::Local { decision, renew };
+        }
         if let Some(until) = lease.denied_until {
             return Take::Local {
                 decision: Decision {
@@ -254,21 +275,6 @@ impl Leases {
                 },
                 renew: None,
             };
-        }
-        if lease.current > 0 {
-            lease.current -= 1;
-            lease.spent += 1;
-            let decision = lease.allowed(limit);
-            let mut renew = None;
-            if !lease.renewing && lease.next == 0 && lease.current * 2 <= lease.size {
-                let size = self.next_size(limit, lease, now);
-                lease.renewing = true;
-                lease.size = size;
-                lease.spent = 0;
-                lease.since = now;
-                renew = Some(size);
-            }
-            return Take::Local { decision, renew };
         }
         if lease.renewing {
             return Take::Exact;

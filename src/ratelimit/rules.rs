@@ -681,9 +681,11 @@ impl Rule {
 }
 
 /// Asks Redis for a lease of `size` requests of `key`: what was granted
-/// and Redis's decision. When `size` does not fit, takes what is left
-/// (Redis's `remaining`); when nothing is, asks for one, so that the
-/// refusal's `retry_after` is that of a single request.
+/// and Redis's decision. When `size` does not fit but some is left (Redis's
+/// `remaining`), takes that. When nothing is left, the refusal stands: its
+/// `retry_after` is when the whole lease fits, and the key is refused
+/// locally until then (one call per lease, not one per request, while
+/// Redis refuses).
 async fn take_lease(
     store: &RedisStore,
     key: &[u8],
@@ -691,15 +693,11 @@ async fn take_lease(
     size: u64,
 ) -> Result<(u64, Decision), StoreError> {
     let d = store.check(key, limit, size).await?;
-    if d.allowed || size == 1 {
+    if d.allowed || size == 1 || d.remaining == 0 {
         return Ok((size, d));
     }
-    let rest = d.remaining.clamp(1, size - 1);
-    let d = store.check(key, limit, rest).await?;
-    if d.allowed || rest == 1 {
-        return Ok((rest, d));
-    }
-    Ok((1, store.check(key, limit, 1).await?))
+    let rest = d.remaining.min(size - 1);
+    Ok((rest, store.check(key, limit, rest).await?))
 }
 
 /// Sweeps the current snapshot's tables every `sweep_interval`, for the
