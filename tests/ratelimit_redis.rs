@@ -869,6 +869,7 @@ async fn tls_with_a_ca_file() {
 
 #[tokio::test]
 async fn a_cluster_spreads_the_keys_and_outlives_a_dead_master() {
+    let logs = captured_logs();
     let mut cluster = RedisCluster::start(3);
     let urls = cluster.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
@@ -939,4 +940,15 @@ async fn a_cluster_spreads_the_keys_and_outlives_a_dead_master() {
     })
     .await;
     assert!(up, "still down");
+    // One outage, however the dead and the live masters' calls interleaved:
+    // one warning, one recovery.
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let ours = format!("redis cluster {}", urls[0]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&ours)).collect();
+    let down = lines.iter().filter(|l| l.contains("unreachable")).count();
+    let up = lines
+        .iter()
+        .filter(|l| l.contains("reachable again"))
+        .count();
+    assert_eq!((down, up), (1, 1), "{lines:#?}");
 }

@@ -191,11 +191,17 @@ impl RateLimits {
                         })
                     })
                     .collect();
+                let mode = match &rule.store {
+                    Store::Local => "local",
+                    Store::Redis { .. } if rule.all_tiers().any(|t| t.leases.is_some()) => "lease",
+                    Store::Redis { .. } => "exact",
+                };
                 serde_json::json!({
                     "name": name,
                     "algorithm": rule.algorithm.as_str(),
                     "dry_run": rule.dry_run,
                     "store": store,
+                    "mode": mode,
                     "tiers": tiers,
                 })
             })
@@ -842,6 +848,55 @@ dry_run = true
             &a.rules["watch"].base.as_ref().unwrap().table,
             &c.rules["watch"].base.as_ref().unwrap().table
         ));
+    }
+
+    #[test]
+    fn a_lease_that_cannot_be_taken_follows_on_store_error() {
+        // Nothing listens on port 1: every lease request fails at once.
+        let l = limits(
+            r#"
+[rate_limit]
+store = "redis"
+redis_url = "redis://127.0.0.1:1"
+[[rate_limit.rules]]
+name = "open"
+limit = 5
+on_store_error = "allow"
+[[rate_limit.rules]]
+name = "closed"
+limit = 5
+on_store_error = "deny"
+[[rate_limit.rules]]
+name = "fallback"
+limit = 2
+on_store_error = "local"
+[[rate_limit.rules]]
+name = "exact"
+limit = 5
+redis_mode = "exact"
+"#,
+        );
+        let status = l.status().to_string();
+        assert!(status.contains(r#""mode":"lease""#), "{status}");
+        assert!(status.contains(r#""mode":"exact""#), "{status}");
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let h = HeaderMap::new();
+        let passed = |rule: &str| {
+            let route = l.for_route("api", &[rule.into()]).unwrap();
+            (0..4)
+                .filter(|_| {
+                    matches!(
+                        block(route.check(&h, peer, Instant::now())),
+                        Ruling::Pass { .. }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(passed("open"), 4);
+        assert_eq!(passed("closed"), 0);
+        assert_eq!(passed("fallback"), 2);
+        let errors = |rule: &str| l.rules[rule].store_errors.get();
+        assert_eq!((errors("open"), errors("closed")), (4, 4));
     }
 
     /// The cost of a check on the hot path: a never-refusing per-IP rule
