@@ -952,3 +952,47 @@ async fn a_cluster_spreads_the_keys_and_outlives_a_dead_master() {
         .count();
     assert_eq!((down, up), (1, 1), "{lines:#?}");
 }
+
+#[tokio::test]
+async fn a_replica_takes_over_a_dead_master_and_checks_resume() {
+    // Three masters, one replica each; node timeout 1 s.
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let timeout = 300 * MS;
+    let store = RedisStore::cluster(&urls, timeout).unwrap();
+    let l = limit(Algorithm::SlidingLog, 1000, 100 * SEC, 0);
+    let key = "failover";
+    for _ in 0..10 {
+        assert!(check(&store, key, &l).await.allowed);
+    }
+    let redis_key = key_of(Algorithm::SlidingLog, key);
+    let master = cluster.owner(&redis_key);
+    cluster.nodes[master].kill();
+    let killed = Instant::now();
+    // While no replica has taken over, the checks fail within the timeout;
+    // then the replica serves the slots, with the count it had replicated.
+    let mut failed = 0;
+    let d = loop {
+        let start = Instant::now();
+        match store.check(key.as_bytes(), &l, 1).await {
+            Ok(d) => break d,
+            Err(_) => failed += 1,
+        }
+        assert!(
+            start.elapsed() < timeout + 300 * MS,
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(killed.elapsed() < 30 * SEC, "no failover in 30 s");
+        tokio::time::sleep(20 * MS).await;
+    };
+    println!(
+        "redis cluster failover: checks failed for {:?} ({failed} calls), then the replica answered",
+        killed.elapsed()
+    );
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 1000 - 11, "the replica had the count");
+    let now_master = cluster.owner(&redis_key);
+    assert_ne!(now_master, master);
+}

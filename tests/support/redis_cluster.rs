@@ -21,8 +21,14 @@ impl RedisCluster {
     /// Starts `masters` nodes (no replicas), creates the cluster and waits
     /// until every node reports `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
+        RedisCluster::start_with_replicas(masters, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each (`redis-cli` picks
+    /// which node is which: see [`RedisCluster::owner`]).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<RedisServer> = (0..masters)
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|i| {
                 let conf = dir.path().join(format!("nodes-{i}.conf"));
                 let bus = free_port().to_string();
@@ -49,7 +55,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli (Debian package redis-tools)");
         assert!(
@@ -66,9 +72,15 @@ impl RedisCluster {
         cluster
     }
 
+    /// Every node knows every slot's master, and every replica has synced
+    /// with its master (a replica that never has would not take over).
     fn all_ok(&self) -> bool {
         self.nodes.iter().all(|n| {
-            matches!(n.try_query(&["CLUSTER", "INFO"]), Ok(Value::Str(s)) if s.contains("cluster_state:ok"))
+            let ok = matches!(n.try_query(&["CLUSTER", "INFO"]),
+                Ok(Value::Str(s)) if s.contains("cluster_state:ok"));
+            let synced = matches!(n.try_query(&["INFO", "replication"]),
+                Ok(Value::Str(s)) if s.contains("role:master") || s.contains("master_link_status:up"));
+            ok && synced
         })
     }
 
