@@ -844,7 +844,7 @@ async fn tls_with_a_ca_file() {
         )
         .unwrap()
     };
-    let l = limit(Algorithm::TokenBucket, 10, SEC, 2);
+    let l = limit(Algorithm::TokenBucket, 10, 100 * SEC, 2);
     for host in ["localhost", "127.0.0.1"] {
         let store = open(&format!("rediss://{host}:{tls_port}"), Some(&ca));
         let key = format!("tls-{host}");

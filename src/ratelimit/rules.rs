@@ -599,6 +599,7 @@ impl Rule {
                     if let Some(size) = renew {
                         // Ahead of need: this request does not wait for it.
                         let (store, leases, limit) = (store.clone(), leases.clone(), tier.limit);
+                        let errors = self.store_errors.clone();
                         tokio::spawn(async move {
                             match take_lease(&store, &shared_key, &limit, size).await {
                                 Ok((got, d)) => {
@@ -611,7 +612,10 @@ impl Rule {
                                         Instant::now(),
                                     );
                                 }
-                                Err(_) => leases.failed(&shared_key),
+                                Err(_) => {
+                                    errors.inc();
+                                    leases.failed(&shared_key);
+                                }
                             }
                         });
                     }
