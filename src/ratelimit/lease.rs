@@ -55,6 +55,9 @@ const SHARDS: usize = 16;
 pub const MAX_FRACTION: f64 = 0.1;
 const TTL_MIN: Duration = Duration::from_millis(1);
 const TTL_MAX: Duration = Duration::from_secs(1);
+/// After a failed renewal, the key renews in the background no sooner
+/// than this (its requests go on spending the lease in hand meanwhile).
+const RENEW_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How big a lease is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,6 +103,8 @@ struct Lease {
     next: u64,
     next_until: Instant,
     renewing: bool,
+    /// No background renewal before then (after a failed one).
+    renew_after: Instant,
     /// Refused by Redis until then.
     denied_until: Option<Instant>,
     /// Spent since `since`, for the rate of `auto`.
@@ -121,6 +126,7 @@ impl Lease {
             next: 0,
             next_until: now,
             renewing: false,
+            renew_after: now,
             denied_until: None,
             spent: 0,
             since: now,
@@ -252,6 +258,7 @@ impl Leases {
             if !lease.renewing
                 && lease.next == 0
                 && lease.denied_until.is_none()
+                && now >= lease.renew_after
                 && lease.current * 2 <= lease.size
             {
                 let size = self.next_size(limit, lease, now);
@@ -340,11 +347,13 @@ impl Leases {
         lease.allowed(limit)
     }
 
-    /// A lease request failed: the key may ask again.
-    pub fn failed(&self, key: &[u8]) {
+    /// A lease request failed: the key may ask again, in the background
+    /// only after [`RENEW_BACKOFF`].
+    pub fn failed(&self, key: &[u8], now: Instant) {
         let (h, mut shard) = self.shard(key);
         if let Some(lease) = shard.get_mut(&h) {
             lease.renewing = false;
+            lease.renew_after = now + RENEW_BACKOFF;
         }
     }
 
@@ -426,6 +435,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_renewal_is_not_retried_at_once() {
+        let leases = Leases::new(LeaseSize::Fraction(0.1), 100);
+        // A 10 s period: the lease lives 500 ms, longer than the backoff.
+        let l = Limit {
+            period: 10 * SEC,
+            ..limit(Algorithm::TokenBucket, 1000)
+        };
+        let t0 = Instant::now();
+        leases.take(b"k", &l, t0);
+        leases.granted(b"k", &l, 100, &ok(900), true, t0);
+        let renews = |at: Instant, n: usize| {
+            (0..n)
+                .filter(|_| {
+                    matches!(
+                        leases.take(b"k", &l, at),
+                        Take::Local { renew: Some(_), .. }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(renews(t0, 60), 1);
+        leases.failed(b"k", t0);
+        // The lease in hand is still spent, without a renewal per request.
+        assert_eq!(renews(t0 + Duration::from_millis(10), 10), 0);
+        assert_eq!(renews(t0 + RENEW_BACKOFF, 10), 1);
+    }
+
+    #[test]
     fn leases_expire_after_their_ttl() {
         let leases = Leases::new(LeaseSize::Fraction(0.1), 100);
         let l = limit(Algorithm::TokenBucket, 1000);
@@ -437,7 +474,7 @@ mod tests {
         // Expired: the 99 left are not spent.
         assert!(matches!(leases.take(b"k", &l, late), Take::Acquire(_)));
         assert_eq!(leases.sweep(late), 1, "renewing keys stay");
-        leases.failed(b"k");
+        leases.failed(b"k", late);
         assert_eq!(leases.sweep(late), 0);
     }
 

@@ -614,7 +614,7 @@ impl Rule {
                                 }
                                 Err(_) => {
                                     errors.inc();
-                                    leases.failed(&shared_key);
+                                    leases.failed(&shared_key, Instant::now());
                                 }
                             }
                         });
@@ -632,7 +632,7 @@ impl Rule {
                             Instant::now(),
                         )),
                         Err(e) => {
-                            leases.failed(&shared_key);
+                            leases.failed(&shared_key, Instant::now());
                             Err(e)
                         }
                     }
