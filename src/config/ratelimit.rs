@@ -462,6 +462,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 "needs at least one seed node, e.g. [\"redis://10.0.0.1:7000\"]",
             ));
         }
+        let mut first: Option<crate::ratelimit::redis::RedisUrl> = None;
         for (i, n) in nodes.get_ref().iter().enumerate() {
             let url = crate::ratelimit::redis::RedisUrl::parse(n.get_ref()).map_err(|e| {
                 invalid(
@@ -470,12 +471,26 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                     e.to_string(),
                 )
             })?;
+            let fail = |m: &str| invalid(n.span(), format!("rate_limit.redis_cluster[{i}]"), m);
             if matches!(url.addr, crate::ratelimit::redis::Addr::Unix(_)) {
-                return Err(invalid(
-                    n.span(),
-                    format!("rate_limit.redis_cluster[{i}]"),
+                return Err(fail(
                     "cluster nodes are reached over TCP (redis:// or rediss://), not unix sockets",
                 ));
+            }
+            if url.db != 0 {
+                return Err(fail("a Redis Cluster has only database 0"));
+            }
+            if let Some(first) = &first {
+                if (&url.username, &url.password) != (&first.username, &first.password) {
+                    return Err(fail(
+                        "every node needs the same user and password (one client logs in to all)",
+                    ));
+                }
+                if url.tls() != first.tls() {
+                    return Err(fail("mixes redis:// and rediss:// nodes; use one for all"));
+                }
+            } else {
+                first = Some(url);
             }
         }
     }
@@ -747,6 +762,21 @@ cluster = "app"
             e.starts_with("l.toml:11:18: rate_limit.redis_cluster[0]: invalid redis URL"),
             "{e}"
         );
+        for (nodes, why) in [
+            (
+                r#""redis://:a@h:1", "redis://:b@h:2""#,
+                "the same user and password",
+            ),
+            (
+                r#""redis://h:1", "rediss://h:2""#,
+                "mixes redis:// and rediss://",
+            ),
+            (r#""redis://h:1/2""#, "only database 0"),
+        ] {
+            let e = error(&format!("{BASE}[rate_limit]\nredis_cluster = [{nodes}]\n"));
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains(":a@") && !e.contains(":b@"), "{e}");
+        }
         let e = error(&format!("{BASE}[rate_limit]\nredis_cluster = []\n"));
         assert!(
             e.contains("rate_limit.redis_cluster: needs at least one"),
@@ -776,15 +806,17 @@ cluster = "app"
         let c = crate::config::parse(
             std::path::Path::new("l.toml"),
             &format!(
-                "{BASE}[rate_limit]\nstore = \"redis\"\nredis_cluster = [\"redis://a:7000\", \"rediss://b:7001\"]\n\
+                "{BASE}[rate_limit]\nstore = \"redis\"\nredis_cluster = [\"rediss://a:7000\", \"rediss://b:7001\"]\n\
                  redis_mode = \"exact\"\nredis_lease = 0.05\n[[rate_limit.rules]]\nname = \"x\"\nlimit = 1\nredis_mode = \"lease\"\n"
             ),
         )
         .unwrap();
-        let (target, _, id) = c.rate_limit.redis_target().unwrap();
+        let (target, options, id) = c.rate_limit.redis_target().unwrap();
+        assert_eq!(options.timeout, std::time::Duration::from_millis(50));
+        assert_eq!(options.tls_ca_file, None);
         assert!(matches!(target, crate::ratelimit::redis::Target::Cluster(ref n) if n.len() == 2));
         assert!(
-            id.starts_with("cluster redis://a:7000,rediss://b:7001"),
+            id.starts_with("cluster rediss://a:7000,rediss://b:7001"),
             "{id}"
         );
         assert_eq!(
