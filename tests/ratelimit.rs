@@ -822,7 +822,8 @@ period = "1s"
         (f64::from(allowed) - exact).abs() <= exact * 0.05,
         "allowed {allowed}, exact {exact:.0}"
     );
-    assert!(on_a > 100 && on_b > 100, "both take part: {on_a}, {on_b}");
+    // Not fair shares (whoever asks first gets the tokens), but both.
+    assert!(on_a > 50 && on_b > 50, "both take part: {on_a}, {on_b}");
     assert!(
         evalsha < i64::from(requests),
         "{evalsha} Redis calls for {requests} requests"

@@ -21,9 +21,11 @@
 //!
 //! Lease size: at most a tenth of the rule's capacity (the bucket size, or
 //! the limit per window), at least 1. `auto` (the default) sizes each lease
-//! from the key's recent rate on this instance: about half of what it
-//! spends in a `ttl`, so a busy key renews a few times per `ttl` and a
-//! quiet one takes 1 at a time (exact mode's cost, and no waste). A
+//! from the key's recent rate on this instance: about a quarter of what it
+//! spends in a `ttl`, so a busy key renews a few times per `ttl` (and a
+//! lease outlives a drop of the key's rate to a quarter before it would
+//! expire unspent) and a quiet one takes 1 at a time (exact mode's cost,
+//! and no waste). A
 //! configured fraction takes that share of the capacity every time.
 //!
 //! Renewal ahead of need: each key holds the current lease and room for
@@ -226,7 +228,7 @@ impl Leases {
                 // read as an infinite rate.
                 let elapsed = now.saturating_duration_since(lease.since).as_secs_f64();
                 let rate = lease.spent as f64 / elapsed.max(1e-4);
-                let want = rate * ttl(limit).as_secs_f64() / 2.0;
+                let want = rate * ttl(limit).as_secs_f64() / 4.0;
                 (want.ceil() as u64).clamp(1, cap)
             }
         }
@@ -527,23 +529,23 @@ mod tests {
     #[test]
     fn auto_sizes_from_the_rate_within_a_tenth() {
         let leases = Leases::new(LeaseSize::Auto, 100);
-        let l = limit(Algorithm::TokenBucket, 10_000);
+        let l = limit(Algorithm::TokenBucket, 5_000);
         let t0 = Instant::now();
         assert_eq!(leases.take(b"k", &l, t0), Take::Acquire(1));
-        leases.granted(b"k", &l, 1, &ok(9_999), true, t0);
-        // 1 spent in 1 ms: 1000/s, half a ttl (50 ms) of it is 25.
+        leases.granted(b"k", &l, 1, &ok(4_999), true, t0);
+        // 1 spent in 1 ms: 1000/s, a quarter of a ttl (50 ms) of it is 13.
         let t1 = t0 + Duration::from_millis(1);
-        assert_eq!(leases.take(b"k", &l, t1), Take::Acquire(25));
-        leases.granted(b"k", &l, 25, &ok(9_974), true, t1);
-        // Twelve more at once (130,000/s) would want 3,250: capped at a
-        // tenth of the bucket.
+        assert_eq!(leases.take(b"k", &l, t1), Take::Acquire(13));
+        leases.granted(b"k", &l, 13, &ok(4_987), true, t1);
+        // Six more at once (70,000/s) would want 875: capped at a tenth of
+        // the bucket.
         let mut renew = None;
         for _ in 0..12 {
             if let Take::Local { renew: Some(n), .. } = leases.take(b"k", &l, t1) {
                 renew = Some(n);
             }
         }
-        assert_eq!(renew, Some(1_000));
+        assert_eq!(renew, Some(500));
         // A quiet key takes one at a time.
         let quiet = limit(Algorithm::TokenBucket, 100);
         assert_eq!(leases.take(b"q", &quiet, t0), Take::Acquire(1));
