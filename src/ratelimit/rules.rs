@@ -17,7 +17,10 @@
 //! - Redis counts: `RedisStore` (one per URL, also kept across reloads)
 //!   under `levee:rl:<algorithm>:{<rule>:<tier>:<key>}`. When a call fails
 //!   (down, slower than `redis_timeout`, an error), `on_store_error`
-//!   decides, and the failure is counted per rule.
+//!   decides, and the failure is counted per rule. In lease mode (the
+//!   default) a tier's `Leases` decide most requests locally; the shell
+//!   here asks Redis for a lease when one runs low (in the background) or
+//!   is empty (waiting), see `lease`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
