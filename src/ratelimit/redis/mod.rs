@@ -314,6 +314,10 @@ impl RedisStore {
         if matches!(&target, Target::Cluster(n) if n.is_empty()) {
             return Err(OpenError::NoNodes);
         }
+        // redis-rs builds its rustls configs with the process's default
+        // crypto provider; install ring's unless one is installed already
+        // (rustls cannot pick one by itself once two are compiled in).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = if options.timeout.is_zero() {
             DEFAULT_TIMEOUT
         } else {
