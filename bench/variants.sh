@@ -12,7 +12,9 @@
 #   resilience   + cluster circuit breaker, endpoint circuit breakers, bulkhead
 #                (max_concurrent 1000) and the retry budget (on by default in all variants)
 #   ratelimit    + a local per-client-IP token bucket on the route that never triggers
-#   redis        + the same rule in a shared Redis (starts redis-server on 127.0.0.1:6391)
+#   redis        + the same rule in a shared Redis (starts redis-server on 127.0.0.1:6391),
+#                in the default redis_mode, "lease" (docs/rate-limiting.md, "Leases")
+#   redis-exact  + the same, with redis_mode = "exact": one Redis round trip per request
 #   adaptive     + adaptive concurrency
 #
 # Knobs: ROUNDS=3 DURATION=10 CONNS=64 THREADS=1 WORKERS=1 BUILD=1 PAUSE=1
@@ -108,13 +110,15 @@ for v in $VARIANTS; do
         plain)      cfg=$(config "$v" $port $admin "" "" "") ;;
         resilience) cfg=$(config "$v" $port $admin "$RESILIENCE" "" "") ;;
         ratelimit)  cfg=$(config "$v" $port $admin "" "$RATELIMIT" "${RULE/STORE/local}") ;;
-        redis)
+        redis|redis-exact)
             command -v redis-server >/dev/null || die "redis-server not installed"
             if [ -z "${REDIS_STARTED:-}" ]; then
                 redis-server --port 6391 --bind 127.0.0.1 --save "" --appendonly no >"$RUNDIR/redis.log" 2>&1 &
                 PIDS+=($!); REDIS_STARTED=1
             fi
-            cfg=$(config "$v" $port $admin "" "$RATELIMIT" "${RULE/STORE/redis}") ;;
+            rule=${RULE/STORE/redis}
+            [ "$v" = redis-exact ] && rule=${rule/on_store_error = \"allow\"/on_store_error = \"allow\"$'\n'redis_mode = \"exact\"}
+            cfg=$(config "$v" $port $admin "" "$RATELIMIT" "$rule") ;;
         adaptive)   cfg=$(config "$v" $port $admin 'adaptive_concurrency = { max_limit = 10000 }' "" "") ;;
         *) die "unknown variant '$v'" ;;
     esac

@@ -12,12 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use levee::ratelimit::redis::{RedisStore, Reply, StoreError};
+use levee::ratelimit::redis::{Options, RedisStore, Reply, StoreError, Target};
 use levee::ratelimit::{Algorithm, Decision, Limit};
 
 mod support;
 
 use support::redis::{self as redis_support, RedisServer, wait_until};
+use support::redis_cluster::RedisCluster;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
@@ -350,7 +351,7 @@ async fn scripts_are_reloaded_after_script_flush() {
     let l = limit(Algorithm::SlidingLog, 100, 100 * SEC, 0);
     assert_eq!(check(&store, "flush", &l).await.remaining, 99);
     let flushed = store.command(&[b"SCRIPT", b"FLUSH"]).await.unwrap();
-    assert_eq!(flushed, Reply::Simple("OK".into()));
+    assert_eq!(flushed, Reply::Okay);
     // The next call meets NOSCRIPT, loads the script and runs it once.
     assert_eq!(check(&store, "flush", &l).await.remaining, 98);
     // Many at once, pipelined, after another flush: each runs exactly once.
@@ -525,12 +526,12 @@ async fn password_and_database_from_the_url() {
     assert!(check(&store, "auth", &l).await.allowed);
     let key = key_of(Algorithm::FixedWindow, "auth");
     let exists = store.command(&[b"EXISTS", key.as_bytes()]).await.unwrap();
-    assert_eq!(exists, Reply::Integer(1));
+    assert_eq!(exists, Reply::Int(1));
     let db0 = store.command(&[b"SELECT", b"0"]).await.unwrap();
-    assert_eq!(db0, Reply::Simple("OK".into()));
+    assert_eq!(db0, Reply::Okay);
     assert_eq!(
         store.command(&[b"EXISTS", key.as_bytes()]).await.unwrap(),
-        Reply::Integer(0)
+        Reply::Int(0)
     );
 
     let wrong = RedisStore::new(&format!("redis://:nope@127.0.0.1:{port}"), SLOW_OK).unwrap();
@@ -684,4 +685,317 @@ async fn an_outage_is_logged_once_and_so_is_the_recovery() {
     assert!(down[0].contains("WARN"), "{}", down[0]);
     assert_eq!(up.len(), 1, "{lines:#?}");
     assert!(up[0].contains("INFO"), "{}", up[0]);
+}
+
+// --- Unix sockets, ACL users, TLS -------------------------------------------
+
+#[tokio::test]
+async fn a_unix_socket_and_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("redis.sock");
+    let sock = sock.to_str().unwrap();
+    // An ACL user that may only touch Levee's keys; the default user needs
+    // a password nobody gives.
+    let server = RedisServer::start_with(&[
+        "--unixsocket",
+        sock,
+        "--unixsocketperm",
+        "700",
+        // One argument per word, as in redis.conf's `user` line.
+        "--user",
+        "levee",
+        "on",
+        ">s3cret",
+        "~levee:rl:*",
+        "+@all",
+        "--requirepass",
+        "not-this-one",
+    ]);
+    let store = RedisStore::new(&format!("unix://{sock}?user=levee&pass=s3cret"), SLOW_OK).unwrap();
+    let l = limit(Algorithm::FixedWindow, 3, 100 * SEC, 0);
+    let allowed = {
+        let mut n = 0;
+        for _ in 0..5 {
+            n += usize::from(check(&store, "acl", &l).await.allowed);
+        }
+        n
+    };
+    assert_eq!(allowed, 3);
+    // Authenticated as `levee`, not as the default user: other keys are
+    // refused by the ACL.
+    let e = store.command(&[b"SET", b"other", b"1"]).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Protocol(m) if m.to_lowercase().contains("noperm")),
+        "{e}"
+    );
+    assert!(store.is_up(), "a refused command is not an outage");
+    let key = key_of(Algorithm::FixedWindow, "acl");
+
+    // A wrong password is an outage, logged as an AUTH failure.
+    let wrong = RedisStore::new(&format!("unix://{sock}?user=levee&pass=nope"), SLOW_OK).unwrap();
+    let e = wrong.check(b"acl", &l, 1).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Unavailable(m) if m.contains("AUTH failed")),
+        "{e}"
+    );
+    // Over TCP the same user works too.
+    let tcp = RedisStore::new(
+        &format!("redis://levee:s3cret@127.0.0.1:{}", server.port()),
+        SLOW_OK,
+    )
+    .unwrap();
+    let exists = tcp.command(&[b"EXISTS", key.as_bytes()]).await.unwrap();
+    assert_eq!(exists, Reply::Int(1));
+    assert!(!check(&tcp, "acl", &l).await.allowed);
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with
+/// `openssl` in `dir`; returns (ca, cert, key) paths.
+fn make_certs(dir: &std::path::Path) -> [String; 3] {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=levee test CA",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("server.pem"),
+    ]);
+    [p("ca.pem"), p("server.pem"), p("server.key")]
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = make_certs(dir.path());
+    let tls_port = redis_support::free_port().to_string();
+    // Plain TCP stays open for the test's own queries.
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let open = |url: &str, ca: Option<&str>| {
+        RedisStore::open(
+            Target::Single(url.parse().unwrap()),
+            Options {
+                timeout: SLOW_OK,
+                tls_ca_file: ca.map(Into::into),
+            },
+        )
+        .unwrap()
+    };
+    let l = limit(Algorithm::TokenBucket, 10, 100 * SEC, 2);
+    for host in ["localhost", "127.0.0.1"] {
+        let store = open(&format!("rediss://{host}:{tls_port}"), Some(&ca));
+        let key = format!("tls-{host}");
+        assert!(check(&store, &key, &l).await.allowed);
+        assert!(check(&store, &key, &l).await.allowed);
+        assert!(!check(&store, &key, &l).await.allowed);
+        // Written in the same Redis the plain port serves.
+        let k = key_of(Algorithm::TokenBucket, &key);
+        assert_eq!(server.query(&["EXISTS", &k]).int(), 1);
+    }
+    // Without the CA (the system's roots), the certificate is not trusted.
+    let untrusted = open(&format!("rediss://localhost:{tls_port}"), None);
+    let e = untrusted.check(b"tls", &l, 1).await.unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+    assert!(!untrusted.is_up());
+    // Plain text to the TLS port is no Redis either.
+    let plain = open(&format!("redis://127.0.0.1:{tls_port}"), None);
+    assert!(plain.check(b"tls", &l, 1).await.is_err());
+}
+
+// --- Redis Cluster ---------------------------------------------------------
+
+#[tokio::test]
+async fn a_cluster_spreads_the_keys_and_outlives_a_dead_master() {
+    let logs = captured_logs();
+    let mut cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    // One seed is enough: the others are learned from the cluster.
+    let timeout = 300 * MS;
+    let store = RedisStore::cluster(&urls[..1], timeout).unwrap();
+    let l = limit(Algorithm::SlidingLog, 5, 100 * SEC, 0);
+    let keys: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
+    for k in &keys {
+        let mut allowed = 0;
+        for _ in 0..7 {
+            allowed += usize::from(check(&store, k, &l).await.allowed);
+        }
+        assert_eq!(allowed, 5, "{k}");
+    }
+    // Each key lives on the master of its slot, and all three have some.
+    let owners: Vec<usize> = keys
+        .iter()
+        .map(|k| cluster.owner(&key_of(Algorithm::SlidingLog, k)))
+        .collect();
+    for node in 0..3 {
+        assert!(owners.contains(&node), "no key on node {node}: {owners:?}");
+    }
+    for (k, &o) in keys.iter().zip(&owners) {
+        let zset = cluster.nodes[o].query(&["ZCARD", &key_of(Algorithm::SlidingLog, k)]);
+        assert_eq!(zset.int(), 5, "{k} on node {o}");
+    }
+    assert_eq!(store.errors(), 0);
+
+    // A master dies (no replica takes over): its keys fail within the
+    // timeout, the others keep their counts and keep working.
+    cluster.nodes[0].kill();
+    let fresh = |i: usize| format!("fresh-{i}");
+    for round in 0..3 {
+        for (k, &o) in keys.iter().zip(&owners) {
+            let start = Instant::now();
+            let r = store.check(k.as_bytes(), &l, 1).await;
+            let took = start.elapsed();
+            assert!(took < timeout + 300 * MS, "{k}: {took:?}");
+            if o == 0 {
+                assert!(r.is_err(), "round {round}, {k} on the dead node: {r:?}");
+            } else {
+                let d = r.unwrap_or_else(|e| panic!("round {round}, {k} on node {o}: {e}"));
+                assert!(!d.allowed, "{k} kept its count");
+            }
+        }
+        for i in 0..10 {
+            let k = fresh(round * 10 + i);
+            let o = cluster.owner(&key_of(Algorithm::SlidingLog, &k));
+            let r = store.check(k.as_bytes(), &l, 1).await;
+            assert_eq!(r.is_ok(), o != 0, "{k} on node {o}: {r:?}");
+        }
+    }
+    assert!(!store.is_up());
+    assert!(store.errors() > 0);
+
+    // Back (empty: no persistence): its keys work again, from scratch.
+    cluster.nodes[0].restart();
+    let on_dead = keys.iter().zip(&owners).find(|(_, o)| **o == 0).unwrap().0;
+    let back = poll_until(30 * SEC, || async {
+        store.check(on_dead.as_bytes(), &l, 1).await.is_ok()
+    })
+    .await;
+    assert!(back, "the restarted master's slots never came back");
+    // Up again (logged once) when no call has failed for CLUSTER_QUIET.
+    let up = poll_until(10 * SEC, || async {
+        store.check(on_dead.as_bytes(), &l, 0).await.is_ok() && store.is_up()
+    })
+    .await;
+    assert!(up, "still down");
+    // One outage, however the dead and the live masters' calls interleaved:
+    // one warning, one recovery.
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let ours = format!("redis cluster {}", urls[0]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&ours)).collect();
+    let down = lines.iter().filter(|l| l.contains("unreachable")).count();
+    let up = lines
+        .iter()
+        .filter(|l| l.contains("reachable again"))
+        .count();
+    assert_eq!((down, up), (1, 1), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_replica_takes_over_a_dead_master_and_checks_resume() {
+    // Three masters, one replica each; node timeout 1 s.
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let timeout = 300 * MS;
+    let store = RedisStore::cluster(&urls, timeout).unwrap();
+    let l = limit(Algorithm::SlidingLog, 1000, 100 * SEC, 0);
+    let key = "failover";
+    for _ in 0..10 {
+        assert!(check(&store, key, &l).await.allowed);
+    }
+    let redis_key = key_of(Algorithm::SlidingLog, key);
+    let master = cluster.owner(&redis_key);
+    cluster.nodes[master].kill();
+    let killed = Instant::now();
+    // While no replica has taken over, the checks fail within the timeout;
+    // then the replica serves the slots, with the count it had replicated.
+    let mut failed = 0;
+    let d = loop {
+        let start = Instant::now();
+        match store.check(key.as_bytes(), &l, 1).await {
+            Ok(d) => break d,
+            Err(_) => failed += 1,
+        }
+        assert!(
+            start.elapsed() < timeout + 300 * MS,
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(killed.elapsed() < 30 * SEC, "no failover in 30 s");
+        tokio::time::sleep(20 * MS).await;
+    };
+    println!(
+        "redis cluster failover: checks failed for {:?} ({failed} calls), then the replica answered",
+        killed.elapsed()
+    );
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 1000 - 11, "the replica had the count");
+    // The nodes' views converge by gossip: wait for them to agree.
+    assert!(
+        wait_until(10 * SEC, || cluster.owner(&redis_key) != master),
+        "the cluster still names the dead master"
+    );
 }

@@ -25,6 +25,43 @@ pub enum StoreKind {
     Redis,
 }
 
+/// How a Redis rule spends the shared count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// Each instance takes small leases of the count and spends them
+    /// locally (`ratelimit::lease`): rarely a round trip on the request
+    /// path; a bounded, documented over-admission.
+    #[default]
+    Lease,
+    /// One round trip to Redis per request: exact.
+    Exact,
+}
+
+/// `redis_lease`: `"auto"` or a share of the capacity, `0 < f ≤ 0.1`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum LeaseSpec {
+    Name(String),
+    Fraction(f64),
+}
+
+impl LeaseSpec {
+    pub fn size(&self) -> Result<crate::ratelimit::lease::LeaseSize, String> {
+        use crate::ratelimit::lease::{LeaseSize, MAX_FRACTION};
+        match self {
+            LeaseSpec::Name(n) if n == "auto" => Ok(LeaseSize::Auto),
+            LeaseSpec::Fraction(f) if *f > 0.0 && *f <= MAX_FRACTION => Ok(LeaseSize::Fraction(*f)),
+            LeaseSpec::Name(n) => Err(format!(
+                "{n:?} is not a lease size; use \"auto\" or a share of the limit from 0.001 to {MAX_FRACTION}"
+            )),
+            LeaseSpec::Fraction(f) => Err(format!(
+                "{f} is out of range; a lease is a share of the limit above 0 and at most {MAX_FRACTION}, or \"auto\""
+            )),
+        }
+    }
+}
+
 /// What a request gets when the Redis store fails (down, slow, error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,8 +123,17 @@ pub struct RateLimitConfig {
     /// `redis://[[user]:password@]host[:port][/db]`; needed when a rule
     /// uses the Redis store.
     pub redis_url: Option<Spanned<String>>,
+    /// The seed nodes of a Redis Cluster (instead of `redis_url`).
+    pub redis_cluster: Option<Spanned<Vec<Spanned<String>>>>,
+    /// PEM file of the CA(s) that sign the Redis servers' certificates
+    /// (`rediss://`); unset: the system's roots.
+    pub redis_tls_ca_file: Option<Spanned<String>>,
     /// The longest a request waits for Redis; beyond, `on_store_error`.
     pub redis_timeout: Duration,
+    /// `lease` (default) or `exact`; a rule may set its own.
+    pub redis_mode: RedisMode,
+    /// The size of a lease: `"auto"` or a share of the limit.
+    pub redis_lease: Option<Spanned<LeaseSpec>>,
     pub on_store_error: OnStoreError,
     /// Peers (CIDRs or single addresses) whose `X-Forwarded-For` is
     /// believed when finding the client IP.
@@ -102,12 +148,67 @@ pub struct RateLimitConfig {
     pub rules: Vec<RuleConfig>,
 }
 
+impl RateLimitConfig {
+    /// The Redis the rules share (`redis_url` or `redis_cluster`), how to
+    /// reach it, and an id that changes whenever either does (to keep a
+    /// store across reloads while it stays the same). `None` when neither
+    /// is set, or (validation refuses it) a URL does not parse.
+    pub fn redis_target(
+        &self,
+    ) -> Option<(
+        crate::ratelimit::redis::Target,
+        crate::ratelimit::redis::Options,
+        String,
+    )> {
+        use crate::ratelimit::redis::{Options, RedisUrl, Target};
+        let (target, mut id) = match (&self.redis_url, &self.redis_cluster) {
+            (Some(url), _) => (
+                Target::Single(RedisUrl::parse(url.get_ref()).ok()?),
+                url.get_ref().clone(),
+            ),
+            (None, Some(nodes)) => {
+                let urls = nodes
+                    .get_ref()
+                    .iter()
+                    .map(|n| RedisUrl::parse(n.get_ref()).ok())
+                    .collect::<Option<Vec<_>>>()?;
+                let id = nodes
+                    .get_ref()
+                    .iter()
+                    .map(|n| n.get_ref().as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (Target::Cluster(urls), format!("cluster {id}"))
+            }
+            (None, None) => return None,
+        };
+        let options = Options {
+            timeout: self.redis_timeout.get(),
+            tls_ca_file: self.redis_tls_ca_file.as_ref().map(|f| f.get_ref().into()),
+        };
+        id.push_str(&format!("\0{options:?}"));
+        Some((target, options, id))
+    }
+
+    /// The lease size (validated).
+    pub fn lease_size(&self) -> crate::ratelimit::lease::LeaseSize {
+        self.redis_lease
+            .as_ref()
+            .and_then(|l| l.get_ref().size().ok())
+            .unwrap_or(crate::ratelimit::lease::LeaseSize::Auto)
+    }
+}
+
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             store: StoreKind::Local,
             redis_url: None,
+            redis_cluster: None,
+            redis_tls_ca_file: None,
             redis_timeout: Duration::from_millis(50),
+            redis_mode: RedisMode::Lease,
+            redis_lease: None,
             on_store_error: OnStoreError::Local,
             trusted_proxies: Vec::new(),
             max_keys: Spanned::new(0..0, 1_000_000),
@@ -153,6 +254,9 @@ pub struct RuleConfig {
     /// Overrides `rate_limit.on_store_error` for this rule.
     #[serde(default)]
     pub on_store_error: Option<OnStoreError>,
+    /// Overrides `rate_limit.redis_mode` for this rule.
+    #[serde(default)]
+    pub redis_mode: Option<RedisMode>,
     #[serde(default)]
     pub on_missing_key: OnMissingKey,
     #[serde(default)]
@@ -330,6 +434,68 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         crate::ratelimit::redis::RedisUrl::parse(url.get_ref())
             .map_err(|e| invalid(url.span(), "rate_limit.redis_url".into(), e.to_string()))?;
     }
+    if let Some(nodes) = &rl.redis_cluster {
+        if let Some(url) = &rl.redis_url {
+            return Err(invalid(
+                url.span(),
+                "rate_limit.redis_url".into(),
+                "set either redis_url (one server) or redis_cluster (the seed nodes of a cluster), not both",
+            ));
+        }
+        if nodes.get_ref().is_empty() {
+            return Err(invalid(
+                nodes.span(),
+                "rate_limit.redis_cluster".into(),
+                "needs at least one seed node, e.g. [\"redis://10.0.0.1:7000\"]",
+            ));
+        }
+        let mut first: Option<crate::ratelimit::redis::RedisUrl> = None;
+        for (i, n) in nodes.get_ref().iter().enumerate() {
+            let url = crate::ratelimit::redis::RedisUrl::parse(n.get_ref()).map_err(|e| {
+                invalid(
+                    n.span(),
+                    format!("rate_limit.redis_cluster[{i}]"),
+                    e.to_string(),
+                )
+            })?;
+            let fail = |m: &str| invalid(n.span(), format!("rate_limit.redis_cluster[{i}]"), m);
+            if matches!(url.addr, crate::ratelimit::redis::Addr::Unix(_)) {
+                return Err(fail(
+                    "cluster nodes are reached over TCP (redis:// or rediss://), not unix sockets",
+                ));
+            }
+            if url.db != 0 {
+                return Err(fail("a Redis Cluster has only database 0"));
+            }
+            if let Some(first) = &first {
+                if (&url.username, &url.password) != (&first.username, &first.password) {
+                    return Err(fail(
+                        "every node needs the same user and password (one client logs in to all)",
+                    ));
+                }
+                if url.tls() != first.tls() {
+                    return Err(fail("mixes redis:// and rediss:// nodes; use one for all"));
+                }
+            } else {
+                first = Some(url);
+            }
+        }
+    }
+    if let Some(ca) = &rl.redis_tls_ca_file
+        && let Err(e) = std::fs::metadata(ca.get_ref())
+    {
+        return Err(invalid(
+            ca.span(),
+            "rate_limit.redis_tls_ca_file".into(),
+            format!("cannot read {:?}: {e}", ca.get_ref()),
+        ));
+    }
+    if let Some(lease) = &rl.redis_lease {
+        lease
+            .get_ref()
+            .size()
+            .map_err(|m| invalid(lease.span(), "rate_limit.redis_lease".into(), m))?;
+    }
 
     let mut names = HashSet::new();
     for (i, r) in rl.rules.iter().enumerate() {
@@ -358,11 +524,11 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 .map_err(|m| invalid(part.span(), format!("{key}.key[{j}]"), m))?;
         }
         let store = r.store.unwrap_or(rl.store);
-        if store == StoreKind::Redis && rl.redis_url.is_none() {
+        if store == StoreKind::Redis && rl.redis_url.is_none() && rl.redis_cluster.is_none() {
             return Err(invalid(
                 r.name.span(),
                 format!("{key}.store"),
-                "the rule uses the redis store but rate_limit.redis_url is not set",
+                "the rule uses the redis store but neither rate_limit.redis_url nor rate_limit.redis_cluster is set",
             ));
         }
         if r.delay && r.algorithm != AlgorithmName::LeakyBucket {
@@ -566,6 +732,87 @@ cluster = "app"
 "#;
 
     #[test]
+    fn redis_keys_are_checked_with_their_location() {
+        let e = error(&format!(
+            "{BASE}[rate_limit]\nredis_cluster = [\"redis://a:7000\", \"unix:///s.sock\"]\n"
+        ));
+        assert!(
+            e.starts_with(
+                "l.toml:11:36: rate_limit.redis_cluster[1]: cluster nodes are reached over TCP"
+            ),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{BASE}[rate_limit]\nredis_cluster = [\"redis://a:0\"]\n"
+        ));
+        assert!(
+            e.starts_with("l.toml:11:18: rate_limit.redis_cluster[0]: invalid redis URL"),
+            "{e}"
+        );
+        for (nodes, why) in [
+            (
+                r#""redis://:a@h:1", "redis://:b@h:2""#,
+                "the same user and password",
+            ),
+            (
+                r#""redis://h:1", "rediss://h:2""#,
+                "mixes redis:// and rediss://",
+            ),
+            (r#""redis://h:1/2""#, "only database 0"),
+        ] {
+            let e = error(&format!("{BASE}[rate_limit]\nredis_cluster = [{nodes}]\n"));
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains(":a@") && !e.contains(":b@"), "{e}");
+        }
+        let e = error(&format!("{BASE}[rate_limit]\nredis_cluster = []\n"));
+        assert!(
+            e.contains("rate_limit.redis_cluster: needs at least one"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{BASE}[rate_limit]\nredis_url = \"redis://h\"\nredis_cluster = [\"redis://a:1\"]\n"
+        ));
+        assert!(e.contains("rate_limit.redis_url: set either"), "{e}");
+        let e = error(&format!("{BASE}[rate_limit]\nredis_lease = 0.5\n"));
+        assert!(
+            e.starts_with("l.toml:11:15: rate_limit.redis_lease: 0.5 is out of range"),
+            "{e}"
+        );
+        let e = error(&format!("{BASE}[rate_limit]\nredis_lease = \"big\"\n"));
+        assert!(e.contains("\"big\" is not a lease size"), "{e}");
+        let e = error(&format!("{BASE}[rate_limit]\nredis_mode = \"fast\"\n"));
+        assert!(e.contains("redis_mode"), "{e}");
+        let e = error(&format!(
+            "{BASE}[rate_limit]\nredis_tls_ca_file = \"/nonexistent/ca.pem\"\n"
+        ));
+        assert!(
+            e.contains("rate_limit.redis_tls_ca_file: cannot read \"/nonexistent/ca.pem\""),
+            "{e}"
+        );
+        // Good ones parse.
+        let c = crate::config::parse(
+            std::path::Path::new("l.toml"),
+            &format!(
+                "{BASE}[rate_limit]\nstore = \"redis\"\nredis_cluster = [\"rediss://a:7000\", \"rediss://b:7001\"]\n\
+                 redis_mode = \"exact\"\nredis_lease = 0.05\n[[rate_limit.rules]]\nname = \"x\"\nlimit = 1\nredis_mode = \"lease\"\n"
+            ),
+        )
+        .unwrap();
+        let (target, options, id) = c.rate_limit.redis_target().unwrap();
+        assert_eq!(options.timeout, std::time::Duration::from_millis(50));
+        assert_eq!(options.tls_ca_file, None);
+        assert!(matches!(target, crate::ratelimit::redis::Target::Cluster(ref n) if n.len() == 2));
+        assert!(
+            id.starts_with("cluster rediss://a:7000,rediss://b:7001"),
+            "{id}"
+        );
+        assert_eq!(
+            c.rate_limit.lease_size(),
+            crate::ratelimit::lease::LeaseSize::Fraction(0.05)
+        );
+    }
+
+    #[test]
     fn errors_name_the_key_and_what_is_valid() {
         let e = error(&format!(
             "{BASE}rate_limits = [\"per-ip\", \"nope\"]\n[[rate_limit.rules]]\nname = \"per-ip\"\nlimit = 10\n"
@@ -584,7 +831,7 @@ cluster = "app"
         let e = error(&format!(
             "{BASE}[rate_limit]\nstore = \"redis\"\n[[rate_limit.rules]]\nname = \"x\"\nlimit = 1\n"
         ));
-        assert!(e.contains("redis_url is not set"), "{e}");
+        assert!(e.contains("neither rate_limit.redis_url nor"), "{e}");
         let e = error(&format!(
             "{BASE}[rate_limit]\ntrusted_proxies = [\"10.0.0.0/40\"]\n"
         ));

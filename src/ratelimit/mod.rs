@@ -1,11 +1,13 @@
 //! Rate limiting: how many requests a key (client, user, route, everyone)
 //! may make per period. The algorithms are small synchronous cores with the
 //! clock passed in (`algorithm`); `table` keeps one state per key in bounded
-//! memory; `redis` runs the same algorithms atomically in a shared Redis so
-//! that several Levee instances enforce one limit.
+//! memory; `redis` runs the same algorithms atomically in a shared Redis (or
+//! Redis Cluster) so that several Levee instances enforce one limit, and
+//! `lease` lets an instance spend small batches of that shared count locally.
 
 pub mod algorithm;
 pub mod key;
+pub mod lease;
 pub mod redis;
 pub mod rules;
 pub mod table;

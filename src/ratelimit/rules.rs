@@ -15,9 +15,12 @@
 //!   and kept across reloads while the rule's settings stay the same
 //!   (`Registry`, like `cluster::guard` keeps breakers).
 //! - Redis counts: `RedisStore` (one per URL, also kept across reloads)
-//!   under `levee:rl:<algorithm>:<rule>:<tier>:<key>`. When a call fails
+//!   under `levee:rl:<algorithm>:{<rule>:<tier>:<key>}`. When a call fails
 //!   (down, slower than `redis_timeout`, an error), `on_store_error`
-//!   decides, and the failure is counted per rule.
+//!   decides, and the failure is counted per rule. In lease mode (the
+//!   default) a tier's `Leases` decide most requests locally; the shell
+//!   here asks Redis for a lease when one runs low (in the background) or
+//!   is empty (waiting), see `lease`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,11 +34,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::key::{self, KeyInput, KeySpec};
-use super::redis::RedisStore;
+use super::lease::{self, Leases, Take};
+use super::redis::{Options, RedisStore, StoreError, Target};
 use super::table::Table;
 use super::{Algorithm, Decision, Limit};
 use crate::config::ratelimit::{
-    Cidr, HeaderStyle, KeyPart, OnStoreError, RateLimitConfig, RuleConfig, StoreKind,
+    Cidr, HeaderStyle, KeyPart, OnStoreError, RateLimitConfig, RedisMode, RuleConfig, StoreKind,
 };
 use crate::observe::Metrics;
 use crate::observe::metrics::{RuleDecisionLabels, RuleLabels, RuleTierLabels};
@@ -89,16 +93,15 @@ impl Registry {
         t
     }
 
-    /// The store for `url`; `None` (logged) if its client thread cannot
-    /// start.
-    fn store(&self, url: &str, timeout: Duration) -> Option<Arc<RedisStore>> {
-        let id = format!("{url}\0{timeout:?}");
+    /// The store for `target`, reused while `id` (its config) is the
+    /// same; `None` (logged) if it cannot start.
+    fn store(&self, target: Target, options: Options, id: String) -> Option<Arc<RedisStore>> {
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
         stores.retain(|_, s| s.strong_count() > 0);
         if let Some(s) = stores.get(&id).and_then(Weak::upgrade) {
             return Some(s);
         }
-        match RedisStore::new(url, timeout) {
+        match RedisStore::open(target, options) {
             Ok(s) => {
                 let s = Arc::new(s);
                 stores.insert(id, Arc::downgrade(&s));
@@ -174,6 +177,9 @@ impl RateLimits {
         for rule in self.rules.values() {
             for tier in rule.all_tiers() {
                 removed += tier.table.sweep(&tier.limit, now);
+                if let Some(leases) = &tier.leases {
+                    leases.sweep(now);
+                }
                 let len = tier.table.len();
                 tier.keys.set(i64::try_from(len).unwrap_or(i64::MAX));
                 left += len;
@@ -194,7 +200,7 @@ impl RateLimits {
                     Store::Local => "local".to_owned(),
                     Store::Redis { store, .. } => {
                         let up = if store.is_up() { "up" } else { "down" };
-                        format!("redis {} ({up})", store.url())
+                        format!("redis {} ({up})", store.target())
                     }
                 };
                 let tiers: Vec<serde_json::Value> = rule
@@ -209,11 +215,17 @@ impl RateLimits {
                         })
                     })
                     .collect();
+                let mode = match &rule.store {
+                    Store::Local => "local",
+                    Store::Redis { .. } if rule.all_tiers().any(|t| t.leases.is_some()) => "lease",
+                    Store::Redis { .. } => "exact",
+                };
                 serde_json::json!({
                     "name": name,
                     "algorithm": rule.algorithm.as_str(),
                     "dry_run": rule.dry_run,
                     "store": store,
+                    "mode": mode,
                     "tiers": tiers,
                 })
             })
@@ -440,6 +452,8 @@ struct Tier {
     limit: Limit,
     /// Local counts (also the fallback of a Redis rule).
     table: Arc<Table>,
+    /// A Redis rule in lease mode: the leases taken from the shared count.
+    leases: Option<Arc<Leases>>,
     allowed: Counter,
     limited: Counter,
     dry_run_limited: Counter,
@@ -463,6 +477,21 @@ impl Rule {
         let key = KeySpec::new(parts, r.on_missing_key);
         let algorithm = Algorithm::from(r.algorithm);
         let max_keys = *config.max_keys.get_ref();
+        let store = match (r.store.unwrap_or(config.store), config.redis_target()) {
+            (StoreKind::Redis, Some((target, options, id))) => {
+                match registry.store(target, options, id) {
+                    Some(store) => Store::Redis {
+                        store,
+                        on_error: r.on_store_error.unwrap_or(config.on_store_error),
+                    },
+                    None => Store::Local,
+                }
+            }
+            _ => Store::Local,
+        };
+        let lease_mode = matches!(store, Store::Redis { .. })
+            && r.redis_mode.unwrap_or(config.redis_mode) == RedisMode::Lease;
+        let lease_size = config.lease_size();
         let tier = |tier: &str, limit: u64, period: Duration, burst: Option<u64>| {
             let burst = burst.unwrap_or(match algorithm {
                 Algorithm::TokenBucket => limit,
@@ -493,6 +522,8 @@ impl Rule {
                 name: tier.into(),
                 limit,
                 table: registry.table(&name, tier, settings),
+                leases: (lease_mode && lease::leasable(&limit))
+                    .then(|| Arc::new(Leases::new(lease_size, max_keys))),
                 allowed: decisions("allowed"),
                 limited: decisions("limited"),
                 dry_run_limited: decisions("dry_run_limited"),
@@ -531,18 +562,6 @@ impl Rule {
                 tiers,
             }
         });
-        let store = match (r.store.unwrap_or(config.store), &config.redis_url) {
-            (StoreKind::Redis, Some(url)) => {
-                match registry.store(url.get_ref(), config.redis_timeout.get()) {
-                    Some(store) => Store::Redis {
-                        store,
-                        on_error: r.on_store_error.unwrap_or(config.on_store_error),
-                    },
-                    None => Store::Local,
-                }
-            }
-            _ => Store::Local,
-        };
         Rule {
             store_errors: metrics
                 .ratelimit_store_errors
@@ -601,7 +620,55 @@ impl Rule {
         shared_key.extend_from_slice(tier.name.as_bytes());
         shared_key.push(b':');
         shared_key.extend_from_slice(key);
-        match store.check(&shared_key, &tier.limit, 1).await {
+        let result = match &tier.leases {
+            None => store.check(&shared_key, &tier.limit, 1).await,
+            Some(leases) => match leases.take(&shared_key, &tier.limit, now) {
+                Take::Local { decision, renew } => {
+                    if let Some(size) = renew {
+                        // Ahead of need: this request does not wait for it.
+                        let (store, leases, limit) = (store.clone(), leases.clone(), tier.limit);
+                        let errors = self.store_errors.clone();
+                        tokio::spawn(async move {
+                            match take_lease(&store, &shared_key, &limit, size).await {
+                                Ok((got, d)) => {
+                                    leases.granted(
+                                        &shared_key,
+                                        &limit,
+                                        got,
+                                        &d,
+                                        false,
+                                        Instant::now(),
+                                    );
+                                }
+                                Err(_) => {
+                                    errors.inc();
+                                    leases.failed(&shared_key, Instant::now());
+                                }
+                            }
+                        });
+                    }
+                    Ok(decision)
+                }
+                Take::Acquire(size) => {
+                    match take_lease(store, &shared_key, &tier.limit, size).await {
+                        Ok((got, d)) => Ok(leases.granted(
+                            &shared_key,
+                            &tier.limit,
+                            got,
+                            &d,
+                            true,
+                            Instant::now(),
+                        )),
+                        Err(e) => {
+                            leases.failed(&shared_key, Instant::now());
+                            Err(e)
+                        }
+                    }
+                }
+                Take::Exact => store.check(&shared_key, &tier.limit, 1).await,
+            },
+        };
+        match result {
             Ok(d) => Some(d),
             // The store logs the outage once; here it is counted.
             Err(_) => {
@@ -649,6 +716,26 @@ impl Rule {
             "dry-run rate limit: {count} request(s) would have been refused since the last report"
         );
     }
+}
+
+/// Asks Redis for a lease of `size` requests of `key`: what was granted
+/// and Redis's decision. When `size` does not fit but some is left (Redis's
+/// `remaining`), takes that. When nothing is left, the refusal stands: its
+/// `retry_after` is when the whole lease fits, and the key is refused
+/// locally until then (one call per lease, not one per request, while
+/// Redis refuses).
+async fn take_lease(
+    store: &RedisStore,
+    key: &[u8],
+    limit: &Limit,
+    size: u64,
+) -> Result<(u64, Decision), StoreError> {
+    let d = store.check(key, limit, size).await?;
+    if d.allowed || size == 1 || d.remaining == 0 {
+        return Ok((size, d));
+    }
+    let rest = d.remaining.min(size - 1);
+    Ok((rest, store.check(key, limit, rest).await?))
 }
 
 #[cfg(test)]
@@ -794,6 +881,55 @@ dry_run = true
             &a.rules["watch"].base.as_ref().unwrap().table,
             &d.rules["watch"].base.as_ref().unwrap().table
         ));
+    }
+
+    #[test]
+    fn a_lease_that_cannot_be_taken_follows_on_store_error() {
+        // Nothing listens on port 1: every lease request fails at once.
+        let l = limits(
+            r#"
+[rate_limit]
+store = "redis"
+redis_url = "redis://127.0.0.1:1"
+[[rate_limit.rules]]
+name = "open"
+limit = 5
+on_store_error = "allow"
+[[rate_limit.rules]]
+name = "closed"
+limit = 5
+on_store_error = "deny"
+[[rate_limit.rules]]
+name = "fallback"
+limit = 2
+on_store_error = "local"
+[[rate_limit.rules]]
+name = "exact"
+limit = 5
+redis_mode = "exact"
+"#,
+        );
+        let status = l.status().to_string();
+        assert!(status.contains(r#""mode":"lease""#), "{status}");
+        assert!(status.contains(r#""mode":"exact""#), "{status}");
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let h = HeaderMap::new();
+        let passed = |rule: &str| {
+            let route = l.for_route("api", &[rule.into()]).unwrap();
+            (0..4)
+                .filter(|_| {
+                    matches!(
+                        block(route.check(&h, peer, Instant::now())),
+                        Ruling::Pass { .. }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(passed("open"), 4);
+        assert_eq!(passed("closed"), 0);
+        assert_eq!(passed("fallback"), 2);
+        let errors = |rule: &str| l.rules[rule].store_errors.get();
+        assert_eq!((errors("open"), errors("closed")), (4, 4));
     }
 
     /// The cost of a check on the hot path: a never-refusing per-IP rule

@@ -47,6 +47,7 @@ mod http;
 mod levee;
 pub mod raw;
 pub mod redis;
+pub mod redis_cluster;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};
