@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod availability;
 pub mod cluster;
 pub mod config;
 pub mod demo;

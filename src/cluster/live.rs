@@ -50,6 +50,8 @@ pub struct EndpointLive {
     pub opened: Counter,
     pub connect_errors: Counter,
     in_flight_gauge: Gauge,
+    /// Successful and failed tries, for the observed availability.
+    pub tries: crate::availability::observed::Tries,
 }
 
 /// The instant ejection deadlines are counted from.
@@ -318,6 +320,7 @@ impl LiveRegistry {
                     opened: upstream("new"),
                     connect_errors: metrics.upstream_connect_errors.get_or_create_owned(&labels),
                     in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),
+                    tries: crate::availability::observed::Tries::new(Instant::now()),
                 });
                 live.publish(initial);
                 live

@@ -561,6 +561,7 @@ fn record_try(
         TryResult::Status(s) => s < 500,
         _ => false,
     };
+    endpoint.live.tries.record(ok, now);
     if cluster.balance.uses_latency() {
         endpoint.live.latency.record(took, ok, now);
     }
