@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod availability;
+pub mod chaos;
 pub mod cluster;
 pub mod config;
 pub mod demo;
