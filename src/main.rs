@@ -81,7 +81,12 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         downtime: Option<String>,
         /// The period of --downtime: year, month, week or day.
-        #[arg(long, default_value = "year", value_name = "PERIOD")]
+        #[arg(
+            long,
+            default_value = "year",
+            value_name = "PERIOD",
+            requires = "downtime"
+        )]
         per: levee::availability::compose::Period,
         /// Print the single points of failure of this configuration.
         #[arg(short, long, value_name = "FILE")]

@@ -255,6 +255,10 @@ fn the_command_reproduces_the_textbook_figures() {
     let (ok, _, err) = levee(&["--downtime", "4h", "--per", "fortnight"]);
     assert!(!ok);
     assert!(err.contains("year, month, week or day"), "{err}");
+    // --per belongs to --downtime.
+    let (ok, _, err) = levee(&["99.9", "--per", "week"]);
+    assert!(!ok);
+    assert!(err.contains("--downtime"), "{err}");
 }
 
 #[test]
