@@ -194,9 +194,14 @@ fn lex(input: &str) -> Result<Vec<(Token, usize)>, ExprError> {
     Ok(out)
 }
 
+/// Parentheses and groups nest at most this deep: the parser recurses, and
+/// no real topology needs more.
+const MAX_DEPTH: usize = 64;
+
 struct Parser {
     tokens: Vec<(Token, usize)>,
     at: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -255,6 +260,20 @@ impl Parser {
     }
 
     fn term(&mut self) -> Result<Expr, ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            let column = self.peek().1;
+            return Err(ExprError {
+                column,
+                message: format!("expected at most {MAX_DEPTH} levels of nesting"),
+            });
+        }
+        let term = self.term_inner();
+        self.depth -= 1;
+        term
+    }
+
+    fn term_inner(&mut self) -> Result<Expr, ExprError> {
         const PART: &str = "a part (a percentage such as 99.9, a name, '(' or NofM(...))";
         let (token, column) = self.peek().clone();
         match token {
@@ -329,6 +348,7 @@ pub fn parse(input: &str) -> Result<Expr, ExprError> {
     let mut p = Parser {
         tokens: lex(input)?,
         at: 0,
+        depth: 0,
     };
     let expr = p.expr()?;
     if p.peek().0 != Token::End {
@@ -522,6 +542,16 @@ mod tests {
         let e = error("a -> ()");
         assert_eq!(e.column, 7);
         assert!(e.message.contains("found ')'"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!("{}99{}", "(".repeat(100_000), ")".repeat(100_000));
+        let e = error(&deep);
+        assert_eq!(e.column, 65);
+        assert!(e.message.contains("levels of nesting"), "{e}");
+        let fine = format!("{}99{}", "(".repeat(60), ")".repeat(60));
+        assert!(close(value(&fine), 0.99));
     }
 
     #[test]
