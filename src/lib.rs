@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod availability;
+pub mod chaos;
 pub mod cluster;
 pub mod config;
 pub mod demo;

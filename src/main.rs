@@ -21,8 +21,9 @@ use levee::server::Server;
 /// bulkheads, service levels) and docs/rate-limiting.md. Logs go to standard
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
-/// (/status, /metrics, POST /reload, PUT /degradation, draining endpoints)
-/// and the signals are in docs/operations.md.
+/// (/status, /metrics, /availability, POST /reload, PUT /degradation, draining
+/// endpoints) and the signals are in docs/operations.md; `levee availability`
+/// and the single-point-of-failure report in docs/availability.md.
 #[derive(Parser)]
 #[command(name = "levee", version, about, long_about)]
 struct Cli {
@@ -65,6 +66,39 @@ enum Command {
         #[arg(long, default_value_t = 9101)]
         backend_port: u16,
     },
+    /// Availability arithmetic: nines to downtime per year, month, week and
+    /// day (`levee availability 99.95`), downtime to nines (`--downtime 4h
+    /// --per year`), composition in series, in parallel and N of M
+    /// (`levee availability "(lb || lb) -> 2of3(app, app, app)" --part
+    /// lb=99.99 --part app=99.9`), and the single points of failure of a
+    /// configuration (`--config FILE`). See docs/availability.md.
+    Availability {
+        /// An availability in percent (99.95) or an expression: `->` in
+        /// series, `||` in parallel, `2of3(a, b, c)` at least N of M, names
+        /// or percentages as parts, parentheses to group.
+        expression: Option<String>,
+        /// The availability of a part named in the expression.
+        #[arg(long = "part", value_name = "NAME=PERCENT")]
+        parts: Vec<String>,
+        /// The downtime allowed (e.g. 4h, 52m 36s, 1.5d) instead of an
+        /// expression: prints the availability it means.
+        #[arg(long, value_name = "DURATION")]
+        downtime: Option<String>,
+        /// The period of --downtime: year, month, week or day.
+        #[arg(
+            long,
+            default_value = "year",
+            value_name = "PERIOD",
+            requires = "downtime"
+        )]
+        per: levee::availability::compose::Period,
+        /// Print the single points of failure of this configuration.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +118,33 @@ fn main() -> ExitCode {
             admin,
             backend_port,
         } => demo(listen, admin, backend_port),
+        Command::Availability {
+            expression,
+            parts,
+            downtime,
+            per,
+            config,
+            json,
+        } => {
+            let request = levee::availability::cli::Request {
+                expression,
+                parts,
+                downtime,
+                per,
+                config,
+                json,
+            };
+            match levee::availability::cli::run(&request) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("levee availability: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /healthz",
     "GET /metrics",
     "GET /status",
+    "GET /availability",
     "POST /reload",
     "GET /degradation",
     "PUT /degradation",
@@ -120,6 +121,14 @@ async fn route(
             shared.metrics.encode(),
         ),
         (&Method::GET, "/status") => reply_json(StatusCode::OK, status(shared)),
+        (&Method::GET, "/availability") => reply_json(
+            StatusCode::OK,
+            serde_json::to_value(crate::availability::topology::live(
+                shared,
+                std::time::Instant::now(),
+            ))
+            .unwrap_or_default(),
+        ),
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             if control.send(Control::Reload(tx)).await.is_err() {

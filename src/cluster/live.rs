@@ -58,6 +58,8 @@ pub struct EndpointLive {
     /// Idle connections, and how requests got theirs.
     pub pool: Arc<Pool>,
     in_flight_gauge: Gauge,
+    /// Successful and failed tries, for the observed availability.
+    pub tries: crate::availability::observed::Tries,
 }
 
 const NO_PROBE: u64 = 0;
@@ -460,6 +462,7 @@ impl LiveRegistry {
                         },
                     )),
                     in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),
+                    tries: crate::availability::observed::Tries::new(Instant::now()),
                 });
                 live.publish(initial);
                 live

@@ -87,7 +87,7 @@ impl Cluster {
     }
 
     /// Feeds one try's result (`took`: from the try's start to its result)
-    /// to the endpoint's latency estimate and outlier detector and to the
+    /// to the endpoint's try counts (availability), its latency estimate and outlier detector and to the
     /// breakers that admitted it. An ejection is logged and counted.
     pub fn record(
         &self,
@@ -102,6 +102,7 @@ impl Cluster {
             TryResult::Status(s) => s < 500,
             _ => false,
         };
+        endpoint.live.tries.record(ok, now);
         if self.balance.uses_latency() {
             endpoint.live.latency.record(took, ok, now);
         }

@@ -1,0 +1,687 @@
+//! `[[faults]]`: fault injection as configured (see `chaos::fault` for what
+//! each setting does). Not yet part of `Config`: `parse_faults` reads a
+//! document of `[[faults]]` with the same file:line:column errors, and
+//! `check` is what `validate::check` will call once the faults are wired
+//! into the request path.
+//!
+//! ```toml
+//! [[faults]]
+//! name = "slow-b3"
+//! cluster = "app"
+//! endpoint = "127.0.0.1:9003"      # one sick instance; omit for the whole cluster
+//! percent = 10                     # the blast radius, 0 to 100 (required)
+//! delay = "500ms"                  # or delay_distribution = { p50 = "20ms", p99 = "500ms" }
+//! delay_jitter = "100ms"           # up to this much more, uniformly
+//! abort = 503                      # or reset = true, or truncate_after = "1KiB"
+//! bandwidth = "64KiB"              # response body bytes per second
+//! slow_headers = "2s"              # the response head spread over this long
+//! header = "x-levee-fault"         # hits any request carrying it ...
+//! trusted_sources = ["10.0.0.0/8"] # ... from these peers only (required with header)
+//! clients_percent = 5              # only this stable share of client IPs
+//! ttl = "60s"                      # removes itself after this long
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_spanned::Spanned;
+
+use super::ratelimit::Cidr;
+use super::validate::{Invalid, check_name, invalid, list};
+use super::value::{ByteSize, Duration};
+use super::{Config, ConfigError};
+use crate::chaos::fault::{Delay, Effects, Fault, Outcome, Selector, Subset, Target, Trigger};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    pub name: Spanned<String>,
+    /// Once per request of this route; or `cluster`.
+    #[serde(default)]
+    pub route: Option<Spanned<String>>,
+    /// Every try to this cluster (or to its `endpoint`).
+    #[serde(default)]
+    pub cluster: Option<Spanned<String>>,
+    #[serde(default)]
+    pub endpoint: Option<Spanned<SocketAddr>>,
+    /// Share of requests hit, 0 to 100. Required: a fault's blast radius is
+    /// never implicit.
+    pub percent: Spanned<f64>,
+    #[serde(default)]
+    pub delay: Option<Spanned<Duration>>,
+    #[serde(default)]
+    pub delay_jitter: Option<Spanned<Duration>>,
+    /// Percentile (`p50`, `p99.9`) → delay.
+    #[serde(default)]
+    pub delay_distribution: Option<Spanned<BTreeMap<String, Duration>>>,
+    /// Answer this status (400 to 599) instead of forwarding.
+    #[serde(default)]
+    pub abort: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub reset: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub truncate_after: Option<Spanned<ByteSize>>,
+    /// Bytes per second.
+    #[serde(default)]
+    pub bandwidth: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    pub slow_headers: Option<Spanned<Duration>>,
+    #[serde(default)]
+    pub header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub clients_percent: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub ttl: Option<Spanned<Duration>>,
+}
+
+/// A document of faults only (`[[faults]]` tables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsFile {
+    #[serde(default)]
+    faults: Vec<FaultConfig>,
+}
+
+fn percent(value: &Spanned<f64>, key: String) -> Result<f64, Invalid> {
+    let p = *value.get_ref();
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(invalid(
+            value.span(),
+            key,
+            format!("{p} is not a percentage; use 0 to 100"),
+        ))
+    }
+}
+
+/// Checks every fault; with `config`, also that its route, cluster and
+/// endpoint exist.
+pub(super) fn check(faults: &[FaultConfig], config: Option<&Config>) -> Result<(), Invalid> {
+    let mut names = HashSet::new();
+    for (i, f) in faults.iter().enumerate() {
+        let key = |k: &str| format!("faults[{i}].{k}");
+        check_name(f.name.get_ref(), f.name.span(), key("name"))?;
+        if !names.insert(f.name.get_ref().as_str()) {
+            return Err(invalid(
+                f.name.span(),
+                key("name"),
+                format!("a fault named {:?} already exists", f.name.get_ref()),
+            ));
+        }
+        percent(&f.percent, key("percent"))?;
+        if let Some(p) = &f.clients_percent {
+            percent(p, key("clients_percent"))?;
+        }
+        check_target(f, config, &key)?;
+        check_effects(f, &key)?;
+        if let Some(h) = &f.header {
+            if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
+                return Err(invalid(
+                    h.span(),
+                    key("header"),
+                    format!("{:?} is not a header name", h.get_ref()),
+                ));
+            }
+            if f.trusted_sources.is_empty() {
+                return Err(invalid(
+                    h.span(),
+                    key("header"),
+                    "a trigger header needs trusted_sources (the networks allowed to send it); anyone could inject the fault otherwise",
+                ));
+            }
+        } else if let Some(first) = f.trusted_sources.first() {
+            return Err(invalid(
+                first.span(),
+                key("trusted_sources"),
+                "trusted_sources is for the trigger header; set `header` too",
+            ));
+        }
+        for (j, s) in f.trusted_sources.iter().enumerate() {
+            s.get_ref()
+                .parse::<Cidr>()
+                .map_err(|m| invalid(s.span(), key(&format!("trusted_sources[{j}]")), m))?;
+        }
+        if let Some(ttl) = &f.ttl
+            && ttl.get_ref().get().is_zero()
+        {
+            return Err(invalid(
+                ttl.span(),
+                key("ttl"),
+                "a ttl of 0 would remove the fault at once; omit it to keep the fault until removed",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_target(
+    f: &FaultConfig,
+    config: Option<&Config>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), Invalid> {
+    match (&f.route, &f.cluster) {
+        (Some(_), Some(c)) => Err(invalid(
+            c.span(),
+            key("cluster"),
+            "set `route` or `cluster`, not both",
+        )),
+        (None, None) => Err(invalid(
+            f.name.span(),
+            key("name"),
+            "a fault needs a target: set `route`, or `cluster` (and `endpoint` for one endpoint)",
+        )),
+        (Some(r), None) => {
+            if let Some(e) = &f.endpoint {
+                return Err(invalid(
+                    e.span(),
+                    key("endpoint"),
+                    "an endpoint belongs to a cluster: set `cluster`, not `route`",
+                ));
+            }
+            if let Some(config) = config
+                && !config
+                    .routes
+                    .iter()
+                    .any(|x| x.name.get_ref() == r.get_ref())
+            {
+                return Err(invalid(
+                    r.span(),
+                    key("route"),
+                    format!(
+                        "no route named {:?}; routes: {}",
+                        r.get_ref(),
+                        list(config.routes.iter().map(|x| x.name.get_ref().as_str()))
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        (None, Some(c)) => {
+            let Some(config) = config else {
+                return Ok(());
+            };
+            let Some(cluster) = config
+                .clusters
+                .iter()
+                .find(|x| x.name.get_ref() == c.get_ref())
+            else {
+                return Err(invalid(
+                    c.span(),
+                    key("cluster"),
+                    format!(
+                        "no cluster named {:?}; clusters: {}",
+                        c.get_ref(),
+                        list(config.clusters.iter().map(|x| x.name.get_ref().as_str()))
+                    ),
+                ));
+            };
+            if let Some(e) = &f.endpoint
+                && !cluster
+                    .endpoints
+                    .iter()
+                    // A name may resolve to it: only IP endpoints can be
+                    // checked before the lookups.
+                    .any(|x| x.address.get_ref().ip().is_none_or(|ip| ip == *e.get_ref()))
+            {
+                return Err(invalid(
+                    e.span(),
+                    key("endpoint"),
+                    format!("cluster {:?} has no endpoint {}", c.get_ref(), e.get_ref()),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    if let (Some(_), Some(d)) = (&f.delay, &f.delay_distribution) {
+        return Err(invalid(
+            d.span(),
+            key("delay_distribution"),
+            "set `delay` (with `delay_jitter`) or `delay_distribution`, not both",
+        ));
+    }
+    if let (None, Some(j)) = (&f.delay, &f.delay_jitter) {
+        return Err(invalid(
+            j.span(),
+            key("delay_jitter"),
+            "delay_jitter adds to `delay`; set `delay` too",
+        ));
+    }
+    if let Some(d) = &f.delay_distribution {
+        distribution(d, &key("delay_distribution"))?;
+    }
+    let mut outcomes = Vec::new();
+    if let Some(a) = &f.abort {
+        if !(400..=599).contains(a.get_ref()) {
+            return Err(invalid(
+                a.span(),
+                key("abort"),
+                format!("{} is not an error status; use 400 to 599", a.get_ref()),
+            ));
+        }
+        outcomes.push(("abort", a.span()));
+    }
+    if let Some(r) = &f.reset
+        && *r.get_ref()
+    {
+        outcomes.push(("reset", r.span()));
+    }
+    if let Some(t) = &f.truncate_after {
+        outcomes.push(("truncate_after", t.span()));
+    }
+    if let [_, (second, span), ..] = outcomes.as_slice() {
+        return Err(invalid(
+            span.clone(),
+            key(second),
+            format!(
+                "a fault has one outcome: {}, not several",
+                list(outcomes.iter().map(|(k, _)| *k))
+            ),
+        ));
+    }
+    if let Some(b) = &f.bandwidth
+        && b.get_ref().0 == 0
+    {
+        return Err(invalid(
+            b.span(),
+            key("bandwidth"),
+            "a bandwidth of 0 would stall every response; use reset = true for that",
+        ));
+    }
+    let does_something = f.delay.is_some()
+        || f.delay_distribution.is_some()
+        || !outcomes.is_empty()
+        || f.bandwidth.is_some()
+        || f.slow_headers.is_some();
+    if !does_something {
+        return Err(invalid(
+            f.name.span(),
+            key("name"),
+            "the fault does nothing: set delay, delay_distribution, abort, reset, truncate_after, bandwidth or slow_headers",
+        ));
+    }
+    Ok(())
+}
+
+/// `{ p50 = "20ms", p99 = "500ms" }` as ascending (percentile, delay)
+/// points.
+fn parse_distribution(
+    d: &Spanned<BTreeMap<String, Duration>>,
+) -> Result<Vec<(f64, std::time::Duration)>, String> {
+    let mut points = Vec::new();
+    for (k, v) in d.get_ref() {
+        let p: f64 = k
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .filter(|p| *p > 0.0 && *p <= 100.0)
+            .ok_or_else(|| {
+                format!("{k:?} is not a percentile; write p50, p90, p99.9 (above 0, at most 100)")
+            })?;
+        points.push((p, v.get()));
+    }
+    if points.is_empty() {
+        return Err(
+            "give at least one percentile, e.g. { p50 = \"20ms\", p99 = \"500ms\" }".into(),
+        );
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some(w) = points.windows(2).find(|w| w[1].1 < w[0].1) {
+        return Err(format!(
+            "p{} is shorter than p{}; a higher percentile cannot be faster",
+            w[1].0, w[0].0
+        ));
+    }
+    Ok(points)
+}
+
+fn distribution(d: &Spanned<BTreeMap<String, Duration>>, key: &str) -> Result<(), Invalid> {
+    parse_distribution(d)
+        .map(|_| ())
+        .map_err(|m| invalid(d.span(), key.to_owned(), m))
+}
+
+/// The runtime fault of a checked configuration.
+pub fn build(f: &FaultConfig) -> Fault {
+    let target = match (&f.route, &f.cluster, &f.endpoint) {
+        (Some(r), _, _) => Target::Route(r.get_ref().clone()),
+        (None, Some(c), Some(e)) => Target::Endpoint {
+            cluster: c.get_ref().clone(),
+            address: *e.get_ref(),
+        },
+        (None, Some(c), None) => Target::Cluster(c.get_ref().clone()),
+        // `check` refuses a fault without a target; one that slips through
+        // targets nothing.
+        (None, None, _) => Target::Route(String::new()),
+    };
+    let delay = match (&f.delay, &f.delay_jitter, &f.delay_distribution) {
+        (Some(d), Some(j), _) => Some(Delay::Jitter {
+            base: d.get_ref().get(),
+            jitter: j.get_ref().get(),
+        }),
+        (Some(d), None, _) => Some(Delay::Fixed(d.get_ref().get())),
+        (None, _, Some(dist)) => parse_distribution(dist).ok().map(Delay::Distribution),
+        (None, _, None) => None,
+    };
+    let outcome = if let Some(a) = &f.abort {
+        Outcome::Abort(*a.get_ref())
+    } else if f.reset.as_ref().is_some_and(|r| *r.get_ref()) {
+        Outcome::Reset
+    } else if let Some(t) = &f.truncate_after {
+        Outcome::Truncate(t.get_ref().0)
+    } else {
+        Outcome::Forward
+    };
+    let name = f.name.get_ref().clone();
+    Fault {
+        target,
+        effects: Effects {
+            delay,
+            outcome,
+            bandwidth: f.bandwidth.as_ref().map(|b| b.get_ref().0),
+            slow_headers: f.slow_headers.as_ref().map(|s| s.get_ref().get()),
+        },
+        selector: Selector {
+            percent: *f.percent.get_ref(),
+            subset: f.clients_percent.as_ref().map(|p| Subset {
+                percent: *p.get_ref(),
+                seed: xxhash_rust::xxh3::xxh3_64(name.as_bytes()),
+            }),
+            trigger: f.header.as_ref().map(|h| Trigger {
+                header: h.get_ref().to_ascii_lowercase(),
+                trusted: f
+                    .trusted_sources
+                    .iter()
+                    .filter_map(|s| s.get_ref().parse().ok())
+                    .collect(),
+            }),
+        },
+        ttl: f.ttl.as_ref().map(|t| t.get_ref().get()),
+        name,
+    }
+}
+
+/// Reads a document of `[[faults]]` (e.g. a file an operator loads, or a
+/// test), checked against `config` when given. Errors name the file, line,
+/// column and key, as the main configuration's do.
+pub fn parse_faults(
+    path: &Path,
+    text: &str,
+    config: Option<&Config>,
+) -> Result<Vec<FaultConfig>, ConfigError> {
+    let at = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+        let (line, column) = span.map_or((0, 0), |s| super::line_column(text, s.start));
+        ConfigError {
+            file: path.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| at(e.span(), String::new(), e.message().to_owned()))?;
+    let file: FaultsFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        at(inner.span(), key, inner.message().to_owned())
+    })?;
+    check(&file.faults, config).map_err(|v| at(Some(v.span), v.key, v.message))?;
+    Ok(file.faults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration as StdDuration;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:8080"
+
+[[clusters]]
+name = "app"
+[[clusters.endpoints]]
+address = "127.0.0.1:9001"
+[[clusters.endpoints]]
+address = "127.0.0.1:9003"
+
+[[routes]]
+name = "api"
+cluster = "app"
+"#;
+
+    fn config() -> Config {
+        crate::config::parse(Path::new("levee.toml"), CONFIG).unwrap()
+    }
+
+    fn parse(text: &str) -> Result<Vec<FaultConfig>, ConfigError> {
+        parse_faults(Path::new("faults.toml"), text, Some(&config()))
+    }
+
+    fn refused(text: &str) -> String {
+        match parse(text) {
+            Ok(f) => panic!("accepted: {f:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_full_fault_builds() {
+        let text = r#"
+[[faults]]
+name = "slow-b3"
+cluster = "app"
+endpoint = "127.0.0.1:9003"
+percent = 10
+delay = "500ms"
+delay_jitter = "100ms"
+abort = 503
+bandwidth = "64KiB"
+slow_headers = "2s"
+header = "x-Levee-Fault"
+trusted_sources = ["10.0.0.0/8", "::1"]
+clients_percent = 5.5
+ttl = "60s"
+"#;
+        let faults = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let f = build(&faults[0]);
+        assert_eq!(
+            f.target,
+            Target::Endpoint {
+                cluster: "app".into(),
+                address: "127.0.0.1:9003".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            f.effects.delay,
+            Some(Delay::Jitter {
+                base: StdDuration::from_millis(500),
+                jitter: StdDuration::from_millis(100)
+            })
+        );
+        assert_eq!(f.effects.outcome, Outcome::Abort(503));
+        assert_eq!(f.effects.bandwidth, Some(65_536));
+        assert_eq!(f.effects.slow_headers, Some(StdDuration::from_secs(2)));
+        assert_eq!(f.selector.percent, 10.0);
+        assert_eq!(f.selector.subset.as_ref().map(|s| s.percent), Some(5.5));
+        let trigger = f.selector.trigger.as_ref().unwrap();
+        assert_eq!(trigger.header, "x-levee-fault");
+        assert_eq!(trigger.trusted.len(), 2);
+        assert_eq!(f.ttl, Some(StdDuration::from_secs(60)));
+    }
+
+    #[test]
+    fn distributions_and_other_outcomes() {
+        let text = r#"
+[[faults]]
+name = "tail"
+route = "api"
+percent = 100
+delay_distribution = { p50 = "20ms", p99 = "500ms", "p99.9" = "1s" }
+
+[[faults]]
+name = "cut"
+cluster = "app"
+percent = 1
+truncate_after = "1KiB"
+
+[[faults]]
+name = "rst"
+cluster = "app"
+percent = 0.5
+reset = true
+"#;
+        let faults: Vec<Fault> = parse(text).unwrap().iter().map(build).collect();
+        assert_eq!(
+            faults[0].effects.delay,
+            Some(Delay::Distribution(vec![
+                (50.0, StdDuration::from_millis(20)),
+                (99.0, StdDuration::from_millis(500)),
+                (99.9, StdDuration::from_secs(1)),
+            ]))
+        );
+        assert_eq!(faults[0].target, Target::Route("api".into()));
+        assert_eq!(faults[1].effects.outcome, Outcome::Truncate(1024));
+        assert_eq!(faults[2].effects.outcome, Outcome::Reset);
+        assert_eq!(faults[2].selector.percent, 0.5);
+    }
+
+    #[test]
+    fn a_percentage_outside_0_to_100_is_refused_with_its_position() {
+        let e =
+            refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 150\nabort = 503\n");
+        assert_eq!(
+            e,
+            "faults.toml:4:11: faults[0].percent: 150 is not a percentage; use 0 to 100"
+        );
+        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = -1\nabort = 503\n");
+        assert!(e.starts_with("faults.toml:4:11: faults[0].percent:"), "{e}");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 5\nclients_percent = 101\nabort = 503\n",
+        );
+        assert!(
+            e.starts_with("faults.toml:5:19: faults[0].clients_percent:"),
+            "{e}"
+        );
+        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\nabort = 503\n");
+        assert!(e.contains("missing field `percent`"), "{e}");
+    }
+
+    #[test]
+    fn targets_must_exist() {
+        let e = refused("[[faults]]\nname = \"f\"\nroute = \"nope\"\npercent = 5\nabort = 503\n");
+        assert!(
+            e.starts_with(
+                "faults.toml:3:9: faults[0].route: no route named \"nope\"; routes: \"api\""
+            ),
+            "{e}"
+        );
+        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"db\"\npercent = 5\nabort = 503\n");
+        assert!(
+            e.contains("faults[0].cluster: no cluster named \"db\""),
+            "{e}"
+        );
+        let e = refused(
+            "[[faults]]\nname = \"f\"\ncluster = \"app\"\nendpoint = \"127.0.0.1:1\"\npercent = 5\nabort = 503\n",
+        );
+        assert!(
+            e.contains("faults[0].endpoint: cluster \"app\" has no endpoint 127.0.0.1:1"),
+            "{e}"
+        );
+        let e = refused("[[faults]]\nname = \"f\"\npercent = 5\nabort = 503\n");
+        assert!(e.contains("needs a target"), "{e}");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nroute = \"api\"\ncluster = \"app\"\npercent = 5\nabort = 503\n",
+        );
+        assert!(e.contains("not both"), "{e}");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nroute = \"api\"\nendpoint = \"127.0.0.1:9001\"\npercent = 5\nabort = 503\n",
+        );
+        assert!(e.contains("set `cluster`, not `route`"), "{e}");
+        // Without a config, existence is not checked (an operator's file
+        // checked before the proxy's config is known).
+        let ok = parse_faults(
+            Path::new("f.toml"),
+            "[[faults]]\nname = \"f\"\nroute = \"any\"\npercent = 5\nabort = 503\n",
+            None,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn effects_are_checked() {
+        let base = "[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 5\n";
+        let cases = [
+            ("", "faults[0].name: the fault does nothing"),
+            (
+                "abort = 200\n",
+                "faults[0].abort: 200 is not an error status",
+            ),
+            (
+                "abort = 503\nreset = true\n",
+                "faults[0].reset: a fault has one outcome: \"abort\", \"reset\"",
+            ),
+            (
+                "delay_jitter = \"5ms\"\n",
+                "faults[0].delay_jitter: delay_jitter adds to `delay`",
+            ),
+            (
+                "delay = \"5ms\"\ndelay_distribution = { p50 = \"1ms\" }\n",
+                "faults[0].delay_distribution: set `delay`",
+            ),
+            (
+                "delay_distribution = { median = \"1ms\" }\n",
+                "\"median\" is not a percentile",
+            ),
+            (
+                "delay_distribution = { p0 = \"1ms\" }\n",
+                "\"p0\" is not a percentile",
+            ),
+            (
+                "delay_distribution = { p50 = \"100ms\", p99 = \"10ms\" }\n",
+                "p99 is shorter than p50",
+            ),
+            ("delay_distribution = {}\n", "at least one percentile"),
+            ("bandwidth = 0\n", "faults[0].bandwidth: a bandwidth of 0"),
+            (
+                "abort = 503\nheader = \"x-fault\"\n",
+                "faults[0].header: a trigger header needs trusted_sources",
+            ),
+            (
+                "abort = 503\nheader = \"bad header\"\ntrusted_sources = [\"::1\"]\n",
+                "is not a header name",
+            ),
+            (
+                "abort = 503\ntrusted_sources = [\"::1\"]\n",
+                "set `header` too",
+            ),
+            (
+                "abort = 503\nheader = \"x-fault\"\ntrusted_sources = [\"10.0.0.0/40\"]\n",
+                "faults[0].trusted_sources[0]:",
+            ),
+            ("abort = 503\nttl = \"0s\"\n", "faults[0].ttl: a ttl of 0"),
+            ("abort = 503\nblast = 5\n", "unknown field `blast`"),
+        ];
+        for (extra, want) in cases {
+            let e = refused(&format!("{base}{extra}"));
+            assert!(e.starts_with("faults.toml:"), "{e}");
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        let e = refused(&format!("{base}abort = 503\n{base}abort = 503\n"));
+        assert!(
+            e.contains("faults[1].name: a fault named \"f\" already exists"),
+            "{e}"
+        );
+    }
+}
