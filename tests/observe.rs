@@ -755,6 +755,7 @@ fn admin_404_lists_every_endpoint() {
             "GET /healthz",
             "GET /metrics",
             "GET /status",
+            "GET /availability",
             "POST /reload",
             "GET /degradation",
             "PUT /degradation",
