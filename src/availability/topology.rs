@@ -1,7 +1,7 @@
 //! Availability from the live topology, for `GET /availability`.
 //!
 //! - An endpoint's observed availability is the share of its tries that
-//!   succeeded (`observed::Tries`), since Levee started and over the last
+//!   succeeded (`cluster::observed::Tries`), since Levee started and over the last
 //!   five minutes. An endpoint without tries takes its cluster's pooled
 //!   share (the tries of all its endpoints together); a cluster without any
 //!   try has no figure (`null`).
@@ -26,7 +26,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::compose;
-use super::observed::{BUCKET, BUCKETS, Counts};
+use crate::cluster::observed::{BUCKET, BUCKETS, Counts};
 use super::spof;
 use crate::shared::Shared;
 

@@ -59,7 +59,7 @@ pub struct EndpointLive {
     pub pool: Arc<Pool>,
     in_flight_gauge: Gauge,
     /// Successful and failed tries, for the observed availability.
-    pub tries: crate::availability::observed::Tries,
+    pub tries: super::observed::Tries,
 }
 
 const NO_PROBE: u64 = 0;
@@ -462,7 +462,7 @@ impl LiveRegistry {
                         },
                     )),
                     in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),
-                    tries: crate::availability::observed::Tries::new(Instant::now()),
+                    tries: super::observed::Tries::new(Instant::now()),
                 });
                 live.publish(initial);
                 live

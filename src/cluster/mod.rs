@@ -11,6 +11,7 @@ pub mod ewma;
 pub mod guard;
 pub mod health;
 mod live;
+pub mod observed;
 mod tries;
 
 use std::net::SocketAddr;

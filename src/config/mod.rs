@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod dns;
 mod ignored;
 pub mod ratelimit;
+pub mod redis_url;
 pub mod resilience;
 mod schema;
 mod validate;

@@ -38,6 +38,18 @@ pub enum RedisMode {
     Exact,
 }
 
+/// The largest lease, as a share of the capacity.
+pub const MAX_FRACTION: f64 = 0.1;
+
+/// How big a lease is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LeaseSize {
+    /// From the key's rate on this instance, up to [`MAX_FRACTION`].
+    Auto,
+    /// This share of the capacity each time (at most [`MAX_FRACTION`]).
+    Fraction(f64),
+}
+
 /// `redis_lease`: `"auto"` or a share of the capacity, `0 < f ≤ 0.1`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -47,8 +59,7 @@ pub enum LeaseSpec {
 }
 
 impl LeaseSpec {
-    pub fn size(&self) -> Result<crate::ratelimit::lease::LeaseSize, String> {
-        use crate::ratelimit::lease::{LeaseSize, MAX_FRACTION};
+    pub fn size(&self) -> Result<LeaseSize, String> {
         match self {
             LeaseSpec::Name(n) if n == "auto" => Ok(LeaseSize::Auto),
             LeaseSpec::Fraction(f) if *f > 0.0 && *f <= MAX_FRACTION => Ok(LeaseSize::Fraction(*f)),
@@ -149,53 +160,12 @@ pub struct RateLimitConfig {
 }
 
 impl RateLimitConfig {
-    /// The Redis the rules share (`redis_url` or `redis_cluster`), how to
-    /// reach it, and an id that changes whenever either does (to keep a
-    /// store across reloads while it stays the same). `None` when neither
-    /// is set, or (validation refuses it) a URL does not parse.
-    pub fn redis_target(
-        &self,
-    ) -> Option<(
-        crate::ratelimit::redis::Target,
-        crate::ratelimit::redis::Options,
-        String,
-    )> {
-        use crate::ratelimit::redis::{Options, RedisUrl, Target};
-        let (target, mut id) = match (&self.redis_url, &self.redis_cluster) {
-            (Some(url), _) => (
-                Target::Single(RedisUrl::parse(url.get_ref()).ok()?),
-                url.get_ref().clone(),
-            ),
-            (None, Some(nodes)) => {
-                let urls = nodes
-                    .get_ref()
-                    .iter()
-                    .map(|n| RedisUrl::parse(n.get_ref()).ok())
-                    .collect::<Option<Vec<_>>>()?;
-                let id = nodes
-                    .get_ref()
-                    .iter()
-                    .map(|n| n.get_ref().as_str())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                (Target::Cluster(urls), format!("cluster {id}"))
-            }
-            (None, None) => return None,
-        };
-        let options = Options {
-            timeout: self.redis_timeout.get(),
-            tls_ca_file: self.redis_tls_ca_file.as_ref().map(|f| f.get_ref().into()),
-        };
-        id.push_str(&format!("\0{options:?}"));
-        Some((target, options, id))
-    }
-
     /// The lease size (validated).
-    pub fn lease_size(&self) -> crate::ratelimit::lease::LeaseSize {
+    pub fn lease_size(&self) -> LeaseSize {
         self.redis_lease
             .as_ref()
             .and_then(|l| l.get_ref().size().ok())
-            .unwrap_or(crate::ratelimit::lease::LeaseSize::Auto)
+            .unwrap_or(LeaseSize::Auto)
     }
 }
 
@@ -431,7 +401,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         ));
     }
     if let Some(url) = &rl.redis_url {
-        crate::ratelimit::redis::RedisUrl::parse(url.get_ref())
+        super::redis_url::RedisUrl::parse(url.get_ref())
             .map_err(|e| invalid(url.span(), "rate_limit.redis_url".into(), e.to_string()))?;
     }
     if let Some(nodes) = &rl.redis_cluster {
@@ -449,9 +419,9 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 "needs at least one seed node, e.g. [\"redis://10.0.0.1:7000\"]",
             ));
         }
-        let mut first: Option<crate::ratelimit::redis::RedisUrl> = None;
+        let mut first: Option<super::redis_url::RedisUrl> = None;
         for (i, n) in nodes.get_ref().iter().enumerate() {
-            let url = crate::ratelimit::redis::RedisUrl::parse(n.get_ref()).map_err(|e| {
+            let url = super::redis_url::RedisUrl::parse(n.get_ref()).map_err(|e| {
                 invalid(
                     n.span(),
                     format!("rate_limit.redis_cluster[{i}]"),
@@ -459,7 +429,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 )
             })?;
             let fail = |m: &str| invalid(n.span(), format!("rate_limit.redis_cluster[{i}]"), m);
-            if matches!(url.addr, crate::ratelimit::redis::Addr::Unix(_)) {
+            if matches!(url.addr, super::redis_url::Addr::Unix(_)) {
                 return Err(fail(
                     "cluster nodes are reached over TCP (redis:// or rediss://), not unix sockets",
                 ));
@@ -798,7 +768,7 @@ cluster = "app"
             ),
         )
         .unwrap();
-        let (target, options, id) = c.rate_limit.redis_target().unwrap();
+        let (target, options, id) = crate::ratelimit::redis::target_of(&c.rate_limit).unwrap();
         assert_eq!(options.timeout, std::time::Duration::from_millis(50));
         assert_eq!(options.tls_ca_file, None);
         assert!(matches!(target, crate::ratelimit::redis::Target::Cluster(ref n) if n.len() == 2));
@@ -808,7 +778,7 @@ cluster = "app"
         );
         assert_eq!(
             c.rate_limit.lease_size(),
-            crate::ratelimit::lease::LeaseSize::Fraction(0.05)
+            LeaseSize::Fraction(0.05)
         );
     }
 

@@ -51,24 +51,14 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::redis::capacity;
 use super::{Algorithm, Decision, Limit};
+pub use crate::config::ratelimit::{LeaseSize, MAX_FRACTION};
 
 const SHARDS: usize = 16;
-/// The largest lease, as a share of the capacity.
-pub const MAX_FRACTION: f64 = 0.1;
 const TTL_MIN: Duration = Duration::from_millis(1);
 const TTL_MAX: Duration = Duration::from_secs(1);
 /// After a failed renewal, the key renews in the background no sooner
 /// than this (its requests go on spending the lease in hand meanwhile).
 const RENEW_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How big a lease is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LeaseSize {
-    /// From the key's rate on this instance, up to [`MAX_FRACTION`].
-    Auto,
-    /// This share of the capacity each time (at most [`MAX_FRACTION`]).
-    Fraction(f64),
-}
 
 /// How long a lease taken for `limit` may be spent.
 pub fn ttl(limit: &Limit) -> Duration {

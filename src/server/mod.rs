@@ -12,6 +12,7 @@ pub mod conn;
 mod control;
 mod fixed;
 pub mod h1;
+mod health_checks;
 pub mod listener;
 pub mod phase;
 pub mod pid_file;
@@ -257,7 +258,7 @@ impl Server {
         for task in self.checks.drain(..) {
             task.abort();
         }
-        self.checks = crate::cluster::health::checker::spawn(&self.shared);
+        self.checks = health_checks::spawn(&self.shared);
     }
 
     /// Replaces the name lookups with those of the current configuration

@@ -5,6 +5,5 @@
 //! thin shell around one check.
 
 pub mod active;
-pub mod checker;
 pub mod outlier;
 pub mod state;

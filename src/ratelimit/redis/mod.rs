@@ -62,7 +62,6 @@
 //! interleave.
 
 pub mod scripts;
-pub mod url;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -76,10 +75,11 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, TlsCertificates};
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::url::{Addr, RedisUrl, UrlError};
+pub use crate::config::redis_url::{Addr, RedisUrl, UrlError};
 pub use ::redis::Value as Reply;
 
 use super::{Algorithm, Decision, Limit};
+use crate::config::ratelimit::RateLimitConfig;
 
 /// The timeout [`RedisStore::new`] uses when given zero.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -725,7 +725,7 @@ async fn connect(shared: &Shared) -> Result<Conn, String> {
     let err = |e: RedisError| connect_error(&e);
     match &shared.target {
         Target::Single(url) => {
-            let info = url.connection_info().map_err(err)?;
+            let info = connection_info(url).map_err(err)?;
             let client = match &shared.tls {
                 Some(certs) if url.tls() => Client::build_with_tls(info, certs.clone()),
                 _ => Client::open(info),
@@ -748,7 +748,7 @@ async fn connect(shared: &Shared) -> Result<Conn, String> {
         Target::Cluster(nodes) => {
             let infos = nodes
                 .iter()
-                .map(RedisUrl::connection_info)
+                .map(connection_info)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
             let mut builder = ClusterClientBuilder::new(infos)
@@ -773,6 +773,74 @@ async fn connect(shared: &Shared) -> Result<Conn, String> {
             Ok(Conn::Cluster(conn))
         }
     }
+}
+
+/// The Redis the rules share (`redis_url` or `redis_cluster`), how to
+/// reach it, and an id that changes whenever either does (to keep a store
+/// across reloads while it stays the same). `None` when neither is set,
+/// or (validation refuses it) a URL does not parse.
+pub fn target_of(config: &RateLimitConfig) -> Option<(Target, Options, String)> {
+    let (target, mut id) = match (&config.redis_url, &config.redis_cluster) {
+        (Some(url), _) => (
+            Target::Single(RedisUrl::parse(url.get_ref()).ok()?),
+            url.get_ref().clone(),
+        ),
+        (None, Some(nodes)) => {
+            let urls = nodes
+                .get_ref()
+                .iter()
+                .map(|n| RedisUrl::parse(n.get_ref()).ok())
+                .collect::<Option<Vec<_>>>()?;
+            let id = nodes
+                .get_ref()
+                .iter()
+                .map(|n| n.get_ref().as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            (Target::Cluster(urls), format!("cluster {id}"))
+        }
+        (None, None) => return None,
+    };
+    let options = Options {
+        timeout: config.redis_timeout.get(),
+        tls_ca_file: config.redis_tls_ca_file.as_ref().map(|f| f.get_ref().into()),
+    };
+    id.push_str(&format!("\0{options:?}"));
+    Some((target, options, id))
+}
+
+/// What redis-rs connects with: the address, database and credentials,
+/// RESP2, and no `CLIENT SETINFO` (one round trip less, and Redis
+/// before 7.2 does not know it).
+fn connection_info(url: &RedisUrl) -> Result<::redis::ConnectionInfo, RedisError> {
+    let addr = match &url.addr {
+        Addr::Tcp {
+            host,
+            port,
+            tls: false,
+        } => ::redis::ConnectionAddr::Tcp(host.clone(), *port),
+        Addr::Tcp {
+            host,
+            port,
+            tls: true,
+        } => ::redis::ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: false,
+            tls_params: None,
+        },
+        Addr::Unix(path) => ::redis::ConnectionAddr::Unix(path.clone()),
+    };
+    let mut redis = ::redis::RedisConnectionInfo::default()
+        .set_db(i64::from(url.db))
+        .set_skip_set_lib_name();
+    if let Some(user) = &url.username {
+        redis = redis.set_username(user);
+    }
+    if let Some(pass) = &url.password {
+        redis = redis.set_password(pass);
+    }
+    Ok(::redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(redis))
 }
 
 #[cfg(test)]
@@ -839,5 +907,26 @@ mod tests {
         assert_eq!(d.retry_after, Duration::from_secs(3));
         assert!(store.check(b"k", &limit, 0).await.unwrap().allowed);
         assert_eq!(store.errors(), 0);
+    }
+
+    #[test]
+    fn becomes_connection_info() {
+        let info = RedisUrl::parse("redis://u:pw@h:7/3").map(|u| connection_info(&u)).unwrap().unwrap();
+        assert_eq!(info.addr(), &::redis::ConnectionAddr::Tcp("h".into(), 7));
+        let r = info.redis_settings();
+        assert_eq!(
+            (r.db(), r.username(), r.password()),
+            (3, Some("u"), Some("pw"))
+        );
+        let info = RedisUrl::parse("rediss://h").map(|u| connection_info(&u)).unwrap().unwrap();
+        assert!(matches!(
+            info.addr(),
+            ::redis::ConnectionAddr::TcpTls {
+                insecure: false,
+                ..
+            }
+        ));
+        let info = RedisUrl::parse("unix:///x.sock").map(|u| connection_info(&u)).unwrap().unwrap();
+        assert_eq!(info.addr(), &::redis::ConnectionAddr::Unix("/x.sock".into()));
     }
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::active::{self, Outcome, Probe};
-use super::state::{Check, State, Thresholds};
 use crate::cluster::EndpointLive;
+use crate::cluster::health::active::{self, Outcome, Probe};
+use crate::cluster::health::state::{Check, State, Thresholds};
 use crate::config::{CheckKind, HealthCheckConfig};
 use crate::observe::metrics::TransitionLabels;
 use crate::shared::Shared;

@@ -1,11 +1,9 @@
 //! Redis URLs as the config writes them, checked up front with messages
-//! that name what is wrong (and never the password), and turned into
-//! redis-rs's `ConnectionInfo`.
+//! that name what is wrong (and never the password). The rate-limit store
+//! turns them into redis-rs's `ConnectionInfo` (`ratelimit::redis`).
 
 use std::fmt;
 use std::path::PathBuf;
-
-use ::redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 /// The forms a URL may take, for error messages.
 const FORMS: &str = "redis://[[user]:password@]host[:port][/db], rediss://… (TLS), \
@@ -182,40 +180,6 @@ impl RedisUrl {
 
     pub fn tls(&self) -> bool {
         matches!(self.addr, Addr::Tcp { tls: true, .. })
-    }
-
-    /// What redis-rs connects with: the address, database and credentials,
-    /// RESP2, and no `CLIENT SETINFO` (one round trip less, and Redis
-    /// before 7.2 does not know it).
-    pub fn connection_info(&self) -> Result<ConnectionInfo, ::redis::RedisError> {
-        let addr = match &self.addr {
-            Addr::Tcp {
-                host,
-                port,
-                tls: false,
-            } => ConnectionAddr::Tcp(host.clone(), *port),
-            Addr::Tcp {
-                host,
-                port,
-                tls: true,
-            } => ConnectionAddr::TcpTls {
-                host: host.clone(),
-                port: *port,
-                insecure: false,
-                tls_params: None,
-            },
-            Addr::Unix(path) => ConnectionAddr::Unix(path.clone()),
-        };
-        let mut redis = RedisConnectionInfo::default()
-            .set_db(i64::from(self.db))
-            .set_skip_set_lib_name();
-        if let Some(user) = &self.username {
-            redis = redis.set_username(user);
-        }
-        if let Some(pass) = &self.password {
-            redis = redis.set_password(pass);
-        }
-        Ok(addr.into_connection_info()?.set_redis_settings(redis))
     }
 }
 
@@ -424,26 +388,5 @@ mod tests {
         assert!(e.contains("redis://***@h:0"), "{e}");
         let e = url_err("unix:///s?pass=hunter2&x=1");
         assert!(!e.contains("hunter2"), "{e}");
-    }
-
-    #[test]
-    fn becomes_connection_info() {
-        let info = url("redis://u:pw@h:7/3").connection_info().unwrap();
-        assert_eq!(info.addr(), &ConnectionAddr::Tcp("h".into(), 7));
-        let r = info.redis_settings();
-        assert_eq!(
-            (r.db(), r.username(), r.password()),
-            (3, Some("u"), Some("pw"))
-        );
-        let info = url("rediss://h").connection_info().unwrap();
-        assert!(matches!(
-            info.addr(),
-            ConnectionAddr::TcpTls {
-                insecure: false,
-                ..
-            }
-        ));
-        let info = url("unix:///x.sock").connection_info().unwrap();
-        assert_eq!(info.addr(), &ConnectionAddr::Unix("/x.sock".into()));
     }
 }
