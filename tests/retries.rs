@@ -103,6 +103,35 @@ fn gateway_errors_are_retried_elsewhere_for_idempotent_requests() {
     }
 }
 
+/// The default policy retries a connection that broke before its answer
+/// (a backend killed mid-request) for an idempotent request, as nginx's
+/// default `proxy_next_upstream error` does; a POST is answered 502.
+#[test]
+fn by_default_a_broken_connection_is_retried_for_idempotent_requests_only() {
+    // Reads each request head, then closes without a byte of answer.
+    let dropper = canned_upstream(b"", true);
+    let good = Backend::start("good");
+    let listen = free_addr();
+    let _levee = Levee::start(&config(
+        listen,
+        &[dropper, good.addr()],
+        &["outlier_detection = { enabled = false }"],
+    ));
+    for i in 0..10 {
+        let r = request(listen, "GET", "/get", &[], b"");
+        assert_eq!(r.status, 200, "GET {i}: {}", r.text());
+        assert_eq!(r.header("x-backend"), Some("good"));
+    }
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| request(listen, "POST", "/echo", &[], b"payload").status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+}
+
 #[test]
 fn a_slow_try_is_abandoned_after_per_try_timeout() {
     let slow = Backend::start("slow");

@@ -26,8 +26,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::compose;
-use crate::cluster::observed::{BUCKET, BUCKETS, Counts};
 use super::spof;
+use crate::cluster::observed::{BUCKET, BUCKETS, Counts};
 use crate::shared::Shared;
 
 /// One endpoint's counts, as gathered from its live state.

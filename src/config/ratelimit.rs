@@ -776,10 +776,7 @@ cluster = "app"
             id.starts_with("cluster rediss://a:7000,rediss://b:7001"),
             "{id}"
         );
-        assert_eq!(
-            c.rate_limit.lease_size(),
-            LeaseSize::Fraction(0.05)
-        );
+        assert_eq!(c.rate_limit.lease_size(), LeaseSize::Fraction(0.05));
     }
 
     #[test]

@@ -66,7 +66,11 @@ impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             max_attempts: Spanned::new(0..0, 2),
-            retry_on: vec![RetryOn::ConnectFailure],
+            // As nginx's `proxy_next_upstream error` does: a request of an
+            // idempotent method whose connection broke before its answer
+            // (a backend killed mid-request, a keep-alive race) is sent to
+            // another endpoint rather than answered 502.
+            retry_on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
             retry_statuses: Vec::new(),
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),

@@ -477,7 +477,10 @@ impl Rule {
         let key = KeySpec::new(parts, r.on_missing_key);
         let algorithm = Algorithm::from(r.algorithm);
         let max_keys = *config.max_keys.get_ref();
-        let store = match (r.store.unwrap_or(config.store), super::redis::target_of(config)) {
+        let store = match (
+            r.store.unwrap_or(config.store),
+            super::redis::target_of(config),
+        ) {
             (StoreKind::Redis, Some((target, options, id))) => {
                 match registry.store(target, options, id) {
                     Some(store) => Store::Redis {

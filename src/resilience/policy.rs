@@ -222,15 +222,17 @@ mod tests {
     const NOW: SystemTime = SystemTime::UNIX_EPOCH;
 
     #[test]
-    fn defaults_retry_connect_failures_once_for_any_method() {
+    fn defaults_retry_connect_failures_for_any_method_and_resets_when_repeatable() {
         let p = policy("");
         assert_eq!(p.max_attempts, 2);
-        assert!(!p.retries_after_send());
-        let v = |a, r| p.verdict(a, r, false, None, NOW);
-        assert_eq!(v(1, TryResult::ConnectFailure), Verdict::Retry);
-        assert_eq!(v(2, TryResult::ConnectFailure), Verdict::Answer);
-        assert_eq!(v(1, TryResult::Status(503)), Verdict::Answer);
-        assert_eq!(v(1, TryResult::Reset), Verdict::Answer);
+        assert!(p.retries_after_send());
+        let v = |a, r, repeatable| p.verdict(a, r, repeatable, None, NOW);
+        assert_eq!(v(1, TryResult::ConnectFailure, false), Verdict::Retry);
+        assert_eq!(v(2, TryResult::ConnectFailure, false), Verdict::Answer);
+        assert_eq!(v(1, TryResult::Status(503), true), Verdict::Answer);
+        assert_eq!(v(1, TryResult::Reset, false), Verdict::Answer);
+        assert_eq!(v(1, TryResult::Reset, true), Verdict::Retry);
+        assert_eq!(v(2, TryResult::Reset, true), Verdict::Answer);
     }
 
     #[test]

@@ -803,7 +803,10 @@ pub fn target_of(config: &RateLimitConfig) -> Option<(Target, Options, String)> 
     };
     let options = Options {
         timeout: config.redis_timeout.get(),
-        tls_ca_file: config.redis_tls_ca_file.as_ref().map(|f| f.get_ref().into()),
+        tls_ca_file: config
+            .redis_tls_ca_file
+            .as_ref()
+            .map(|f| f.get_ref().into()),
     };
     id.push_str(&format!("\0{options:?}"));
     Some((target, options, id))
@@ -911,14 +914,20 @@ mod tests {
 
     #[test]
     fn becomes_connection_info() {
-        let info = RedisUrl::parse("redis://u:pw@h:7/3").map(|u| connection_info(&u)).unwrap().unwrap();
+        let info = RedisUrl::parse("redis://u:pw@h:7/3")
+            .map(|u| connection_info(&u))
+            .unwrap()
+            .unwrap();
         assert_eq!(info.addr(), &::redis::ConnectionAddr::Tcp("h".into(), 7));
         let r = info.redis_settings();
         assert_eq!(
             (r.db(), r.username(), r.password()),
             (3, Some("u"), Some("pw"))
         );
-        let info = RedisUrl::parse("rediss://h").map(|u| connection_info(&u)).unwrap().unwrap();
+        let info = RedisUrl::parse("rediss://h")
+            .map(|u| connection_info(&u))
+            .unwrap()
+            .unwrap();
         assert!(matches!(
             info.addr(),
             ::redis::ConnectionAddr::TcpTls {
@@ -926,7 +935,13 @@ mod tests {
                 ..
             }
         ));
-        let info = RedisUrl::parse("unix:///x.sock").map(|u| connection_info(&u)).unwrap().unwrap();
-        assert_eq!(info.addr(), &::redis::ConnectionAddr::Unix("/x.sock".into()));
+        let info = RedisUrl::parse("unix:///x.sock")
+            .map(|u| connection_info(&u))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            info.addr(),
+            &::redis::ConnectionAddr::Unix("/x.sock".into())
+        );
     }
 }
