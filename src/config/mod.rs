@@ -9,6 +9,7 @@ pub mod dns;
 mod ignored;
 pub mod ratelimit;
 pub mod resilience;
+pub mod rewrite;
 mod schema;
 mod validate;
 pub mod value;

@@ -26,6 +26,7 @@ pub mod error;
 pub mod front_door;
 pub mod headers;
 pub mod record;
+mod rewriting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,15 +85,21 @@ struct Forwarded {
     places: Places,
     tries: Tries,
     answer: Answer,
+    /// The request headers the route's response rules read.
+    kept: Option<crate::rewrite::Kept>,
 }
 
 /// The endpoint's response, or why Levee answers itself.
 type Answer = Result<Reply, Refusal>;
 
-/// An endpoint's response, and the affinity cookie to set on it.
-struct Reply {
-    exchange: upstream::Exchange,
-    set_cookie: Option<HeaderValue>,
+enum Reply {
+    /// An endpoint's response, and the affinity cookie to set on it.
+    Upstream {
+        exchange: upstream::Exchange,
+        set_cookie: Option<HeaderValue>,
+    },
+    /// The route's own answer: a redirect or a fixed response.
+    Action(crate::rewrite::Canned),
 }
 
 /// Levee's own answer, and when a refused client may come back (open
@@ -120,6 +127,7 @@ impl Forwarded {
             places: Places::default(),
             tries: Tries::default(),
             answer: Err(error.into()),
+            kept: None,
         }
     }
 }
@@ -193,6 +201,13 @@ async fn forward<B: RequestBody>(
                 return Err(ProxyError::RateLimited.into());
             }
         }
+        if let Some(rw) = &route.rewrite {
+            out.kept = rw.keep(req.headers());
+            if let Some(action) = &rw.action {
+                let canned = rewriting::act(cx, route, action, arrival, req.headers())?;
+                return Ok(Reply::Action(canned));
+            }
+        }
 
         let declared = req
             .headers()
@@ -226,6 +241,9 @@ async fn forward<B: RequestBody>(
         let deadline = request_deadline(cluster, req.headers(), start);
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, cx.client, &arrival.request_id);
+        if let Some(rw) = &route.rewrite {
+            rewriting::request(cx, rw, route, &cluster.name, arrival, &mut parts)?;
+        }
         let mut body = UpstreamBody::new(body, listener.max_body_bytes, arrival.bytes_in.clone());
 
         // Whether the request may be sent a second time once it was sent: an
@@ -482,7 +500,7 @@ fn settle(
     result: Result<(upstream::Exchange, Option<HeaderValue>), upstream::Error>,
 ) -> (Tries, Answer) {
     let answer = match result {
-        Ok((exchange, set_cookie)) => Ok(Reply {
+        Ok((exchange, set_cookie)) => Ok(Reply::Upstream {
             exchange,
             set_cookie,
         }),
@@ -573,11 +591,21 @@ fn respond(
         places,
         tries,
         answer,
+        kept,
     } = forwarded;
     let attempts = routed
         .as_ref()
-        .and_then(|r| r.policy().attempts_header.clone())
+        .and_then(|r| r.policy()?.attempts_header.clone())
         .map(|name| (name, HeaderValue::from(tries.count)));
+    let endpoint = tries.last.as_ref().map(|t| t.endpoint);
+    let edits = rewriting::response(
+        &cx,
+        &arrival,
+        routed.as_ref(),
+        endpoint,
+        kept.as_ref(),
+        answer.is_err(),
+    );
     let request_id = arrival.request_id.clone();
     let mut outcome = Outcome {
         status: 0,
@@ -596,7 +624,7 @@ fn respond(
         })
     };
     let mut response = match answer {
-        Ok(Reply {
+        Ok(Reply::Upstream {
             exchange,
             set_cookie,
         }) => {
@@ -613,6 +641,16 @@ fn respond(
             let mut response = Response::new(ResponseBody::upstream(body, completion(outcome)));
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
+            response
+        }
+        Ok(Reply::Action(canned)) => {
+            outcome.status = canned.status.as_u16();
+            let body = ResponseBody::full(canned.body, Some(completion(outcome)));
+            let mut response = Response::new(body);
+            *response.status_mut() = canned.status;
+            *response.headers_mut() = canned.headers;
+            let h = response.headers_mut();
+            h.insert(headers::X_REQUEST_ID.clone(), request_id);
             response
         }
         Err(Refusal { error, retry_after }) => {
@@ -653,6 +691,9 @@ fn respond(
             }
         }
     };
+    if let Some(edits) = edits {
+        edits.apply(response.headers_mut());
+    }
     if let Some((name, value)) = attempts {
         response.headers_mut().insert(name, value);
     }
