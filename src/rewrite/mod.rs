@@ -133,13 +133,15 @@ impl Rewrite {
             headers: Headers::Map(&parts.headers),
         };
         let edits = self.request.render(&vars)?;
-        let host =
-            match &self.host {
-                Some(t) => Some(t.header_value(&vars).filter(|h| !h.is_empty()).ok_or_else(
-                    || Failed("the rewritten Host is empty or not a header value".into()),
-                )?),
-                None => None,
-            };
+        let host = match &self.host {
+            Some(t) => {
+                let host = t.header_value(&vars).filter(|h| {
+                    !h.is_empty() && http::uri::Authority::try_from(h.as_bytes()).is_ok()
+                });
+                Some(host.ok_or_else(|| Failed("the rewritten Host is not a host".into()))?)
+            }
+            None => None,
+        };
         edits.apply(&mut parts.headers);
         if let Some(host) = host {
             parts.headers.insert(http::header::HOST, host);
@@ -375,10 +377,15 @@ mod tests {
     }
 
     #[test]
-    fn a_host_that_renders_empty_fails_the_request() {
+    fn a_host_that_renders_empty_or_no_host_fails_the_request() {
         let rw = route("cluster = \"c\"\nrewrite = { host = \"${header.x-tenant}\" }").unwrap();
         let mut p = parts("/", &[("host", "a")]);
         assert!(request(&rw, &mut p).is_err());
+        let mut p = parts("/", &[("host", "a"), ("x-tenant", "a/b")]);
+        assert!(request(&rw, &mut p).is_err());
+        let mut p = parts("/", &[("host", "a"), ("x-tenant", "b:81")]);
+        assert!(request(&rw, &mut p).is_ok());
+        assert_eq!(p.headers["host"], "b:81");
     }
 
     #[test]
