@@ -422,7 +422,8 @@ mod allocations {
     use std::net::SocketAddr;
 
     use http::{HeaderMap, HeaderValue, Method, Uri};
-    use levee::rewrite::{Conn, Headers, Rewrite, Vars};
+    use levee::rewrite::{Conn, Headers, Vars};
+    use levee::route::rewrite::build;
 
     struct Counting;
     thread_local! {
@@ -461,9 +462,9 @@ mod allocations {
 
     #[test]
     fn steps_a_route_does_not_use_allocate_nothing() {
-        assert!(Rewrite::from_config(&route("")).is_none());
-        let rw = Rewrite::from_config(&route("request_headers = { set = { \"x-a\" = \"1\" } }"))
-            .expect("a rewrite");
+        assert!(build(&route("")).is_none());
+        let rw =
+            build(&route("request_headers = { set = { \"x-a\" = \"1\" } }")).expect("a rewrite");
         let mut headers = HeaderMap::new();
         headers.insert("x-user", HeaderValue::from_static("ada"));
         let id = HeaderValue::from_static("id");
@@ -488,7 +489,7 @@ mod allocations {
         assert_eq!(n, 0, "allocations");
         // The counter counts: response rules that read a request header do
         // allocate to keep it.
-        let rw = Rewrite::from_config(&route(
+        let rw = build(&route(
             "response_headers = { set = { \"x-b\" = \"${header.x-user}\" } }",
         ))
         .expect("a rewrite");

@@ -8,7 +8,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::Failed;
 use super::template::{Template, Var, Vars};
-use crate::config::RouteConfig;
 
 #[derive(Debug)]
 pub enum Action {
@@ -38,28 +37,6 @@ pub struct Canned {
 }
 
 impl Action {
-    /// From a validated route config; `None` for a route that forwards.
-    pub fn from_config(r: &RouteConfig) -> Option<Action> {
-        let template = |t: &Option<serde_spanned::Spanned<String>>| {
-            t.as_ref().and_then(|t| Template::parse(t.get_ref()).ok())
-        };
-        if let Some(c) = &r.redirect {
-            return Some(Action::Redirect {
-                status: StatusCode::from_u16(*c.status.get_ref()).unwrap_or(StatusCode::FOUND),
-                scheme: c.scheme.as_ref().map(|s| s.get_ref().clone()),
-                host: template(&c.host),
-                path: template(&c.path),
-                keep_query: c.keep_query,
-            });
-        }
-        let c = r.respond.as_ref()?;
-        Some(Action::Respond {
-            status: StatusCode::from_u16(*c.status.get_ref()).unwrap_or(StatusCode::OK),
-            headers: super::rules_from(&c.headers),
-            body: Bytes::from(c.body.get_ref().clone()),
-        })
-    }
-
     /// The answer for one request.
     pub fn answer(&self, vars: &Vars) -> Result<Canned, Failed> {
         match self {
@@ -143,7 +120,7 @@ mod tests {
     fn action(text: &str) -> Action {
         let text = format!("[[routes]]\nname = \"r\"\n{text}");
         let config = crate::config::parse_part(&text).unwrap();
-        Action::from_config(&config.routes[0]).unwrap()
+        crate::route::rewrite::action(&config.routes[0]).unwrap()
     }
 
     fn answer(a: &Action, uri: &str, host: Option<&str>) -> Canned {

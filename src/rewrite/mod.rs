@@ -30,10 +30,8 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use crate::config::RouteConfig;
-use crate::config::rewrite::HeaderRulesConfig;
 pub use action::{Action, Canned};
-use path::PathRewrite;
+pub use path::PathRewrite;
 pub use template::{Conn, Headers, Template, Var, Vars};
 
 /// A route's rewriting, compiled.
@@ -56,52 +54,33 @@ pub struct Rewrite {
 pub struct Failed(pub String);
 
 impl Rewrite {
-    /// The route's rewriting; `None` when it has none. The config was
-    /// validated, so every template and pattern compiles.
-    pub fn from_config(r: &RouteConfig) -> Option<Box<Rewrite>> {
-        let rw = r.rewrite.as_ref();
-        let path = rw.and_then(|rw| {
-            if let Some(p) = &rw.strip_prefix {
-                return Some(PathRewrite::Prefix {
-                    from: p.get_ref().clone(),
-                    to: String::new(),
-                });
-            }
-            if let Some(p) = &rw.replace_prefix {
-                return Some(PathRewrite::Prefix {
-                    from: p.from.get_ref().clone(),
-                    to: p.to.get_ref().clone(),
-                });
-            }
-            let p = rw.path_regex.as_ref()?;
-            Some(PathRewrite::Regex {
-                pattern: regex::Regex::new(p.pattern.get_ref()).ok()?,
-                replace: p.replace.get_ref().clone(),
-            })
-        });
-        let rewrite = Rewrite {
-            request: HeaderRules::from_config(r.request_headers.as_ref()),
-            response: HeaderRules::from_config(r.response_headers.as_ref()),
-            always: r
-                .response_headers
-                .as_ref()
-                .and_then(|h| h.always.as_ref())
-                .is_some_and(|a| *a.get_ref()),
+    /// The rewriting of a route from its compiled parts; `None` when it
+    /// does nothing, so that the route carries no `Rewrite` at all.
+    pub fn new(
+        request: HeaderRules,
+        response: HeaderRules,
+        always: bool,
+        path: Option<PathRewrite>,
+        host: Option<Template>,
+        action: Option<Action>,
+    ) -> Option<Box<Rewrite>> {
+        let empty = request.is_empty()
+            && response.is_empty()
+            && path.is_none()
+            && host.is_none()
+            && action.is_none();
+        if empty {
+            return None;
+        }
+        Some(Box::new(Rewrite {
+            keep: response.headers_read(),
+            request,
+            response,
+            always,
             path,
-            host: rw
-                .and_then(|rw| rw.host.as_ref())
-                .and_then(|h| Template::parse(h.get_ref()).ok()),
-            action: Action::from_config(r),
-            keep: Vec::new(),
-        };
-        let keep = rewrite.response.headers_read();
-        let rewrite = Rewrite { keep, ..rewrite };
-        let empty = rewrite.request.is_empty()
-            && rewrite.response.is_empty()
-            && rewrite.path.is_none()
-            && rewrite.host.is_none()
-            && rewrite.action.is_none();
-        (!empty).then(|| Box::new(rewrite))
+            host,
+            action,
+        }))
     }
 
     /// The request headers the response rules will read, kept before the
@@ -196,42 +175,16 @@ impl Kept {
 
 /// Set, add and remove rules for one side.
 #[derive(Debug, Default)]
-struct HeaderRules {
-    set: Vec<(HeaderName, Template)>,
-    add: Vec<(HeaderName, Template)>,
-    remove: Vec<HeaderName>,
-}
-
-pub(crate) fn rules_from(
-    map: &std::collections::BTreeMap<String, serde_spanned::Spanned<String>>,
-) -> Vec<(HeaderName, Template)> {
-    map.iter()
-        .filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.as_bytes()).ok()?,
-                Template::parse(value.get_ref()).ok()?,
-            ))
-        })
-        .collect()
+pub struct HeaderRules {
+    /// Replace every value of the header.
+    pub set: Vec<(HeaderName, Template)>,
+    /// Add a value, keeping those there.
+    pub add: Vec<(HeaderName, Template)>,
+    pub remove: Vec<HeaderName>,
 }
 
 impl HeaderRules {
-    fn from_config(c: Option<&HeaderRulesConfig>) -> HeaderRules {
-        let Some(c) = c else {
-            return HeaderRules::default();
-        };
-        HeaderRules {
-            set: rules_from(&c.set),
-            add: rules_from(&c.add),
-            remove: c
-                .remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.get_ref().as_bytes()).ok())
-                .collect(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
@@ -307,7 +260,7 @@ mod tests {
     fn route(text: &str) -> Option<Box<Rewrite>> {
         let text = format!("[[clusters]]\nname = \"c\"\n[[routes]]\nname = \"r\"\n{text}");
         let config = crate::config::parse_part(&text).unwrap();
-        Rewrite::from_config(&config.routes[0])
+        crate::route::rewrite::build(&config.routes[0])
     }
 
     fn conn() -> Conn<'static> {

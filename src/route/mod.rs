@@ -1,6 +1,8 @@
 //! Matching a request to a route: host, path (exact or prefix), method and
 //! headers, tried in the order the routes are declared; the first match wins.
 
+pub mod rewrite;
+
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -199,7 +201,7 @@ impl Route {
         self.retry = config.retry.as_ref().map(RetryPolicy::from_config);
         self.fallback = config.fallback.as_ref().map(Fallback::from_config);
         self.min_level = crate::service_level::min_level(config.min_level);
-        self.rewrite = crate::rewrite::Rewrite::from_config(config);
+        self.rewrite = rewrite::build(config);
         self
     }
 
