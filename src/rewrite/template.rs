@@ -29,7 +29,8 @@ pub enum Var {
     Route,
     /// The cluster the request goes to; empty on a redirect or respond route.
     Cluster,
-    /// The endpoint that answered; empty when Levee answered itself.
+    /// The endpoint that answered (or, on Levee's own error after a try,
+    /// the one that failed); empty when none was tried.
     Endpoint,
     /// `http` or `https`.
     Scheme,
