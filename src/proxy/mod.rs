@@ -4,18 +4,21 @@
 //! 2. refuse what cannot be proxied safely: ambiguous framing, oversized head
 //!    or body (`forward`);
 //! 3. match a route; its gates: the service level against its `min_level`,
-//!    its rate limits (`rate_limit`); a split route draws its cluster;
-//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), keep
-//!    the body if a retry may need to send it again;
+//!    its rate limits (`rate_limit`); a split route draws its cluster; a
+//!    route with a redirect or a fixed response answers now (`rewriting`);
+//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), then
+//!    the route's own rewriting, if any (`rewriting`); keep the body if a
+//!    retry may need to send it again;
 //! 5. the cluster's limits: adaptive concurrency, bulkhead (`enter_cluster`);
 //! 6. tries (`send_with_retries`): an endpoint the breakers admit
 //!    (`Cluster::pick_for_try`), the request over a pooled or new connection
 //!    within the per-try timeout and the deadline (`try_once`), the result
 //!    recorded (`Cluster::record`), and the retry policy asked whether to
 //!    answer or try again elsewhere;
-//! 7. the answer (`respond`): the endpoint's response streamed back, or
-//!    Levee's own (an error, a fallback, a 429); when its body is over,
-//!    `record::Completion` counts and logs the request.
+//! 7. the answer (`respond`): the endpoint's response streamed back, the
+//!    route's redirect or fixed response, or Levee's own (an error, a
+//!    fallback, a 429), with the route's response header rules; when its
+//!    body is over, `record::Completion` counts and logs the request.
 //!
 //! Each step returns what it produced; `forward` collects it into a
 //! `Forwarded`, and `respond` turns that into the response and the
@@ -92,6 +95,7 @@ struct Forwarded {
 /// The endpoint's response, or why Levee answers itself.
 type Answer = Result<Reply, Refusal>;
 
+/// An answer that is not a refusal.
 enum Reply {
     /// An endpoint's response, and the affinity cookie to set on it.
     Upstream {
