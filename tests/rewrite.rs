@@ -24,7 +24,7 @@ name = "headers"
 path_prefix = "/h"
 cluster = "app"
 request_headers = { set = { "x-client" = "${client_addr}", "x-where" = "${route}/${cluster}", "x-tenant-copy" = "${header.x-tenant}", "x-tls" = "[${tls_version}][${sni}]", "x-id" = "${request_id}", "x-price" = "$$5 ${method} ${path}?${query}" }, add = { "x-via" = "levee" }, remove = ["x-debug"] }
-response_headers = { set = { "x-served-by" = "${endpoint}", "x-user-was" = "${header.x-user}" }, add = { "x-backend" = "seen" }, remove = ["x-backend-seq"] }
+response_headers = { set = { "x-served-by" = "${endpoint}", "x-user-was" = "${header.x-user}", "x-host-was" = "${host}" }, add = { "x-backend" = "seen" }, remove = ["x-backend-seq"] }
 
 [[routes]]
 name = "strip"
@@ -80,7 +80,7 @@ response_headers = { add = { "x-route" = "${route}" } }
 name = "down-always"
 path_prefix = "/down-always"
 cluster = "dead"
-response_headers = { set = { "x-cors" = "*" }, always = true }
+response_headers = { set = { "x-cors" = "*", "x-tried" = "${endpoint}" }, always = true }
 
 [[routes]]
 name = "down"
@@ -96,6 +96,7 @@ cluster = "app"
 
 struct Fixture {
     listen: SocketAddr,
+    dead_addr: SocketAddr,
     backend: Backend,
     levee: Levee,
     _dead: socket2::Socket,
@@ -140,6 +141,7 @@ fn fixture() -> &'static Fixture {
         }
         Fixture {
             listen,
+            dead_addr,
             backend,
             levee,
             _dead: dead,
@@ -245,6 +247,8 @@ fn response_headers_are_set_added_and_removed_with_variables() {
         Some("ada"),
         "a request header, kept for the response"
     );
+    let host = f.listen.to_string();
+    assert_eq!(r.header("x-host-was"), Some(host.as_str()));
     assert_eq!(r.header_all("x-backend"), ["b1", "seen"]);
     assert_eq!(r.header("x-backend-seq"), None, "removed");
     // Without the request header, its variable renders empty.
@@ -381,6 +385,14 @@ fn a_static_response_with_its_headers_and_the_routes_response_rules() {
 }
 
 #[test]
+fn a_static_response_to_head_has_no_body() {
+    let r = send("HEAD", "/static", &[], &test_id());
+    assert_eq!(r.status, 418);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert!(r.body.is_empty(), "{:?}", r.text());
+}
+
+#[test]
 fn a_static_answer_to_a_request_with_a_body_keeps_the_connection_usable() {
     let f = fixture();
     let mut conn = RawConn::connect_timeout(f.listen, T).expect("connect");
@@ -407,6 +419,12 @@ fn response_rules_reach_levees_own_errors_only_with_always() {
     let r = send("GET", "/down-always/x", &[], &test_id());
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.header("x-cors"), Some("*"));
+    let dead = fixture().dead_addr.to_string();
+    assert_eq!(
+        r.header("x-tried"),
+        Some(dead.as_str()),
+        "the endpoint that failed"
+    );
     let r = send("GET", "/down/x", &[], &test_id());
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.header("x-cors"), None);
