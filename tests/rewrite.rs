@@ -80,7 +80,7 @@ response_headers = { add = { "x-route" = "${route}" } }
 name = "down-always"
 path_prefix = "/down-always"
 cluster = "dead"
-response_headers = { set = { "x-cors" = "*", "x-tried" = "${endpoint}" }, always = true }
+response_headers = { set = { "x-cors" = "*", "x-tried" = "${endpoint}", "x-user-was" = "${header.x-user}" }, always = true }
 
 [[routes]]
 name = "down"
@@ -416,7 +416,7 @@ fn a_static_answer_to_a_request_with_a_body_keeps_the_connection_usable() {
 
 #[test]
 fn response_rules_reach_levees_own_errors_only_with_always() {
-    let r = send("GET", "/down-always/x", &[], &test_id());
+    let r = send("GET", "/down-always/x", &[("x-user", "ada")], &test_id());
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.header("x-cors"), Some("*"));
     let dead = fixture().dead_addr.to_string();
@@ -425,6 +425,7 @@ fn response_rules_reach_levees_own_errors_only_with_always() {
         Some(dead.as_str()),
         "the endpoint that failed"
     );
+    assert_eq!(r.header("x-user-was"), Some("ada"));
     let r = send("GET", "/down/x", &[], &test_id());
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.header("x-cors"), None);

@@ -195,6 +195,9 @@ async fn forward<B: RequestBody>(
             route: route.clone(),
             target,
         });
+        // What the route's response rules read of the request, whatever
+        // the answer turns out to be.
+        out.kept = route.rewrite.as_ref().and_then(|rw| rw.keep(req.headers()));
         if !cx.shared.service_level.current().serves(route.min_level) {
             return Err(ProxyError::Degraded.into());
         }
@@ -205,12 +208,9 @@ async fn forward<B: RequestBody>(
                 return Err(ProxyError::RateLimited.into());
             }
         }
-        if let Some(rw) = &route.rewrite {
-            out.kept = rw.keep(req.headers());
-            if let Some(action) = &rw.action {
-                let canned = rewriting::act(cx, route, action, arrival, req.headers())?;
-                return Ok(Reply::Action(canned));
-            }
+        if let Some(action) = route.action() {
+            let canned = rewriting::act(cx, route, action, arrival, req.headers())?;
+            return Ok(Reply::Action(canned));
         }
 
         let declared = req
