@@ -19,6 +19,7 @@ pub mod observe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod resilience;
+pub mod rewrite;
 pub mod route;
 pub mod server;
 pub mod service_level;

@@ -16,9 +16,10 @@ use levee::server::Server;
 
 /// Levee: a load balancer and reverse proxy built for reliability.
 ///
-/// Configuration is one TOML file; see docs/configuration.md and
-/// examples/levee.toml, docs/resilience.md (retries, circuit breakers,
-/// bulkheads, service levels) and docs/rate-limiting.md. Logs go to standard
+/// Configuration is one TOML file; see docs/configuration.md (routes,
+/// rewriting, redirects) and examples/levee.toml, docs/resilience.md
+/// (retries, circuit breakers, bulkheads, service levels) and
+/// docs/rate-limiting.md. Logs go to standard
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
 /// (/status, /metrics, /availability, POST /reload, PUT /degradation, draining

@@ -97,6 +97,10 @@ impl Snapshot {
                             r.split_key.clone(),
                         )
                         .with_policies(r)
+                        .with_own_metrics(
+                            crate::config::rewrite::is_action(r)
+                                .then(|| RouteMetrics::new(metrics, &name, "")),
+                        )
                         .with_rate_limits(
                             rate_limits.for_route(
                                 &name,

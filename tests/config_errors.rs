@@ -1191,3 +1191,81 @@ on_missing_key = "skip"
         "only applies to a key with a header: or cookie: part, which a request may lack",
     );
 }
+
+/// Rewriting mistakes: each template, pattern and header name is checked at
+/// load, and a route either forwards or answers itself.
+#[test]
+fn rewriting_mistakes_are_refused_with_their_key() {
+    const BASE: &str = "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:18080\"\n\n\
+                        [[clusters]]\nname = \"app\"\n\n[[routes]]\nname = \"api\"\n";
+    let cases: &[(&str, usize, usize, &str, &str, &str)] = &[
+        (
+            "cluster = \"app\"\nrequest_headers = { set = { \"x-client\" = \"$remote_addr\" } }",
+            11,
+            42,
+            "\"$remote_addr\"",
+            "routes[0].request_headers.set.x-client",
+            "a lone '$' in \"$remote_addr\" ($remote_addr is nginx's spelling); write ${name} for a variable, e.g. ${client_addr}, and $$ for a '$'",
+        ),
+        (
+            "cluster = \"app\"\nrequest_headers = { set = { \"x-served-by\" = \"${endpoint}\" } }",
+            11,
+            45,
+            "\"${endpoint}\"",
+            "routes[0].request_headers.set.x-served-by",
+            "${endpoint} is known only once the request has gone upstream; use it in response_headers",
+        ),
+        (
+            "cluster = \"app\"\nrewrite = { path_regex = { pattern = \"^/(a\", replace = \"/\" } }",
+            11,
+            38,
+            "\"^/(a\"",
+            "routes[0].rewrite.path_regex.pattern",
+            "not a valid regular expression: unclosed group",
+        ),
+        (
+            "cluster = \"app\"\nrewrite = { path_regex = { pattern = \"^/(a)\", replace = \"/$2\" } }",
+            11,
+            57,
+            "\"/$2\"",
+            "routes[0].rewrite.path_regex.replace",
+            "\"/$2\" names group $2, which the pattern does not have (it has 1 numbered group(s)); write $$ for a '$'",
+        ),
+        (
+            "cluster = \"app\"\nredirect = { status = 301, scheme = \"https\" }",
+            10,
+            11,
+            "\"app\"",
+            "routes[0].cluster",
+            "a route has either `cluster` or `redirect`, not both",
+        ),
+        (
+            "cluster = \"app\"\nresponse_headers = { remove = [\"Connection\"] }",
+            11,
+            32,
+            "\"Connection\"",
+            "routes[0].response_headers.remove[0]",
+            "\"Connection\" cannot be rewritten: it is a hop-by-hop header",
+        ),
+        (
+            "cluster = \"app\"\nrequest_headers = { add = { \"x bad\" = \"1\" } }",
+            11,
+            39,
+            "\"1\"",
+            "routes[0].request_headers.add.x bad",
+            "\"x bad\" is not a valid header name",
+        ),
+        (
+            "redirect = { status = 200 }",
+            10,
+            23,
+            "200",
+            "routes[0].redirect.status",
+            "200 is not a redirect; use 301, 302, 303, 307 or 308",
+        ),
+    ];
+    for (route, line, col, points_at, key, message) in cases {
+        let toml = format!("{BASE}{route}\n");
+        assert_refused(&toml, *line, *col, points_at, key, message);
+    }
+}

@@ -275,14 +275,17 @@ fn backoff_spacing_follows_full_jitter() {
             cap / 2.0
         );
         // Uniform on [0, cap]: the mean of 60 draws is within ±4 standard
-        // errors (cap / sqrt(12 × 60) each) of cap / 2, plus the round trip.
+        // errors (cap / sqrt(12 × 60) each) of cap / 2, plus the round trip
+        // (up to 15 ms on a loaded machine: still far from equal jitter's
+        // 3/4 cap, or no jitter's cap).
         let se = cap / (12.0f64 * gaps.len() as f64).sqrt();
+        let late = mean - cap / 2.0;
         assert!(
-            (mean - cap / 2.0).abs() < 4.0 * se + 5.0,
+            late > -4.0 * se && late < 4.0 * se + 15.0,
             "retry {}: mean {mean:.1} ms",
             k + 1
         );
-        assert!(max < cap + 50.0, "retry {}: max gap {max:.1} ms", k + 1);
+        assert!(max < cap + 100.0, "retry {}: max gap {max:.1} ms", k + 1);
     }
 }
 

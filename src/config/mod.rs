@@ -10,6 +10,7 @@ mod ignored;
 pub mod ratelimit;
 pub mod redis_url;
 pub mod resilience;
+pub mod rewrite;
 mod schema;
 mod validate;
 pub mod value;

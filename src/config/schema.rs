@@ -192,7 +192,8 @@ pub struct RouteConfig {
     /// Header name → exact value; all must match.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
-    /// The cluster that serves the route; or `split`.
+    /// The cluster that serves the route; or `split`, `redirect` or
+    /// `respond`.
     #[serde(default)]
     pub cluster: Option<Spanned<String>>,
     /// Weighted split between clusters (e.g. 90/10 for a canary).
@@ -220,6 +221,21 @@ pub struct RouteConfig {
     /// route, in this order.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// Header rules for the request as it goes upstream.
+    #[serde(default)]
+    pub request_headers: Option<super::rewrite::HeaderRulesConfig>,
+    /// Header rules for the response the client gets.
+    #[serde(default)]
+    pub response_headers: Option<super::rewrite::HeaderRulesConfig>,
+    /// Path and host rewrite of the request as it goes upstream.
+    #[serde(default)]
+    pub rewrite: Option<super::rewrite::RewriteConfig>,
+    /// Answer with a redirect instead of forwarding (no `cluster`).
+    #[serde(default)]
+    pub redirect: Option<super::rewrite::RedirectConfig>,
+    /// Answer with a fixed response instead of forwarding (no `cluster`).
+    #[serde(default)]
+    pub respond: Option<super::rewrite::RespondConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

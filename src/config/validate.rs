@@ -282,6 +282,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ),
             ));
         }
+        super::rewrite::check_route(r, &key)?;
         let defined = || list(config.clusters.iter().map(|c| c.name.get_ref().as_str()));
         let mut targets: Vec<(String, &serde_spanned::Spanned<String>)> = Vec::new();
         match (&r.cluster, r.split.is_empty()) {
@@ -315,12 +316,14 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                     "a route has either `cluster` or `split`, not both",
                 ));
             }
+            // A redirect or respond route answers itself.
+            (None, true) if super::rewrite::is_action(r) => {}
             (None, true) => {
                 return Err(invalid(
                     r.name.span(),
                     format!("{key}.cluster"),
                     format!(
-                        "route {:?} names no cluster; set `cluster` or `split`; defined clusters: {}",
+                        "route {:?} names no cluster; set `cluster` or `split` (or `redirect` or `respond`); defined clusters: {}",
                         r.name.get_ref(),
                         defined()
                     ),

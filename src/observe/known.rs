@@ -39,6 +39,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "header_timeout",
     "bad_host",
     "connect_refused",
+    "rewrite_failed",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`
@@ -177,7 +178,8 @@ mod tests {
             | E::Degraded
             | E::RateLimited
             | E::BadHost
-            | E::ConnectRefused => e.code(),
+            | E::ConnectRefused
+            | E::RewriteFailed => e.code(),
         };
         for e in [
             E::NoRoute,
@@ -197,6 +199,7 @@ mod tests {
             E::Degraded,
             E::RateLimited,
             E::BadHost,
+            E::RewriteFailed,
             E::ConnectRefused,
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");

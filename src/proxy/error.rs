@@ -36,6 +36,9 @@ pub enum ProxyError {
     BadHost,
     /// `CONNECT`: Levee is not a forward proxy.
     ConnectRefused,
+    /// The route's rewriting made no valid request (a path or header value
+    /// built from what the client sent).
+    RewriteFailed,
 }
 
 impl ProxyError {
@@ -72,6 +75,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RewriteFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::BreakerOpen
             | ProxyError::BulkheadFull
             | ProxyError::QueueTimeout
@@ -101,6 +105,7 @@ impl ProxyError {
             ProxyError::RateLimited => "rate_limited",
             ProxyError::BadHost => "bad_host",
             ProxyError::ConnectRefused => "connect_refused",
+            ProxyError::RewriteFailed => "rewrite_failed",
         }
     }
 
@@ -128,6 +133,9 @@ impl ProxyError {
             ProxyError::RateLimited => "too many requests; see Retry-After",
             ProxyError::BadHost => "an HTTP/1.1 request needs exactly one Host header",
             ProxyError::ConnectRefused => "CONNECT is not served here: this is a reverse proxy",
+            ProxyError::RewriteFailed => {
+                "the route's rewrite rules made no valid request from this one"
+            }
         }
     }
 

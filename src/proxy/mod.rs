@@ -4,18 +4,21 @@
 //! 2. refuse what cannot be proxied safely: ambiguous framing, oversized head
 //!    or body (`forward`);
 //! 3. match a route; its gates: the service level against its `min_level`,
-//!    its rate limits (`rate_limit`); a split route draws its cluster;
-//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), keep
-//!    the body if a retry may need to send it again;
+//!    its rate limits (`rate_limit`); a split route draws its cluster; a
+//!    route with a redirect or a fixed response answers now (`rewriting`);
+//! 4. rewrite the head for the backend (hop-by-hop out, forwarding in), then
+//!    the route's own rewriting, if any (`rewriting`); keep the body if a
+//!    retry may need to send it again;
 //! 5. the cluster's limits: adaptive concurrency, bulkhead (`enter_cluster`);
 //! 6. tries (`send_with_retries`): an endpoint the breakers admit
 //!    (`Cluster::pick_for_try`), the request over a pooled or new connection
 //!    within the per-try timeout and the deadline (`try_once`), the result
 //!    recorded (`Cluster::record`), and the retry policy asked whether to
 //!    answer or try again elsewhere;
-//! 7. the answer (`respond`): the endpoint's response streamed back, or
-//!    Levee's own (an error, a fallback, a 429); when its body is over,
-//!    `record::Completion` counts and logs the request.
+//! 7. the answer (`respond`): the endpoint's response streamed back, the
+//!    route's redirect or fixed response, or Levee's own (an error, a
+//!    fallback, a 429), with the route's response header rules; when its
+//!    body is over, `record::Completion` counts and logs the request.
 //!
 //! Each step returns what it produced; `forward` collects it into a
 //! `Forwarded`, and `respond` turns that into the response and the
@@ -26,6 +29,7 @@ pub mod error;
 pub mod front_door;
 pub mod headers;
 pub mod record;
+mod rewriting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,15 +88,22 @@ struct Forwarded {
     places: Places,
     tries: Tries,
     answer: Answer,
+    /// The request headers the route's response rules read.
+    kept: Option<crate::rewrite::Kept>,
 }
 
 /// The endpoint's response, or why Levee answers itself.
 type Answer = Result<Reply, Refusal>;
 
-/// An endpoint's response, and the affinity cookie to set on it.
-struct Reply {
-    exchange: upstream::Exchange,
-    set_cookie: Option<HeaderValue>,
+/// An answer that is not a refusal.
+enum Reply {
+    /// An endpoint's response, and the affinity cookie to set on it.
+    Upstream {
+        exchange: upstream::Exchange,
+        set_cookie: Option<HeaderValue>,
+    },
+    /// The route's own answer: a redirect or a fixed response.
+    Action(crate::rewrite::Canned),
 }
 
 /// Levee's own answer, and when a refused client may come back (open
@@ -120,6 +131,7 @@ impl Forwarded {
             places: Places::default(),
             tries: Tries::default(),
             answer: Err(error.into()),
+            kept: None,
         }
     }
 }
@@ -183,6 +195,9 @@ async fn forward<B: RequestBody>(
             route: route.clone(),
             target,
         });
+        // What the route's response rules read of the request, whatever
+        // the answer turns out to be.
+        out.kept = route.rewrite.as_ref().and_then(|rw| rw.keep(req.headers()));
         if !cx.shared.service_level.current().serves(route.min_level) {
             return Err(ProxyError::Degraded.into());
         }
@@ -192,6 +207,10 @@ async fn forward<B: RequestBody>(
                 out.rate_limit = Some(report);
                 return Err(ProxyError::RateLimited.into());
             }
+        }
+        if let Some(action) = route.action() {
+            let canned = rewriting::act(cx, route, action, arrival, req.headers())?;
+            return Ok(Reply::Action(canned));
         }
 
         let declared = req
@@ -226,6 +245,9 @@ async fn forward<B: RequestBody>(
         let deadline = request_deadline(cluster, req.headers(), start);
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, cx.client, &arrival.request_id);
+        if let Some(rw) = &route.rewrite {
+            rewriting::request(cx, rw, route, &cluster.name, arrival, &mut parts)?;
+        }
         let mut body = UpstreamBody::new(body, listener.max_body_bytes, arrival.bytes_in.clone());
 
         // Whether the request may be sent a second time once it was sent: an
@@ -482,7 +504,7 @@ fn settle(
     result: Result<(upstream::Exchange, Option<HeaderValue>), upstream::Error>,
 ) -> (Tries, Answer) {
     let answer = match result {
-        Ok((exchange, set_cookie)) => Ok(Reply {
+        Ok((exchange, set_cookie)) => Ok(Reply::Upstream {
             exchange,
             set_cookie,
         }),
@@ -573,11 +595,21 @@ fn respond(
         places,
         tries,
         answer,
+        kept,
     } = forwarded;
     let attempts = routed
         .as_ref()
-        .and_then(|r| r.policy().attempts_header.clone())
+        .and_then(|r| r.policy()?.attempts_header.clone())
         .map(|name| (name, HeaderValue::from(tries.count)));
+    let endpoint = tries.last.as_ref().map(|t| t.endpoint);
+    let edits = rewriting::response(
+        &cx,
+        &arrival,
+        routed.as_ref(),
+        endpoint,
+        kept.as_ref(),
+        answer.is_err(),
+    );
     let request_id = arrival.request_id.clone();
     let mut outcome = Outcome {
         status: 0,
@@ -596,7 +628,7 @@ fn respond(
         })
     };
     let mut response = match answer {
-        Ok(Reply {
+        Ok(Reply::Upstream {
             exchange,
             set_cookie,
         }) => {
@@ -613,6 +645,16 @@ fn respond(
             let mut response = Response::new(ResponseBody::upstream(body, completion(outcome)));
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
+            response
+        }
+        Ok(Reply::Action(canned)) => {
+            outcome.status = canned.status.as_u16();
+            let body = ResponseBody::full(canned.body, Some(completion(outcome)));
+            let mut response = Response::new(body);
+            *response.status_mut() = canned.status;
+            *response.headers_mut() = canned.headers;
+            let h = response.headers_mut();
+            h.insert(headers::X_REQUEST_ID.clone(), request_id);
             response
         }
         Err(Refusal { error, retry_after }) => {
@@ -653,6 +695,9 @@ fn respond(
             }
         }
     };
+    if let Some(edits) = edits {
+        edits.apply(response.headers_mut());
+    }
     if let Some((name, value)) = attempts {
         response.headers_mut().insert(name, value);
     }

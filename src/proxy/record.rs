@@ -50,13 +50,17 @@ pub struct Routed {
 }
 
 impl Routed {
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.route.targets[self.target].cluster
+    /// `None` on a route that answers itself (`redirect`, `respond`).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.route.targets.get(self.target).map(|t| &t.cluster)
     }
 
     /// The route's retry policy, or its cluster's.
-    pub fn policy(&self) -> &RetryPolicy {
-        self.route.retry.as_ref().unwrap_or(&self.cluster().retry)
+    pub fn policy(&self) -> Option<&RetryPolicy> {
+        self.route
+            .retry
+            .as_ref()
+            .or_else(|| self.cluster().map(|c| &c.retry))
     }
 }
 
@@ -143,7 +147,8 @@ impl Completion {
         let metrics = outcome
             .routed
             .as_ref()
-            .map_or(&snapshot.unrouted, |r| &r.route.targets[r.target].metrics);
+            .and_then(|r| r.route.metrics(r.target))
+            .unwrap_or(&snapshot.unrouted);
         metrics.record(outcome.status, total.as_secs_f64());
         let shared = &cx.shared;
         if let Some(e) = outcome.error {
@@ -163,7 +168,10 @@ impl Completion {
                     .to_owned(),
                 status: outcome.status,
                 route: outcome.routed.as_ref().map(|r| r.route.name.clone()),
-                cluster: outcome.routed.as_ref().map(|r| r.cluster().name.clone()),
+                cluster: outcome
+                    .routed
+                    .as_ref()
+                    .and_then(|r| Some(r.cluster()?.name.clone())),
                 endpoint: last.map(|t| t.endpoint),
                 wait_ms: tries
                     .first

@@ -1,6 +1,8 @@
 //! Matching a request to a route: host, path (exact or prefix), method and
 //! headers, tried in the order the routes are declared; the first match wins.
 
+pub mod rewrite;
+
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -127,6 +129,12 @@ pub struct Route {
     pub min_level: Level,
     /// The rate-limit rules the route lists; `None`: no check at all.
     pub rate_limits: Option<Arc<crate::ratelimit::rules::RouteLimits>>,
+    /// Header, path and host rewriting, or a redirect or fixed response
+    /// instead of forwarding; `None`: none, at no cost.
+    pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
+    /// The counts of a route that answers itself (`redirect`, `respond`):
+    /// it has no target to count them.
+    pub own_metrics: Option<RouteMetrics>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -175,6 +183,8 @@ impl Route {
             fallback: None,
             min_level: Level::Minimal,
             rate_limits: None,
+            rewrite: None,
+            own_metrics: None,
         }
     }
 
@@ -191,7 +201,29 @@ impl Route {
         self.retry = config.retry.as_ref().map(RetryPolicy::from_config);
         self.fallback = config.fallback.as_ref().map(Fallback::from_config);
         self.min_level = crate::service_level::min_level(config.min_level);
+        self.rewrite = rewrite::build(config);
         self
+    }
+
+    /// The counts of a route that answers itself.
+    pub fn with_own_metrics(mut self, metrics: Option<RouteMetrics>) -> Route {
+        self.own_metrics = metrics;
+        self
+    }
+
+    /// The redirect or fixed response the route answers with instead of
+    /// forwarding.
+    pub fn action(&self) -> Option<&crate::rewrite::Action> {
+        self.rewrite.as_ref()?.action.as_ref()
+    }
+
+    /// The counts for a request that took `target` (or, on a route that
+    /// answers itself, the route's own).
+    pub fn metrics(&self, target: usize) -> Option<&RouteMetrics> {
+        self.targets
+            .get(target)
+            .map(|t| &t.metrics)
+            .or(self.own_metrics.as_ref())
     }
 
     /// Index of the target for a request: `draw` is the hash of the split
