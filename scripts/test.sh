@@ -10,6 +10,8 @@ for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# ca-certificates: the system roots that TLS to endpoints verifies against by default.
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
