@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 # redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS test's certificates.
-for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq; do
+# nginx: a real TLS endpoint (tests/upstream_tls.rs).
+for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

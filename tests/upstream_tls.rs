@@ -418,3 +418,126 @@ fn a_reload_with_a_missing_file_keeps_the_old_configuration() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-backend"), Some("b1"));
 }
+
+/// nginx (OpenSSL) as the TLS endpoint, on its own process: what Levee
+/// meets in production. Started by this test and killed when dropped.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(cert_pem: &str, key_pem: &str) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        let cert = write_pem(dir.path(), "cert.pem", cert_pem);
+        let key = write_pem(dir.path(), "key.pem", key_pem);
+        let addr = free_addr();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_timeout 60s;
+    server {{
+        listen {addr} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{ return 200 "nginx $ssl_protocol sni=[$ssl_server_name] reused=$ssl_session_reused conn=$connection\n"; }}
+    }}
+}}
+"#
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nginx");
+        let child = std::process::Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nginx ({bin}): {e}"));
+        let mut n = Nginx {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let up = wait_until(T, || std::net::TcpStream::connect(addr).is_ok());
+        if !up {
+            let log = std::fs::read_to_string(n._dir.path().join("error.log")).unwrap_or_default();
+            let _ = n.child.kill();
+            panic!("nginx did not start on {addr}:\n{log}");
+        }
+        n
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn nginx_over_tls13_with_its_session_tickets_is_pooled() {
+    let ca = TestCa::new("ca");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = write_pem(dir.path(), "ca.pem", &ca.cert_pem);
+    let leaf = ca.leaf(&["127.0.0.1", "app.internal"]);
+    let nginx = Nginx::start(&leaf.cert_pem, &leaf.key_pem);
+    let listen = free_addr();
+    let config = base(listen)
+        .route_with("ip", "ip", &[r#"path_prefix = "/ip""#])
+        .route_with("name", "name", &[r#"path_prefix = "/name""#])
+        .cluster_with(
+            "ip",
+            &[nginx.addr],
+            &[&format!("tls = {{ ca_file = {ca_file:?} }}")],
+        )
+        .cluster_with(
+            "name",
+            &[nginx.addr],
+            &[&format!(
+                "tls = {{ ca_file = {ca_file:?}, sni = \"app.internal\" }}"
+            )],
+        )
+        .build();
+    let levee = Levee::start(&config);
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let r = http_get(listen, "/ip").expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        bodies.push(r.text());
+    }
+    // One connection (the same nginx connection number), TLS 1.3, no SNI.
+    assert!(bodies[0].starts_with("nginx TLSv1.3 sni=[] "), "{bodies:?}");
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    assert_eq!(reused(&levee), 2.0);
+    let r = http_get(listen, "/name").expect("request");
+    assert!(
+        r.text().starts_with("nginx TLSv1.3 sni=[app.internal] "),
+        "{}",
+        r.text()
+    );
+    assert_eq!(handshakes(&levee, "ip", "ok"), 1.0);
+    assert_eq!(handshakes(&levee, "name", "ok"), 1.0);
+}
