@@ -541,3 +541,43 @@ fn nginx_over_tls13_with_its_session_tickets_is_pooled() {
     assert_eq!(handshakes(&levee, "ip", "ok"), 1.0);
     assert_eq!(handshakes(&levee, "name", "ok"), 1.0);
 }
+
+/// An endpoint written `HOST:PORT` is verified against its host name and
+/// sends it as SNI, with no `sni` setting.
+#[test]
+fn a_named_endpoint_is_verified_against_its_host_name() {
+    let ca = TestCa::new("ca");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = write_pem(dir.path(), "ca.pem", &ca.cert_pem);
+    let b = Backend::start("b1");
+    // The certificate names only "localhost", not the IP.
+    let front = TlsFront::start(b.addr(), &ca.leaf(&["localhost"]), FrontOptions::default());
+    let listen = free_addr();
+    let port = front.addr().port();
+    let config = base(listen)
+        .route("all", "app")
+        .raw(&format!(
+            "[[clusters]]\nname = \"app\"\ntls = {{ ca_file = {ca_file:?} }}\n\
+             [[clusters.endpoints]]\naddress = \"localhost:{port}\"\n"
+        ))
+        .build();
+    let levee = Levee::start(&config);
+    // "localhost" may also resolve to ::1, where nothing listens: those
+    // tries fail to connect and are retried on 127.0.0.1.
+    assert!(
+        wait_until(T, || http_get(listen, "/").is_ok_and(|r| r.status == 200)),
+        "{}",
+        levee.logs()
+    );
+    for _ in 0..3 {
+        let r = http_get(listen, "/").expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-backend"), Some("b1"));
+    }
+    let sni = front.sni();
+    assert!(!sni.is_empty());
+    assert!(
+        sni.iter().all(|s| s.as_deref() == Some("localhost")),
+        "{sni:?}"
+    );
+}
