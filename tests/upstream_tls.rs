@@ -206,6 +206,8 @@ fn a_tls_connection_the_endpoint_closed_is_not_reused() {
         assert!(wait_until(T, || front.idle_closes() >= i), "no close {i}");
     }
     assert_eq!(front.handshakes(), 3);
+    // The later connections resumed the first one's session.
+    assert_eq!(front.resumed(), 2);
     assert_eq!(reused(&levee), 0.0);
     assert_eq!(
         levee.metric("levee_errors_total", &[("kind", "upstream_failed")]),
@@ -399,9 +401,10 @@ fn a_reload_with_a_missing_file_keeps_the_old_configuration() {
     let ca_file = write_pem(dir.path(), "ca.pem", &ca.cert_pem);
     let b = Backend::start("b1");
     let front = TlsFront::start(b.addr(), &ca.leaf(&["127.0.0.1"]), FrontOptions::default());
-    let listen = free_addr();
+    let (listen, admin) = (free_addr(), free_addr());
     let config = |ca: &str| {
         base(listen)
+            .admin_at(admin)
             .route("all", "app")
             .cluster_with(
                 "app",
@@ -413,7 +416,14 @@ fn a_reload_with_a_missing_file_keeps_the_old_configuration() {
     let levee = Levee::start(&config(&ca_file));
     assert_eq!(http_get(listen, "/").expect("request").status, 200);
     levee.write_config(&config("/nonexistent/ca.pem"));
-    assert_ne!(levee.reload_via_admin(), 200);
+    let r = levee.admin_request("POST", "/reload", b"").expect("reload");
+    assert_ne!(r.status, 200);
+    assert!(
+        r.text()
+            .contains("clusters[0].tls.ca_file: cannot read ca_file"),
+        "{}",
+        r.text()
+    );
     let r = http_get(listen, "/").expect("request");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-backend"), Some("b1"));
@@ -580,4 +590,44 @@ fn a_named_endpoint_is_verified_against_its_host_name() {
         sni.iter().all(|s| s.as_deref() == Some("localhost")),
         "{sni:?}"
     );
+}
+
+/// Pooled connections are kept per TLS settings: after a reload that
+/// changes them, a connection made under the old ones is not reused.
+#[test]
+fn a_reload_that_changes_the_tls_settings_does_not_reuse_old_connections() {
+    let ca = TestCa::new("ca");
+    let b = Backend::start("b1");
+    let front = TlsFront::start(b.addr(), &ca.leaf(&["127.0.0.1"]), FrontOptions::default());
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = |tls: &str| {
+        base(listen)
+            .admin_at(admin)
+            .route("all", "app")
+            .cluster_with("app", &[front.addr()], &[tls])
+            .build()
+    };
+    let mut levee = Levee::start(&config("tls = { verify = false }"));
+    for _ in 0..2 {
+        assert_eq!(http_get(listen, "/").expect("request").status, 200);
+    }
+    assert_eq!(front.handshakes(), 1);
+    assert_eq!(reused(&levee), 1.0);
+    // The same settings again: the pooled connection stays in use.
+    levee.write_config(&config("tls = { verify = false }"));
+    let r = levee.admin_request("POST", "/reload", b"").expect("reload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+    assert_eq!(front.handshakes(), 1);
+    // Another SNI: a new connection, made with it.
+    levee.write_config(&config("tls = { verify = false, sni = \"b.example\" }"));
+    assert!(levee.sighup());
+    assert!(
+        wait_until(T, || {
+            http_get(listen, "/").is_ok_and(|r| r.status == 200) && front.handshakes() == 2
+        }),
+        "{}",
+        levee.logs()
+    );
+    assert_eq!(front.sni(), vec![None, Some("b.example".to_string())]);
 }

@@ -96,6 +96,7 @@ struct Seen {
     with_client_cert: AtomicU64,
     key_updates: AtomicU64,
     idle_closes: AtomicU64,
+    resumed: AtomicU64,
     sni: Mutex<Vec<Option<String>>>,
     versions: Mutex<Vec<String>>,
 }
@@ -205,6 +206,11 @@ impl TlsFront {
         self.seen.idle_closes.load(Ordering::SeqCst)
     }
 
+    /// Handshakes that resumed an earlier session (abbreviated).
+    pub fn resumed(&self) -> u64 {
+        self.seen.resumed.load(Ordering::SeqCst)
+    }
+
     /// The SNI of each completed handshake, in order (`None`: none sent).
     pub fn sni(&self) -> Vec<Option<String>> {
         self.seen.sni.lock().expect("sni").clone()
@@ -251,6 +257,9 @@ async fn serve(
             conn.protocol_version()
                 .map_or_else(String::new, |v| format!("{v:?}")),
         );
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            seen.resumed.fetch_add(1, Ordering::SeqCst);
+        }
         if conn.peer_certificates().is_some_and(|c| !c.is_empty()) {
             seen.with_client_cert.fetch_add(1, Ordering::SeqCst);
         }
