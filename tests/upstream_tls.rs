@@ -631,3 +631,52 @@ fn a_reload_that_changes_the_tls_settings_does_not_reuse_old_connections() {
     );
     assert_eq!(front.sni(), vec![None, Some("b.example".to_string())]);
 }
+
+/// How failed handshakes are counted: a server that never answers the
+/// ClientHello runs out the connect timeout (`504`); a TLS 1.2 server
+/// that wants a client certificate refuses us with an alert (`502`).
+#[test]
+fn handshake_timeouts_and_alerts_are_counted_as_such() {
+    let ca = TestCa::new("ca");
+    let client_ca = TestCa::new("client ca");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = write_pem(dir.path(), "ca.pem", &ca.cert_pem);
+    // Accepted by the kernel (backlog), never read: the handshake stalls.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let b = Backend::start("b1");
+    let picky = TlsFront::start(
+        b.addr(),
+        &ca.leaf(&["127.0.0.1"]),
+        FrontOptions {
+            client_ca: Some(client_ca.cert_pem.clone()),
+            tls12_only: true,
+            ..FrontOptions::default()
+        },
+    );
+    let listen = free_addr();
+    let tls = format!("tls = {{ ca_file = {ca_file:?} }}");
+    let once = "retry = { max_attempts = 1 }";
+    let config = base(listen)
+        .route_with("silent", "silent", &[r#"path_prefix = "/silent""#])
+        .route_with("picky", "picky", &[r#"path_prefix = "/picky""#])
+        .cluster_with(
+            "silent",
+            &[silent_addr],
+            &[&tls, once, r#"connect_timeout = "300ms""#],
+        )
+        .cluster_with("picky", &[picky.addr()], &[&tls, once])
+        .build();
+    let levee = Levee::start(&config);
+    let started = std::time::Instant::now();
+    let r = http_get(listen, "/silent").expect("request");
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(handshakes(&levee, "silent", "timeout"), 1.0);
+    let r = http_get(listen, "/picky").expect("request");
+    assert_eq!(r.status, 502);
+    assert_eq!(handshakes(&levee, "picky", "alert"), 1.0);
+    assert_eq!(handshakes(&levee, "picky", "ok"), 0.0);
+    assert_eq!(b.requests(), 0);
+    drop(silent);
+}
