@@ -6,10 +6,13 @@ cd "$(dirname "$0")/.."
 
 need=()
 # redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS test's certificates.
-for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq; do
+# nginx: a real TLS endpoint (tests/upstream_tls.rs).
+for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# ca-certificates: the system roots that TLS to endpoints verifies against by default.
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -38,6 +38,8 @@ pub struct Endpoint {
     pub live: Arc<EndpointLive>,
     /// The endpoint's own circuit breaker, when the cluster has one.
     pub breaker: Option<Arc<SharedBreaker>>,
+    /// `Some`: requests and health checks reach it over TLS.
+    pub tls: Option<upstream::tls::EndpointTls>,
 }
 
 impl Endpoint {
@@ -52,6 +54,7 @@ impl Endpoint {
                 max_idle: cluster.pool_max_idle,
                 idle_timeout: cluster.pool_idle_timeout,
             },
+            tls: self.tls.as_ref(),
         }
     }
 
@@ -127,6 +130,11 @@ impl Cluster {
             State::Healthy
         };
         let name = config.name.get_ref().as_str();
+        // Built when the configuration was loaded; `None`: plain TCP.
+        let connector = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.get_ref().connector.clone());
         // Named endpoints become the addresses their names resolve to now.
         let endpoints: Vec<Endpoint> = crate::discovery::expand(&config.endpoints, &live.resolved)
             .into_iter()
@@ -139,6 +147,23 @@ impl Cluster {
                     .endpoint_circuit_breaker
                     .as_ref()
                     .map(|t| live.guards.endpoint(name, e.address, t, metrics)),
+                tls: connector.as_ref().map(|c| {
+                    let handshakes = upstream::tls::Handshakes::new(|result| {
+                        metrics.upstream_tls_handshakes.get_or_create_owned(
+                            &crate::observe::metrics::EndpointResultLabels {
+                                cluster: name.to_owned(),
+                                endpoint: e.address.to_string(),
+                                result: result.as_str(),
+                            },
+                        )
+                    });
+                    upstream::tls::EndpointTls::new(
+                        c.clone(),
+                        e.host.as_deref(),
+                        e.address,
+                        Arc::new(handshakes),
+                    )
+                }),
             })
             .collect();
         let now = Instant::now();

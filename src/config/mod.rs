@@ -12,6 +12,7 @@ pub mod redis_url;
 pub mod resilience;
 pub mod rewrite;
 mod schema;
+pub mod upstream_tls;
 mod validate;
 pub mod value;
 mod words;
@@ -87,7 +88,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let de = toml::Deserializer::parse(text)
         .map_err(|e| at(e.span(), String::new(), words::in_user_words(e.message())))?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         // serde_spanned shows up in the path as a private field; hide it.
         let key = e
             .path()
@@ -102,6 +103,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         at(inner.span(), key, message)
     })?;
     validate::check(&config).map_err(|v| at(Some(v.span), v.key, v.message))?;
+    // Last: it reads files, worth doing only for an otherwise valid config.
+    upstream_tls::load(&mut config).map_err(|v| at(Some(v.span), v.key, v.message))?;
     Ok(config)
 }
 

@@ -418,6 +418,9 @@ pub struct ClusterConfig {
     /// smaller value shortens the deadline. Unset: not sent.
     #[serde(default)]
     pub deadline_header: Option<Spanned<String>>,
+    /// TLS to the endpoints (`[clusters.tls]`). Unset: plain TCP.
+    #[serde(default)]
+    pub tls: Option<Spanned<super::upstream_tls::UpstreamTlsConfig>>,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }

@@ -109,11 +109,15 @@ impl Resolved {
 }
 
 /// One endpoint as a snapshot uses it: a concrete address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Concrete {
     pub address: SocketAddr,
     pub weight: u32,
     pub backup: bool,
+    /// The host name it was found by (`HOST:PORT`): TLS verifies the
+    /// endpoint against it and sends it as SNI. `None` for IP and SRV
+    /// endpoints.
+    pub host: Option<String>,
 }
 
 /// The concrete endpoints of a cluster's configured ones, in order, each
@@ -137,6 +141,7 @@ pub fn expand(endpoints: &[EndpointConfig], resolved: &Resolved) -> Vec<Concrete
                 address: *address,
                 weight,
                 backup: e.backup,
+                host: None,
             }),
             EndpointAddress::Name { host, port } => {
                 for t in resolved.get(&Query::Host(host.clone())).unwrap_or_default() {
@@ -144,6 +149,7 @@ pub fn expand(endpoints: &[EndpointConfig], resolved: &Resolved) -> Vec<Concrete
                         address: SocketAddr::new(t.ip, *port),
                         weight,
                         backup: e.backup,
+                        host: Some(host.clone()),
                     });
                 }
             }
@@ -155,6 +161,7 @@ pub fn expand(endpoints: &[EndpointConfig], resolved: &Resolved) -> Vec<Concrete
                         address: SocketAddr::new(t.ip, t.port),
                         weight: u32::from(t.weight.max(1)),
                         backup: e.backup || t.priority > best,
+                        host: None,
                     });
                 }
             }
@@ -195,7 +202,8 @@ mod tests {
             vec![Concrete {
                 address: "10.0.0.9:81".parse().unwrap(),
                 weight: 1,
-                backup: true
+                backup: true,
+                host: None,
             }]
         );
         resolved.set(
@@ -204,15 +212,18 @@ mod tests {
         );
         let got: Vec<String> = expand(&eps, &resolved)
             .iter()
-            .map(|c| format!("{} w{} b{}", c.address, c.weight, c.backup))
+            .map(|c| {
+                let host = c.host.as_deref().unwrap_or("-");
+                format!("{} w{} b{} {host}", c.address, c.weight, c.backup)
+            })
             .collect();
         assert_eq!(
             got,
             [
-                "10.0.0.1:8080 w3 bfalse",
-                "[::1]:8080 w3 bfalse",
-                "10.0.0.9:8080 w3 bfalse",
-                "10.0.0.9:81 w1 btrue"
+                "10.0.0.1:8080 w3 bfalse app",
+                "[::1]:8080 w3 bfalse app",
+                "10.0.0.9:8080 w3 bfalse app",
+                "10.0.0.9:81 w1 btrue -"
             ]
         );
     }

@@ -56,6 +56,13 @@ pub struct TransitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointResultLabels {
+    pub cluster: String,
+    pub endpoint: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub cluster: String,
     pub endpoint: String,
@@ -132,6 +139,7 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_connect_errors: Family<EndpointLabels, Counter>,
+    pub upstream_tls_handshakes: Family<EndpointResultLabels, Counter>,
     pub upstream_in_flight: Family<EndpointLabels, Gauge>,
     pub connections_active: Family<ListenerLabels, Gauge>,
     pub connections_total: Family<ListenerLabels, Counter>,
@@ -216,6 +224,12 @@ impl Metrics {
             "upstream_connect_errors",
             "Failed or timed-out connection attempts to an endpoint",
             upstream_connect_errors.clone(),
+        );
+        let upstream_tls_handshakes = Family::<EndpointResultLabels, Counter>::default();
+        registry.register(
+            "upstream_tls_handshakes",
+            "TLS handshakes with endpoints (requests and active health checks), by result: ok, certificate (the endpoint's certificate was refused), alert (the endpoint refused us), timeout, error",
+            upstream_tls_handshakes.clone(),
         );
         let upstream_in_flight = Family::<EndpointLabels, Gauge>::default();
         registry.register(
@@ -386,6 +400,7 @@ impl Metrics {
             errors,
             upstream_requests,
             upstream_connect_errors,
+            upstream_tls_handshakes,
             upstream_in_flight,
             connections_active,
             connections_total,

@@ -15,6 +15,7 @@ use crate::cluster::health::state::{Check, State, Thresholds};
 use crate::config::{CheckKind, HealthCheckConfig};
 use crate::observe::metrics::TransitionLabels;
 use crate::shared::Shared;
+use crate::upstream::tls::EndpointTls;
 
 /// Starts the checks of the current snapshot.
 pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
@@ -38,6 +39,7 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
             let check = Checker {
                 cluster: cluster.name.clone(),
                 live: endpoint.live.clone(),
+                tls: endpoint.tls.clone(),
                 probe: probe.clone(),
                 config: hc.clone(),
                 shared: shared.clone(),
@@ -52,6 +54,8 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
 struct Checker {
     cluster: Arc<str>,
     live: Arc<EndpointLive>,
+    /// A TLS cluster's endpoints are checked over TLS, as requests reach them.
+    tls: Option<EndpointTls>,
     probe: Probe,
     config: HealthCheckConfig,
     shared: Arc<Shared>,
@@ -68,8 +72,13 @@ impl Checker {
         let mut wait = self.jitter();
         loop {
             tokio::time::sleep(wait).await;
-            let outcome =
-                active::check(self.live.address, &self.probe, self.config.timeout.get()).await;
+            let outcome = active::check(
+                self.live.address,
+                &self.probe,
+                self.config.timeout.get(),
+                self.tls.as_ref(),
+            )
+            .await;
             let (check, detail) = match &outcome {
                 Outcome::Pass => (Check::Pass, "passed"),
                 Outcome::Degraded(why) => (Check::Degraded, why.as_str()),

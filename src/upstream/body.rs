@@ -127,11 +127,10 @@ impl Body {
                 }
             }
             // Need more bytes from the endpoint.
-            ready!(conn.stream.poll_read_ready(cx))?;
             if conn.read.capacity() - conn.read.len() < READ_CHUNK / 4 {
                 conn.read.reserve(READ_CHUNK);
             }
-            match conn.stream.try_read_buf(&mut conn.read) {
+            match ready!(conn.stream.poll_read_buf(cx, &mut conn.read)) {
                 Ok(0) => {
                     if matches!(self.framing, Framing::UntilClose) {
                         self.framing = Framing::Done;
@@ -141,7 +140,6 @@ impl Body {
                     return Poll::Ready(Some(Err(BodyError::Truncated)));
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     self.keep_alive = false;
                     return Poll::Ready(Some(Err(e.into())));

@@ -6,6 +6,9 @@
 //! runs in the task serving the client: no per-connection task and no
 //! channels between the two sides, which is most of what a proxy request
 //! costs beyond its system calls.
+//!
+//! A connection is plain TCP or TLS (`tls.rs`, when the cluster has
+//! `[clusters.tls]`); everything above `conn.rs` is the same for both.
 
 pub mod body;
 pub mod chunked;
@@ -13,6 +16,7 @@ pub mod codec;
 pub mod conn;
 pub mod error;
 pub mod pool;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,8 +45,11 @@ pub struct Target<'a> {
     pub pool: &'a Arc<Pool>,
     /// The worker whose slot of the pool this request uses.
     pub worker: usize,
+    /// Covers the TLS handshake too.
     pub connect_timeout: Duration,
     pub limits: Limits,
+    /// `Some`: the endpoint is spoken to over TLS.
+    pub tls: Option<&'a tls::EndpointTls>,
 }
 
 /// A response head and the body still to be read.
@@ -77,7 +84,13 @@ where
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     codec::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
 
-    if let Some(conn) = pool.take(target.worker, target.limits.idle_timeout, Instant::now()) {
+    let transport = target.tls.map_or(0, |t| t.key);
+    if let Some(conn) = pool.take(
+        target.worker,
+        target.limits.idle_timeout,
+        transport,
+        Instant::now(),
+    ) {
         match exchange(conn, &head, body, framing, &parts.method, target).await {
             Ok(ex) => {
                 pool.counters.reused.inc();
@@ -89,13 +102,17 @@ where
         }
     }
     let started = Instant::now();
-    let conn = match Conn::connect(target.address, target.connect_timeout).await {
+    let conn = match Conn::connect(target.address, target.connect_timeout, target.tls).await {
         Ok(c) => c,
         Err(e) => {
             pool.counters.connect_errors.inc();
+            // A failed TLS handshake is a failed connect: nothing was sent,
+            // and another endpoint may take the request.
             return Err(match e {
                 conn::ConnectError::TimedOut => Error::ConnectTimeout(target.connect_timeout),
-                conn::ConnectError::Refused(e) => Error::Connect(e),
+                conn::ConnectError::Refused(e) | conn::ConnectError::Handshake(e) => {
+                    Error::Connect(e)
+                }
             });
         }
     };
@@ -180,6 +197,20 @@ where
         });
     }
     write_body(&mut conn, body, framing).await?;
+    // TLS buffers what it could not write at once: send it all before
+    // waiting for the answer (a no-op on plain TCP).
+    if let Err(e) = conn.stream.flush().await {
+        // Without a body nothing of the client's is gone: a stale pooled
+        // connection may be replaced, as when the head's write fails.
+        return Err(if framing == RequestBody::None {
+            Failure::Stale {
+                sent: false,
+                cause: Some(e),
+            }
+        } else {
+            Failure::Error(Error::Send(e))
+        });
+    }
     let head = match read_head(&mut conn).await {
         // The client's body is gone: this request cannot be sent again.
         Err(stale @ Failure::Stale { .. }) if framing != RequestBody::None => {

@@ -59,13 +59,24 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open and younger
-    /// than `idle_timeout`.
-    pub fn take(&self, worker: usize, idle_timeout: Duration, now: Instant) -> Option<Conn> {
+    /// The most recently used idle connection that is still open, younger
+    /// than `idle_timeout` and of the wanted `transport` (0: plain TCP, else
+    /// the `EndpointTls::key`). A connection of another transport (made
+    /// before a reload changed the cluster's TLS settings) is closed.
+    pub fn take(
+        &self,
+        worker: usize,
+        idle_timeout: Duration,
+        transport: u64,
+        now: Instant,
+    ) -> Option<Conn> {
         let slot = self.slots.get(worker)?;
         let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = idle.pop() {
-            if now.duration_since(entry.since) < idle_timeout && entry.conn.is_idle_and_open() {
+        while let Some(mut entry) = idle.pop() {
+            if now.duration_since(entry.since) < idle_timeout
+                && entry.conn.transport == transport
+                && entry.conn.is_idle_and_open()
+            {
                 return Some(entry.conn);
             }
         }

@@ -14,6 +14,8 @@
 //!   answers 200. Signals, reload, logs, RSS, metrics and status.
 //! - [`raw`] helpers — hand-written bytes over TCP ([`send_raw`], [`RawConn`],
 //!   [`send_slowly`]) for malformed requests and slowloris tests.
+//! - [`tls_upstream`] — test certificates (rcgen) and a TLS server in front
+//!   of a [`Backend`], for TLS to endpoints.
 //! - [`http_get`] / [`http_request`] — a tiny blocking HTTP/1.1 client, usable
 //!   from plain `#[test]` functions without a runtime.
 //!
@@ -48,6 +50,7 @@ mod levee;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
+pub mod tls_upstream;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};

@@ -20,6 +20,7 @@ use crate::upstream::Conn;
 use crate::upstream::chunked::{Decoder, Step};
 use crate::upstream::codec::{self, RequestBody, ResponseBody, ResponseHead};
 use crate::upstream::conn::{self, ConnectError};
+use crate::upstream::tls::EndpointTls;
 
 /// Largest response head accepted from a check.
 const MAX_HEAD: usize = 16 * 1024;
@@ -49,12 +50,19 @@ pub enum Outcome {
     Fail(String),
 }
 
-/// Runs `probe` against `address`. Everything (connect, request, response
-/// head and body) shares the one `timeout`: an endpoint that accepts and
-/// then stalls is as unhealthy as one that never accepts.
-pub async fn check(address: SocketAddr, probe: &Probe, timeout: Duration) -> Outcome {
+/// Runs `probe` against `address`, over TLS when `tls` says so (then a TCP
+/// check passes only when the handshake does too). Everything (connect,
+/// handshake, request, response head and body) shares the one `timeout`:
+/// an endpoint that accepts and then stalls is as unhealthy as one that
+/// never accepts.
+pub async fn check(
+    address: SocketAddr,
+    probe: &Probe,
+    timeout: Duration,
+    tls: Option<&EndpointTls>,
+) -> Outcome {
     let run = async {
-        let mut conn = Conn::connect(address, timeout)
+        let mut conn = Conn::connect(address, timeout, tls)
             .await
             .map_err(|e| connect_error(e, timeout))?;
         match probe {
@@ -81,6 +89,7 @@ fn connect_error(e: ConnectError, timeout: Duration) -> String {
             "connect refused".to_string()
         }
         ConnectError::Refused(e) => format!("connect failed: {e}"),
+        ConnectError::Handshake(e) => format!("TLS handshake failed: {e}"),
     }
 }
 
@@ -104,6 +113,11 @@ async fn http_check(
     let request = request_head(address, method, path, host)?;
     conn.stream
         .write_all(&request)
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    // TLS may hold back what it could not write at once.
+    conn.stream
+        .flush()
         .await
         .map_err(|e| format!("write failed: {e}"))?;
     let head = read_head(conn).await?;
@@ -293,7 +307,7 @@ mod tests {
     /// The outcome of a GET /healthz check against an endpoint answering `response`.
     async fn get(response: &[u8], expect: &[u16]) -> Outcome {
         let (addr, _server) = serve(response.to_vec()).await;
-        check(addr, &http(expect), TIMEOUT).await
+        check(addr, &http(expect), TIMEOUT, None).await
     }
 
     fn fail(why: &str) -> Outcome {
@@ -304,7 +318,7 @@ mod tests {
     async fn tcp_passes_and_refused_fails() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(check(addr, &Probe::Tcp, TIMEOUT).await, Outcome::Pass);
+        assert_eq!(check(addr, &Probe::Tcp, TIMEOUT, None).await, Outcome::Pass);
 
         // Bound but not listening: the kernel refuses connections to it.
         let socket =
@@ -313,8 +327,8 @@ mod tests {
         socket.bind(&any.into()).unwrap();
         let closed = socket.local_addr().unwrap().as_socket().unwrap();
         let refused = fail("connect refused");
-        assert_eq!(check(closed, &Probe::Tcp, TIMEOUT).await, refused);
-        assert_eq!(check(closed, &http(&[]), TIMEOUT).await, refused);
+        assert_eq!(check(closed, &Probe::Tcp, TIMEOUT, None).await, refused);
+        assert_eq!(check(closed, &http(&[]), TIMEOUT, None).await, refused);
     }
 
     #[tokio::test]
@@ -388,7 +402,7 @@ mod tests {
         });
         let timeout = Duration::from_millis(200);
         let start = Instant::now();
-        let outcome = check(addr, &http(&[]), timeout).await;
+        let outcome = check(addr, &http(&[]), timeout, None).await;
         let took = start.elapsed();
         assert_eq!(outcome, fail("timed out after 200ms"));
         assert!(
@@ -407,7 +421,7 @@ mod tests {
             host: Some("api.internal".into()),
             expect: vec![],
         };
-        assert_eq!(check(addr, &probe, TIMEOUT).await, Outcome::Pass);
+        assert_eq!(check(addr, &probe, TIMEOUT, None).await, Outcome::Pass);
         let req = String::from_utf8(server.await.unwrap()).unwrap();
         assert_eq!(
             req,
