@@ -382,3 +382,101 @@ fn bad_http2_settings_are_refused_with_their_place() {
     assert_ne!(code, 0);
     assert!(err.contains("listeners[0].http2.max_frame_size"), "{err}");
 }
+
+/// `protocol = "h2c"`: requests go to the endpoints over HTTP/2,
+/// multiplexed on few connections, balanced per request.
+fn h2c_cluster(backends: &[Backend], listen: SocketAddr) -> Levee {
+    let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster_with(
+            "app",
+            &addrs,
+            &["balance = \"round_robin\"", "protocol = \"h2c\""],
+        )
+        .route("all", "app")
+        .set("server", "workers = 2");
+    Levee::start(&cfg.build())
+}
+
+#[tokio::test]
+async fn h2c_endpoints_are_multiplexed_and_balanced_per_request() {
+    let backends = [Backend::start("b1"), Backend::start("b2")];
+    let listen = free_addr();
+    let levee = h2c_cluster(&backends, listen);
+    // HTTP/1.1 clients in: each gets its own connection, the endpoints
+    // still see few.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        let mut batch = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let client = client.clone();
+            batch.spawn(async move {
+                let r = client
+                    .post(format!("http://{listen}/echo?delay=20ms"))
+                    .body(vec![b'x'; 1000 + i])
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(r.status().as_u16(), 200);
+                let bytes = r.bytes().await.expect("echo body");
+                let v: serde_json::Value = serde_json::from_slice(&bytes).expect("echo json");
+                assert_eq!(v["body_bytes"], 1000 + i as u64);
+                v
+            });
+        }
+        all.extend(batch.join_all().await);
+    }
+    assert!(
+        all.iter().all(|v| v["version"] == "HTTP/2.0"),
+        "{:?}",
+        all[0]
+    );
+    for b in &backends {
+        let n = all.iter().filter(|v| v["backend"] == b.name()).count();
+        assert_eq!(n, 50, "{} answered {n} of 100", b.name());
+        // At most one connection per worker while 20 streams fit on one.
+        assert!(
+            b.connections() <= 2,
+            "{} saw {} connections",
+            b.name(),
+            b.connections()
+        );
+    }
+    let reused = levee
+        .metric("levee_upstream_requests_total", &[("connection", "reused")])
+        .unwrap_or(0.0);
+    assert!(reused >= 90.0, "reused {reused}");
+}
+
+#[tokio::test]
+async fn h2_on_both_sides_passes_statuses_and_streams_bodies() {
+    let backends = [Backend::start("b1")];
+    let listen = free_addr();
+    let _levee = h2c_cluster(&backends, listen);
+    let client = h2_client();
+    let r = client
+        .get(format!("http://{listen}/status/503"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status().as_u16(), 503);
+    let r = client
+        .get(format!("http://{listen}/download?bytes=1000000"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.bytes().await.expect("body");
+    assert_eq!(body.len(), 1_000_000);
+    assert!(is_download_pattern(&body));
+    assert_eq!(
+        backends[0].last_request().map(|r| r.version),
+        Some("HTTP/2.0".into())
+    );
+}

@@ -89,6 +89,17 @@ impl Http2Config {
     }
 }
 
+/// What Levee speaks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with a keep-alive pool.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, multiplexed (`upstream::h2`).
+    H2c,
+}
+
 /// HTTP/2's own bounds on its settings (RFC 9113 §6.5.2, §6.9.1).
 const MIN_FRAME: u64 = 1 << 14;
 const MAX_FRAME: u64 = (1 << 24) - 1;

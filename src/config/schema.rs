@@ -339,6 +339,9 @@ impl Serialize for HashKey {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: Spanned<String>,
+    /// What Levee speaks to the endpoints (`config::http2`).
+    #[serde(default)]
+    pub protocol: super::http2::UpstreamProtocol,
     #[serde(default = "default_balance")]
     pub balance: Balance,
     /// What `ip_hash`, `consistent_hash` and `maglev` hash (spanned: set on

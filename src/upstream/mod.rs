@@ -12,6 +12,7 @@ pub mod chunked;
 pub mod codec;
 pub mod conn;
 pub mod error;
+pub mod h2;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Target<'a> {
     pub worker: usize,
     pub connect_timeout: Duration,
     pub limits: Limits,
+    /// HTTP/2 with prior knowledge (`upstream::h2`) instead of HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// A response head and the body still to be read.
@@ -71,6 +74,9 @@ where
     B: HttpBody + Unpin,
     B::Error: Into<BoxError>,
 {
+    if target.h2c {
+        return h2::send(target, parts, body).await;
+    }
     let pool = target.pool;
     let framing = request_body(&parts.headers, body);
     let mut head = BytesMut::new();
