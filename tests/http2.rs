@@ -90,6 +90,17 @@ async fn next_frame(s: &mut TcpStream, limit: Duration) -> Option<(u8, Vec<u8>)>
     tokio::time::timeout(limit, read).await.ok().flatten()
 }
 
+/// Waits until a connection closed with ENHANCE_YOUR_CALM was counted (the
+/// GOAWAY reaches the client before the connection's end is counted).
+async fn calmed(levee: &Levee) -> bool {
+    wait_until_async(Duration::from_secs(10), || {
+        levee
+            .metric("levee_errors_total", &[("kind", "http2_enhance_your_calm")])
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await
+}
+
 /// `GET /` over HTTP/2 through `listen`: the status and the backend.
 async fn get_via(client: &reqwest::Client, listen: SocketAddr) -> (u16, String) {
     let r = client
@@ -199,10 +210,7 @@ async fn rapid_reset_costs_the_offender_its_connection_not_others_their_service(
         started.elapsed()
     );
     // The offender is counted; another client is still served.
-    let counted = levee
-        .metric("levee_errors_total", &[("kind", "http2_enhance_your_calm")])
-        .unwrap_or(0.0);
-    assert!(counted >= 1.0, "counted {counted}");
+    assert!(calmed(&levee).await, "the flood was not counted");
     assert_eq!(get_via(&client, listen).await.0, 200);
     // Far fewer requests reached the backend than streams were opened.
     assert!(b.requests() < 200, "{} reached the backend", b.requests());
@@ -234,10 +242,7 @@ async fn a_continuation_flood_is_cut_short_with_enhance_your_calm() {
         read_goaway(&mut s, Duration::from_secs(10)).await,
         Some(ENHANCE_YOUR_CALM)
     );
-    let counted = levee
-        .metric("levee_errors_total", &[("kind", "http2_enhance_your_calm")])
-        .unwrap_or(0.0);
-    assert!(counted >= 1.0);
+    assert!(calmed(&levee).await, "the flood was not counted");
     assert_eq!(b.requests(), 0);
 }
 
@@ -479,4 +484,46 @@ async fn h2_on_both_sides_passes_statuses_and_streams_bodies() {
         backends[0].last_request().map(|r| r.version),
         Some("HTTP/2.0".into())
     );
+}
+
+#[tokio::test]
+async fn levees_own_errors_to_grpc_calls_are_grpc_statuses() {
+    let (_refusing, refusing) = refusing_addr();
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[refusing])
+        .route_with("grpc", "app", &["path_prefix = \"/svc.Greeter\""]);
+    let _levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    let call = |path: &str, content_type: &str| {
+        client
+            .post(format!("http://{listen}{path}"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            // One empty gRPC message: not compressed, length 0.
+            .body(vec![0u8; 5])
+            .send()
+    };
+    // The endpoint refuses connections: UNAVAILABLE, trailers-only.
+    let r = call("/svc.Greeter/SayHello", "application/grpc")
+        .await
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/grpc");
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert!(r.headers().contains_key("grpc-message"));
+    assert!(r.bytes().await.expect("body").is_empty());
+    // No route: UNIMPLEMENTED.
+    let r = call("/other.Service/Method", "application/grpc+proto")
+        .await
+        .expect("an answer");
+    assert_eq!(r.headers()["grpc-status"], "12");
+    // Not gRPC: Levee's JSON error, as before.
+    let r = call("/svc.Greeter/SayHello", "application/octet-stream")
+        .await
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 502);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(!r.headers().contains_key("grpc-status"));
 }

@@ -223,6 +223,14 @@ fn request(
     body: ChannelBody,
 ) -> Request<ChannelBody> {
     let mut headers = parts.headers.clone();
+    // gRPC servers want `te: trailers` (hop-by-hop, so stripped on the way
+    // in): it says the client understands the trailers carrying the status.
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
     let authority = headers
         .remove(header::HOST)
         .and_then(|h| h.to_str().ok().map(str::to_owned))
