@@ -27,6 +27,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// HTTP/2 from clients and its limits.
+    pub http2: Arc<crate::config::http2::Http2Config>,
     pub routes: Vec<Arc<Route>>,
 }
 
@@ -128,6 +130,7 @@ impl Snapshot {
                     idle_timeout: l.idle_timeout.get(),
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
                     max_body_bytes: l.max_body_bytes.map(|b| b.0),
+                    http2: Arc::new(l.http2.clone()),
                     routes: routes
                         .iter()
                         .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))

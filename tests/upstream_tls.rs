@@ -296,7 +296,9 @@ fn a_client_certificate_is_presented_when_configured() {
     // Without a certificate the server refuses the handshake.
     let r = http_get(listen, "/anon").expect("request");
     assert_eq!(r.status, 502);
-    assert!(wait_until(T, || front.failed_handshakes() == 1));
+    // Refused after Levee's side of a TLS 1.3 handshake is done, so the try
+    // looks like a reset and the default policy tries it once more.
+    assert!(wait_until(T, || front.failed_handshakes() >= 1));
     assert_eq!(b.requests(), 1);
 }
 

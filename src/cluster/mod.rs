@@ -55,6 +55,7 @@ impl Endpoint {
                 idle_timeout: cluster.pool_idle_timeout,
             },
             tls: self.tls.as_ref(),
+            h2c: cluster.h2c,
         }
     }
 
@@ -70,6 +71,8 @@ pub struct Cluster {
     pub response_timeout: Duration,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
+    /// HTTP/2 with prior knowledge to the endpoints (`protocol = "h2c"`).
+    pub h2c: bool,
     pub balance: crate::config::Balance,
     /// What to hash, for hash-based balancers only.
     pub hash_key: Option<crate::config::HashKey>,
@@ -194,6 +197,7 @@ impl Cluster {
             response_timeout: config.response_timeout.get(),
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout.get(),
+            h2c: config.protocol == crate::config::http2::UpstreamProtocol::H2c,
             balance: config.balance,
             hash_key: config
                 .balance

@@ -153,6 +153,9 @@ pub struct ListenerConfig {
     /// a new connection is answered 429 and closed. 0: no per-IP limit.
     #[serde(default)]
     pub max_connections_per_ip: usize,
+    /// HTTP/2 from clients and its limits (`config::http2`).
+    #[serde(default)]
+    pub http2: super::http2::Http2Config,
 }
 
 fn default_protocol() -> Protocol {
@@ -352,6 +355,9 @@ impl Serialize for HashKey {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: Spanned<String>,
+    /// What Levee speaks to the endpoints (`config::http2`).
+    #[serde(default)]
+    pub protocol: super::http2::UpstreamProtocol,
     #[serde(default = "default_balance")]
     pub balance: Balance,
     /// What `ip_hash`, `consistent_hash` and `maglev` hash (spanned: set on

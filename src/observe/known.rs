@@ -40,6 +40,15 @@ pub const ERROR_KINDS: &[&str] = &[
     "bad_host",
     "connect_refused",
     "rewrite_failed",
+    // HTTP/2 connections closed for an error (`server::h2`).
+    "http2_protocol_error",
+    "http2_flow_control_error",
+    "http2_settings_timeout",
+    "http2_frame_size_error",
+    "http2_compression_error",
+    "http2_enhance_your_calm",
+    "http2_other_error",
+    "http2_keepalive_timeout",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`

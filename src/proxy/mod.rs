@@ -27,6 +27,7 @@
 pub mod body;
 pub mod error;
 pub mod front_door;
+pub mod grpc;
 pub mod headers;
 pub mod record;
 mod rewriting;
@@ -149,6 +150,7 @@ impl<B> RequestBody for B where
 
 pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Response<ResponseBody> {
     let ambiguous_framing = cx.cycle.started(body_len(req.headers()));
+    let grpc = grpc::is_grpc(req.headers());
     let snapshot = cx.shared.snapshot.load_full();
     let arrival = Arrival {
         start: Instant::now(),
@@ -162,7 +164,7 @@ pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Respon
     } else {
         forward(&cx, &snapshot, &arrival, req).await
     };
-    respond(cx, snapshot, arrival, forwarded)
+    respond(cx, snapshot, arrival, forwarded, grpc)
 }
 
 /// Steps 2–6 of the pipeline: everything between the request head and the
@@ -582,12 +584,14 @@ fn affinity_cookie(
 }
 
 /// Step 7: the response the client gets, and the request's outcome, which
-/// the response body carries until it is over.
+/// the response body carries until it is over. Levee's own error answer to
+/// a gRPC request is a gRPC status (`grpc`).
 fn respond(
     cx: Arc<ConnCtx>,
     snapshot: Arc<Snapshot>,
     arrival: Arrival,
     forwarded: Forwarded,
+    grpc: bool,
 ) -> Response<ResponseBody> {
     let Forwarded {
         routed,
@@ -688,9 +692,12 @@ fn respond(
                         _ => error.status(),
                     };
                     outcome.status = status.as_u16();
-                    error::response_with_status(error, status, &request_id, retry_after, |b| {
-                        ResponseBody::full(b, Some(completion(outcome)))
-                    })
+                    let body = |b| ResponseBody::full(b, Some(completion(outcome)));
+                    if grpc {
+                        grpc::response(error, status, &request_id, retry_after, body)
+                    } else {
+                        error::response_with_status(error, status, &request_id, retry_after, body)
+                    }
                 }
             }
         }

@@ -28,6 +28,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub engine: crate::config::Http1Engine,
+    /// HTTP/2 from clients: whether h2c with prior knowledge is served, and
+    /// the limits of an HTTP/2 connection.
+    pub http2: Arc<crate::config::http2::Http2Config>,
 }
 
 /// The client socket, telling `Phase` when a new request starts arriving and
@@ -112,6 +115,11 @@ pub async fn serve<S>(
     };
     match speaks {
         Ok(Some(Speaks::Http1)) => {}
+        Ok(Some(Speaks::Http2)) if settings.http2.enabled => {
+            let stream = Prefixed::new(prefix, stream);
+            // Boxed like hyper's HTTP/1 connection, for the same reason.
+            return Box::pin(super::h2::serve(stream, cx, settings, shutdown)).await;
+        }
         Ok(Some(other)) => {
             let (protocol, answer) = match other {
                 Speaks::Http2 => ("http2", sniff::h2_goaway()),

@@ -189,6 +189,7 @@ impl AcceptLoop {
                 idle_timeout: l.idle_timeout,
                 max_header_bytes: l.max_header_bytes,
                 engine: snapshot.config.server.http1,
+                http2: l.http2.clone(),
             };
             let phase = Arc::new(Phase::default());
             let cx = Arc::new(ConnCtx {

@@ -12,6 +12,7 @@ pub mod conn;
 mod control;
 mod fixed;
 pub mod h1;
+pub mod h2;
 mod health_checks;
 pub mod listener;
 pub mod phase;

@@ -31,6 +31,8 @@ pub enum BodyError {
     Chunked(#[from] super::chunked::ChunkError),
     #[error("reading the response body: {0}")]
     Io(#[from] std::io::Error),
+    #[error("reading the HTTP/2 response body: {0}")]
+    Http2(#[from] hyper::Error),
 }
 
 enum Framing {
@@ -44,7 +46,10 @@ pub struct Body {
     conn: Option<Conn>,
     framing: Framing,
     keep_alive: bool,
-    checkin: Checkin,
+    /// `None` for an HTTP/2 stream: its connection is shared, not lent.
+    checkin: Option<Checkin>,
+    /// The response of an HTTP/2 stream (`upstream::h2`), read instead.
+    h2: Option<Box<super::h2::H2Body>>,
 }
 
 impl Body {
@@ -65,15 +70,33 @@ impl Body {
             conn: Some(conn),
             framing,
             keep_alive,
-            checkin,
+            checkin: Some(checkin),
+            h2: None,
+        }
+    }
+
+    /// The body of an HTTP/2 stream.
+    pub(super) fn h2(body: super::h2::H2Body) -> Body {
+        Body {
+            conn: None,
+            framing: Framing::Done,
+            keep_alive: false,
+            checkin: None,
+            h2: Some(Box::new(body)),
         }
     }
 
     pub fn is_end_stream(&self) -> bool {
+        if let Some(h2) = &self.h2 {
+            return h2.is_end_stream();
+        }
         matches!(self.framing, Framing::Done)
     }
 
     pub fn size_hint(&self) -> SizeHint {
+        if let Some(h2) = &self.h2 {
+            return h2.size_hint();
+        }
         match self.framing {
             Framing::Done => SizeHint::with_exact(0),
             Framing::Length(n) => SizeHint::with_exact(n),
@@ -85,6 +108,9 @@ impl Body {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(h2) = self.h2.as_mut() {
+            return h2.poll_frame(cx).map_err(BodyError::from);
+        }
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -154,7 +180,7 @@ impl Drop for Body {
     /// keeps open and that holds no stray bytes goes back to the pool; any
     /// other is closed.
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
+        let (Some(conn), Some(checkin)) = (self.conn.take(), self.checkin.as_ref()) else {
             return;
         };
         if self.keep_alive && self.is_end_stream() && conn.read.is_empty() {
@@ -162,7 +188,7 @@ impl Drop for Body {
                 pool,
                 worker,
                 limits,
-            } = &self.checkin;
+            } = checkin;
             pool.put(*worker, conn, *limits);
         }
     }

@@ -15,6 +15,7 @@ pub mod chunked;
 pub mod codec;
 pub mod conn;
 pub mod error;
+pub mod h2;
 pub mod pool;
 pub mod tls;
 
@@ -50,6 +51,8 @@ pub struct Target<'a> {
     pub limits: Limits,
     /// `Some`: the endpoint is spoken to over TLS.
     pub tls: Option<&'a tls::EndpointTls>,
+    /// HTTP/2 with prior knowledge (`upstream::h2`) instead of HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// A response head and the body still to be read.
@@ -78,6 +81,9 @@ where
     B: HttpBody + Unpin,
     B::Error: Into<BoxError>,
 {
+    if target.h2c {
+        return h2::send(target, parts, body).await;
+    }
     let pool = target.pool;
     let framing = request_body(&parts.headers, body);
     let mut head = BytesMut::new();

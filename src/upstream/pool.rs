@@ -38,6 +38,8 @@ pub struct Counters {
 
 pub struct Pool {
     slots: Box<[Mutex<Vec<Idle>>]>,
+    /// The endpoint's multiplexed HTTP/2 connections (`protocol = "h2c"`).
+    pub h2: super::h2::H2Pool,
     pub counters: Counters,
 }
 
@@ -55,6 +57,7 @@ impl Pool {
             slots: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            h2: super::h2::H2Pool::new(workers),
             counters,
         }
     }

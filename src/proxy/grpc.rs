@@ -1,0 +1,162 @@
+//! Levee's own answers to gRPC requests: a gRPC client reads the status from
+//! `grpc-status` and `grpc-message`, not from the HTTP status or a JSON body
+//! (which it would report as a protocol error), so a request whose
+//! `content-type` is `application/grpc*` is answered HTTP 200, trailers-only
+//! (the status in the response head, no body), with the code that says what
+//! happened: no endpoint, open breaker, full bulkhead → UNAVAILABLE, rate
+//! limited → RESOURCE_EXHAUSTED, timed out → DEADLINE_EXCEEDED, no route →
+//! UNIMPLEMENTED; others as gRPC maps HTTP statuses
+//! (doc/http-grpc-status-mapping.md in grpc/grpc).
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+use super::error::ProxyError;
+
+/// gRPC status codes Levee answers with.
+pub const UNKNOWN: u8 = 2;
+pub const DEADLINE_EXCEEDED: u8 = 4;
+pub const PERMISSION_DENIED: u8 = 7;
+pub const RESOURCE_EXHAUSTED: u8 = 8;
+pub const UNIMPLEMENTED: u8 = 12;
+pub const INTERNAL: u8 = 13;
+pub const UNAVAILABLE: u8 = 14;
+pub const UNAUTHENTICATED: u8 = 16;
+
+/// Whether the request is a gRPC call (`application/grpc`, `+proto`, `+json`...).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start();
+            v.len() >= 16
+                && v[..16].eq_ignore_ascii_case("application/grpc")
+                && matches!(v.as_bytes().get(16), None | Some(b'+' | b';'))
+        })
+}
+
+/// The gRPC status for Levee's error, answered with HTTP `status` to
+/// anything else.
+pub fn code(err: ProxyError, status: StatusCode) -> u8 {
+    match err {
+        ProxyError::NoRoute => UNIMPLEMENTED,
+        ProxyError::RateLimited => RESOURCE_EXHAUSTED,
+        ProxyError::UpstreamTimeout | ProxyError::QueueTimeout => DEADLINE_EXCEEDED,
+        ProxyError::NoEndpoint
+        | ProxyError::BreakerOpen
+        | ProxyError::BulkheadFull
+        | ProxyError::Shed
+        | ProxyError::Degraded
+        | ProxyError::UpstreamConnect
+        | ProxyError::UpstreamConnectTimeout
+        | ProxyError::UpstreamFailed => UNAVAILABLE,
+        _ => match status.as_u16() {
+            400 => INTERNAL,
+            401 => UNAUTHENTICATED,
+            403 => PERMISSION_DENIED,
+            404 => UNIMPLEMENTED,
+            429 | 502..=504 => UNAVAILABLE,
+            413 | 431 => RESOURCE_EXHAUSTED,
+            _ => UNKNOWN,
+        },
+    }
+}
+
+/// A trailers-only gRPC answer: HTTP 200, `grpc-status`, `grpc-message`
+/// (Levee's message, plain ASCII without `%`, so it needs no
+/// percent-encoding), the request id, and `retry-after` when the client
+/// may come back later.
+pub fn response(
+    err: ProxyError,
+    status: StatusCode,
+    request_id: &HeaderValue,
+    retry_after: Option<std::time::Duration>,
+    body: impl FnOnce(Bytes) -> ResponseBody,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(body(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(code(err, status))),
+    );
+    h.insert("grpc-message", HeaderValue::from_static(err.message()));
+    h.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(wait) = retry_after {
+        h.insert(header::RETRY_AFTER, super::error::retry_after_value(wait));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(v).expect("valid"),
+        );
+        h
+    }
+
+    #[test]
+    fn grpc_content_types_are_recognised() {
+        assert!(is_grpc(&with_type("application/grpc")));
+        assert!(is_grpc(&with_type("application/grpc+proto")));
+        assert!(is_grpc(&with_type("Application/GRPC+json")));
+        assert!(!is_grpc(&with_type("application/grpc-web")));
+        assert!(!is_grpc(&with_type("application/json")));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn levees_errors_map_to_the_codes_grpc_clients_act_on() {
+        let c = |e: ProxyError| code(e, e.status());
+        assert_eq!(c(ProxyError::NoEndpoint), UNAVAILABLE);
+        assert_eq!(c(ProxyError::BreakerOpen), UNAVAILABLE);
+        assert_eq!(c(ProxyError::UpstreamConnect), UNAVAILABLE);
+        assert_eq!(c(ProxyError::RateLimited), RESOURCE_EXHAUSTED);
+        assert_eq!(c(ProxyError::UpstreamTimeout), DEADLINE_EXCEEDED);
+        assert_eq!(c(ProxyError::NoRoute), UNIMPLEMENTED);
+        assert_eq!(c(ProxyError::BodyTooLarge), RESOURCE_EXHAUSTED);
+        assert_eq!(c(ProxyError::BadHost), INTERNAL);
+    }
+
+    #[test]
+    fn every_message_is_a_valid_grpc_message_as_is() {
+        use ProxyError::*;
+        for e in [
+            NoRoute,
+            NoEndpoint,
+            UpstreamConnect,
+            UpstreamConnectTimeout,
+            UpstreamTimeout,
+            UpstreamFailed,
+            BodyTooLarge,
+            HeadersTooLarge,
+            BadFraming,
+            ClientBody,
+            BreakerOpen,
+            BulkheadFull,
+            QueueTimeout,
+            Shed,
+            Degraded,
+            RateLimited,
+            BadHost,
+            ConnectRefused,
+        ] {
+            let m = e.message();
+            assert!(
+                m.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%'),
+                "{m}"
+            );
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! HTTP/2 from clients (h2c with prior knowledge, `[listeners.http2]`):
+//! every stream is a request through the whole pipeline, balanced per
+//! stream; the limits hold against abuse written as raw frames (rapid
+//! reset, CONTINUATION flood), each costing the offender its connection
+//! with GOAWAY ENHANCE_YOUR_CALM while other clients are served; idle
+//! connections and a shutdown end with GOAWAY after open streams finish.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ENABLED: &str = "http2 = { enabled = true }";
+
+fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// One HTTP/2 frame: 9-byte header (RFC 9113 §4.1) and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small frame");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// A GET / header block in HPACK from the static table only:
+/// `:method GET`, `:scheme http`, `:path /`, and `:authority` as a literal
+/// without indexing (RFC 7541 §6.2.2, name index 1).
+fn get_block() -> Vec<u8> {
+    let authority = b"localhost";
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, authority.len() as u8];
+    b.extend_from_slice(authority);
+    b
+}
+
+/// A raw HTTP/2 client connection: the preface and an empty SETTINGS sent.
+async fn raw_h2(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    s.write_all(&hello).await.expect("preface");
+    s
+}
+
+/// Reads frames until a GOAWAY (its error code) or the end of the
+/// connection (`None`), within `limit`.
+async fn read_goaway(s: &mut TcpStream, limit: Duration) -> Option<u32> {
+    let until = Instant::now() + limit;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let (kind, payload) = next_frame(s, left).await?;
+        if kind == GOAWAY && payload.len() >= 8 {
+            return Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+    }
+}
+
+/// The next frame's type and payload, within `limit`.
+async fn next_frame(s: &mut TcpStream, limit: Duration) -> Option<(u8, Vec<u8>)> {
+    let read = async {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((head[3], payload))
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()
+}
+
+/// Waits until a connection closed with ENHANCE_YOUR_CALM was counted (the
+/// GOAWAY reaches the client before the connection's end is counted).
+async fn calmed(levee: &Levee) -> bool {
+    wait_until_async(Duration::from_secs(10), || {
+        levee
+            .metric("levee_errors_total", &[("kind", "http2_enhance_your_calm")])
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await
+}
+
+/// `GET /` over HTTP/2 through `listen`: the status and the backend.
+async fn get_via(client: &reqwest::Client, listen: SocketAddr) -> (u16, String) {
+    let r = client
+        .get(format!("http://{listen}/"))
+        .send()
+        .await
+        .expect("request over HTTP/2");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let backend = r.headers()["x-backend"].to_str().unwrap_or("").to_owned();
+    (r.status().as_u16(), backend)
+}
+
+#[tokio::test]
+async fn streams_of_one_connection_are_balanced_and_counted_per_request() {
+    let backends = [
+        Backend::start("b1"),
+        Backend::start("b2"),
+        Backend::start("b3"),
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster_with("app", &addrs, &["balance = \"round_robin\""])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let client = h2_client();
+
+    // 300 requests, 30 at a time, all on the one connection reqwest keeps.
+    let mut answered = Vec::new();
+    for _ in 0..10 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..30 {
+            let client = client.clone();
+            batch.spawn(async move { get_via(&client, listen).await });
+        }
+        answered.extend(batch.join_all().await);
+    }
+    assert!(answered.iter().all(|(status, _)| *status == 200));
+    for b in &backends {
+        let n = answered.iter().filter(|(_, name)| name == b.name()).count();
+        assert!((90..=110).contains(&n), "{} answered {n} of 300", b.name());
+    }
+    // Per stream in the metrics, as for HTTP/1 requests.
+    let counted = levee
+        .metric("levee_requests_total", &[("route", "all")])
+        .unwrap_or(0.0);
+    assert_eq!(counted, 300.0);
+    // One client connection: the listener accepted one.
+    let accepted = levee
+        .metric("levee_connections_total", &[("listener", "main")])
+        .unwrap_or(0.0);
+    assert_eq!(accepted, 1.0);
+}
+
+#[tokio::test]
+async fn off_by_default_the_preface_is_answered_http_1_1_required() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(&ConfigBuilder::simple(listen, &[b.addr()]).build());
+    let mut s = raw_h2(listen).await;
+    assert_eq!(
+        read_goaway(&mut s, Duration::from_secs(10)).await,
+        Some(0xd)
+    );
+    assert_eq!(b.requests(), 0);
+    drop(levee);
+}
+
+#[tokio::test]
+async fn rapid_reset_costs_the_offender_its_connection_not_others_their_service() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    assert_eq!(get_via(&client, listen).await.0, 200);
+
+    // HEADERS then RST_STREAM(CANCEL) on stream after stream, written in
+    // batches without waiting for anything: at most 5000 streams.
+    let mut s = raw_h2(listen).await;
+    let block = get_block();
+    let started = Instant::now();
+    let mut sent = 0u32;
+    let mut closed = false;
+    'flood: for batch in 0..50u32 {
+        let mut bytes = Vec::new();
+        for i in 0..100u32 {
+            let id = 1 + 2 * (batch * 100 + i);
+            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+            bytes.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
+        }
+        if s.write_all(&bytes).await.is_err() {
+            closed = true;
+            break 'flood;
+        }
+        sent += 100;
+    }
+    let code = read_goaway(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(
+        code,
+        Some(ENHANCE_YOUR_CALM),
+        "after {sent} reset streams (write failed: {closed}) in {:?}",
+        started.elapsed()
+    );
+    // The offender is counted; another client is still served.
+    assert!(calmed(&levee).await, "the flood was not counted");
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    // Far fewer requests reached the backend than streams were opened.
+    assert!(b.requests() < 200, "{} reached the backend", b.requests());
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_cut_short_with_enhance_your_calm() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let mut s = raw_h2(listen).await;
+    // A header block that never ends: HEADERS without END_HEADERS, then up
+    // to 1000 CONTINUATION frames of 7 valid header fields each (`x-a:
+    // aaa…`, literal without indexing, 132 bytes), none the last.
+    let mut bytes = frame(HEADERS, END_STREAM, 1, &get_block());
+    let mut field = vec![0x00, 0x03, b'x', b'-', b'a', 126];
+    field.extend([b'a'; 126]);
+    let filler = field.repeat(7);
+    for _ in 0..1000 {
+        bytes.extend(frame(CONTINUATION, 0, 1, &filler));
+    }
+    // The server closes mid-write: the write may fail, the GOAWAY is read.
+    let _ = s.write_all(&bytes).await;
+    assert_eq!(
+        read_goaway(&mut s, Duration::from_secs(10)).await,
+        Some(ENHANCE_YOUR_CALM)
+    );
+    assert!(calmed(&levee).await, "the flood was not counted");
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_header_list_over_the_limit_is_refused_and_the_connection_serves_on() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with(
+            "main",
+            listen,
+            &["http2 = { enabled = true, max_header_list_size = \"4KiB\" }"],
+        )
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let _levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    let big = "x".repeat(8 * 1024);
+    let r = client
+        .get(format!("http://{listen}/"))
+        .header("x-big", big)
+        .send()
+        .await;
+    // Refused before the pipeline: 431 from the server or a stream error.
+    if let Ok(r) = r {
+        assert_eq!(r.status().as_u16(), 431);
+    }
+    assert_eq!(b.requests(), 0);
+    assert_eq!(get_via(&client, listen).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_connection_without_streams_gets_goaway_after_the_idle_timeout() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED, "idle_timeout = \"500ms\""])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let _levee = Levee::start(&cfg.build());
+    let mut s = raw_h2(listen).await;
+    let started = Instant::now();
+    // NO_ERROR: a graceful end, not a failure.
+    assert_eq!(read_goaway(&mut s, Duration::from_secs(10)).await, Some(0));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "GOAWAY after {took:?}"
+    );
+    // Then closed: the raw client never acknowledges, Levee does not wait
+    // for it for long.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_closed() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with(
+            "main",
+            listen,
+            &["http2 = { enabled = true, keepalive_interval = \"200ms\", keepalive_timeout = \"300ms\" }"],
+        )
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let mut s = raw_h2(listen).await;
+    // The raw client never answers PING: the connection ends (read to EOF).
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "still open after {:?}", started.elapsed());
+    assert!(
+        wait_until_async(Duration::from_secs(5), || levee
+            .metric("levee_errors_total", &[("kind", "http2_keepalive_timeout")])
+            .is_some_and(|n| n >= 1.0))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_open_streams_finish_and_refuses_new_ones() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let mut levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{listen}/?delay=1s"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    assert!(wait_until_async(Duration::from_secs(10), || b.in_flight() == 1).await);
+    // Another client, connected and idle, is told to go away at once.
+    let mut idle = raw_h2(listen).await;
+    assert!(
+        next_frame(&mut idle, Duration::from_secs(10))
+            .await
+            .map(|f| f.0)
+            == Some(SETTINGS),
+        "the server's preface"
+    );
+    assert!(levee.sigterm());
+    assert_eq!(
+        read_goaway(&mut idle, Duration::from_secs(10)).await,
+        Some(0)
+    );
+    let status = slow.await.expect("task");
+    assert_eq!(status.ok(), Some(200));
+    assert!(levee.wait_exit(Duration::from_secs(20)).is_some());
+}
+
+#[test]
+fn bad_http2_settings_are_refused_with_their_place() {
+    let cfg = ConfigBuilder::new()
+        .listener_with(
+            "main",
+            free_addr(),
+            &["http2 = { enabled = true, max_frame_size = 100 }"],
+        )
+        .cluster("app", &[free_addr()])
+        .route("all", "app");
+    let (code, _, err) = Levee::check(&cfg.build());
+    assert_ne!(code, 0);
+    assert!(err.contains("listeners[0].http2.max_frame_size"), "{err}");
+}
+
+/// `protocol = "h2c"`: requests go to the endpoints over HTTP/2,
+/// multiplexed on few connections, balanced per request.
+fn h2c_cluster(backends: &[Backend], listen: SocketAddr) -> Levee {
+    let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster_with(
+            "app",
+            &addrs,
+            &["balance = \"round_robin\"", "protocol = \"h2c\""],
+        )
+        .route("all", "app")
+        .set("server", "workers = 2");
+    Levee::start(&cfg.build())
+}
+
+#[tokio::test]
+async fn h2c_endpoints_are_multiplexed_and_balanced_per_request() {
+    let backends = [Backend::start("b1"), Backend::start("b2")];
+    let listen = free_addr();
+    let levee = h2c_cluster(&backends, listen);
+    // HTTP/1.1 clients in: each gets its own connection, the endpoints
+    // still see few.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        let mut batch = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let client = client.clone();
+            batch.spawn(async move {
+                let r = client
+                    .post(format!("http://{listen}/echo?delay=20ms"))
+                    .body(vec![b'x'; 1000 + i])
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(r.status().as_u16(), 200);
+                let bytes = r.bytes().await.expect("echo body");
+                let v: serde_json::Value = serde_json::from_slice(&bytes).expect("echo json");
+                assert_eq!(v["body_bytes"], 1000 + i as u64);
+                v
+            });
+        }
+        all.extend(batch.join_all().await);
+    }
+    assert!(
+        all.iter().all(|v| v["version"] == "HTTP/2.0"),
+        "{:?}",
+        all[0]
+    );
+    for b in &backends {
+        let n = all.iter().filter(|v| v["backend"] == b.name()).count();
+        assert_eq!(n, 50, "{} answered {n} of 100", b.name());
+        // At most one connection per worker while 20 streams fit on one.
+        assert!(
+            b.connections() <= 2,
+            "{} saw {} connections",
+            b.name(),
+            b.connections()
+        );
+    }
+    let reused = levee
+        .metric("levee_upstream_requests_total", &[("connection", "reused")])
+        .unwrap_or(0.0);
+    assert!(reused >= 90.0, "reused {reused}");
+}
+
+#[tokio::test]
+async fn h2_on_both_sides_passes_statuses_and_streams_bodies() {
+    let backends = [Backend::start("b1")];
+    let listen = free_addr();
+    let _levee = h2c_cluster(&backends, listen);
+    let client = h2_client();
+    let r = client
+        .get(format!("http://{listen}/status/503"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status().as_u16(), 503);
+    let r = client
+        .get(format!("http://{listen}/download?bytes=1000000"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.bytes().await.expect("body");
+    assert_eq!(body.len(), 1_000_000);
+    assert!(is_download_pattern(&body));
+    assert_eq!(
+        backends[0].last_request().map(|r| r.version),
+        Some("HTTP/2.0".into())
+    );
+}
+
+#[tokio::test]
+async fn levees_own_errors_to_grpc_calls_are_grpc_statuses() {
+    let (_refusing, refusing) = refusing_addr();
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[refusing])
+        .route_with("grpc", "app", &["path_prefix = \"/svc.Greeter\""]);
+    let _levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    let call = |path: &str, content_type: &str| {
+        client
+            .post(format!("http://{listen}{path}"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            // One empty gRPC message: not compressed, length 0.
+            .body(vec![0u8; 5])
+            .send()
+    };
+    // The endpoint refuses connections: UNAVAILABLE, trailers-only.
+    let r = call("/svc.Greeter/SayHello", "application/grpc")
+        .await
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/grpc");
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert!(r.headers().contains_key("grpc-message"));
+    assert!(r.bytes().await.expect("body").is_empty());
+    // No route: UNIMPLEMENTED.
+    let r = call("/other.Service/Method", "application/grpc+proto")
+        .await
+        .expect("an answer");
+    assert_eq!(r.headers()["grpc-status"], "12");
+    // Not gRPC: Levee's JSON error, as before.
+    let r = call("/svc.Greeter/SayHello", "application/octet-stream")
+        .await
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 502);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(!r.headers().contains_key("grpc-status"));
+}
