@@ -39,6 +39,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "header_timeout",
     "bad_host",
     "connect_refused",
+    "fault_injected",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`
@@ -177,7 +178,8 @@ mod tests {
             | E::Degraded
             | E::RateLimited
             | E::BadHost
-            | E::ConnectRefused => e.code(),
+            | E::ConnectRefused
+            | E::FaultAbort(_) => e.code(),
         };
         for e in [
             E::NoRoute,
@@ -198,6 +200,7 @@ mod tests {
             E::RateLimited,
             E::BadHost,
             E::ConnectRefused,
+            E::FaultAbort(503),
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");
         }

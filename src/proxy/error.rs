@@ -36,6 +36,8 @@ pub enum ProxyError {
     BadHost,
     /// `CONNECT`: Levee is not a forward proxy.
     ConnectRefused,
+    /// An injected fault (`chaos`) aborted the request with this status.
+    FaultAbort(u16),
 }
 
 impl ProxyError {
@@ -78,6 +80,9 @@ impl ProxyError {
             | ProxyError::Shed
             | ProxyError::Degraded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultAbort(s) => {
+                StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 
@@ -101,6 +106,7 @@ impl ProxyError {
             ProxyError::RateLimited => "rate_limited",
             ProxyError::BadHost => "bad_host",
             ProxyError::ConnectRefused => "connect_refused",
+            ProxyError::FaultAbort(_) => "fault_injected",
         }
     }
 
@@ -128,6 +134,7 @@ impl ProxyError {
             ProxyError::RateLimited => "too many requests; see Retry-After",
             ProxyError::BadHost => "an HTTP/1.1 request needs exactly one Host header",
             ProxyError::ConnectRefused => "CONNECT is not served here: this is a reverse proxy",
+            ProxyError::FaultAbort(_) => "a fault injected by the operator (chaos) answered this",
         }
     }
 
@@ -156,6 +163,7 @@ impl From<&upstream::Error> for ProxyError {
             upstream::Error::Connect(_) => ProxyError::UpstreamConnect,
             upstream::Error::TimedOut(_) => ProxyError::UpstreamTimeout,
             upstream::Error::RequestBody(b) => client_body(b),
+            upstream::Error::Injected(s) => ProxyError::FaultAbort(*s),
             upstream::Error::Send(_)
             | upstream::Error::Receive(_)
             | upstream::Error::Closed
