@@ -305,6 +305,9 @@ fn demo(listen: SocketAddr, admin: SocketAddr, backend_port: u16) -> ExitCode {
     );
     println!("  metrics: curl http://{admin}/metrics");
     println!("  status:  curl http://{admin}/status");
+    println!(
+        "  chaos:   levee chaos run examples/chaos/demo-slow-backend.toml --admin http://{admin}   # docs/chaos.md"
+    );
     println!("  stop:    Ctrl-C");
     let show = Box::new(move || {
         tokio::spawn(async move { levee::demo::show_spread(listen, 6).await });

@@ -477,3 +477,60 @@ abort = 500
     );
     assert_eq!(removed, Some(1.0));
 }
+
+#[test]
+fn a_reload_keeps_configured_faults_running_and_drops_removed_ones() {
+    let w = world();
+    let listen = free_addr();
+    let base = ConfigBuilder::simple(listen, &[w.backends[0].addr()])
+        .set("chaos", "enabled = true")
+        .build();
+    let fault = "\n[[faults]]\nname = \"cfg-slow\"\ncluster = \"app\"\npercent = 100\ndelay = \"100ms\"\nttl = \"1h\"\n";
+    let levee = Levee::start(&format!("{base}{fault}"));
+    let list = |l: &Levee| -> Vec<serde_json::Value> {
+        l.admin_get("/faults").unwrap().json().unwrap()["faults"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let first = list(&levee);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["origin"], "config");
+    let t = Instant::now();
+    assert_eq!(get_from(listen, "/x").status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(95),
+        "the configured delay acts"
+    );
+    let left = first[0]["ttl_remaining_seconds"].as_f64().unwrap();
+
+    // The same file again: the fault runs on, its ttl not restarted.
+    assert_eq!(levee.reload_via_admin(), 200);
+    let again = list(&levee);
+    assert_eq!(again.len(), 1);
+    assert!(again[0]["ttl_remaining_seconds"].as_f64().unwrap() < left);
+    let started = levee.metric(
+        "levee_fault_events_total",
+        &[("fault", "cfg-slow"), ("event", "started")],
+    );
+    assert_eq!(started, Some(1.0), "not started a second time");
+
+    // Out of the file: stopped by the reload.
+    levee.write_config(&base);
+    assert_eq!(levee.reload_via_admin(), 200);
+    assert!(list(&levee).is_empty());
+    let injections = || {
+        levee.metric(
+            "levee_fault_injections_total",
+            &[("fault", "cfg-slow"), ("effect", "delay")],
+        )
+    };
+    let before = injections();
+    assert_eq!(get_from(listen, "/x").status, 200);
+    assert_eq!(injections(), before, "no fault acts any more");
+}
+
+fn get_from(listen: SocketAddr, path: &str) -> HttpResponse {
+    http_request(listen, "GET", path, &[], b"", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}

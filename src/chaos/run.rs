@@ -684,3 +684,48 @@ pub fn cli(file: &Path, admin: &str, token: Option<String>, report_to: Option<&P
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_experiment_fits_the_demo() {
+        let path = Path::new("examples/chaos/demo-slow-backend.toml");
+        let text = include_str!("../../examples/chaos/demo-slow-backend.toml");
+        let plan = load(path, text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.hypothesis.route, "all");
+        assert_eq!(plan.fault_names, ["demo-slow-3"]);
+        // The fault is posted with a ttl, and the demo's Levee accepts it.
+        assert!(plan.faults.contains("ttl = \"20000ms\""), "{}", plan.faults);
+        let names: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:910{i}")).collect();
+        let demo = crate::config::demo_text("127.0.0.1:8080", "127.0.0.1:9900", &names);
+        let config = crate::config::parse(Path::new("<demo>"), &demo).unwrap();
+        assert!(config.chaos.enabled);
+        crate::config::chaos::parse_faults(Path::new("POST /faults"), &plan.faults, Some(&config))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn bad_experiments_are_refused_with_the_reason() {
+        let base = "name = \"x\"\nduration = \"5s\"\n[hypothesis]\nroute = \"api\"\nmax_p99 = \"300ms\"\n[[faults]]\nname = \"f\"\nroute = \"api\"\npercent = 10\nabort = 503\n";
+        assert!(load(Path::new("e.toml"), base).is_ok());
+        let refused = |text: &str| match load(Path::new("e.toml"), text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        };
+        let e = refused(&base.replace("max_p99 = \"300ms\"\n", ""));
+        assert!(e.contains("state the steady state"), "{e}");
+        let e = refused(&format!("check_every = \"2s\"\n{base}"));
+        assert!(e.starts_with("e.toml: check_every:"), "{e}");
+        let e = refused(&base.replace("percent = 10", "percent = 150"));
+        assert!(
+            e.contains("faults[0].percent: 150 is not a percentage"),
+            "{e}"
+        );
+        let e = refused(&format!("{base}[load]\nurl = \"ftp://x/\"\nrate = 5\n"));
+        assert!(e.contains("load.url"), "{e}");
+        let e = refused(&format!("bogus = 1\n{base}"));
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+}
