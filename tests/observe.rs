@@ -761,6 +761,9 @@ fn admin_404_lists_every_endpoint() {
             "PUT /degradation",
             "POST /clusters/{cluster}/endpoints/{ip:port}/drain",
             "POST /clusters/{cluster}/endpoints/{ip:port}/undrain",
+            "GET /faults",
+            "POST /faults",
+            "DELETE /faults/{name}",
         ]
     );
     assert!(
