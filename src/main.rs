@@ -115,7 +115,8 @@ enum ChaosCommand {
     /// faults (each with a ttl), check the hypothesis at every sample and
     /// remove the faults at once when it breaks, then check recovery. Prints
     /// a Markdown report; exits 0 if the hypothesis held throughout, 1 if
-    /// not, 2 if the experiment could not run. The fault needs
+    /// not, 2 if the experiment could not run (nothing injected: a bad
+    /// file, no such route, or no steady state to start from). The fault needs
     /// `[chaos] enabled = true` in the Levee's configuration.
     Run {
         /// The experiment (TOML: name, duration, [hypothesis], [[faults]],

@@ -534,3 +534,44 @@ fn get_from(listen: SocketAddr, path: &str) -> HttpResponse {
     http_request(listen, "GET", path, &[], b"", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
+
+#[test]
+fn an_experiment_without_a_steady_state_injects_nothing() {
+    let w = world();
+    // p99 ≤ 1 ms cannot hold over real sockets: refused after the baseline.
+    let body = format!(
+        r#"
+name = "impossible"
+baseline = "1s"
+duration = "10s"
+
+[hypothesis]
+route = "trigger"
+max_p99 = "1ms"
+min_requests = 10
+
+[load]
+url = "http://{listen}/trigger/x"
+rate = 40
+
+[[faults]]
+name = "never"
+route = "trigger"
+percent = 100
+abort = 500
+"#,
+        listen = w.listen
+    );
+    let (code, out, report) = run_experiment(w, "impossible", &body);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(report["verdict"]["result"], "refused", "{out}");
+    let why = report["verdict"]["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("the steady state does not hold before any fault: p99"),
+        "{why}"
+    );
+    let started = w
+        .levee
+        .metric("levee_fault_events_total", &[("fault", "never")]);
+    assert_eq!(started, None, "nothing was injected");
+}

@@ -375,6 +375,9 @@ pub struct Report {
     pub json: serde_json::Value,
     pub markdown: String,
     pub passed: bool,
+    /// Nothing was injected (the steady state did not hold, or the faults
+    /// were refused).
+    pub refused: bool,
 }
 
 /// Runs the experiment against the Levee at `admin`; `log` gets a line per
@@ -400,6 +403,7 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
         plan.schedule.baseline, plan.hypothesis.route
     ));
     let mut injected = false;
+    let mut ever_injected = false;
     let mut injections: Vec<(String, u64, Vec<String>)> = Vec::new();
     let mut ticks = tokio::time::interval(plan.check_every);
     let mut failure = None;
@@ -441,6 +445,7 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
                     break;
                 }
                 injected = true;
+                ever_injected = true;
                 log(&format!(
                     "injecting {} for {:?}",
                     plan.fault_names.join(", "),
@@ -469,6 +474,8 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
     }
     let _ = stop_tx.send(true);
     let verdict = match (failure, exp.verdict.clone()) {
+        // Nothing was injected: the experiment did not take place.
+        (Some(why), _) if !ever_injected => Verdict::Refused { why },
         (Some(why), _) => Verdict::Aborted {
             why,
             after_seconds: 0.0,
@@ -562,6 +569,7 @@ fn report(
         phase(Phase::Recovery),
     );
     let passed = verdict == Verdict::Passed;
+    let refused = matches!(verdict, Verdict::Refused { .. });
     let json = json!({
         "experiment": plan.name,
         "started": crate::observe::access_log::rfc3339_millis(started),
@@ -631,10 +639,12 @@ fn report(
         json,
         markdown: md,
         passed,
+        refused,
     }
 }
 
-/// `levee chaos run`: the exit code (0 passed, 1 failed, 2 could not run).
+/// `levee chaos run`: the exit code (0 passed, 1 failed, 2 could not run:
+/// nothing was injected).
 pub fn cli(file: &Path, admin: &str, token: Option<String>, report_to: Option<&Path>) -> u8 {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -676,7 +686,11 @@ pub fn cli(file: &Path, admin: &str, token: Option<String>, report_to: Option<&P
                     return 2;
                 }
             }
-            if r.passed { 0 } else { 1 }
+            match (r.passed, r.refused) {
+                (true, _) => 0,
+                (false, true) => 2,
+                (false, false) => 1,
+            }
         }
         Err(e) => {
             eprintln!("levee chaos: {e}");
