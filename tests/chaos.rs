@@ -27,6 +27,10 @@ struct World {
     /// The only endpoint of route `api`'s cluster, so that what it got is
     /// known whatever the other tests do.
     solo: Backend,
+    /// The latency-aware cluster's own three: live endpoint state (the
+    /// latency estimate) is per address, and the round-robin experiment
+    /// running beside it slows the shared ones.
+    aware: [Backend; 3],
 }
 
 fn world() -> &'static World {
@@ -35,6 +39,8 @@ fn world() -> &'static World {
         let backends = [Backend::start("b1"), Backend::start("b2"), Backend::start("b3")];
         let all: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
         let solo = Backend::start("solo");
+        let aware_backends = [Backend::start("a1"), Backend::start("a2"), Backend::start("a3")];
+        let aware_addrs: Vec<SocketAddr> = aware_backends.iter().map(Backend::addr).collect();
         let listen = free_addr();
         let plain = ["outlier_detection = { enabled = false }"];
         // Retries on 503 and resets, so that an injected failure on one
@@ -58,7 +64,7 @@ fn world() -> &'static World {
             .cluster_with("retrying", &all[..2], &retrying)
             .cluster_with("trigger", &all[..1], &plain)
             .cluster_with("rr", &all, &plain)
-            .cluster_with("aware", &all, &aware)
+            .cluster_with("aware", &aware_addrs, &aware)
             .cluster_with("errs", &all, &plain)
             .route_with("api", "app", &[&path("api")])
             .route_with("retrying", "retrying", &[&path("retrying")])
@@ -72,6 +78,7 @@ fn world() -> &'static World {
             listen,
             backends,
             solo,
+            aware: aware_backends,
         }
     })
 }
@@ -331,7 +338,7 @@ fn run_experiment(w: &World, name: &str, body: &str) -> (i32, String, serde_json
 }
 
 /// "One of three endpoints gets +500 ms", shortened, on route `route`.
-fn slow_endpoint_experiment(w: &World, route: &str) -> String {
+fn slow_endpoint_experiment(w: &World, route: &str, slow: SocketAddr) -> String {
     format!(
         r#"
 name = "one-slow-endpoint-{route}"
@@ -358,14 +365,24 @@ percent = 100
 delay = "500ms"
 "#,
         listen = w.listen,
-        b3 = w.backends[2].addr()
+        b3 = slow
     )
 }
 
 #[test]
 fn a_latency_aware_cluster_passes_the_slow_endpoint_experiment() {
     let w = world();
-    let (code, out, report) = run_experiment(w, "aware", &slow_endpoint_experiment(w, "aware"));
+    // The instance that turns sick is the fastest one: the balancer sends
+    // it most of the traffic when the fault begins (a peak-EWMA balancer
+    // never picks the costliest of three, so a sick instance that was
+    // already the slowest would be hit by nothing).
+    w.aware[0].set_delay(Duration::from_millis(20));
+    w.aware[1].set_delay(Duration::from_millis(20));
+    let (code, out, report) = run_experiment(
+        w,
+        "aware",
+        &slow_endpoint_experiment(w, "aware", w.aware[2].addr()),
+    );
     assert_eq!(report["verdict"]["result"], "passed", "{out}");
     assert_eq!(code, 0, "{out}");
     // The fault did act: requests to b3 were slowed, and the report says so.
@@ -385,7 +402,11 @@ fn a_latency_aware_cluster_passes_the_slow_endpoint_experiment() {
 #[test]
 fn round_robin_fails_the_slow_endpoint_experiment() {
     let w = world();
-    let (code, out, report) = run_experiment(w, "rr", &slow_endpoint_experiment(w, "rr"));
+    let (code, out, report) = run_experiment(
+        w,
+        "rr",
+        &slow_endpoint_experiment(w, "rr", w.backends[2].addr()),
+    );
     assert_eq!(code, 1, "{out}");
     assert_eq!(report["verdict"]["result"], "aborted", "{out}");
     let why = report["verdict"]["why"].as_str().unwrap();
