@@ -14,8 +14,11 @@
 //!    `min_requests` requests, the experiment is aborted: the faults come
 //!    out at once;
 //! 3. **recovery** (`recovery` long, after the faults are out): the
-//!    hypothesis must hold again over it, or the verdict says the system
-//!    did not recover.
+//!    hypothesis must hold again, or the verdict says the system did not
+//!    recover. It is measured from a settling time after the removal (1 s,
+//!    or half the recovery if that is shorter): requests in flight when the
+//!    faults came out still finish with their injected delay, and belong to
+//!    the fault, not to the recovery.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -140,7 +143,12 @@ pub struct Experiment {
     pub phases: Vec<(Phase, Slis)>,
     pub timeline: Vec<Point>,
     pub verdict: Option<Verdict>,
+    /// Whether the recovery's measurement has started (after settling).
+    settled: bool,
 }
+
+/// How long after the faults come out the recovery starts to be measured.
+const SETTLE: Duration = Duration::from_secs(1);
 
 impl Experiment {
     pub fn new(hypothesis: Hypothesis, schedule: Schedule, now: Instant) -> Experiment {
@@ -154,6 +162,7 @@ impl Experiment {
             phases: Vec::new(),
             timeline: Vec::new(),
             verdict: None,
+            settled: false,
         }
     }
 
@@ -257,6 +266,14 @@ impl Experiment {
                     Action::Wait
                 }
             }
+            Phase::Recovery
+                if !self.settled && in_phase >= SETTLE.min(self.schedule.recovery / 2) =>
+            {
+                // From here on, what the route does is its recovery.
+                self.settled = true;
+                self.phase_start.1 = Some(sample);
+                Action::Wait
+            }
             Phase::Recovery if in_phase >= self.schedule.recovery => {
                 let whole = self.whole_phase(&sample);
                 if self.verdict.is_none() {
@@ -353,7 +370,12 @@ mod tests {
         assert_eq!(e.verdict, Some(Verdict::Passed));
         let phases: Vec<Phase> = e.phases.iter().map(|p| p.0).collect();
         assert_eq!(phases, [Phase::Baseline, Phase::Injecting, Phase::Recovery]);
-        assert!(e.phases.iter().all(|p| p.1.requests >= 175));
+        let requests: Vec<u64> = e.phases.iter().map(|p| p.1.requests).collect();
+        // The recovery is measured after its first second (settling).
+        assert!(
+            requests[0] >= 175 && requests[1] >= 975 && (75..=125).contains(&requests[2]),
+            "{requests:?}"
+        );
     }
 
     #[test]
