@@ -8,12 +8,16 @@
 //! `metrics` the counters. `experiment` is the experiment's core (the
 //! hypothesis checked on samples, the phases, the verdict), `sli` reads the
 //! samples from Levee's `/metrics`, and `run` is the async shell behind
-//! `levee chaos run`.
+//! `levee chaos run`, with the experiment file (`plan`), the open-loop load
+//! (`load`) and the report (`report`).
 
 pub mod experiment;
 pub mod fault;
 pub mod inject;
 pub mod live;
+pub mod load;
 pub mod metrics;
+pub mod plan;
+pub mod report;
 pub mod run;
 pub mod sli;
