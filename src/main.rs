@@ -23,8 +23,10 @@ use levee::server::Server;
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
 /// (/status, /metrics, /availability, POST /reload, PUT /degradation, draining
-/// endpoints) and the signals are in docs/operations.md; `levee availability`
-/// and the single-point-of-failure report in docs/availability.md.
+/// endpoints, faults) and the signals are in docs/operations.md; `levee
+/// availability` and the single-point-of-failure report in
+/// docs/availability.md; fault injection and `levee chaos run` in
+/// docs/chaos.md.
 #[derive(Parser)]
 #[command(name = "levee", version, about, long_about)]
 struct Cli {
@@ -100,6 +102,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Chaos experiments against a running Levee (docs/chaos.md).
+    Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// Run an experiment file through the admin API: check the steady-state
+    /// hypothesis over a baseline (refuse if it does not hold), post the
+    /// faults (each with a ttl), check the hypothesis at every sample and
+    /// remove the faults at once when it breaks, then check recovery. Prints
+    /// a Markdown report; exits 0 if the hypothesis held throughout, 1 if
+    /// not, 2 if the experiment could not run (nothing injected: a bad
+    /// file, no such route, or no steady state to start from). The fault needs
+    /// `[chaos] enabled = true` in the Levee's configuration.
+    Run {
+        /// The experiment (TOML: name, duration, [hypothesis], [[faults]],
+        /// optional [load]).
+        file: PathBuf,
+        /// The admin API of the Levee under test.
+        #[arg(long, default_value = "http://127.0.0.1:9900", value_name = "URL")]
+        admin: String,
+        /// The admin token (admin.token), if one is set; or the
+        /// LEVEE_ADMIN_TOKEN environment variable.
+        #[arg(long)]
+        token: Option<String>,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +153,7 @@ fn main() -> ExitCode {
             admin,
             backend_port,
         } => demo(listen, admin, backend_port),
+        Command::Chaos { command } => chaos(command),
         Command::Availability {
             expression,
             parts,
@@ -147,6 +182,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn chaos(command: ChaosCommand) -> ExitCode {
+    let ChaosCommand::Run {
+        file,
+        admin,
+        token,
+        report,
+    } = command;
+    ExitCode::from(levee::chaos::run::cli(
+        &file,
+        &admin,
+        token,
+        report.as_deref(),
+    ))
 }
 
 fn init_logging() {
@@ -257,6 +307,9 @@ fn demo(listen: SocketAddr, admin: SocketAddr, backend_port: u16) -> ExitCode {
     );
     println!("  metrics: curl http://{admin}/metrics");
     println!("  status:  curl http://{admin}/status");
+    println!(
+        "  chaos:   levee chaos run examples/chaos/demo-slow-backend.toml --admin http://{admin}   # docs/chaos.md"
+    );
     println!("  stop:    Ctrl-C");
     let show = Box::new(move || {
         tokio::spawn(async move { levee::demo::show_spread(listen, 6).await });

@@ -30,6 +30,8 @@ pub struct Shared {
     pub started: (std::time::SystemTime, std::time::Instant),
     /// The last reload, for `/status`.
     pub last_reload: std::sync::Mutex<Option<LastReload>>,
+    /// Injected faults in force (`chaos`), from the config and the admin API.
+    pub faults: crate::chaos::live::Faults,
 }
 
 /// What `/status` says about the last reload.
@@ -57,6 +59,8 @@ impl Shared {
         };
         let service_level = crate::service_level::ServiceLevel::new(&config.degradation);
         let rate_limits = crate::ratelimit::rules::Registry::default();
+        let faults = crate::chaos::live::Faults::default();
+        faults.configure(&config, std::time::Instant::now(), &metrics.chaos);
         let snapshot = Snapshot::build(config, &live, &rate_limits, &metrics, true);
         let id_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -73,6 +77,7 @@ impl Shared {
             rate_limits,
             started: (std::time::SystemTime::now(), std::time::Instant::now()),
             last_reload: std::sync::Mutex::new(None),
+            faults,
         })
     }
 
@@ -94,6 +99,8 @@ impl Shared {
 
     /// Swaps in a snapshot built from an already validated config.
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
+        self.faults
+            .configure(&config, std::time::Instant::now(), &self.metrics.chaos);
         let snapshot = Arc::new(Snapshot::build(
             config,
             &self.live,

@@ -19,6 +19,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+mod faults;
+
 use crate::observe::access_log::rfc3339_millis;
 use crate::shared::Shared;
 
@@ -38,6 +40,9 @@ pub const ENDPOINTS: &[&str] = &[
     "PUT /degradation",
     "POST /clusters/{cluster}/endpoints/{ip:port}/drain",
     "POST /clusters/{cluster}/endpoints/{ip:port}/undrain",
+    "GET /faults",
+    "POST /faults",
+    "DELETE /faults/{name}",
 ];
 
 /// Whether the request carries the admin token.
@@ -160,7 +165,10 @@ async fn route(
         {
             drain(p, shared)
         }
-        (_, "/metrics" | "/status" | "/reload" | "/degradation") => reply_json(
+        (&Method::GET, "/faults") => faults::list(shared),
+        (&Method::POST, "/faults") => faults::post(req, shared).await,
+        (&Method::DELETE, p) if p.starts_with("/faults/") => faults::delete(p, shared),
+        (_, "/metrics" | "/status" | "/reload" | "/degradation" | "/faults") => reply_json(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method_not_allowed", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
         ),

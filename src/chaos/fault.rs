@@ -199,8 +199,8 @@ pub struct RequestFacts<'a> {
     /// The TCP peer (not a forwarded address: the trigger must come from a
     /// trusted machine, not claim to).
     pub peer: IpAddr,
-    /// Whether the request carries the trigger header.
-    pub has_trigger: bool,
+    /// The request's headers, for the trigger header.
+    pub headers: &'a http::HeaderMap,
     /// The client key for the subset (client IP bytes, or a header's value).
     pub client_key: &'a [u8],
 }
@@ -209,7 +209,7 @@ impl Selector {
     /// Whether the request is hit, given its random `draw`.
     pub fn selects(&self, req: &RequestFacts, draw: u64) -> bool {
         if let Some(t) = &self.trigger
-            && req.has_trigger
+            && req.headers.contains_key(t.header.as_str())
             && t.trusted.iter().any(|c| c.contains(req.peer))
         {
             return true;
@@ -249,6 +249,27 @@ pub enum Event {
     Removed {
         name: String,
     },
+}
+
+impl Event {
+    pub fn name(&self) -> &str {
+        match self {
+            Event::Started { name }
+            | Event::Replaced { name }
+            | Event::Expired { name }
+            | Event::Removed { name } => name,
+        }
+    }
+
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::Replaced { .. } => "replaced",
+            Event::Expired { .. } => "expired",
+            Event::Removed { .. } => "removed",
+        }
+    }
 }
 
 struct Active {
@@ -311,6 +332,19 @@ impl FaultSet {
             .map(|a| &a.fault)
     }
 
+    /// The names of every fault in the set, expired or not.
+    pub fn active_names(&self) -> impl Iterator<Item = &str> {
+        self.active.iter().map(|a| a.fault.name.as_str())
+    }
+
+    /// The fault of this name, expired or not.
+    pub fn get(&self, name: &str) -> Option<&Fault> {
+        self.active
+            .iter()
+            .find(|a| a.fault.name == name)
+            .map(|a| &a.fault)
+    }
+
     /// Time left of a fault, `None` when it has no TTL or does not exist.
     pub fn remaining(&self, name: &str, now: Instant) -> Option<Duration> {
         self.active
@@ -359,9 +393,13 @@ mod tests {
     }
 
     fn facts(peer: &str, has_trigger: bool, key: &'static [u8]) -> RequestFacts<'static> {
+        let mut headers = http::HeaderMap::new();
+        if has_trigger {
+            headers.insert("x-levee-fault", http::HeaderValue::from_static("1"));
+        }
         RequestFacts {
             peer: peer.parse().unwrap(),
-            has_trigger,
+            headers: Box::leak(Box::new(headers)),
             client_key: key,
         }
     }
@@ -477,7 +515,7 @@ mod tests {
                 s.selects(
                     &RequestFacts {
                         peer: "10.0.0.1".parse().unwrap(),
-                        has_trigger: false,
+                        headers: &http::HeaderMap::new(),
                         client_key: k.as_bytes(),
                     },
                     0,
@@ -491,7 +529,7 @@ mod tests {
             let again = s.selects(
                 &RequestFacts {
                     peer: "10.0.0.1".parse().unwrap(),
-                    has_trigger: false,
+                    headers: &http::HeaderMap::new(),
                     client_key: k.as_bytes(),
                 },
                 draw(0.99),

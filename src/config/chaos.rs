@@ -1,10 +1,13 @@
-//! `[[faults]]`: fault injection as configured (see `chaos::fault` for what
-//! each setting does). Not yet part of `Config`: `parse_faults` reads a
-//! document of `[[faults]]` with the same file:line:column errors, and
-//! `check` is what `validate::check` will call once the faults are wired
-//! into the request path.
+//! `[chaos]` and `[[faults]]`: fault injection as configured (see
+//! `chaos::fault` for what each setting does). Faults are off unless
+//! `chaos.enabled = true`, and every fault has a `ttl`: none stays on by
+//! accident. `parse_faults` reads a document of `[[faults]]` alone (what
+//! `POST /faults` takes) with the same file:line:column errors.
 //!
 //! ```toml
+//! [chaos]
+//! enabled = true                   # off by default: no fault applies
+//!
 //! [[faults]]
 //! name = "slow-b3"
 //! cluster = "app"
@@ -18,8 +21,12 @@
 //! header = "x-levee-fault"         # hits any request carrying it ...
 //! trusted_sources = ["10.0.0.0/8"] # ... from these peers only (required with header)
 //! clients_percent = 5              # only this stable share of client IPs
-//! ttl = "60s"                      # removes itself after this long
+//! ttl = "60s"                      # removes itself after this long (required)
 //! ```
+//!
+//! `reset` acts on a try (a `cluster` target); a route's fault acts before
+//! any try, so it may delay or abort. `truncate_after`, `bandwidth` and
+//! `slow_headers` are read but refused for now: they are not applied yet.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -33,6 +40,16 @@ use super::validate::{Invalid, check_name, invalid, list};
 use super::value::{ByteSize, Duration};
 use super::{Config, ConfigError};
 use crate::chaos::fault::{Delay, Effects, Fault, Outcome, Selector, Subset, Target, Trigger};
+
+/// `[chaos]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    /// Whether faults may be injected at all (from the configuration or
+    /// `POST /faults`). Off by default: a production proxy never injects
+    /// a fault unless its operator said so in the file.
+    pub enabled: bool,
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -74,8 +91,9 @@ pub struct FaultConfig {
     pub trusted_sources: Vec<Spanned<String>>,
     #[serde(default)]
     pub clients_percent: Option<Spanned<f64>>,
-    #[serde(default)]
-    pub ttl: Option<Spanned<Duration>>,
+    /// Removes itself this long after it started. Required: a fault that
+    /// outlives the experiment (or the operator's attention) is an outage.
+    pub ttl: Spanned<Duration>,
 }
 
 /// A document of faults only (`[[faults]]` tables).
@@ -146,17 +164,29 @@ pub(super) fn check(faults: &[FaultConfig], config: Option<&Config>) -> Result<(
                 .parse::<Cidr>()
                 .map_err(|m| invalid(s.span(), key(&format!("trusted_sources[{j}]")), m))?;
         }
-        if let Some(ttl) = &f.ttl
-            && ttl.get_ref().get().is_zero()
-        {
+        if f.ttl.get_ref().get().is_zero() {
             return Err(invalid(
-                ttl.span(),
+                f.ttl.span(),
                 key("ttl"),
-                "a ttl of 0 would remove the fault at once; omit it to keep the fault until removed",
+                "a ttl of 0 would remove the fault at once",
             ));
         }
     }
     Ok(())
+}
+
+/// The `[chaos]` switch and the configuration's `[[faults]]`.
+pub(super) fn check_config(config: &Config) -> Result<(), Invalid> {
+    if let Some(f) = config.faults.first()
+        && !config.chaos.enabled
+    {
+        return Err(invalid(
+            f.name.span(),
+            "faults[0].name".into(),
+            "fault injection is off; set `enabled = true` under [chaos] to allow faults",
+        ));
+    }
+    check(&config.faults, Some(config))
 }
 
 fn check_target(
@@ -286,6 +316,15 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
             ),
         ));
     }
+    if f.route.is_some()
+        && let Some((k, span)) = outcomes.iter().find(|(k, _)| *k != "abort")
+    {
+        return Err(invalid(
+            span.clone(),
+            key(k),
+            "a route's fault acts before any try: it may delay or abort; put reset on a cluster",
+        ));
+    }
     if let Some(b) = &f.bandwidth
         && b.get_ref().0 == 0
     {
@@ -294,6 +333,24 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
             key("bandwidth"),
             "a bandwidth of 0 would stall every response; use reset = true for that",
         ));
+    }
+    // Read (so that a file written for a later Levee gives a precise
+    // error), but not applied by this one: refused rather than ignored.
+    for (k, span) in [
+        ("bandwidth", f.bandwidth.as_ref().map(Spanned::span)),
+        ("slow_headers", f.slow_headers.as_ref().map(Spanned::span)),
+        (
+            "truncate_after",
+            f.truncate_after.as_ref().map(Spanned::span),
+        ),
+    ] {
+        if let Some(span) = span {
+            return Err(invalid(
+                span,
+                key(k),
+                format!("{k} is not applied by this version of Levee; use delay, abort or reset"),
+            ));
+        }
     }
     let does_something = f.delay.is_some()
         || f.delay_distribution.is_some()
@@ -402,7 +459,7 @@ pub fn build(f: &FaultConfig) -> Fault {
                     .collect(),
             }),
         },
-        ttl: f.ttl.as_ref().map(|t| t.get_ref().get()),
+        ttl: Some(f.ttl.get_ref().get()),
         name,
     }
 }
@@ -487,8 +544,6 @@ percent = 10
 delay = "500ms"
 delay_jitter = "100ms"
 abort = 503
-bandwidth = "64KiB"
-slow_headers = "2s"
 header = "x-Levee-Fault"
 trusted_sources = ["10.0.0.0/8", "::1"]
 clients_percent = 5.5
@@ -511,8 +566,7 @@ ttl = "60s"
             })
         );
         assert_eq!(f.effects.outcome, Outcome::Abort(503));
-        assert_eq!(f.effects.bandwidth, Some(65_536));
-        assert_eq!(f.effects.slow_headers, Some(StdDuration::from_secs(2)));
+        assert_eq!(f.effects.bandwidth, None);
         assert_eq!(f.selector.percent, 10.0);
         assert_eq!(f.selector.subset.as_ref().map(|s| s.percent), Some(5.5));
         let trigger = f.selector.trigger.as_ref().unwrap();
@@ -529,18 +583,14 @@ name = "tail"
 route = "api"
 percent = 100
 delay_distribution = { p50 = "20ms", p99 = "500ms", "p99.9" = "1s" }
-
-[[faults]]
-name = "cut"
-cluster = "app"
-percent = 1
-truncate_after = "1KiB"
+ttl = "1h"
 
 [[faults]]
 name = "rst"
 cluster = "app"
 percent = 0.5
 reset = true
+ttl = "60s"
 "#;
         let faults: Vec<Fault> = parse(text).unwrap().iter().map(build).collect();
         assert_eq!(
@@ -552,68 +602,76 @@ reset = true
             ]))
         );
         assert_eq!(faults[0].target, Target::Route("api".into()));
-        assert_eq!(faults[1].effects.outcome, Outcome::Truncate(1024));
-        assert_eq!(faults[2].effects.outcome, Outcome::Reset);
-        assert_eq!(faults[2].selector.percent, 0.5);
+        assert_eq!(faults[1].effects.outcome, Outcome::Reset);
+        assert_eq!(faults[1].selector.percent, 0.5);
+        assert_eq!(faults[1].ttl, Some(StdDuration::from_secs(60)));
     }
 
     #[test]
     fn a_percentage_outside_0_to_100_is_refused_with_its_position() {
-        let e =
-            refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 150\nabort = 503\n");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"app\"\npercent = 150\nabort = 503\n",
+        );
         assert_eq!(
             e,
-            "faults.toml:4:11: faults[0].percent: 150 is not a percentage; use 0 to 100"
+            "faults.toml:5:11: faults[0].percent: 150 is not a percentage; use 0 to 100"
         );
-        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = -1\nabort = 503\n");
-        assert!(e.starts_with("faults.toml:4:11: faults[0].percent:"), "{e}");
         let e = refused(
-            "[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 5\nclients_percent = 101\nabort = 503\n",
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"app\"\npercent = -1\nabort = 503\n",
+        );
+        assert!(e.starts_with("faults.toml:5:11: faults[0].percent:"), "{e}");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"app\"\npercent = 5\nclients_percent = 101\nabort = 503\n",
         );
         assert!(
-            e.starts_with("faults.toml:5:19: faults[0].clients_percent:"),
+            e.starts_with("faults.toml:6:19: faults[0].clients_percent:"),
             "{e}"
         );
-        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\nabort = 503\n");
+        let e =
+            refused("[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"app\"\nabort = 503\n");
         assert!(e.contains("missing field `percent`"), "{e}");
     }
 
     #[test]
     fn targets_must_exist() {
-        let e = refused("[[faults]]\nname = \"f\"\nroute = \"nope\"\npercent = 5\nabort = 503\n");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\nroute = \"nope\"\npercent = 5\nabort = 503\n",
+        );
         assert!(
             e.starts_with(
-                "faults.toml:3:9: faults[0].route: no route named \"nope\"; routes: \"api\""
+                "faults.toml:4:9: faults[0].route: no route named \"nope\"; routes: \"api\""
             ),
             "{e}"
         );
-        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"db\"\npercent = 5\nabort = 503\n");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"db\"\npercent = 5\nabort = 503\n",
+        );
         assert!(
             e.contains("faults[0].cluster: no cluster named \"db\""),
             "{e}"
         );
         let e = refused(
-            "[[faults]]\nname = \"f\"\ncluster = \"app\"\nendpoint = \"127.0.0.1:1\"\npercent = 5\nabort = 503\n",
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"app\"\nendpoint = \"127.0.0.1:1\"\npercent = 5\nabort = 503\n",
         );
         assert!(
             e.contains("faults[0].endpoint: cluster \"app\" has no endpoint 127.0.0.1:1"),
             "{e}"
         );
-        let e = refused("[[faults]]\nname = \"f\"\npercent = 5\nabort = 503\n");
+        let e = refused("[[faults]]\nname = \"f\"\nttl = \"60s\"\npercent = 5\nabort = 503\n");
         assert!(e.contains("needs a target"), "{e}");
         let e = refused(
-            "[[faults]]\nname = \"f\"\nroute = \"api\"\ncluster = \"app\"\npercent = 5\nabort = 503\n",
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\nroute = \"api\"\ncluster = \"app\"\npercent = 5\nabort = 503\n",
         );
         assert!(e.contains("not both"), "{e}");
         let e = refused(
-            "[[faults]]\nname = \"f\"\nroute = \"api\"\nendpoint = \"127.0.0.1:9001\"\npercent = 5\nabort = 503\n",
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\nroute = \"api\"\nendpoint = \"127.0.0.1:9001\"\npercent = 5\nabort = 503\n",
         );
         assert!(e.contains("set `cluster`, not `route`"), "{e}");
         // Without a config, existence is not checked (an operator's file
         // checked before the proxy's config is known).
         let ok = parse_faults(
             Path::new("f.toml"),
-            "[[faults]]\nname = \"f\"\nroute = \"any\"\npercent = 5\nabort = 503\n",
+            "[[faults]]\nname = \"f\"\nttl = \"60s\"\nroute = \"any\"\npercent = 5\nabort = 503\n",
             None,
         );
         assert!(ok.is_ok(), "{ok:?}");
@@ -621,7 +679,7 @@ reset = true
 
     #[test]
     fn effects_are_checked() {
-        let base = "[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 5\n";
+        let base = "[[faults]]\nname = \"f\"\nttl = \"60s\"\ncluster = \"app\"\npercent = 5\n";
         let cases = [
             ("", "faults[0].name: the fault does nothing"),
             (
@@ -670,7 +728,18 @@ reset = true
                 "abort = 503\nheader = \"x-fault\"\ntrusted_sources = [\"10.0.0.0/40\"]\n",
                 "faults[0].trusted_sources[0]:",
             ),
-            ("abort = 503\nttl = \"0s\"\n", "faults[0].ttl: a ttl of 0"),
+            (
+                "bandwidth = \"1KiB\"\n",
+                "faults[0].bandwidth: bandwidth is not applied by this version",
+            ),
+            (
+                "slow_headers = \"1s\"\n",
+                "faults[0].slow_headers: slow_headers is not applied",
+            ),
+            (
+                "truncate_after = \"1KiB\"\n",
+                "faults[0].truncate_after: truncate_after is not applied",
+            ),
             ("abort = 503\nblast = 5\n", "unknown field `blast`"),
         ];
         for (extra, want) in cases {
@@ -678,6 +747,19 @@ reset = true
             assert!(e.starts_with("faults.toml:"), "{e}");
             assert!(e.contains(want), "{extra:?}: {e}");
         }
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nttl = \"0s\"\ncluster = \"app\"\npercent = 5\nabort = 503\n",
+        );
+        assert!(e.contains("faults[0].ttl: a ttl of 0"), "{e}");
+        let e = refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 5\nabort = 503\n");
+        assert!(e.contains("missing field `ttl`"), "{e}");
+        let e = refused(
+            "[[faults]]\nname = \"f\"\nttl = \"1s\"\nroute = \"api\"\npercent = 5\nreset = true\n",
+        );
+        assert!(
+            e.contains("faults[0].reset: a route's fault acts before any try"),
+            "{e}"
+        );
         let e = refused(&format!("{base}abort = 503\n{base}abort = 503\n"));
         assert!(
             e.contains("faults[1].name: a fault named \"f\" already exists"),

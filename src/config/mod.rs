@@ -127,6 +127,10 @@ address = "{admin}"
 [access_log]
 enabled = false
 
+# Fault injection allowed, for `levee chaos run examples/chaos/demo-slow-backend.toml`.
+[chaos]
+enabled = true
+
 [[listeners]]
 name = "demo"
 address = "{listen}"

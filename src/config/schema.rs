@@ -37,6 +37,12 @@ pub struct Config {
     /// How endpoint names are resolved.
     #[serde(default)]
     pub dns: super::dns::DnsConfig,
+    /// Fault injection: off unless `chaos.enabled` (docs/chaos.md).
+    #[serde(default)]
+    pub chaos: super::chaos::ChaosConfig,
+    /// Faults started with the configuration (each with a `ttl`).
+    #[serde(default)]
+    pub faults: Vec<super::chaos::FaultConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -27,6 +27,7 @@ pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::dns::check(config)?;
     super::http2::check(config)?;
+    super::chaos::check_config(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {

@@ -49,6 +49,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "http2_enhance_your_calm",
     "http2_other_error",
     "http2_keepalive_timeout",
+    "fault_injected",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`
@@ -188,7 +189,8 @@ mod tests {
             | E::RateLimited
             | E::BadHost
             | E::ConnectRefused
-            | E::RewriteFailed => e.code(),
+            | E::RewriteFailed
+            | E::FaultAbort(_) => e.code(),
         };
         for e in [
             E::NoRoute,
@@ -210,6 +212,7 @@ mod tests {
             E::BadHost,
             E::RewriteFailed,
             E::ConnectRefused,
+            E::FaultAbort(503),
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");
         }

@@ -163,6 +163,7 @@ pub struct Metrics {
     pub wrong_protocol: Family<ProtocolLabels, Counter>,
     pub dns_lookups: Family<DnsLabels, Counter>,
     pub dns_addresses: Family<DnsNameLabels, Gauge>,
+    pub chaos: crate::chaos::metrics::ChaosMetrics,
 }
 
 impl Default for Metrics {
@@ -373,8 +374,10 @@ impl Metrics {
         for protocol in ["http2", "tls"] {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
+        let chaos = crate::chaos::metrics::ChaosMetrics::register(&mut registry);
         let metrics = Metrics {
             registry,
+            chaos,
             dns_lookups,
             dns_addresses,
             wrong_protocol,

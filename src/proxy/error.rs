@@ -39,6 +39,8 @@ pub enum ProxyError {
     /// The route's rewriting made no valid request (a path or header value
     /// built from what the client sent).
     RewriteFailed,
+    /// An injected fault (`chaos`) aborted the request with this status.
+    FaultAbort(u16),
 }
 
 impl ProxyError {
@@ -82,6 +84,9 @@ impl ProxyError {
             | ProxyError::Shed
             | ProxyError::Degraded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultAbort(s) => {
+                StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 
@@ -106,6 +111,7 @@ impl ProxyError {
             ProxyError::BadHost => "bad_host",
             ProxyError::ConnectRefused => "connect_refused",
             ProxyError::RewriteFailed => "rewrite_failed",
+            ProxyError::FaultAbort(_) => "fault_injected",
         }
     }
 
@@ -136,6 +142,7 @@ impl ProxyError {
             ProxyError::RewriteFailed => {
                 "the route's rewrite rules made no valid request from this one"
             }
+            ProxyError::FaultAbort(_) => "a fault injected by the operator (chaos) answered this",
         }
     }
 
@@ -164,6 +171,7 @@ impl From<&upstream::Error> for ProxyError {
             upstream::Error::Connect(_) => ProxyError::UpstreamConnect,
             upstream::Error::TimedOut(_) => ProxyError::UpstreamTimeout,
             upstream::Error::RequestBody(b) => client_body(b),
+            upstream::Error::Injected(s) => ProxyError::FaultAbort(*s),
             upstream::Error::Send(_)
             | upstream::Error::Receive(_)
             | upstream::Error::Closed

@@ -210,6 +210,18 @@ async fn forward<B: RequestBody>(
                 return Err(ProxyError::RateLimited.into());
             }
         }
+        // An injected fault on the route (chaos): its delay, or its abort.
+        let (client, now) = (cx.client, Instant::now());
+        crate::chaos::inject::on_route(
+            &cx.shared,
+            &route.name,
+            client,
+            req.headers(),
+            next_random(),
+            now,
+        )
+        .await
+        .map_err(ProxyError::FaultAbort)?;
         if let Some(action) = route.action() {
             let canned = rewriting::act(cx, route, action, arrival, req.headers())?;
             return Ok(Reply::Action(canned));
@@ -547,7 +559,19 @@ async fn try_once<B: RequestBody>(
         }
         None => &mut out.body,
     };
-    let exchange = upstream::send(&target, &out.parts, body);
+    // An injected fault on this try (chaos) acts inside its timeout.
+    let (address, headers) = (endpoint.address, &out.parts.headers);
+    let fault = crate::chaos::inject::for_try(
+        &cx.shared,
+        &cluster.name,
+        address,
+        cx.client,
+        headers,
+        next_random(),
+        start,
+    );
+    let exchange =
+        crate::chaos::inject::around_try(fault, upstream::send(&target, &out.parts, body));
     match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
         Ok(result) => result,
         Err(_) => Err(upstream::Error::TimedOut(
@@ -564,6 +588,7 @@ fn try_result(result: &Result<upstream::Exchange, upstream::Error>) -> Option<Tr
         Err(e) if e.is_connect() => Some(TryResult::ConnectFailure),
         Err(upstream::Error::TimedOut(_)) => Some(TryResult::Timeout),
         Err(upstream::Error::RequestBody(_)) => None,
+        Err(upstream::Error::Injected(status)) => Some(TryResult::Status(*status)),
         Err(_) => Some(TryResult::Reset),
     }
 }

@@ -342,6 +342,7 @@ impl Server {
         self.restart_checks();
         tokio::spawn(control::service_level(self.shared.clone()));
         tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
+        tokio::spawn(crate::chaos::live::sweep(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),

@@ -44,6 +44,10 @@ pub enum Error {
     /// or deadline). Made by the caller, which owns the clock.
     #[error("no response within {0:?}")]
     TimedOut(Duration),
+    /// A fault injected in place of the exchange answered this status (see
+    /// `chaos::inject`). Made by the caller, like `TimedOut`.
+    #[error("fault injected: status {0}")]
+    Injected(u16),
     /// The request body (the client's side) failed while being sent.
     #[error("the request body failed: {0}")]
     RequestBody(#[source] BoxError),

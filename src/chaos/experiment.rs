@@ -1,0 +1,443 @@
+//! A chaos experiment's core: the steady-state hypothesis checked on
+//! samples of Levee's counters, the phases, and the verdict. Synchronous,
+//! with the clock passed in (`observe(now, sample)`), so a test walks an
+//! experiment through its life without waiting; `run` is the async shell
+//! that samples `GET /metrics`, posts and deletes the faults.
+//!
+//! The phases:
+//! 1. **baseline** (`baseline` long): the hypothesis must hold over it, on
+//!    at least `min_requests` requests, or the experiment is refused and
+//!    nothing is injected;
+//! 2. **injecting** (`duration` long): the faults are in; at every sample
+//!    the hypothesis is checked over the last `window` (never before the
+//!    injection began). The first time it breaks, on at least
+//!    `min_requests` requests, the experiment is aborted: the faults come
+//!    out at once;
+//! 3. **recovery** (`recovery` long, after the faults are out): the
+//!    hypothesis must hold again, or the verdict says the system did not
+//!    recover. It is measured from a settling time after the removal (1 s,
+//!    or half the recovery if that is shorter): requests in flight when the
+//!    faults came out still finish with their injected delay, and belong to
+//!    the fault, not to the recovery.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::sli::{Sample, Slis};
+
+/// The steady state, as numbers, on one route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hypothesis {
+    pub route: String,
+    /// Percent of 5xx answers the route may have at most.
+    pub max_error_rate: Option<f64>,
+    /// The request duration's p99 may be at most this.
+    #[serde(serialize_with = "ms")]
+    pub max_p99: Option<Duration>,
+    /// The span the SLIs are measured over while injecting.
+    #[serde(serialize_with = "ms")]
+    pub window: Option<Duration>,
+    /// Fewer requests than this in a span say nothing either way.
+    pub min_requests: u64,
+}
+
+fn ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.as_millis() as u64),
+        None => s.serialize_none(),
+    }
+}
+
+impl Hypothesis {
+    /// Why the SLIs break the hypothesis; `None` when they hold (or when
+    /// there were too few requests to tell).
+    pub fn broken(&self, slis: &Slis) -> Option<String> {
+        if slis.requests < self.min_requests {
+            return None;
+        }
+        if let Some(max) = self.max_error_rate
+            && slis.error_rate > max
+        {
+            return Some(format!(
+                "error rate {:.2} % > {max} % over {} requests",
+                slis.error_rate, slis.requests
+            ));
+        }
+        if let (Some(max), Some(p99)) = (self.max_p99, slis.p99)
+            && p99 > max
+        {
+            return Some(format!(
+                "p99 {} ms > {} ms over {} requests",
+                p99.as_millis(),
+                max.as_millis(),
+                slis.requests
+            ));
+        }
+        None
+    }
+}
+
+/// How long each phase lasts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub baseline: Duration,
+    pub duration: Duration,
+    pub recovery: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Baseline,
+    Injecting,
+    Recovery,
+    Done,
+}
+
+/// What the shell must do after a sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Wait,
+    /// Post the faults.
+    Inject,
+    /// Delete the faults (the duration is over, or the hypothesis broke).
+    Remove,
+    /// The experiment is over: write the report.
+    Finish,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Verdict {
+    /// The hypothesis held before, during and after.
+    Passed,
+    /// The hypothesis did not hold before: nothing was injected.
+    Refused { why: String },
+    /// The hypothesis broke while injecting: the faults were removed then.
+    Aborted { why: String, after_seconds: f64 },
+    /// It held while injecting, but not after the faults were removed.
+    NotRecovered { why: String },
+}
+
+/// One point of the timeline: the SLIs over the window ending at `at`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Seconds since the experiment started.
+    pub at: f64,
+    pub phase: Phase,
+    #[serde(flatten)]
+    pub slis: Slis,
+}
+
+pub struct Experiment {
+    pub hypothesis: Hypothesis,
+    schedule: Schedule,
+    started: Instant,
+    phase: Phase,
+    phase_start: (Instant, Option<Sample>),
+    /// Recent samples, for the window.
+    samples: VecDeque<(Instant, Sample)>,
+    /// The SLIs of each phase as a whole: before, during, after.
+    pub phases: Vec<(Phase, Slis)>,
+    pub timeline: Vec<Point>,
+    pub verdict: Option<Verdict>,
+    /// Whether the recovery's measurement has started (after settling).
+    settled: bool,
+}
+
+/// How long after the faults come out the recovery starts to be measured.
+const SETTLE: Duration = Duration::from_secs(1);
+
+impl Experiment {
+    pub fn new(hypothesis: Hypothesis, schedule: Schedule, now: Instant) -> Experiment {
+        Experiment {
+            hypothesis,
+            schedule,
+            started: now,
+            phase: Phase::Baseline,
+            phase_start: (now, None),
+            samples: VecDeque::new(),
+            phases: Vec::new(),
+            timeline: Vec::new(),
+            verdict: None,
+            settled: false,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The window while injecting; the whole phase otherwise.
+    fn window(&self) -> Duration {
+        match self.phase {
+            Phase::Injecting => self.hypothesis.window.unwrap_or(self.schedule.duration),
+            _ => Duration::MAX,
+        }
+    }
+
+    /// The SLIs from the start of the current phase, or from `window` ago
+    /// if that is later.
+    fn recent(&self, now: Instant, last: &Sample) -> Slis {
+        let since = now.checked_sub(self.window()).unwrap_or(self.started);
+        let from = self
+            .samples
+            .iter()
+            .find(|(at, _)| *at >= since && *at >= self.phase_start.0)
+            .map(|(_, s)| s)
+            .or(self.phase_start.1.as_ref())
+            .unwrap_or(last);
+        Slis::between(from, last)
+    }
+
+    /// The SLIs of the whole current phase.
+    fn whole_phase(&self, last: &Sample) -> Slis {
+        Slis::between(self.phase_start.1.as_ref().unwrap_or(last), last)
+    }
+
+    fn enter(&mut self, phase: Phase, now: Instant, sample: &Sample) {
+        let slis = self.whole_phase(sample);
+        self.phases.push((self.phase, slis));
+        self.phase = phase;
+        self.phase_start = (now, Some(sample.clone()));
+    }
+
+    /// A sample of the route's counters at `now`: what to do next.
+    pub fn observe(&mut self, now: Instant, sample: Sample) -> Action {
+        if self.phase == Phase::Done {
+            return Action::Finish;
+        }
+        if self.phase_start.1.is_none() {
+            self.phase_start.1 = Some(sample.clone());
+        }
+        let slis = self.recent(now, &sample);
+        self.timeline.push(Point {
+            at: now.saturating_duration_since(self.started).as_secs_f64(),
+            phase: self.phase,
+            slis,
+        });
+        self.samples.push_back((now, sample.clone()));
+        while self.samples.front().is_some_and(|(at, _)| {
+            now.saturating_duration_since(*at) > self.window().min(Duration::from_secs(3600))
+        }) {
+            self.samples.pop_front();
+        }
+        let in_phase = now.saturating_duration_since(self.phase_start.0);
+        let h = &self.hypothesis;
+        match self.phase {
+            Phase::Baseline if in_phase >= self.schedule.baseline => {
+                let whole = self.whole_phase(&sample);
+                let why = if whole.requests < h.min_requests {
+                    Some(format!(
+                        "too little traffic to tell: {} requests on route {:?} in the baseline, min_requests is {}",
+                        whole.requests, h.route, h.min_requests
+                    ))
+                } else {
+                    h.broken(&whole).map(|why| {
+                        format!("the steady state does not hold before any fault: {why}")
+                    })
+                };
+                match why {
+                    Some(why) => {
+                        self.enter(Phase::Done, now, &sample);
+                        self.verdict = Some(Verdict::Refused { why });
+                        Action::Finish
+                    }
+                    None => {
+                        self.enter(Phase::Injecting, now, &sample);
+                        Action::Inject
+                    }
+                }
+            }
+            Phase::Injecting => {
+                if let Some(why) = h.broken(&slis) {
+                    self.verdict = Some(Verdict::Aborted {
+                        why,
+                        after_seconds: in_phase.as_secs_f64(),
+                    });
+                    self.enter(Phase::Recovery, now, &sample);
+                    Action::Remove
+                } else if in_phase >= self.schedule.duration {
+                    self.enter(Phase::Recovery, now, &sample);
+                    Action::Remove
+                } else {
+                    Action::Wait
+                }
+            }
+            Phase::Recovery
+                if !self.settled && in_phase >= SETTLE.min(self.schedule.recovery / 2) =>
+            {
+                // From here on, what the route does is its recovery.
+                self.settled = true;
+                self.phase_start.1 = Some(sample);
+                Action::Wait
+            }
+            Phase::Recovery if in_phase >= self.schedule.recovery => {
+                let whole = self.whole_phase(&sample);
+                if self.verdict.is_none() {
+                    self.verdict = Some(match h.broken(&whole) {
+                        Some(why) => Verdict::NotRecovered { why },
+                        None => Verdict::Passed,
+                    });
+                }
+                self.enter(Phase::Done, now, &sample);
+                Action::Finish
+            }
+            _ => Action::Wait,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn hypothesis() -> Hypothesis {
+        Hypothesis {
+            route: "api".into(),
+            max_error_rate: Some(1.0),
+            max_p99: Some(300 * MS),
+            window: Some(2 * S),
+            min_requests: 10,
+        }
+    }
+
+    /// Traffic at 100 requests a second with `errors` of them failing and
+    /// all taking `latency`, added to `s` over `secs`.
+    fn traffic(s: &mut Sample, secs: f64, errors: f64, latency: f64) {
+        let n = (100.0 * secs) as u64;
+        s.requests += n;
+        s.errors += (n as f64 * errors) as u64;
+        if s.buckets.is_empty() {
+            s.buckets = vec![(0.1, 0), (0.25, 0), (0.5, 0), (1.0, 0), (f64::INFINITY, 0)];
+        }
+        for b in &mut s.buckets {
+            if latency <= b.0 {
+                b.1 += n;
+            }
+        }
+    }
+
+    fn schedule() -> Schedule {
+        Schedule {
+            baseline: 2 * S,
+            duration: 10 * S,
+            recovery: 2 * S,
+        }
+    }
+
+    /// Steps the experiment every 250 ms with traffic from `shape(t)`.
+    fn walk(
+        e: &mut Experiment,
+        t0: Instant,
+        shape: impl Fn(f64) -> (f64, f64),
+    ) -> Vec<(f64, Action)> {
+        let mut s = Sample::default();
+        let mut actions = Vec::new();
+        for i in 0..100 {
+            let t = i as f64 * 0.25;
+            let (errors, latency) = shape(t);
+            traffic(&mut s, 0.25, errors, latency);
+            let a = e.observe(t0 + Duration::from_secs_f64(t), s.clone());
+            if a != Action::Wait {
+                actions.push((t, a.clone()));
+            }
+            if a == Action::Finish {
+                break;
+            }
+        }
+        actions
+    }
+
+    #[test]
+    fn a_hypothesis_that_holds_passes() {
+        let t0 = Instant::now();
+        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let actions = walk(&mut e, t0, |_| (0.0, 0.05));
+        assert_eq!(
+            actions,
+            [
+                (2.0, Action::Inject),
+                (12.0, Action::Remove),
+                (14.0, Action::Finish)
+            ]
+        );
+        assert_eq!(e.verdict, Some(Verdict::Passed));
+        let phases: Vec<Phase> = e.phases.iter().map(|p| p.0).collect();
+        assert_eq!(phases, [Phase::Baseline, Phase::Injecting, Phase::Recovery]);
+        let requests: Vec<u64> = e.phases.iter().map(|p| p.1.requests).collect();
+        // The recovery is measured after its first second (settling).
+        assert!(
+            requests[0] >= 175 && requests[1] >= 975 && (75..=125).contains(&requests[2]),
+            "{requests:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_hypothesis_aborts_at_the_next_sample() {
+        let t0 = Instant::now();
+        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        // From 5 s, a fifth of the requests fail.
+        let actions = walk(&mut e, t0, |t| (if t >= 5.0 { 0.2 } else { 0.0 }, 0.05));
+        assert_eq!(actions[0], (2.0, Action::Inject));
+        assert_eq!(actions[1], (5.0, Action::Remove));
+        match &e.verdict {
+            Some(Verdict::Aborted { why, after_seconds }) => {
+                assert!(why.starts_with("error rate 2.50 % > 1 %"), "{why}");
+                assert_eq!(*after_seconds, 3.0);
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn slow_answers_break_the_p99_bound() {
+        let t0 = Instant::now();
+        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let actions = walk(&mut e, t0, |t| (0.0, if t > 2.0 { 0.7 } else { 0.05 }));
+        assert_eq!(actions[1].1, Action::Remove);
+        assert!(actions[1].0 <= 2.5, "{actions:?}");
+        match &e.verdict {
+            Some(Verdict::Aborted { why, .. }) => assert!(why.starts_with("p99 "), "{why}"),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn no_injection_without_a_steady_state_or_traffic() {
+        let t0 = Instant::now();
+        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let actions = walk(&mut e, t0, |_| (0.5, 0.05));
+        assert_eq!(actions, [(2.0, Action::Finish)]);
+        assert!(
+            matches!(&e.verdict, Some(Verdict::Refused { why }) if why.contains("does not hold before"))
+        );
+        let mut quiet = Experiment::new(hypothesis(), schedule(), t0);
+        let a = quiet.observe(t0, Sample::default());
+        assert_eq!(a, Action::Wait);
+        let a = quiet.observe(t0 + 3 * S, Sample::default());
+        assert_eq!(a, Action::Finish);
+        assert!(
+            matches!(&quiet.verdict, Some(Verdict::Refused { why }) if why.contains("too little traffic"))
+        );
+    }
+
+    #[test]
+    fn not_recovering_is_a_failure() {
+        let t0 = Instant::now();
+        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        // Holds while injecting (with too few errors to break the bound),
+        // breaks once the faults are out.
+        walk(&mut e, t0, |t| (if t > 12.0 { 0.5 } else { 0.0 }, 0.05));
+        assert!(
+            matches!(&e.verdict, Some(Verdict::NotRecovered { .. })),
+            "{:?}",
+            e.verdict
+        );
+    }
+}

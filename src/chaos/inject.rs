@@ -1,0 +1,116 @@
+//! What the request path calls: a route's fault before any try, a try's
+//! fault around the exchange. With no fault in force both return at once.
+//!
+//! A try's fault is applied inside the try's timeout, in place of the
+//! exchange: its delay counts against the per-try timeout, an abort comes
+//! back as `upstream::Error::Injected` (a try that answered that status),
+//! a reset as the error a reset connection gives. So the breakers, retries,
+//! outlier detection and the latency estimate see an injected failure as
+//! they would see a real one.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use http::HeaderMap;
+
+use super::fault::{Outcome, RequestFacts};
+use super::live::Hit;
+use crate::shared::Shared;
+use crate::upstream;
+
+/// The client key of the subset: the client IP's bytes.
+fn client_key(ip: IpAddr) -> ([u8; 16], usize) {
+    let mut key = [0u8; 16];
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            key[..4].copy_from_slice(&a.octets());
+            (key, 4)
+        }
+        IpAddr::V6(a) => (a.octets(), 16),
+    }
+}
+
+/// The fault on a request of `route`, if one hits it: its delay waited
+/// here; `Err(status)` when it aborts the request.
+pub async fn on_route(
+    shared: &Shared,
+    route: &str,
+    client: SocketAddr,
+    headers: &HeaderMap,
+    draw: u64,
+    now: Instant,
+) -> Result<(), u16> {
+    if !shared.faults.is_armed() {
+        return Ok(());
+    }
+    let (key, len) = client_key(client.ip());
+    let facts = RequestFacts {
+        peer: client.ip().to_canonical(),
+        headers,
+        client_key: &key[..len],
+    };
+    let Some(hit) = shared
+        .faults
+        .for_route(route, &facts, draw, now, &shared.metrics.chaos)
+    else {
+        return Ok(());
+    };
+    if !hit.delay.is_zero() {
+        tokio::time::sleep(hit.delay).await;
+    }
+    match hit.outcome {
+        Outcome::Abort(status) => Err(status),
+        _ => Ok(()),
+    }
+}
+
+/// The fault on a try to `endpoint` of `cluster`, if one hits it.
+pub fn for_try(
+    shared: &Shared,
+    cluster: &str,
+    endpoint: SocketAddr,
+    client: SocketAddr,
+    headers: &HeaderMap,
+    draw: u64,
+    now: Instant,
+) -> Option<Hit> {
+    if !shared.faults.is_armed() {
+        return None;
+    }
+    let (key, len) = client_key(client.ip());
+    let facts = RequestFacts {
+        peer: client.ip().to_canonical(),
+        headers,
+        client_key: &key[..len],
+    };
+    shared
+        .faults
+        .for_try(cluster, endpoint, &facts, draw, now, &shared.metrics.chaos)
+}
+
+/// The try under its fault: the delay, then the exchange, or in its place
+/// the injected abort or reset. The exchange future is lazy: an aborted
+/// try never connects.
+pub async fn around_try<F>(
+    hit: Option<Hit>,
+    exchange: F,
+) -> Result<upstream::Exchange, upstream::Error>
+where
+    F: Future<Output = Result<upstream::Exchange, upstream::Error>>,
+{
+    let Some(hit) = hit else {
+        return exchange.await;
+    };
+    if !hit.delay.is_zero() {
+        tokio::time::sleep(hit.delay).await;
+    }
+    match hit.outcome {
+        Outcome::Abort(status) => Err(upstream::Error::Injected(status)),
+        Outcome::Reset => Err(upstream::Error::Receive(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            format!("reset by fault {}", hit.fault),
+        ))),
+        Outcome::Forward | Outcome::Truncate(_) => exchange.await,
+    }
+}

@@ -1,0 +1,248 @@
+//! An experiment file, read and checked before anything is sent: the
+//! steady-state hypothesis, the schedule, the faults (each posted with a
+//! ttl: the duration plus 10 s unless the file sets one, so that a runner
+//! that dies leaves nothing behind for long), and an optional load.
+//!
+//! ```toml
+//! name = "one-slow-endpoint"
+//! baseline = "5s"          # the hypothesis must hold this long first
+//! duration = "60s"         # how long the faults stay in
+//! recovery = "5s"          # and must hold again this long after
+//! check_every = "250ms"    # at most 1s
+//!
+//! [hypothesis]
+//! route = "api"
+//! max_error_rate = 1       # percent of 5xx
+//! max_p99 = "300ms"
+//! window = "10s"
+//! min_requests = 20
+//!
+//! [load]                   # optional
+//! url = "http://127.0.0.1:8080/"
+//! rate = 50                # requests per second
+//!
+//! [[faults]]               # as in the configuration; ttl optional here
+//! name = "slow-one"
+//! cluster = "app"
+//! endpoint = "127.0.0.1:9003"
+//! percent = 100
+//! delay = "500ms"
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::experiment::{Hypothesis, Schedule};
+use crate::config::value::Duration as ConfigDuration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExperimentFile {
+    name: String,
+    #[serde(default = "five_seconds")]
+    baseline: ConfigDuration,
+    duration: ConfigDuration,
+    #[serde(default = "five_seconds")]
+    recovery: ConfigDuration,
+    #[serde(default = "quarter_second")]
+    check_every: ConfigDuration,
+    hypothesis: HypothesisFile,
+    #[serde(default)]
+    load: Option<LoadFile>,
+    faults: Vec<toml::Table>,
+}
+
+fn five_seconds() -> ConfigDuration {
+    ConfigDuration::from_millis(5000)
+}
+fn quarter_second() -> ConfigDuration {
+    ConfigDuration::from_millis(250)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HypothesisFile {
+    route: String,
+    #[serde(default)]
+    max_error_rate: Option<f64>,
+    #[serde(default)]
+    max_p99: Option<ConfigDuration>,
+    #[serde(default)]
+    window: Option<ConfigDuration>,
+    #[serde(default = "twenty")]
+    min_requests: u64,
+}
+
+fn twenty() -> u64 {
+    20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadFile {
+    url: String,
+    rate: f64,
+}
+
+/// An experiment read and checked.
+pub struct Plan {
+    pub name: String,
+    pub hypothesis: Hypothesis,
+    pub schedule: Schedule,
+    pub check_every: Duration,
+    /// The `[[faults]]` document to post.
+    pub faults: String,
+    pub fault_names: Vec<String>,
+    pub load: Option<(http::Uri, f64)>,
+}
+
+/// Reads an experiment file; the error names the file and what is wrong.
+pub fn load(path: &Path, text: &str) -> Result<Plan, String> {
+    let file: ExperimentFile =
+        toml::from_str(text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    let at = |m: String| format!("{}: {m}", path.display());
+    let schedule = Schedule {
+        baseline: file.baseline.get(),
+        duration: file.duration.get(),
+        recovery: file.recovery.get(),
+    };
+    let check_every = file.check_every.get();
+    if check_every.is_zero() || check_every > Duration::from_secs(1) {
+        return Err(at(format!(
+            "check_every: {} is not a check interval; safety checks run at least every second (use 50ms to 1s)",
+            file.check_every
+        )));
+    }
+    if schedule.duration.is_zero() {
+        return Err(at("duration: must be above 0".into()));
+    }
+    let h = &file.hypothesis;
+    if h.max_error_rate.is_none() && h.max_p99.is_none() {
+        return Err(at(
+            "hypothesis: state the steady state: max_error_rate (percent) and/or max_p99".into(),
+        ));
+    }
+    if let Some(r) = h.max_error_rate
+        && !(0.0..=100.0).contains(&r)
+    {
+        return Err(at(format!(
+            "hypothesis.max_error_rate: {r} is not a percentage; use 0 to 100"
+        )));
+    }
+    if file.faults.is_empty() {
+        return Err(at(
+            "faults: an experiment needs at least one [[faults]]".into()
+        ));
+    }
+    // The safety net: a fault outlives a dead runner by this much at most.
+    let ttl = schedule.duration + Duration::from_secs(10);
+    let mut faults = Vec::new();
+    let mut fault_names = Vec::new();
+    for mut f in file.faults {
+        if !f.contains_key("ttl") {
+            f.insert(
+                "ttl".into(),
+                toml::Value::String(format!("{}ms", ttl.as_millis())),
+            );
+        }
+        if let Some(toml::Value::String(n)) = f.get("name") {
+            fault_names.push(n.clone());
+        }
+        faults.push(toml::Value::Table(f));
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("faults".into(), toml::Value::Array(faults));
+    let faults = toml::to_string(&doc).map_err(|e| at(e.to_string()))?;
+    crate::config::chaos::parse_faults(path, &faults, None).map_err(|e| {
+        format!(
+            "{}: {}: {} (in [[faults]])",
+            path.display(),
+            e.key,
+            e.message
+        )
+    })?;
+    let load = match file.load {
+        Some(l) => {
+            let uri: http::Uri = l
+                .url
+                .parse()
+                .map_err(|e| at(format!("load.url: {:?}: {e}", l.url)))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(at(format!(
+                    "load.url: {:?}: use http://host:port/path",
+                    l.url
+                )));
+            }
+            if !(l.rate > 0.0 && l.rate <= 10_000.0) {
+                return Err(at(format!(
+                    "load.rate: {} requests per second; use above 0, at most 10000",
+                    l.rate
+                )));
+            }
+            Some((uri, l.rate))
+        }
+        None => None,
+    };
+    Ok(Plan {
+        name: file.name,
+        hypothesis: Hypothesis {
+            route: file.hypothesis.route,
+            max_error_rate: file.hypothesis.max_error_rate,
+            max_p99: file.hypothesis.max_p99.map(ConfigDuration::get),
+            window: file.hypothesis.window.map(ConfigDuration::get),
+            min_requests: file.hypothesis.min_requests,
+        },
+        schedule,
+        check_every,
+        faults,
+        fault_names,
+        load,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_experiment_fits_the_demo() {
+        let path = Path::new("examples/chaos/demo-slow-backend.toml");
+        let text = include_str!("../../examples/chaos/demo-slow-backend.toml");
+        let plan = load(path, text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.hypothesis.route, "all");
+        assert_eq!(plan.fault_names, ["demo-slow-3"]);
+        // The fault is posted with a ttl, and the demo's Levee accepts it.
+        assert!(plan.faults.contains("ttl = \"20000ms\""), "{}", plan.faults);
+        let names: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:910{i}")).collect();
+        let demo = crate::config::demo_text("127.0.0.1:8080", "127.0.0.1:9900", &names);
+        let config = crate::config::parse(Path::new("<demo>"), &demo).unwrap();
+        assert!(config.chaos.enabled);
+        crate::config::chaos::parse_faults(Path::new("POST /faults"), &plan.faults, Some(&config))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn bad_experiments_are_refused_with_the_reason() {
+        let base = "name = \"x\"\nduration = \"5s\"\n[hypothesis]\nroute = \"api\"\nmax_p99 = \"300ms\"\n[[faults]]\nname = \"f\"\nroute = \"api\"\npercent = 10\nabort = 503\n";
+        assert!(load(Path::new("e.toml"), base).is_ok());
+        let refused = |text: &str| match load(Path::new("e.toml"), text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        };
+        let e = refused(&base.replace("max_p99 = \"300ms\"\n", ""));
+        assert!(e.contains("state the steady state"), "{e}");
+        let e = refused(&format!("check_every = \"2s\"\n{base}"));
+        assert!(e.starts_with("e.toml: check_every:"), "{e}");
+        let e = refused(&base.replace("percent = 10", "percent = 150"));
+        assert!(
+            e.contains("faults[0].percent: 150 is not a percentage"),
+            "{e}"
+        );
+        let e = refused(&format!("{base}[load]\nurl = \"ftp://x/\"\nrate = 5\n"));
+        assert!(e.contains("load.url"), "{e}");
+        let e = refused(&format!("bogus = 1\n{base}"));
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+}

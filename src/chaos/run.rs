@@ -1,0 +1,316 @@
+//! `levee chaos run experiment.toml --admin URL`: the async shell around
+//! `experiment::Experiment`. It drives a running Levee through its admin
+//! API only: samples `GET /metrics` every `check_every` (at most a second),
+//! posts the faults (`POST /faults`) when the baseline holds, deletes them
+//! (`DELETE /faults/{name}`) when the duration is over or the hypothesis
+//! breaks, and reads `GET /faults` for how many requests each fault hit.
+//! The file is `plan`'s, the load `load`'s, the report `report`'s.
+//!
+//! Safety: each fault is posted with a ttl, so a runner that dies leaves no
+//! fault behind for long; Ctrl-C removes the faults before exiting; a
+//! runner that fails after injecting removes them too.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::experiment::{Action, Experiment, Verdict};
+use super::load::{LoadStats, generate};
+use super::plan::{Plan, load};
+use super::report::{Report, report};
+use super::sli;
+
+/// The admin API of the Levee under test.
+pub struct Admin {
+    address: String,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// `url`: `http://127.0.0.1:9900` (or `127.0.0.1:9900`).
+    pub fn new(url: &str, token: Option<String>) -> Admin {
+        let address = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        Admin { address, token }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> Result<(StatusCode, String), String> {
+        let fail =
+            |e: &dyn std::fmt::Display| format!("admin API {}: {method} {path}: {e}", self.address);
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(&self.address)
+                .await
+                .map_err(|e| fail(&e))?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| fail(&e))?;
+            tokio::spawn(conn);
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(http::header::HOST, &self.address);
+            if let Some(t) = &self.token {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .map_err(|e| fail(&e))?;
+            let resp = send.send_request(req).await.map_err(|e| fail(&e))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| fail(&e))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| fail(&"no answer within 5s"))?
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: &str) -> Result<String, String> {
+        let (status, text) = self.call(method.clone(), path, body).await?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            Err(format!("{method} {path}: {status}: {message}"))
+        }
+    }
+}
+
+/// Runs the experiment against the Levee at `admin`; `log` gets a line per
+/// phase change as it happens.
+pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result<Report, String> {
+    let metrics = admin.ok(Method::GET, "/metrics", "").await?;
+    if sli::parse(&metrics, &plan.hypothesis.route).is_none() {
+        return Err(format!(
+            "route {:?} has no series in GET /metrics: no such route on this Levee",
+            plan.hypothesis.route
+        ));
+    }
+    let started_wall = std::time::SystemTime::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load_stats = Arc::new(Mutex::new(LoadStats::default()));
+    if let Some((uri, rate)) = &plan.load {
+        log(&format!("load: {rate} requests/s to {uri} (open loop)"));
+        tokio::spawn(generate(uri.clone(), *rate, load_stats.clone(), stop_rx));
+    }
+    let mut exp = Experiment::new(plan.hypothesis.clone(), plan.schedule, Instant::now());
+    log(&format!(
+        "baseline: {:?} of steady state on route {:?}",
+        plan.schedule.baseline, plan.hypothesis.route
+    ));
+    let mut injected = false;
+    let mut ever_injected = false;
+    let mut injections: Vec<(String, u64, Vec<String>)> = Vec::new();
+    let mut ticks = tokio::time::interval(plan.check_every);
+    let mut failure = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut ctrl_c => {
+                failure = Some("interrupted (Ctrl-C)".to_owned());
+                break;
+            }
+        }
+        let text = match admin.ok(Method::GET, "/metrics", "").await {
+            Ok(t) => t,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let Some(sample) = sli::parse(&text, &plan.hypothesis.route) else {
+            failure = Some(format!(
+                "route {:?} left GET /metrics (reloaded away?)",
+                plan.hypothesis.route
+            ));
+            break;
+        };
+        if injected {
+            injections = fault_counts(admin, &plan.fault_names)
+                .await
+                .unwrap_or(injections);
+        }
+        let now = Instant::now();
+        match exp.observe(now, sample) {
+            Action::Wait => {}
+            Action::Inject => {
+                if let Err(e) = admin.ok(Method::POST, "/faults", &plan.faults).await {
+                    failure = Some(format!("the faults were refused: {e}"));
+                    break;
+                }
+                injected = true;
+                ever_injected = true;
+                log(&format!(
+                    "injecting {} for {:?}",
+                    plan.fault_names.join(", "),
+                    plan.schedule.duration
+                ));
+            }
+            Action::Remove => {
+                injections = fault_counts(admin, &plan.fault_names)
+                    .await
+                    .unwrap_or(injections);
+                remove(admin, &plan.fault_names).await;
+                injected = false;
+                match &exp.verdict {
+                    Some(Verdict::Aborted { why, after_seconds }) => log(&format!(
+                        "ABORTED after {after_seconds:.2}s of injection: {why}; faults removed"
+                    )),
+                    _ => log("duration over; faults removed; checking recovery"),
+                }
+            }
+            Action::Finish => break,
+        }
+    }
+    // Whatever happened, no fault of ours stays in.
+    if injected || failure.is_some() {
+        remove(admin, &plan.fault_names).await;
+    }
+    let _ = stop_tx.send(true);
+    let verdict = match (failure, exp.verdict.clone()) {
+        // Nothing was injected: the experiment did not take place.
+        (Some(why), _) if !ever_injected => Verdict::Refused { why },
+        (Some(why), _) => Verdict::Aborted {
+            why,
+            after_seconds: 0.0,
+        },
+        (None, Some(v)) => v,
+        (None, None) => Verdict::Aborted {
+            why: "ended before a verdict".into(),
+            after_seconds: 0.0,
+        },
+    };
+    let load = plan.load.as_ref().map(|_| {
+        load_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary()
+    });
+    Ok(report(&plan, &exp, verdict, injections, load, started_wall))
+}
+
+/// Each fault's injections and effects from `GET /faults`.
+async fn fault_counts(
+    admin: &Admin,
+    names: &[String],
+) -> Result<Vec<(String, u64, Vec<String>)>, String> {
+    let text = admin.ok(Method::GET, "/faults", "").await?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let list = v
+        .get("faults")
+        .and_then(|f| f.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(list
+        .iter()
+        .filter_map(|f| {
+            let name = f.get("name")?.as_str()?.to_owned();
+            names.contains(&name).then(|| {
+                let n = f.get("injections").and_then(|n| n.as_u64()).unwrap_or(0);
+                let target = f
+                    .get("target")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                let mut what: Vec<String> = f
+                    .get("effects")
+                    .and_then(|e| e.as_array())
+                    .map(|e| {
+                        e.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                what.insert(0, target);
+                (name, n, what)
+            })
+        })
+        .collect())
+}
+
+async fn remove(admin: &Admin, names: &[String]) {
+    for name in names {
+        // 404: already gone (expired, or never posted).
+        let _ = admin
+            .call(Method::DELETE, &format!("/faults/{name}"), "")
+            .await;
+    }
+}
+
+/// `levee chaos run`: the exit code (0 passed, 1 failed, 2 could not run:
+/// nothing was injected).
+pub fn cli(file: &Path, admin: &str, token: Option<String>, report_to: Option<&Path>) -> u8 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("levee chaos: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let plan = match load(file, &text) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("levee chaos: {e}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("levee chaos: {e}");
+            return 2;
+        }
+    };
+    let token = token.or_else(|| std::env::var("LEVEE_ADMIN_TOKEN").ok());
+    let admin = Admin::new(admin, token);
+    let result = runtime.block_on(run(plan, &admin, &mut |line| {
+        eprintln!("levee chaos: {line}");
+    }));
+    match result {
+        Ok(r) => {
+            print!("{}", r.markdown);
+            if let Some(path) = report_to {
+                let text = serde_json::to_string_pretty(&r.json).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text + "\n") {
+                    eprintln!("levee chaos: {}: {e}", path.display());
+                    return 2;
+                }
+            }
+            match (r.passed, r.refused) {
+                (true, _) => 0,
+                (false, true) => 2,
+                (false, false) => 1,
+            }
+        }
+        Err(e) => {
+            eprintln!("levee chaos: {e}");
+            2
+        }
+    }
+}
