@@ -28,6 +28,9 @@ pub struct Listener {
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
     pub routes: Vec<Arc<Route>>,
+    /// `protocol = "tcp"`: where its connections are relayed (its routes
+    /// are then unused).
+    pub tcp: Option<Arc<crate::tcp::Relay>>,
 }
 
 pub struct Snapshot {
@@ -129,6 +132,7 @@ impl Snapshot {
                         .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
                         .map(|(_, r)| r.clone())
                         .collect(),
+                    tcp: tcp_relay(l, &by_name, &config),
                 })
             })
             .collect();
@@ -149,4 +153,24 @@ impl Snapshot {
     pub fn listener(&self, address: SocketAddr) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| l.address == address)
     }
+}
+
+/// A TCP listener's relay. Validation guarantees its cluster exists.
+fn tcp_relay(
+    l: &crate::config::ListenerConfig,
+    clusters: &HashMap<&str, &Arc<Cluster>>,
+    config: &Config,
+) -> Option<Arc<crate::tcp::Relay>> {
+    if l.protocol != crate::config::Protocol::Tcp {
+        return None;
+    }
+    let name = l.cluster.as_ref()?.get_ref().as_str();
+    let cluster = (*clusters.get(name)?).clone();
+    let on_down = config
+        .clusters
+        .iter()
+        .find(|c| c.name.get_ref() == name)
+        .map(|c| c.on_endpoint_down)
+        .unwrap_or_default();
+    Some(Arc::new(crate::tcp::Relay::new(l, cluster, on_down)))
 }

@@ -10,6 +10,7 @@ mod ignored;
 pub mod ratelimit;
 pub mod resilience;
 mod schema;
+mod tcp;
 mod validate;
 pub mod value;
 mod words;

@@ -123,6 +123,9 @@ impl Default for AccessLogConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Http,
+    /// Raw TCP: every connection is relayed, bytes both ways, to an
+    /// endpoint of the listener's `cluster` (`src/tcp/`).
+    Tcp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -153,6 +156,17 @@ pub struct ListenerConfig {
     /// a new connection is answered 429 and closed. 0: no per-IP limit.
     #[serde(default)]
     pub max_connections_per_ip: usize,
+    /// `protocol = "tcp"`: the cluster every connection is relayed to.
+    #[serde(default)]
+    pub cluster: Option<Spanned<String>>,
+    /// `protocol = "tcp"`: connects tried per client connection; a failed
+    /// connect is tried again on another endpoint while any is left.
+    #[serde(default = "default_connect_attempts")]
+    pub connect_attempts: Spanned<u32>,
+}
+
+fn default_connect_attempts() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
 }
 
 fn default_protocol() -> Protocol {
@@ -402,6 +416,10 @@ pub struct ClusterConfig {
     /// smaller value shortens the deadline. Unset: not sent.
     #[serde(default)]
     pub deadline_header: Option<Spanned<String>>,
+    /// TCP listeners: what happens to the open connections of an
+    /// endpoint that leaves service.
+    #[serde(default)]
+    pub on_endpoint_down: OnEndpointDown,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -411,6 +429,35 @@ pub struct ClusterConfig {
 pub enum CheckKind {
     Http,
     Tcp,
+    /// PostgreSQL: connects and asks `SELECT pg_is_in_recovery()`.
+    Postgres,
+    /// Redis: asks `ROLE`.
+    Redis,
+}
+
+/// The role a `postgres` or `redis` check requires of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Takes writes (PostgreSQL not in recovery, Redis `master`).
+    Primary,
+    /// A read-only copy (PostgreSQL in recovery, Redis `slave`).
+    Replica,
+    /// Either: the check only proves the server answers.
+    Any,
+}
+
+/// What happens to a TCP listener's open connections to an endpoint that
+/// leaves service (marked unhealthy, ejected, drained or removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEndpointDown {
+    /// They stay open until either side closes them.
+    #[default]
+    Keep,
+    /// They are closed (HAProxy's `on-marked-down shutdown-sessions`), so
+    /// that clients reconnect to an endpoint in service.
+    ShutdownSessions,
 }
 
 /// `[clusters.health_check]`: probe every endpoint on an interval.
@@ -437,6 +484,16 @@ pub struct HealthCheckConfig {
     pub jitter: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    /// `postgres` and `redis`: the role that passes.
+    pub role: Role,
+    /// `postgres`: the user, password and database the check logs in
+    /// with; `redis`: the password (and ACL user) of `AUTH`.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub database: Option<String>,
+    /// `postgres` with `role = "replica"`: a replica whose last replayed
+    /// transaction is older than this fails. Unset: any lag passes.
+    pub max_replication_lag: Option<Duration>,
 }
 
 impl Default for HealthCheckConfig {
@@ -453,6 +510,11 @@ impl Default for HealthCheckConfig {
             jitter: Duration::from_millis(500),
             unhealthy_threshold: 3,
             healthy_threshold: 2,
+            role: Role::Any,
+            user: None,
+            password: None,
+            database: None,
+            max_replication_lag: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::dns::check(config)?;
+    super::tcp::check(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -474,6 +475,10 @@ fn check_serves_something(config: &Config) -> Result<(), Invalid> {
         }
     }
     for (i, l) in config.listeners.iter().enumerate() {
+        if l.protocol == super::schema::Protocol::Tcp {
+            // Relays to its cluster; routes do not apply.
+            continue;
+        }
         let name = l.name.get_ref();
         let served = config.routes.iter().any(|r| {
             r.listeners

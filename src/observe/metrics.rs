@@ -125,6 +125,7 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    pub tcp: crate::tcp::metrics::TcpMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_head_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
@@ -359,8 +360,11 @@ impl Metrics {
         for protocol in ["http2", "tls"] {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
+        // TCP listeners' own metrics (`src/tcp/metrics.rs`).
+        let tcp = crate::tcp::metrics::TcpMetrics::register(&mut registry);
         let metrics = Metrics {
             registry,
+            tcp,
             dns_lookups,
             dns_addresses,
             wrong_protocol,

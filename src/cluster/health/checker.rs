@@ -33,6 +33,18 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
                 host: hc.host.clone(),
                 expect: hc.expect_status.clone(),
             },
+            CheckKind::Postgres | CheckKind::Redis => Probe::Role(super::role::RoleProbe {
+                server: if hc.kind == CheckKind::Postgres {
+                    super::role::Server::Postgres
+                } else {
+                    super::role::Server::Redis
+                },
+                role: hc.role,
+                user: hc.user.clone(),
+                password: hc.password.clone(),
+                database: hc.database.clone(),
+                max_lag: hc.max_replication_lag.map(|d| d.get()),
+            }),
         };
         for (i, endpoint) in cluster.endpoints.iter().enumerate() {
             let check = Checker {

@@ -1,0 +1,154 @@
+//! TCP listeners (`protocol = "tcp"`): each client connection is relayed,
+//! bytes both ways, to one endpoint of the listener's cluster, beside the
+//! HTTP pipeline rather than inside it. The cluster is the same as an HTTP
+//! route's: its balancer picks per connection (a hash on the client
+//! address for stickiness), its breakers and outlier detection judge
+//! connects (`Cluster::pick_for_try` / `record`), its bulkhead caps the
+//! connections open at once, and an open connection counts as in flight on
+//! its endpoint (least_conn sees it) until it closes.
+//!
+//! `connect` makes the upstream connection (connect timeout, a failed
+//! connect retried on another endpoint); `relay` copies until one side
+//! closes, the idle timeout passes or the endpoint leaves service;
+//! `log` writes the connection's one access-log line.
+
+pub mod connect;
+pub mod log;
+pub mod metrics;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpStream;
+
+use crate::cluster::Cluster;
+use crate::config::OnEndpointDown;
+use crate::shared::Shared;
+use connect::Refused;
+use relay::End;
+
+/// What a TCP listener relays to, from its snapshot. A connection keeps
+/// the `Relay` it started with across reloads.
+pub struct Relay {
+    pub listener: Arc<str>,
+    pub cluster: Arc<Cluster>,
+    pub connect_attempts: u32,
+    pub idle_timeout: Duration,
+    pub on_endpoint_down: OnEndpointDown,
+}
+
+impl Relay {
+    pub fn new(
+        listener: &crate::config::ListenerConfig,
+        cluster: Arc<Cluster>,
+        on_endpoint_down: OnEndpointDown,
+    ) -> Relay {
+        Relay {
+            listener: listener.name.get_ref().as_str().into(),
+            cluster,
+            connect_attempts: *listener.connect_attempts.get_ref(),
+            idle_timeout: listener.idle_timeout.get(),
+            on_endpoint_down,
+        }
+    }
+}
+
+/// Serves one client connection of a TCP listener start to finish.
+/// `client`: the client's address (the one a PROXY header carried, when
+/// the listener accepts them).
+pub async fn serve(
+    client_stream: TcpStream,
+    client: SocketAddr,
+    relay: Arc<Relay>,
+    shared: Arc<Shared>,
+) {
+    let start = Instant::now();
+    let started_at = SystemTime::now();
+    let mut line = log::Line {
+        time: started_at,
+        listener: relay.listener.clone(),
+        cluster: relay.cluster.name.clone(),
+        client,
+        endpoint: None,
+        attempts: 0,
+        connect: None,
+        duration: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        end: End::ClientClosed,
+    };
+    // The bulkhead caps open connections: a slot is held for the whole
+    // connection. Refusals are counted by the guard.
+    let permit = match relay.cluster.guard.enter().await {
+        Ok(p) => p,
+        Err(_) => {
+            line.end = End::BulkheadFull;
+            finish(&shared, &relay, line, start);
+            return;
+        }
+    };
+    let connected = connect::connect(&relay, client, &shared.metrics).await;
+    line.attempts = connected.attempts;
+    let upstream = match connected.result {
+        Ok(up) => up,
+        Err(refused) => {
+            line.end = match refused {
+                Refused::BreakerOpen => End::BreakerOpen,
+                Refused::NoEndpoint => End::NoEndpoint,
+                Refused::ConnectFailed => End::ConnectFailed,
+            };
+            line.endpoint = connected.last_endpoint;
+            finish(&shared, &relay, line, start);
+            return;
+        }
+    };
+    line.endpoint = Some(upstream.endpoint);
+    line.connect = Some(upstream.took);
+    let _ = client_stream.set_nodelay(true);
+    let _ = upstream.stream.set_nodelay(true);
+    let counts = relay::Counts::new(&shared.metrics, &relay.listener);
+    let watch = relay::EndpointWatch {
+        shared: &shared,
+        cluster: &relay.cluster,
+        endpoint: upstream.endpoint,
+        live: upstream.in_flight.live().clone(),
+        on: relay.on_endpoint_down,
+    };
+    let end = relay::run(
+        client_stream,
+        upstream.stream,
+        relay.idle_timeout,
+        &counts,
+        &watch,
+    )
+    .await;
+    drop(upstream.in_flight);
+    drop(permit);
+    line.end = end;
+    line.bytes_in = counts.bytes_in();
+    line.bytes_out = counts.bytes_out();
+    finish(&shared, &relay, line, start);
+}
+
+/// Counts the connection's end and writes its access-log line.
+fn finish(shared: &Shared, relay: &Relay, mut line: log::Line, start: Instant) {
+    line.duration = start.elapsed();
+    let m = &shared.metrics.tcp;
+    m.connections
+        .get_or_create(&metrics::EndLabels {
+            listener: relay.listener.to_string(),
+            cluster: relay.cluster.name.to_string(),
+            end: line.end.as_str(),
+        })
+        .inc();
+    m.duration
+        .get_or_create(&metrics::ListenerLabels {
+            listener: relay.listener.to_string(),
+        })
+        .observe(line.duration.as_secs_f64());
+    if let Some(log) = &shared.access_log {
+        log.log_line(line.to_json());
+    }
+}
