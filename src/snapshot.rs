@@ -30,7 +30,33 @@ pub struct Listener {
     pub routes: Vec<Arc<Route>>,
     /// `protocol = "tcp"`: where its connections are relayed (its routes
     /// are then unused).
-    pub tcp: Option<Arc<crate::tcp::Relay>>,
+    pub tcp: Option<Arc<TcpRelay>>,
+}
+
+/// What a TCP listener relays to (served by `crate::tcp`). A connection
+/// keeps the relay it started with across reloads.
+pub struct TcpRelay {
+    pub listener: Arc<str>,
+    pub cluster: Arc<Cluster>,
+    pub connect_attempts: u32,
+    pub idle_timeout: Duration,
+    pub on_endpoint_down: crate::config::OnEndpointDown,
+}
+
+impl TcpRelay {
+    pub fn new(
+        listener: &crate::config::ListenerConfig,
+        cluster: Arc<Cluster>,
+        on_endpoint_down: crate::config::OnEndpointDown,
+    ) -> TcpRelay {
+        TcpRelay {
+            listener: listener.name.get_ref().as_str().into(),
+            cluster,
+            connect_attempts: *listener.connect_attempts.get_ref(),
+            idle_timeout: listener.idle_timeout.get(),
+            on_endpoint_down,
+        }
+    }
 }
 
 pub struct Snapshot {
@@ -160,7 +186,7 @@ fn tcp_relay(
     l: &crate::config::ListenerConfig,
     clusters: &HashMap<&str, &Arc<Cluster>>,
     config: &Config,
-) -> Option<Arc<crate::tcp::Relay>> {
+) -> Option<Arc<TcpRelay>> {
     if l.protocol != crate::config::Protocol::Tcp {
         return None;
     }
@@ -172,5 +198,5 @@ fn tcp_relay(
         .find(|c| c.name.get_ref() == name)
         .map(|c| c.on_endpoint_down)
         .unwrap_or_default();
-    Some(Arc::new(crate::tcp::Relay::new(l, cluster, on_down)))
+    Some(Arc::new(TcpRelay::new(l, cluster, on_down)))
 }

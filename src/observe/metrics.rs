@@ -125,7 +125,7 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub tcp: crate::tcp::metrics::TcpMetrics,
+    pub tcp: super::tcp::TcpMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_head_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
@@ -361,7 +361,7 @@ impl Metrics {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
-        let tcp = crate::tcp::metrics::TcpMetrics::register(&mut registry);
+        let tcp = super::tcp::TcpMetrics::register(&mut registry);
         let metrics = Metrics {
             registry,
             tcp,

@@ -14,7 +14,6 @@
 
 pub mod connect;
 pub mod log;
-pub mod metrics;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -23,37 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
-use crate::cluster::Cluster;
-use crate::config::OnEndpointDown;
+use crate::observe::tcp as metrics;
 use crate::shared::Shared;
+pub use crate::snapshot::TcpRelay as Relay;
 use connect::Refused;
 use relay::End;
-
-/// What a TCP listener relays to, from its snapshot. A connection keeps
-/// the `Relay` it started with across reloads.
-pub struct Relay {
-    pub listener: Arc<str>,
-    pub cluster: Arc<Cluster>,
-    pub connect_attempts: u32,
-    pub idle_timeout: Duration,
-    pub on_endpoint_down: OnEndpointDown,
-}
-
-impl Relay {
-    pub fn new(
-        listener: &crate::config::ListenerConfig,
-        cluster: Arc<Cluster>,
-        on_endpoint_down: OnEndpointDown,
-    ) -> Relay {
-        Relay {
-            listener: listener.name.get_ref().as_str().into(),
-            cluster,
-            connect_attempts: *listener.connect_attempts.get_ref(),
-            idle_timeout: listener.idle_timeout.get(),
-            on_endpoint_down,
-        }
-    }
-}
 
 /// Serves one client connection of a TCP listener start to finish.
 /// `client`: the client's address (the one a PROXY header carried, when

@@ -17,10 +17,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::metrics::BytesLabels;
 use crate::cluster::{Cluster, EndpointLive};
 use crate::config::OnEndpointDown;
 use crate::observe::Metrics;
+use crate::observe::tcp::BytesLabels;
 use crate::shared::Shared;
 
 /// Each direction's buffer: what one connection holds per direction.

@@ -1,4 +1,4 @@
-//! The metrics of TCP listeners. Open connections per listener are the
+//! The metrics of TCP listeners (`src/tcp/`). Open connections per listener are the
 //! listeners' `levee_connections_active`, open connections per endpoint
 //! `levee_upstream_in_flight` (least_conn reads the same count).
 
@@ -32,7 +32,6 @@ pub struct TcpMetrics {
     pub connections: Family<EndLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
-    pub proxy_refused: Family<ListenerLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -61,17 +60,10 @@ impl TcpMetrics {
             "Life of the connections of tcp listeners, accept to close",
             duration.clone(),
         );
-        let proxy_refused = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "proxy_protocol_refused",
-            "Connections closed because their PROXY protocol header was malformed, missing, or came from an address not in the listener's proxy_protocol_from",
-            proxy_refused.clone(),
-        );
         TcpMetrics {
             connections,
             bytes,
             duration,
-            proxy_refused,
         }
     }
 }
