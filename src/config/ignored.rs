@@ -153,7 +153,11 @@ fn check_health(h: &HealthCheckConfig, owner: &Spanned<String>, key: &str) -> Re
             return Err(invalid(
                 span,
                 format!("{key}.{field}"),
-                "only applies to type = \"http\"; a tcp check only connects, and a postgres or redis check asks the role",
+                if h.kind == CheckKind::Tcp {
+                    "only applies to type = \"http\"; a tcp check only connects"
+                } else {
+                    "only applies to type = \"http\"; a postgres or redis check asks the server's role"
+                },
             ));
         }
     }
