@@ -364,3 +364,81 @@ fn sessions_of_an_endpoint_that_leaves_service_are_closed() {
         assert_eq!(connect(listen).1, "b");
     }
 }
+
+/// The port of the Redis server a connection through Levee reached.
+fn redis_port_through(listen: SocketAddr) -> u16 {
+    let mut conn = TcpStream::connect(listen).expect("connect");
+    conn.set_read_timeout(Some(T)).expect("timeout");
+    conn.write_all(b"CONFIG GET port\r\n").expect("write");
+    // *2 $4 port $N <port>
+    let mut reader = BufReader::new(conn);
+    let mut lines = Vec::new();
+    for _ in 0..5 {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a reply line");
+        lines.push(line.trim().to_owned());
+    }
+    lines[4]
+        .parse()
+        .unwrap_or_else(|_| panic!("reply {lines:?}"))
+}
+
+#[test]
+fn a_redis_role_check_sends_connections_to_the_master_only() {
+    let master = support::redis::RedisServer::start();
+    let replica = support::redis::RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &master.port().to_string(),
+    ]);
+    let (m, r) = (
+        SocketAddr::from(([127, 0, 0, 1], master.port())),
+        SocketAddr::from(([127, 0, 0, 1], replica.port())),
+    );
+    let listen = free_addr();
+    let extra = tcp_listener("kv", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("kv", listen, &extra)
+            .cluster_with(
+                "kv",
+                &[r, m],
+                &[
+                    "on_endpoint_down = \"shutdown_sessions\"",
+                    "health_check = { type = \"redis\", role = \"primary\", interval = \"100ms\", timeout = \"100ms\", jitter = \"0s\", unhealthy_threshold = 1, healthy_threshold = 1 }",
+                ],
+            ),
+    );
+    let states = || {
+        let s = levee.status_json();
+        let eps = &s["clusters"][0]["endpoints"];
+        (
+            eps[0]["state"].as_str().unwrap_or("").to_owned(),
+            eps[1]["state"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    // Role-checked endpoints start WARMING: nothing reaches the replica
+    // before its first verdict.
+    assert!(wait_until(T, || states().1 == "healthy"), "{:?}", states());
+    assert_ne!(states().0, "healthy");
+    for _ in 0..6 {
+        assert_eq!(redis_port_through(listen), master.port());
+    }
+    // Swap the roles: the replica becomes the master.
+    let mut session = TcpStream::connect(listen).expect("connect");
+    session.set_read_timeout(Some(T)).expect("timeout");
+    replica.query(&["REPLICAOF", "NO", "ONE"]);
+    master.query(&["REPLICAOF", "127.0.0.1", &replica.port().to_string()]);
+    assert!(
+        wait_until(T, || states() == ("healthy".into(), "unhealthy".into())),
+        "{:?}",
+        states()
+    );
+    for _ in 0..6 {
+        assert_eq!(redis_port_through(listen), replica.port());
+    }
+    // The session opened on the old master was closed.
+    let mut buf = [0u8; 16];
+    assert!(matches!(session.read(&mut buf), Ok(0) | Err(_)));
+}
