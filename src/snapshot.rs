@@ -41,6 +41,8 @@ pub struct TcpRelay {
     pub connect_attempts: u32,
     pub idle_timeout: Duration,
     pub on_endpoint_down: crate::config::OnEndpointDown,
+    /// The PROXY protocol header sent to endpoints, if any.
+    pub send_proxy: Option<crate::config::ProxyVersion>,
 }
 
 impl TcpRelay {
@@ -48,6 +50,7 @@ impl TcpRelay {
         listener: &crate::config::ListenerConfig,
         cluster: Arc<Cluster>,
         on_endpoint_down: crate::config::OnEndpointDown,
+        send_proxy: Option<crate::config::ProxyVersion>,
     ) -> TcpRelay {
         TcpRelay {
             listener: listener.name.get_ref().as_str().into(),
@@ -55,6 +58,7 @@ impl TcpRelay {
             connect_attempts: *listener.connect_attempts.get_ref(),
             idle_timeout: listener.idle_timeout.get(),
             on_endpoint_down,
+            send_proxy,
         }
     }
 }
@@ -192,11 +196,11 @@ fn tcp_relay(
     }
     let name = l.cluster.as_ref()?.get_ref().as_str();
     let cluster = (*clusters.get(name)?).clone();
-    let on_down = config
-        .clusters
-        .iter()
-        .find(|c| c.name.get_ref() == name)
-        .map(|c| c.on_endpoint_down)
-        .unwrap_or_default();
-    Some(Arc::new(TcpRelay::new(l, cluster, on_down)))
+    let c = config.clusters.iter().find(|c| c.name.get_ref() == name)?;
+    Some(Arc::new(TcpRelay::new(
+        l,
+        cluster,
+        c.on_endpoint_down,
+        c.send_proxy_protocol,
+    )))
 }

@@ -442,3 +442,73 @@ fn a_redis_role_check_sends_connections_to_the_master_only() {
     let mut buf = [0u8; 16];
     assert!(matches!(session.read(&mut buf), Ok(0) | Err(_)));
 }
+
+/// A TCP server that reads a PROXY header (v1 or v2) off each connection,
+/// parses it with `ppp` and answers the source address it carries, then
+/// closes.
+fn proxy_reader() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(T));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 256];
+                let answer = loop {
+                    let Ok(n) = s.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Ok(h) = ppp::v2::Header::try_from(&buf[..]) {
+                        break format!("v2 {:?}\n", h.addresses);
+                    }
+                    if let Ok(h) =
+                        ppp::v1::Header::try_from(std::str::from_utf8(&buf).unwrap_or(""))
+                    {
+                        break format!("v1 {}", h.addresses);
+                    }
+                    if buf.len() > 512 {
+                        break "garbage\n".to_owned();
+                    }
+                };
+                let _ = s.write_all(answer.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_client_address_reaches_the_endpoint_in_a_proxy_header() {
+    let reader = proxy_reader();
+    let (v1_at, v2_at) = (free_addr(), free_addr());
+    let v1 = tcp_listener("v1", &[]);
+    let v1: Vec<&str> = v1.iter().map(String::as_str).collect();
+    let v2 = tcp_listener("v2", &[]);
+    let v2: Vec<&str> = v2.iter().map(String::as_str).collect();
+    let _levee = start(
+        ConfigBuilder::new()
+            .listener_with("v1", v1_at, &v1)
+            .listener_with("v2", v2_at, &v2)
+            .cluster_with("v1", &[reader], &["send_proxy_protocol = \"v1\""])
+            .cluster_with("v2", &[reader], &["send_proxy_protocol = \"v2\""]),
+    );
+    let (conn, line) = connect_from(v1_at, [127, 0, 0, 5]);
+    let client = conn.get_ref().local_addr().expect("addr");
+    assert_eq!(
+        line,
+        format!(
+            "v1 PROXY TCP4 127.0.0.5 127.0.0.1 {} {}",
+            client.port(),
+            v1_at.port()
+        )
+    );
+    let (conn, line) = connect_from(v2_at, [127, 0, 0, 6]);
+    let client = conn.get_ref().local_addr().expect("addr");
+    let expected = ppp::v2::Addresses::from((client, v2_at));
+    assert_eq!(line, format!("v2 {expected:?}"));
+    assert!(line.contains("127.0.0.6"), "{line}");
+}

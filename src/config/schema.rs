@@ -420,6 +420,11 @@ pub struct ClusterConfig {
     /// endpoint that leaves service.
     #[serde(default)]
     pub on_endpoint_down: OnEndpointDown,
+    /// TCP listeners: a PROXY protocol header (`"v1"` text, `"v2"`
+    /// binary) sent to the endpoint before the client's bytes, carrying
+    /// the client's address. Unset: none.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<ProxyVersion>,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -445,6 +450,14 @@ pub enum Role {
     Replica,
     /// Either: the check only proves the server answers.
     Any,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// What happens to a TCP listener's open connections to an endpoint that

@@ -100,6 +100,14 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                  open on an endpoint); no tcp listener names this cluster",
             ));
         }
+        if c.send_proxy_protocol.is_some() && !relayed {
+            return Err(invalid(
+                c.name.span(),
+                format!("{key}.send_proxy_protocol"),
+                "only applies to a cluster of a tcp listener (HTTP requests carry the client \
+                 address in X-Forwarded-For); no tcp listener names this cluster",
+            ));
+        }
         if let Some(h) = &c.health_check {
             check_role(h, &c.name, &format!("{key}.health_check"))?;
         }

@@ -14,6 +14,7 @@
 
 pub mod connect;
 pub mod log;
+pub mod proxy_header;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -81,6 +82,23 @@ pub async fn serve(
     line.connect = Some(upstream.took);
     let _ = client_stream.set_nodelay(true);
     let _ = upstream.stream.set_nodelay(true);
+    let mut upstream = upstream;
+    if let Some(version) = relay.send_proxy {
+        // Before any client byte: the endpoint reads it first.
+        let sent = async {
+            let local = client_stream.local_addr()?;
+            let header = proxy_header::header(version, client, local)?;
+            tokio::io::AsyncWriteExt::write_all(&mut upstream.stream, &header).await
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(listener = %relay.listener, endpoint = %upstream.endpoint, "cannot send the PROXY header: {e}");
+            line.end = End::Error;
+            drop(upstream.in_flight);
+            drop(permit);
+            finish(&shared, &relay, line, start);
+            return;
+        }
+    }
     let counts = relay::Counts::new(&shared.metrics, &relay.listener);
     let watch = relay::EndpointWatch {
         shared: &shared,
