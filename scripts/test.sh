@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-# redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS test's certificates.
-# nginx: a real TLS endpoint (tests/upstream_tls.rs).
-for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx; do
+# redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS test's certificates;
+# nginx: a real TLS endpoint (tests/upstream_tls.rs);
+# postgresql: the failover test runs a primary and a streaming replica (tests/postgres_failover.rs).
+for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx postgresql:/usr/lib/postgresql/15/bin/initdb; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

@@ -25,4 +25,5 @@ pub mod server;
 pub mod service_level;
 pub mod shared;
 pub mod snapshot;
+pub mod tcp;
 pub mod upstream;

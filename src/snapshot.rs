@@ -30,6 +30,39 @@ pub struct Listener {
     /// HTTP/2 from clients and its limits.
     pub http2: Arc<crate::config::http2::Http2Config>,
     pub routes: Vec<Arc<Route>>,
+    /// `protocol = "tcp"`: where its connections are relayed (its routes
+    /// are then unused).
+    pub tcp: Option<Arc<TcpRelay>>,
+}
+
+/// What a TCP listener relays to (served by `crate::tcp`). A connection
+/// keeps the relay it started with across reloads.
+pub struct TcpRelay {
+    pub listener: Arc<str>,
+    pub cluster: Arc<Cluster>,
+    pub connect_attempts: u32,
+    pub idle_timeout: Duration,
+    pub on_endpoint_down: crate::config::OnEndpointDown,
+    /// The PROXY protocol header sent to endpoints, if any.
+    pub send_proxy: Option<crate::config::ProxyVersion>,
+}
+
+impl TcpRelay {
+    pub fn new(
+        listener: &crate::config::ListenerConfig,
+        cluster: Arc<Cluster>,
+        on_endpoint_down: crate::config::OnEndpointDown,
+        send_proxy: Option<crate::config::ProxyVersion>,
+    ) -> TcpRelay {
+        TcpRelay {
+            listener: listener.name.get_ref().as_str().into(),
+            cluster,
+            connect_attempts: *listener.connect_attempts.get_ref(),
+            idle_timeout: listener.idle_timeout.get(),
+            on_endpoint_down,
+            send_proxy,
+        }
+    }
 }
 
 pub struct Snapshot {
@@ -136,6 +169,7 @@ impl Snapshot {
                         .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
                         .map(|(_, r)| r.clone())
                         .collect(),
+                    tcp: tcp_relay(l, &by_name, &config),
                 })
             })
             .collect();
@@ -156,4 +190,24 @@ impl Snapshot {
     pub fn listener(&self, address: SocketAddr) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| l.address == address)
     }
+}
+
+/// A TCP listener's relay. Validation guarantees its cluster exists.
+fn tcp_relay(
+    l: &crate::config::ListenerConfig,
+    clusters: &HashMap<&str, &Arc<Cluster>>,
+    config: &Config,
+) -> Option<Arc<TcpRelay>> {
+    if l.protocol != crate::config::Protocol::Tcp {
+        return None;
+    }
+    let name = l.cluster.as_ref()?.get_ref().as_str();
+    let cluster = (*clusters.get(name)?).clone();
+    let c = config.clusters.iter().find(|c| c.name.get_ref() == name)?;
+    Some(Arc::new(TcpRelay::new(
+        l,
+        cluster,
+        c.on_endpoint_down,
+        c.send_proxy_protocol,
+    )))
 }

@@ -315,7 +315,9 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "name": &*l.name,
                 "address": l.address.to_string(),
                 "max_connections": l.max_connections,
-                "routes": l.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+                "protocol": if l.tcp.is_some() { "tcp" } else { "http" },
+                "cluster": l.tcp.as_ref().map(|t| &*t.cluster.name),
+                "routes": if l.tcp.is_some() { Vec::new() } else { l.routes.iter().map(|r| &*r.name).collect::<Vec<_>>() },
             })
         })
         .collect();

@@ -127,7 +127,15 @@ impl Cluster {
         metrics: &Metrics,
         first: bool,
     ) -> Cluster {
-        let initial = if config.health_check.is_some() && !first {
+        // A role check's endpoints wait for their first verdicts even at
+        // start: before it, a replica is not known from the primary.
+        let role_check = config.health_check.as_ref().is_some_and(|h| {
+            matches!(
+                h.kind,
+                crate::config::CheckKind::Postgres | crate::config::CheckKind::Redis
+            )
+        });
+        let initial = if config.health_check.is_some() && (!first || role_check) {
             State::Warming
         } else {
             State::Healthy

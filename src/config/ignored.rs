@@ -136,7 +136,7 @@ fn check_cluster(c: &ClusterConfig, key: &str) -> Result<(), Invalid> {
 }
 
 fn check_health(h: &HealthCheckConfig, owner: &Spanned<String>, key: &str) -> Result<(), Invalid> {
-    if h.kind == CheckKind::Tcp {
+    if h.kind != CheckKind::Http {
         let d = HealthCheckConfig::default();
         let http_only = [
             ("path", h.path != d.path),
@@ -153,7 +153,11 @@ fn check_health(h: &HealthCheckConfig, owner: &Spanned<String>, key: &str) -> Re
             return Err(invalid(
                 span,
                 format!("{key}.{field}"),
-                "only applies to type = \"http\"; a tcp check only connects",
+                if h.kind == CheckKind::Tcp {
+                    "only applies to type = \"http\"; a tcp check only connects"
+                } else {
+                    "only applies to type = \"http\"; a postgres or redis check asks the server's role"
+                },
             ));
         }
     }

@@ -13,6 +13,7 @@ pub mod redis_url;
 pub mod resilience;
 pub mod rewrite;
 mod schema;
+mod tcp;
 pub mod upstream_tls;
 mod validate;
 pub mod value;

@@ -129,6 +129,9 @@ impl Default for AccessLogConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Http,
+    /// Raw TCP: every connection is relayed, bytes both ways, to an
+    /// endpoint of the listener's `cluster` (`src/tcp/`).
+    Tcp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -162,6 +165,17 @@ pub struct ListenerConfig {
     /// HTTP/2 from clients and its limits (`config::http2`).
     #[serde(default)]
     pub http2: super::http2::Http2Config,
+    /// `protocol = "tcp"`: the cluster every connection is relayed to.
+    #[serde(default)]
+    pub cluster: Option<Spanned<String>>,
+    /// `protocol = "tcp"`: connects tried per client connection; a failed
+    /// connect is tried again on another endpoint while any is left.
+    #[serde(default = "default_connect_attempts")]
+    pub connect_attempts: Spanned<u32>,
+}
+
+fn default_connect_attempts() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
 }
 
 fn default_protocol() -> Protocol {
@@ -433,6 +447,15 @@ pub struct ClusterConfig {
     /// TLS to the endpoints (`[clusters.tls]`). Unset: plain TCP.
     #[serde(default)]
     pub tls: Option<Spanned<super::upstream_tls::UpstreamTlsConfig>>,
+    /// TCP listeners: what happens to the open connections of an
+    /// endpoint that leaves service.
+    #[serde(default)]
+    pub on_endpoint_down: OnEndpointDown,
+    /// TCP listeners: a PROXY protocol header (`"v1"` text, `"v2"`
+    /// binary) sent to the endpoint before the client's bytes, carrying
+    /// the client's address. Unset: none.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<ProxyVersion>,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -442,6 +465,43 @@ pub struct ClusterConfig {
 pub enum CheckKind {
     Http,
     Tcp,
+    /// PostgreSQL: connects and asks `SELECT pg_is_in_recovery()`.
+    Postgres,
+    /// Redis: asks `ROLE`.
+    Redis,
+}
+
+/// The role a `postgres` or `redis` check requires of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Takes writes (PostgreSQL not in recovery, Redis `master`).
+    Primary,
+    /// A read-only copy (PostgreSQL in recovery, Redis `slave`).
+    Replica,
+    /// Either: the check only proves the server answers.
+    Any,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// What happens to a TCP listener's open connections to an endpoint that
+/// leaves service (marked unhealthy, ejected, drained or removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEndpointDown {
+    /// They stay open until either side closes them.
+    #[default]
+    Keep,
+    /// They are closed (HAProxy's `on-marked-down shutdown-sessions`), so
+    /// that clients reconnect to an endpoint in service.
+    ShutdownSessions,
 }
 
 /// `[clusters.health_check]`: probe every endpoint on an interval.
@@ -468,6 +528,16 @@ pub struct HealthCheckConfig {
     pub jitter: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    /// `postgres` and `redis`: the role that passes.
+    pub role: Role,
+    /// `postgres`: the user, password and database the check logs in
+    /// with; `redis`: the password (and ACL user) of `AUTH`.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub database: Option<String>,
+    /// `postgres` with `role = "replica"`: a replica whose last replayed
+    /// transaction is older than this fails. Unset: any lag passes.
+    pub max_replication_lag: Option<Duration>,
 }
 
 impl Default for HealthCheckConfig {
@@ -484,6 +554,11 @@ impl Default for HealthCheckConfig {
             jitter: Duration::from_millis(500),
             unhealthy_threshold: 3,
             healthy_threshold: 2,
+            role: Role::Any,
+            user: None,
+            password: None,
+            database: None,
+            max_replication_lag: None,
         }
     }
 }

@@ -28,6 +28,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::dns::check(config)?;
     super::http2::check(config)?;
     super::chaos::check_config(config)?;
+    super::tcp::check(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -479,6 +480,10 @@ fn check_serves_something(config: &Config) -> Result<(), Invalid> {
         }
     }
     for (i, l) in config.listeners.iter().enumerate() {
+        if l.protocol == super::schema::Protocol::Tcp {
+            // Relays to its cluster; routes do not apply.
+            continue;
+        }
         let name = l.name.get_ref();
         let served = config.routes.iter().any(|r| {
             r.listeners

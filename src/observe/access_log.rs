@@ -229,7 +229,12 @@ impl AccessLog {
     }
 
     pub fn log(&self, record: &LogRecord) {
-        match self.tx.try_send(Msg::Line(record.to_json())) {
+        self.log_line(record.to_json());
+    }
+
+    /// A line made elsewhere (a TCP connection's, `src/tcp/log.rs`).
+    pub fn log_line(&self, line: String) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -132,6 +132,7 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    pub tcp: super::tcp::TcpMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_head_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
@@ -374,10 +375,13 @@ impl Metrics {
         for protocol in ["http2", "tls"] {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
+        // TCP listeners' own metrics (`src/tcp/metrics.rs`).
+        let tcp = super::tcp::TcpMetrics::register(&mut registry);
         let chaos = crate::chaos::metrics::ChaosMetrics::register(&mut registry);
         let metrics = Metrics {
             registry,
             chaos,
+            tcp,
             dns_lookups,
             dns_addresses,
             wrong_protocol,

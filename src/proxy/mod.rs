@@ -798,7 +798,7 @@ thread_local! {
 }
 
 /// A random number for balancers that draw (random, p2c, peak_ewma).
-fn next_random() -> u64 {
+pub(crate) fn next_random() -> u64 {
     RANDOM.with(|r| {
         let mut x = r.get();
         x ^= x << 13;

@@ -34,6 +34,20 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
                 host: hc.host.clone(),
                 expect: hc.expect_status.clone(),
             },
+            CheckKind::Postgres | CheckKind::Redis => {
+                Probe::Role(crate::cluster::health::role::RoleProbe {
+                    server: if hc.kind == CheckKind::Postgres {
+                        crate::cluster::health::role::Server::Postgres
+                    } else {
+                        crate::cluster::health::role::Server::Redis
+                    },
+                    role: hc.role,
+                    user: hc.user.clone(),
+                    password: hc.password.clone(),
+                    database: hc.database.clone(),
+                    max_lag: hc.max_replication_lag.map(|d| d.get()),
+                })
+            }
         };
         for (i, endpoint) in cluster.endpoints.iter().enumerate() {
             let check = Checker {

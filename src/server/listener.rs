@@ -171,10 +171,15 @@ impl AcceptLoop {
             if l.max_connections_per_ip > 0 {
                 let ip = peer.ip().to_canonical();
                 if !self.count.1.enter(ip, l.max_connections_per_ip) {
+                    per_ip_refused.inc();
+                    if l.tcp.is_some() {
+                        // A TCP client has no protocol to be told in.
+                        drop(stream);
+                        continue;
+                    }
                     // Answered, not just closed, so that an HTTP client
                     // knows why; the answer keeps its place in the
                     // listener's count, which bounds how many there are.
-                    per_ip_refused.inc();
                     let id_seed = self.shared.id_seed;
                     tokio::spawn(async move {
                         conn::too_many_connections(stream, id_seed).await;
@@ -183,6 +188,15 @@ impl AcceptLoop {
                     continue;
                 }
                 guard.2 = Some(ip);
+            }
+            if let Some(relay) = &l.tcp {
+                let relay = relay.clone();
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    crate::tcp::serve(stream, peer, relay, shared).await;
+                    drop(guard);
+                });
+                continue;
             }
             let settings = Settings {
                 header_timeout: l.header_timeout,

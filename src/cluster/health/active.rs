@@ -40,6 +40,8 @@ pub enum Probe {
         host: Option<String>,
         expect: Vec<u16>,
     },
+    /// A PostgreSQL or Redis server in the wanted role (`role.rs`).
+    Role(super::role::RoleProbe),
 }
 
 /// One check's result, and why.
@@ -62,11 +64,16 @@ pub async fn check(
     tls: Option<&EndpointTls>,
 ) -> Outcome {
     let run = async {
+        if let Probe::Role(role) = probe {
+            // Its client makes its own connection.
+            let seen = super::role::ask(address, role, timeout).await?;
+            return super::role::judge(role, seen).map(|()| Outcome::Pass);
+        }
         let mut conn = Conn::connect(address, timeout, tls)
             .await
             .map_err(|e| connect_error(e, timeout))?;
         match probe {
-            Probe::Tcp => Ok(Outcome::Pass),
+            Probe::Tcp | Probe::Role(_) => Ok(Outcome::Pass),
             Probe::Http {
                 method,
                 path,

@@ -1,0 +1,145 @@
+//! TCP listeners (`protocol = "tcp"`): each client connection is relayed,
+//! bytes both ways, to one endpoint of the listener's cluster, beside the
+//! HTTP pipeline rather than inside it. The cluster is the same as an HTTP
+//! route's: its balancer picks per connection (a hash on the client
+//! address for stickiness), its breakers and outlier detection judge
+//! connects (`Cluster::pick_for_try` / `record`), its bulkhead caps the
+//! connections open at once, and an open connection counts as in flight on
+//! its endpoint (least_conn sees it) until it closes.
+//!
+//! `connect` makes the upstream connection (connect timeout, a failed
+//! connect retried on another endpoint); `relay` copies until one side
+//! closes, the idle timeout passes or the endpoint leaves service;
+//! `log` writes the connection's one access-log line.
+
+pub mod connect;
+pub mod log;
+pub mod proxy_header;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpStream;
+
+use crate::observe::tcp as metrics;
+use crate::shared::Shared;
+pub use crate::snapshot::TcpRelay as Relay;
+use connect::Refused;
+use relay::End;
+
+/// Serves one client connection of a TCP listener start to finish.
+/// `client`: the client's address (the one a PROXY header carried, when
+/// the listener accepts them).
+pub async fn serve(
+    client_stream: TcpStream,
+    client: SocketAddr,
+    relay: Arc<Relay>,
+    shared: Arc<Shared>,
+) {
+    let start = Instant::now();
+    let started_at = SystemTime::now();
+    let mut line = log::Line {
+        time: started_at,
+        listener: relay.listener.clone(),
+        cluster: relay.cluster.name.clone(),
+        client,
+        endpoint: None,
+        attempts: 0,
+        connect: None,
+        duration: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        end: End::ClientClosed,
+    };
+    // The bulkhead caps open connections: a slot is held for the whole
+    // connection. Refusals are counted by the guard.
+    let permit = match relay.cluster.guard.enter().await {
+        Ok(p) => p,
+        Err(_) => {
+            line.end = End::BulkheadFull;
+            finish(&shared, &relay, line, start);
+            return;
+        }
+    };
+    let connected = connect::connect(&relay, client, &shared.metrics).await;
+    line.attempts = connected.attempts;
+    let upstream = match connected.result {
+        Ok(up) => up,
+        Err(refused) => {
+            line.end = match refused {
+                Refused::BreakerOpen => End::BreakerOpen,
+                Refused::NoEndpoint => End::NoEndpoint,
+                Refused::ConnectFailed => End::ConnectFailed,
+            };
+            line.endpoint = connected.last_endpoint;
+            finish(&shared, &relay, line, start);
+            return;
+        }
+    };
+    line.endpoint = Some(upstream.endpoint);
+    line.connect = Some(upstream.took);
+    let _ = client_stream.set_nodelay(true);
+    let _ = upstream.stream.set_nodelay(true);
+    let mut upstream = upstream;
+    if let Some(version) = relay.send_proxy {
+        // Before any client byte: the endpoint reads it first.
+        let sent = async {
+            let local = client_stream.local_addr()?;
+            let header = proxy_header::header(version, client, local)?;
+            tokio::io::AsyncWriteExt::write_all(&mut upstream.stream, &header).await
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(listener = %relay.listener, endpoint = %upstream.endpoint, "cannot send the PROXY header: {e}");
+            line.end = End::Error;
+            drop(upstream.in_flight);
+            drop(permit);
+            finish(&shared, &relay, line, start);
+            return;
+        }
+    }
+    let counts = relay::Counts::new(&shared.metrics, &relay.listener);
+    let watch = relay::EndpointWatch {
+        shared: &shared,
+        cluster: &relay.cluster,
+        endpoint: upstream.endpoint,
+        live: upstream.in_flight.live().clone(),
+        on: relay.on_endpoint_down,
+    };
+    let end = relay::run(
+        client_stream,
+        upstream.stream,
+        relay.idle_timeout,
+        &counts,
+        &watch,
+    )
+    .await;
+    drop(upstream.in_flight);
+    drop(permit);
+    line.end = end;
+    line.bytes_in = counts.bytes_in();
+    line.bytes_out = counts.bytes_out();
+    finish(&shared, &relay, line, start);
+}
+
+/// Counts the connection's end and writes its access-log line.
+fn finish(shared: &Shared, relay: &Relay, mut line: log::Line, start: Instant) {
+    line.duration = start.elapsed();
+    let m = &shared.metrics.tcp;
+    m.connections
+        .get_or_create(&metrics::EndLabels {
+            listener: relay.listener.to_string(),
+            cluster: relay.cluster.name.to_string(),
+            end: line.end.as_str(),
+        })
+        .inc();
+    m.duration
+        .get_or_create(&metrics::ListenerLabels {
+            listener: relay.listener.to_string(),
+        })
+        .observe(line.duration.as_secs_f64());
+    if let Some(log) = &shared.access_log {
+        log.log_line(line.to_json());
+    }
+}

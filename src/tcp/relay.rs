@@ -1,0 +1,268 @@
+//! The copy of a TCP connection's bytes both ways, with bounded buffers
+//! (a side that does not read stops the other side's reads: back-pressure,
+//! not buffering), a half-close passed on (a client that shuts down its
+//! write side still gets the rest of the answer), and three ways to end
+//! early: the idle timeout, the endpoint leaving service (with
+//! `on_endpoint_down = "shutdown_sessions"`), and an error.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::cluster::{Cluster, EndpointLive};
+use crate::config::OnEndpointDown;
+use crate::observe::Metrics;
+use crate::observe::tcp::BytesLabels;
+use crate::shared::Shared;
+
+/// Each direction's buffer: what one connection holds per direction.
+const BUFFER: usize = 16 * 1024;
+
+/// How often an open connection looks whether its endpoint is still in
+/// service, with `shutdown_sessions` (a connection without it never looks).
+const WATCH_PERIOD: Duration = Duration::from_millis(250);
+
+/// How a TCP connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed first (its end of file, then the endpoint's).
+    ClientClosed,
+    /// The endpoint closed first.
+    EndpointClosed,
+    IdleTimeout,
+    /// Closed by `on_endpoint_down = "shutdown_sessions"`.
+    EndpointDown,
+    /// Every connect failed.
+    ConnectFailed,
+    /// No endpoint may take a connection.
+    NoEndpoint,
+    BreakerOpen,
+    BulkheadFull,
+    /// A read or write failed (a reset).
+    Error,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::EndpointClosed => "endpoint_closed",
+            End::IdleTimeout => "idle_timeout",
+            End::EndpointDown => "endpoint_down",
+            End::ConnectFailed => "connect_failed",
+            End::NoEndpoint => "no_endpoint",
+            End::BreakerOpen => "breaker_open",
+            End::BulkheadFull => "bulkhead_full",
+            End::Error => "error",
+        }
+    }
+}
+
+const NOBODY: u8 = 0;
+const CLIENT: u8 = 1;
+const ENDPOINT: u8 = 2;
+
+/// One connection's byte counts and last activity, shared by the two
+/// directions of the copy and the loop that watches it.
+pub struct Counts {
+    base: Instant,
+    /// Milliseconds from `base` to the last byte read either way.
+    last: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Which side sent its end of file first.
+    first_eof: AtomicU8,
+    total_in: Counter,
+    total_out: Counter,
+}
+
+impl Counts {
+    pub fn new(metrics: &Metrics, listener: &str) -> Counts {
+        let family = &metrics.tcp.bytes;
+        let labels = |direction| BytesLabels {
+            listener: listener.to_owned(),
+            direction,
+        };
+        Counts {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            first_eof: AtomicU8::new(NOBODY),
+            total_in: family.get_or_create_owned(&labels("in")),
+            total_out: family.get_or_create_owned(&labels("out")),
+        }
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Relaxed)
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Relaxed)
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.base + Duration::from_millis(self.last.load(Relaxed))
+    }
+
+    fn read(&self, side: u8, n: usize) {
+        if n == 0 {
+            let _ = self
+                .first_eof
+                .compare_exchange(NOBODY, side, Relaxed, Relaxed);
+            return;
+        }
+        let (count, total) = if side == CLIENT {
+            (&self.bytes_in, &self.total_in)
+        } else {
+            (&self.bytes_out, &self.total_out)
+        };
+        count.fetch_add(n as u64, Relaxed);
+        total.inc_by(n as u64);
+        let ms = self.base.elapsed().as_millis();
+        self.last
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
+/// Whether a connection idle since `last` has passed its idle timeout.
+pub fn idle_expired(last: Instant, idle_timeout: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(last) >= idle_timeout
+}
+
+/// One side of the copy: counts what it reads.
+struct Tap<'a> {
+    stream: TcpStream,
+    counts: &'a Counts,
+    side: u8,
+}
+
+impl AsyncRead for Tap<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.counts.read(self.side, buf.filled().len() - before);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tap<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// What tells a connection that its endpoint left service.
+pub struct EndpointWatch<'a> {
+    pub shared: &'a Shared,
+    pub cluster: &'a Cluster,
+    pub endpoint: SocketAddr,
+    pub live: Arc<EndpointLive>,
+    pub on: OnEndpointDown,
+}
+
+impl EndpointWatch<'_> {
+    /// Out of service: unhealthy, ejected, drained, or no longer in its
+    /// cluster in the running configuration.
+    fn down(&self, now: Instant) -> bool {
+        if !self.live.usable(now) {
+            return true;
+        }
+        let snapshot = self.shared.snapshot.load();
+        !snapshot
+            .clusters
+            .iter()
+            .find(|c| c.name == self.cluster.name)
+            .is_some_and(|c| c.endpoints.iter().any(|e| e.address == self.endpoint))
+    }
+}
+
+/// Copies until the connection ends, and says how it ended.
+pub async fn run(
+    client: TcpStream,
+    endpoint: TcpStream,
+    idle_timeout: Duration,
+    counts: &Counts,
+    watch: &EndpointWatch<'_>,
+) -> End {
+    let mut a = Tap {
+        stream: client,
+        counts,
+        side: CLIENT,
+    };
+    let mut b = Tap {
+        stream: endpoint,
+        counts,
+        side: ENDPOINT,
+    };
+    // An endpoint picked while out of service (the balancer's panic mode)
+    // is not closed for being so.
+    let watching = watch.on == OnEndpointDown::ShutdownSessions && !watch.down(Instant::now());
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
+    tokio::pin!(copy);
+    loop {
+        let now = Instant::now();
+        let mut wake = counts.last_activity() + idle_timeout;
+        if watching {
+            wake = wake.min(now + WATCH_PERIOD);
+        }
+        tokio::select! {
+            done = &mut copy => {
+                return match done {
+                    Ok(_) if counts.first_eof.load(Relaxed) == ENDPOINT => End::EndpointClosed,
+                    Ok(_) => End::ClientClosed,
+                    Err(_) => End::Error,
+                };
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if idle_expired(counts.last_activity(), idle_timeout, now) {
+                    return End::IdleTimeout;
+                }
+                if watching && watch.down(now) {
+                    return End::EndpointDown;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_counts_from_the_last_byte() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(10);
+        assert!(!idle_expired(t0, idle, t0 + Duration::from_secs(9)));
+        assert!(idle_expired(t0, idle, t0 + Duration::from_secs(10)));
+        // A clock read before the last byte is not "idle".
+        assert!(!idle_expired(t0 + Duration::from_secs(1), idle, t0));
+    }
+}

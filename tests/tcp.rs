@@ -1,0 +1,514 @@
+//! TCP listeners end to end (`protocol = "tcp"`), against the real binary
+//! and real sockets: per-connection balancing (round robin, a hash on the
+//! client address), a refused connect retried on another endpoint and the
+//! endpoint ejected, the idle timeout, the per-IP cap, the bulkhead as a
+//! connection cap, `on_endpoint_down = "shutdown_sessions"`, `/status`,
+//! metrics and the access-log line.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A TCP server that greets each connection with its name and a newline,
+/// then echoes what it reads. `stop_accepting` closes the listening socket
+/// and keeps the open connections.
+struct Echo {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    fn start(name: &str) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let greeting = format!("{name}\n");
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let greeting = greeting.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            if s.write_all(greeting.as_bytes()).is_err() {
+                                return;
+                            }
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Echo { addr, stop }
+    }
+
+    fn stop_accepting(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
+/// A connection through Levee from `from` (a loopback address), with the
+/// greeting it got: the name of the endpoint that took it.
+fn connect_from(listen: SocketAddr, from: [u8; 4]) -> (BufReader<TcpStream>, String) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((from, 0)).into())
+        .expect("bind the client address");
+    socket
+        .connect_timeout(&listen.into(), T)
+        .expect("connect to levee");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(T)).expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).expect("a greeting");
+    (reader, greeting.trim().to_owned())
+}
+
+fn connect(listen: SocketAddr) -> (BufReader<TcpStream>, String) {
+    connect_from(listen, [127, 0, 0, 1])
+}
+
+/// Writes a line and reads its echo.
+fn echo(conn: &mut BufReader<TcpStream>, text: &str) -> String {
+    conn.get_mut()
+        .write_all(format!("{text}\n").as_bytes())
+        .expect("write");
+    let mut line = String::new();
+    conn.read_line(&mut line).expect("echo");
+    line.trim().to_owned()
+}
+
+/// Whether the peer closes the connection within `within` (end of file or
+/// a reset, rather than a read timeout).
+fn closed_within(conn: &mut BufReader<TcpStream>, within: Duration) -> bool {
+    conn.get_ref()
+        .set_read_timeout(Some(within))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+fn tcp_listener(cluster: &str, extra: &[&str]) -> Vec<String> {
+    let mut lines = vec![
+        "protocol = \"tcp\"".to_string(),
+        format!("cluster = {cluster:?}"),
+    ];
+    lines.extend(extra.iter().map(|s| s.to_string()));
+    lines
+}
+
+fn start(cfg: ConfigBuilder) -> Levee {
+    Levee::start(&cfg.set("server", "workers = 2").build())
+}
+
+#[test]
+fn connections_are_balanced_and_a_refused_connect_goes_elsewhere() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let (_hold, refusing) = refusing_addr();
+    let listen = free_addr();
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("pg", listen, &extra)
+            .cluster_with(
+                "db",
+                &[a.addr, b.addr, refusing],
+                &[
+                    "balance = \"round_robin\"",
+                    "connect_timeout = \"1s\"",
+                    "outlier_detection = { consecutive_failures = 1, base_ejection = \"30s\" }",
+                ],
+            ),
+    );
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..12 {
+        let (mut conn, name) = connect(listen);
+        assert_eq!(echo(&mut conn, &format!("hello {i}")), format!("hello {i}"));
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both live endpoints took connections: {seen:?}"
+    );
+    assert!(seen.values().all(|&n| n >= 3), "spread: {seen:?}");
+    let failed = levee
+        .metric(
+            "levee_upstream_connect_errors_total",
+            &[("endpoint", &refusing.to_string())],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(
+        failed,
+        1.0,
+        "one refused connect, then ejected:\n{}",
+        levee.logs()
+    );
+    let ejections = levee.metric(
+        "levee_outlier_ejections_total",
+        &[("endpoint", &refusing.to_string())],
+    );
+    assert_eq!(ejections, Some(1.0));
+    let status = levee.status_json();
+    let pg = &status["listeners"][0];
+    assert_eq!(pg["protocol"], "tcp", "{status}");
+    assert_eq!(pg["cluster"], "db");
+    // One access-log line per connection, with bytes both ways.
+    assert!(
+        wait_until(T, || {
+            let m = levee.metric("levee_tcp_connections_total", &[("end", "client_closed")]);
+            m == Some(12.0)
+        }),
+        "{}",
+        levee.metrics_text()
+    );
+    let out = levee.stdout_text();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["protocol"] == "tcp")
+        .collect();
+    assert_eq!(lines.len(), 12, "{out}");
+    let retried = lines.iter().filter(|l| l["attempts"] == 2).count();
+    assert_eq!(retried, 1, "the refused connect was retried: {out}");
+    for l in &lines {
+        assert_eq!(l["end"], "client_closed");
+        assert_eq!(l["bytes_out"], l["bytes_in"].as_u64().unwrap() + 2, "{l}");
+        assert!(l["endpoint"].as_str().is_some() && l["duration_ms"].as_f64().is_some());
+    }
+    let bytes_in = levee.metric("levee_tcp_bytes_total", &[("direction", "in")]);
+    assert!(bytes_in.is_some_and(|b| b > 0.0));
+    drop((a, b));
+}
+
+#[test]
+fn a_client_address_sticks_to_its_endpoint() {
+    let echoes: Vec<Echo> = ["a", "b", "c"].into_iter().map(Echo::start).collect();
+    let addrs: Vec<SocketAddr> = echoes.iter().map(|e| e.addr).collect();
+    let listen = free_addr();
+    let extra = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let _levee = start(
+        ConfigBuilder::new()
+            .listener_with("pg", listen, &extra)
+            .cluster_with("db", &addrs, &["balance = \"consistent_hash\""]),
+    );
+    let mut names = std::collections::HashSet::new();
+    for client in 1..=8u8 {
+        let from = [127, 0, 0, client];
+        let (_c, first) = connect_from(listen, from);
+        for _ in 0..4 {
+            let (_c, again) = connect_from(listen, from);
+            assert_eq!(again, first, "client 127.0.0.{client} moved");
+        }
+        names.insert(first);
+    }
+    assert!(
+        names.len() >= 2,
+        "eight clients all on one endpoint: {names:?}"
+    );
+}
+
+#[test]
+fn idle_connections_close_and_caps_hold() {
+    let a = Echo::start("a");
+    let (idle_at, capped_at) = (free_addr(), free_addr());
+    let idle = tcp_listener("idle", &["idle_timeout = \"400ms\""]);
+    let idle: Vec<&str> = idle.iter().map(String::as_str).collect();
+    let capped = tcp_listener("capped", &["max_connections_per_ip = 2"]);
+    let capped: Vec<&str> = capped.iter().map(String::as_str).collect();
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("idle", idle_at, &idle)
+            .listener_with("capped", capped_at, &capped)
+            .cluster("idle", &[a.addr])
+            .cluster_with(
+                "capped",
+                &[a.addr],
+                &["bulkhead = { max_concurrent = 3, max_queue = 0 }"],
+            ),
+    );
+    // Idle: closed after the timeout, not before; traffic keeps it open.
+    let (mut busy, _) = connect(idle_at);
+    let start_idle = Instant::now();
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(echo(&mut busy, &i.to_string()), i.to_string());
+    }
+    assert!(start_idle.elapsed() > Duration::from_millis(800));
+    let opened = Instant::now();
+    assert!(closed_within(&mut busy, Duration::from_secs(5)));
+    let idle = opened.elapsed();
+    assert!(
+        idle >= Duration::from_millis(350) && idle < Duration::from_secs(4),
+        "closed after {idle:?} idle"
+    );
+    assert!(wait_until(T, || {
+        levee.metric("levee_tcp_connections_total", &[("end", "idle_timeout")]) == Some(1.0)
+    }));
+
+    // Per IP: two from 127.0.0.1, the third closed at once; another IP
+    // still gets in.
+    let (mut one, _) = connect(capped_at);
+    let (_two, _) = connect(capped_at);
+    let mut third = TcpStream::connect(capped_at).expect("connect");
+    third.set_read_timeout(Some(T)).expect("timeout");
+    let mut buf = [0u8; 8];
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "the third connection from one IP is closed"
+    );
+    let refused = levee.metric(
+        "levee_connections_per_ip_refused_total",
+        &[("listener", "capped")],
+    );
+    assert_eq!(refused, Some(1.0));
+    // The bulkhead (3) caps connections across IPs: the fourth is closed.
+    let (_other, _) = connect_from(capped_at, [127, 0, 0, 2]);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 3], 0)).into())
+        .expect("bind");
+    socket.connect(&capped_at.into()).expect("connect");
+    let mut fourth: TcpStream = socket.into();
+    fourth.set_read_timeout(Some(T)).expect("timeout");
+    assert!(matches!(fourth.read(&mut buf), Ok(0) | Err(_)));
+    assert!(wait_until(T, || {
+        levee.metric("levee_tcp_connections_total", &[("end", "bulkhead_full")]) == Some(1.0)
+    }));
+    // Those open are not disturbed.
+    assert_eq!(echo(&mut one, "still"), "still");
+}
+
+#[test]
+fn sessions_of_an_endpoint_that_leaves_service_are_closed() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let listen = free_addr();
+    let extra = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("pg", listen, &extra)
+            .cluster_with(
+                "db",
+                &[a.addr, b.addr],
+                &[
+                    "balance = \"least_conn\"",
+                    "on_endpoint_down = \"shutdown_sessions\"",
+                    "health_check = { type = \"tcp\", interval = \"100ms\", timeout = \"100ms\", jitter = \"0s\", unhealthy_threshold = 2 }",
+                ],
+            ),
+    );
+    // least_conn sees open connections: four spread two and two.
+    let mut conns: Vec<(BufReader<TcpStream>, String)> = (0..4).map(|_| connect(listen)).collect();
+    let on_a = conns.iter().filter(|(_, n)| n == "a").count();
+    assert_eq!(on_a, 2, "least_conn spreads open connections");
+    a.stop_accepting();
+    let down = Instant::now();
+    for (conn, name) in conns.iter_mut() {
+        if name == "a" {
+            assert!(
+                closed_within(conn, Duration::from_secs(5)),
+                "a's session closed"
+            );
+        }
+    }
+    let took = down.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "closed {took:?} after a stopped"
+    );
+    for (conn, name) in conns.iter_mut() {
+        if name == "b" {
+            assert_eq!(echo(conn, "on b"), "on b", "b's sessions stay");
+        }
+    }
+    assert!(wait_until(T, || {
+        levee.metric("levee_tcp_connections_total", &[("end", "endpoint_down")]) == Some(2.0)
+    }));
+    // New connections go to b only.
+    for _ in 0..3 {
+        assert_eq!(connect(listen).1, "b");
+    }
+}
+
+/// The port of the Redis server a connection through Levee reached.
+fn redis_port_through(listen: SocketAddr) -> u16 {
+    let mut conn = TcpStream::connect(listen).expect("connect");
+    conn.set_read_timeout(Some(T)).expect("timeout");
+    conn.write_all(b"CONFIG GET port\r\n").expect("write");
+    // *2 $4 port $N <port>
+    let mut reader = BufReader::new(conn);
+    let mut lines = Vec::new();
+    for _ in 0..5 {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a reply line");
+        lines.push(line.trim().to_owned());
+    }
+    lines[4]
+        .parse()
+        .unwrap_or_else(|_| panic!("reply {lines:?}"))
+}
+
+#[test]
+fn a_redis_role_check_sends_connections_to_the_master_only() {
+    let master = support::redis::RedisServer::start();
+    let replica = support::redis::RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &master.port().to_string(),
+    ]);
+    let (m, r) = (
+        SocketAddr::from(([127, 0, 0, 1], master.port())),
+        SocketAddr::from(([127, 0, 0, 1], replica.port())),
+    );
+    let listen = free_addr();
+    let extra = tcp_listener("kv", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("kv", listen, &extra)
+            .cluster_with(
+                "kv",
+                &[r, m],
+                &[
+                    "on_endpoint_down = \"shutdown_sessions\"",
+                    "health_check = { type = \"redis\", role = \"primary\", interval = \"100ms\", timeout = \"100ms\", jitter = \"0s\", unhealthy_threshold = 1, healthy_threshold = 1 }",
+                ],
+            ),
+    );
+    let states = || {
+        let s = levee.status_json();
+        let eps = &s["clusters"][0]["endpoints"];
+        (
+            eps[0]["state"].as_str().unwrap_or("").to_owned(),
+            eps[1]["state"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    // Role-checked endpoints start WARMING: nothing reaches the replica
+    // before its first verdict.
+    assert!(wait_until(T, || states().1 == "healthy"), "{:?}", states());
+    assert_ne!(states().0, "healthy");
+    for _ in 0..6 {
+        assert_eq!(redis_port_through(listen), master.port());
+    }
+    // Swap the roles: the replica becomes the master.
+    let mut session = TcpStream::connect(listen).expect("connect");
+    session.set_read_timeout(Some(T)).expect("timeout");
+    replica.query(&["REPLICAOF", "NO", "ONE"]);
+    master.query(&["REPLICAOF", "127.0.0.1", &replica.port().to_string()]);
+    assert!(
+        wait_until(T, || states() == ("healthy".into(), "unhealthy".into())),
+        "{:?}",
+        states()
+    );
+    for _ in 0..6 {
+        assert_eq!(redis_port_through(listen), replica.port());
+    }
+    // The session opened on the old master was closed.
+    let mut buf = [0u8; 16];
+    assert!(matches!(session.read(&mut buf), Ok(0) | Err(_)));
+}
+
+/// A TCP server that reads a PROXY header (v1 or v2) off each connection,
+/// parses it with `ppp` and answers the source address it carries, then
+/// closes.
+fn proxy_reader() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(T));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 256];
+                let answer = loop {
+                    let Ok(n) = s.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Ok(h) = ppp::v2::Header::try_from(&buf[..]) {
+                        break format!("v2 {:?}\n", h.addresses);
+                    }
+                    if let Ok(h) =
+                        ppp::v1::Header::try_from(std::str::from_utf8(&buf).unwrap_or(""))
+                    {
+                        break format!("v1 {}", h.addresses);
+                    }
+                    if buf.len() > 512 {
+                        break "garbage\n".to_owned();
+                    }
+                };
+                let _ = s.write_all(answer.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_client_address_reaches_the_endpoint_in_a_proxy_header() {
+    let reader = proxy_reader();
+    let (v1_at, v2_at) = (free_addr(), free_addr());
+    let v1 = tcp_listener("v1", &[]);
+    let v1: Vec<&str> = v1.iter().map(String::as_str).collect();
+    let v2 = tcp_listener("v2", &[]);
+    let v2: Vec<&str> = v2.iter().map(String::as_str).collect();
+    let _levee = start(
+        ConfigBuilder::new()
+            .listener_with("v1", v1_at, &v1)
+            .listener_with("v2", v2_at, &v2)
+            .cluster_with("v1", &[reader], &["send_proxy_protocol = \"v1\""])
+            .cluster_with("v2", &[reader], &["send_proxy_protocol = \"v2\""]),
+    );
+    let (conn, line) = connect_from(v1_at, [127, 0, 0, 5]);
+    let client = conn.get_ref().local_addr().expect("addr");
+    assert_eq!(
+        line,
+        format!(
+            "v1 PROXY TCP4 127.0.0.5 127.0.0.1 {} {}",
+            client.port(),
+            v1_at.port()
+        )
+    );
+    let (conn, line) = connect_from(v2_at, [127, 0, 0, 6]);
+    let client = conn.get_ref().local_addr().expect("addr");
+    let expected = ppp::v2::Addresses::from((client, v2_at));
+    assert_eq!(line, format!("v2 {expected:?}"));
+    assert!(line.contains("127.0.0.6"), "{line}");
+}
