@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::observe::access_log::rfc3339_millis;
 use crate::shared::Shared;
+
+pub mod slo;
 
 /// A request to the server's control loop from the admin API.
 pub enum Control {
@@ -33,6 +35,9 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /metrics",
     "GET /status",
     "GET /availability",
+    "GET /slo",
+    "GET /events",
+    "GET /events/stream",
     "POST /reload",
     "GET /degradation",
     "PUT /degradation",
@@ -59,10 +64,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::Se
         let shared = shared.clone();
         let control = control.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 let control = control.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared, &control).await) }
+                async move {
+                    // The event stream is the one answer with an endless body.
+                    if req.method() == Method::GET && req.uri().path() == "/events/stream" {
+                        if let Some(denied) = unauthorized(&req, &shared) {
+                            return Ok(denied.map(Either::Left));
+                        }
+                        return Ok::<_, Infallible>(events_stream(&req).map(Either::Right));
+                    }
+                    Ok(route(req, &shared, &control).await.map(Either::Left))
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -91,6 +105,22 @@ fn reply_json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>>
     reply(status, "application/json", s)
 }
 
+/// The refusal when `admin.token` is set and the request lacks it.
+fn unauthorized<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    let token = shared.snapshot.load().config.admin.token.clone()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    (!token_matches(given, &token)).then(|| {
+        reply_json(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
+        )
+    })
+}
+
 async fn route(
     req: Request<Incoming>,
     shared: &Shared,
@@ -100,19 +130,8 @@ async fn route(
     if path == "/healthz" {
         return reply(StatusCode::OK, "text/plain", "ok\n");
     }
-    let token = shared.snapshot.load().config.admin.token.clone();
-    if let Some(token) = token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !token_matches(given, &token) {
-            return reply_json(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
-            );
-        }
+    if let Some(denied) = unauthorized(&req, shared) {
+        return denied;
     }
     match (req.method(), path) {
         (&Method::GET, "/metrics") => reply(
@@ -129,6 +148,11 @@ async fn route(
             ))
             .unwrap_or_default(),
         ),
+        (&Method::GET, "/slo") => reply_json(
+            StatusCode::OK,
+            slo::reports(&shared.snapshot.load(), crate::slo::unix_now()),
+        ),
+        (&Method::GET, "/events") => events_list(&req),
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             if control.send(Control::Reload(tx)).await.is_err() {
@@ -160,15 +184,91 @@ async fn route(
         {
             drain(p, shared)
         }
-        (_, "/metrics" | "/status" | "/reload" | "/degradation") => reply_json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": "method_not_allowed", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
-        ),
+        (_, "/metrics" | "/status" | "/reload" | "/degradation" | "/slo" | "/events") => {
+            reply_json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
+            )
+        }
         _ => reply_json(
             StatusCode::NOT_FOUND,
             json!({"error": "not_found", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
         ),
     }
+}
+
+/// `GET /events?since=&kind=&subject=&limit=`: the kept events, oldest
+/// first.
+fn events_list<B>(req: &Request<B>) -> Response<Full<Bytes>> {
+    use crate::events::{Filter, hub};
+    // `limit` is this endpoint's own; the rest is the shared filter.
+    let mut limit = crate::events::RING;
+    let rest: Vec<&str> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| match p.strip_prefix("limit=") {
+            Some(n) => {
+                limit = n.parse().unwrap_or(limit);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    match Filter::from_query(Some(&rest.join("&"))) {
+        Ok(filter) => {
+            let (events, last, dropped) = hub().list(&filter, limit);
+            reply_json(
+                StatusCode::OK,
+                json!({
+                    "last_seq": last,
+                    "dropped": dropped,
+                    "events": events.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        Err(e) => reply_json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "bad_query", "message": e}),
+        ),
+    }
+}
+
+/// `GET /events/stream?kind=&subject=&since=`: Server-Sent Events.
+fn events_stream<B>(req: &Request<B>) -> Response<crate::events::sse::SseBody> {
+    let mut filter = match crate::events::Filter::from_query(req.uri().query()) {
+        Ok(f) => f,
+        Err(e) => {
+            let body = json!({"error": "bad_query", "message": e}).to_string();
+            let mut r = Response::new(crate::events::sse::once(Bytes::from(body)));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
+    };
+    // A reconnecting browser resumes after the last event it saw.
+    if let Some(last) = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        filter.since = filter.since.max(last);
+    }
+    let mut r = Response::new(crate::events::sse::stream(filter));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    r
 }
 
 /// `PUT /degradation` with a level (`full`, `degraded`, `minimal`,

@@ -10,6 +10,7 @@ mod ignored;
 pub mod ratelimit;
 pub mod resilience;
 mod schema;
+pub mod slo;
 mod validate;
 pub mod value;
 mod words;

@@ -220,6 +220,9 @@ pub struct RouteConfig {
     /// route, in this order.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// The route's service level objective (`docs/slo.md`).
+    #[serde(default)]
+    pub slo: Option<super::slo::SloConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

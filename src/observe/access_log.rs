@@ -38,6 +38,8 @@ pub struct LogRecord {
     pub upstream_error: Option<String>,
     /// Tries made upstream (0: none, e.g. refused before forwarding).
     pub attempts: u32,
+    /// The W3C trace id (32 hex digits) the request carried or was given.
+    pub trace_id: String,
 }
 
 impl LogRecord {
@@ -79,6 +81,9 @@ impl LogRecord {
         );
         let _ = write!(s, ",\"request_id\":{}", json_str(&self.request_id));
         let _ = write!(s, ",\"attempts\":{}", self.attempts);
+        if !self.trace_id.is_empty() {
+            let _ = write!(s, ",\"trace_id\":{}", json_str(&self.trace_id));
+        }
         if let Some(e) = self.error {
             let _ = write!(s, ",\"error\":\"{e}\"");
         }
@@ -275,6 +280,7 @@ mod tests {
             error: None,
             upstream_error: Some("connect failed: \"refused\"".into()),
             attempts: 1,
+            trace_id: String::new(),
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b");
@@ -345,6 +351,7 @@ mod tests {
             error: None,
             upstream_error: None,
             attempts: 1,
+            trace_id: String::new(),
         }
     }
 }

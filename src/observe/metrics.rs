@@ -155,6 +155,8 @@ pub struct Metrics {
     pub wrong_protocol: Family<ProtocolLabels, Counter>,
     pub dns_lookups: Family<DnsLabels, Counter>,
     pub dns_addresses: Family<DnsNameLabels, Gauge>,
+    /// Routes' SLO trackers and gauges (`slo::Registry`).
+    pub slos: crate::slo::Registry,
 }
 
 impl Default for Metrics {
@@ -359,8 +361,10 @@ impl Metrics {
         for protocol in ["http2", "tls"] {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
+        let slos = crate::slo::Registry::new(&mut registry);
         let metrics = Metrics {
             registry,
+            slos,
             dns_lookups,
             dns_addresses,
             wrong_protocol,

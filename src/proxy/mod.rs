@@ -40,6 +40,7 @@ use crate::cluster::guard::AdaptivePass;
 use crate::cluster::{Cluster, PickInput, Unavailable};
 use crate::config::HashKey;
 use crate::observe::metrics::ClusterKindLabels;
+use crate::observe::trace::{self, TraceContext};
 use crate::ratelimit::rules::{Report, Ruling};
 use crate::resilience::bulkhead::Rejected;
 use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict, is_repeatable};
@@ -144,6 +145,7 @@ pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Respon
         uri: req.uri().clone(),
         request_id: headers::request_id(req.headers(), cx.shared.id_seed),
         bytes_in: Arc::default(),
+        trace: TraceContext::from_headers(req.headers(), cx.shared.id_seed),
     };
     let forwarded = if ambiguous_framing {
         Forwarded::refused(ProxyError::BadFraming)
@@ -226,6 +228,7 @@ async fn forward<B: RequestBody>(
         let deadline = request_deadline(cluster, req.headers(), start);
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, cx.client, &arrival.request_id);
+        arrival.trace.prepare(&mut parts.headers);
         let mut body = UpstreamBody::new(body, listener.max_body_bytes, arrival.bytes_in.clone());
 
         // Whether the request may be sent a second time once it was sent: an
@@ -252,6 +255,7 @@ async fn forward<B: RequestBody>(
             deadline,
             pick,
             token,
+            trace: arrival.trace,
         };
         let adaptive = out.places.adaptive.as_ref();
         let (tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
@@ -343,6 +347,8 @@ struct Outbound<B> {
     /// `now`), and the endpoint its affinity cookie names.
     pick: PickInput,
     token: Option<String>,
+    /// Each try is a child span of this (`observe::trace`).
+    trace: TraceContext,
 }
 
 /// Step 6: tries until one is worth answering with. Each try goes to an
@@ -505,6 +511,9 @@ async fn try_once<B: RequestBody>(
     out: &mut Outbound<B>,
     start: Instant,
 ) -> Result<upstream::Exchange, upstream::Error> {
+    out.parts
+        .headers
+        .insert(&trace::TRACEPARENT, out.trace.child());
     if let Some(name) = &cluster.deadline_header {
         let left = out.deadline.saturating_duration_since(start).as_millis();
         out.parts

@@ -40,6 +40,8 @@ pub struct Arrival {
     pub request_id: HeaderValue,
     /// Request body bytes read from the client so far.
     pub bytes_in: Arc<AtomicU64>,
+    /// Its W3C trace context (`observe::trace`).
+    pub trace: crate::observe::trace::TraceContext,
 }
 
 /// The route a request matched and which of its targets (clusters) took it.
@@ -145,6 +147,9 @@ impl Completion {
             .as_ref()
             .map_or(&snapshot.unrouted, |r| &r.route.targets[r.target].metrics);
         metrics.record(outcome.status, total.as_secs_f64());
+        if let Some(slo) = outcome.routed.as_ref().and_then(|r| r.route.slo.as_ref()) {
+            slo.record(outcome.status, total, crate::slo::unix_now());
+        }
         let shared = &cx.shared;
         if let Some(e) = outcome.error {
             shared.metrics.error(e.code());
@@ -182,6 +187,7 @@ impl Completion {
                 error: outcome.error.map(ProxyError::code),
                 upstream_error,
                 attempts: tries.count,
+                trace_id: arrival.trace.trace_id_hex(),
             });
         }
         drop(outcome);

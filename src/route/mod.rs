@@ -127,6 +127,8 @@ pub struct Route {
     pub min_level: Level,
     /// The rate-limit rules the route lists; `None`: no check at all.
     pub rate_limits: Option<Arc<crate::ratelimit::rules::RouteLimits>>,
+    /// The route's SLO: its objective and the counts it is judged by.
+    pub slo: Option<Arc<crate::slo::registry::RouteSlo>>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -175,7 +177,13 @@ impl Route {
             fallback: None,
             min_level: Level::Minimal,
             rate_limits: None,
+            slo: None,
         }
+    }
+
+    pub fn with_slo(mut self, slo: Option<Arc<crate::slo::registry::RouteSlo>>) -> Route {
+        self.slo = slo;
+        self
     }
 
     pub fn with_rate_limits(

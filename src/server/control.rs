@@ -54,3 +54,47 @@ pub async fn sweep_rate_limits(shared: Arc<Shared>) {
         }
     }
 }
+
+/// How often SLOs are evaluated: their gauges set, alerts started or ended.
+const SLO_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Evaluates every route's SLO each `SLO_INTERVAL`: sets the SLO gauges and
+/// emits an event when a burn-rate alert starts or ends.
+pub async fn slos(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(SLO_INTERVAL).await;
+        evaluate_slos(&shared, crate::slo::unix_now());
+    }
+}
+
+/// One evaluation at `now` (Unix seconds).
+pub fn evaluate_slos(shared: &Shared, now: u64) {
+    let snapshot = shared.snapshot.load_full();
+    for route in crate::admin::slo::routes(&snapshot) {
+        let Some(slo) = &route.slo else { continue };
+        let report = slo.tracker.evaluate(&slo.objective, now);
+        shared.metrics.slos.publish(&route.name, &report);
+        for a in &report.alerts {
+            let Some(started) = a.change else { continue };
+            crate::events::emit(
+                crate::events::Kind::SloAlert,
+                format!("route {}", route.name),
+                format!(
+                    "{} ({}) {}",
+                    a.name,
+                    a.severity,
+                    if started { "started" } else { "ended" }
+                ),
+                format!(
+                    "burn rate {:.1}× over the long window, {:.1}× over the short one (alert at {}×); \
+                     {:.1} % of the error budget left (target {} %)",
+                    a.long_burn_rate,
+                    a.short_burn_rate,
+                    a.factor,
+                    report.budget_remaining * 100.0,
+                    report.target_percent
+                ),
+            );
+        }
+    }
+}

@@ -340,6 +340,7 @@ impl Server {
         self.restart_checks();
         tokio::spawn(control::service_level(self.shared.clone()));
         tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
+        tokio::spawn(control::slos(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),
@@ -412,6 +413,16 @@ impl Server {
 }
 
 fn log_reload_result(trigger: &str, result: &Result<String, String>) {
+    let (what, why) = match result {
+        Ok(summary) => ("configuration applied", summary),
+        Err(e) => ("configuration refused, the previous one still serves", e),
+    };
+    crate::events::emit(
+        crate::events::Kind::Reload,
+        "server",
+        what,
+        format!("{why} (by {trigger})"),
+    );
     match result {
         Ok(summary) => tracing::info!(trigger, "configuration reloaded: {summary}"),
         Err(e) => tracing::error!(
