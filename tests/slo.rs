@@ -413,3 +413,78 @@ fn a_wrong_slo_is_refused_with_its_place() {
         );
     }
 }
+
+#[test]
+fn the_budget_survives_a_restart_and_a_corrupt_file_starts_fresh() {
+    let b = Backend::start("b1");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("slo.json");
+    let config = |listen| {
+        ConfigBuilder::new()
+            .set(
+                "slo",
+                &format!("state_file = {:?}", state.display().to_string()),
+            )
+            .set("slo", "save_interval = \"1s\"")
+            .listener("main", listen)
+            .cluster_with("app", &[b.addr()], &["retry = { max_attempts = 1 }"])
+            .route_with("api", "app", &["slo = { target = 99.5 }"])
+            .build()
+    };
+    let requests = |levee: &Levee| {
+        let slo = levee
+            .admin_get("/slo")
+            .expect("GET /slo")
+            .json()
+            .expect("JSON");
+        (
+            slo["routes"]["api"]["requests"].as_u64(),
+            slo["routes"]["api"]["bad"].as_u64(),
+        )
+    };
+
+    let listen = free_addr();
+    let mut levee = Levee::start(&config(listen));
+    for path in ["/", "/status/502", "/", "/status/502", "/"] {
+        http_get(listen, path).expect("request");
+    }
+    assert!(
+        wait_until(T, || requests(&levee) == (Some(5), Some(2))),
+        "{:?}",
+        requests(&levee)
+    );
+    // Saved at the interval while running...
+    assert!(wait_until(EVAL, || std::fs::read_to_string(&state)
+        .is_ok_and(|s| s.contains("\"api\""))));
+    // ...and once more at a graceful stop.
+    http_get(listen, "/").expect("request");
+    assert!(levee.sigterm());
+    assert!(levee.wait_exit(T).is_some_and(|s| s.success()));
+
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen));
+    assert!(
+        wait_until(T, || requests(&levee) == (Some(6), Some(2))),
+        "{:?}; {}",
+        requests(&levee),
+        levee.logs()
+    );
+    drop(levee);
+
+    std::fs::write(&state, b"{ not json").expect("corrupt the file");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen));
+    assert_eq!(http_get(listen, "/").expect("request").status, 200);
+    assert!(
+        wait_until(T, || levee
+            .logs()
+            .contains("SLO state ignored, counts start fresh")),
+        "{}",
+        levee.logs()
+    );
+    assert!(
+        wait_until(T, || requests(&levee) == (Some(1), Some(0))),
+        "{:?}",
+        requests(&levee)
+    );
+}

@@ -37,6 +37,9 @@ pub struct Config {
     /// How endpoint names are resolved.
     #[serde(default)]
     pub dns: super::dns::DnsConfig,
+    /// Where SLO counts are saved across restarts (`docs/slo.md`).
+    #[serde(default)]
+    pub slo: super::slo::SloStateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

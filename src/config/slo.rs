@@ -26,6 +26,26 @@ pub struct SloConfig {
     pub latency: Option<Spanned<Duration>>,
 }
 
+/// `[slo]`: keeping the routes' SLO counts across restarts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloStateConfig {
+    /// The file the counts are saved to (written to a temporary file,
+    /// fsynced, renamed over it). Unset: counts live in memory only.
+    pub state_file: Option<Spanned<String>>,
+    /// How often they are saved.
+    pub save_interval: Spanned<Duration>,
+}
+
+impl Default for SloStateConfig {
+    fn default() -> Self {
+        SloStateConfig {
+            state_file: None,
+            save_interval: Spanned::new(0..0, Duration::from_secs(60)),
+        }
+    }
+}
+
 fn default_window_days() -> Spanned<u32> {
     Spanned::new(0..0, 30)
 }
@@ -40,6 +60,23 @@ fn default_good() -> Vec<Spanned<String>> {
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
+    if let Some(f) = &config.slo.state_file
+        && f.get_ref().trim().is_empty()
+    {
+        return Err(invalid(
+            f.span(),
+            "slo.state_file".into(),
+            "an empty path; write a file path, or leave state_file out",
+        ));
+    }
+    let every = &config.slo.save_interval;
+    if every.get_ref().get() < std::time::Duration::from_secs(1) {
+        return Err(invalid(
+            every.span(),
+            "slo.save_interval".into(),
+            "save_interval must be at least 1s",
+        ));
+    }
     for (i, r) in config.routes.iter().enumerate() {
         let Some(slo) = &r.slo else { continue };
         let key = format!("routes[{i}].slo");

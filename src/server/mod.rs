@@ -375,6 +375,8 @@ impl Server {
         if let Some(log) = &self.shared.access_log {
             log.flush();
         }
+        // The requests just drained count towards the budget after a restart.
+        control::save_slos(&self.shared, crate::slo::unix_now());
         Ok(())
     }
 

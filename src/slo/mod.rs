@@ -17,6 +17,7 @@
 
 pub mod burn;
 pub mod registry;
+pub mod state;
 pub mod window;
 
 use std::sync::Mutex;
@@ -264,14 +265,10 @@ impl Tracker {
         (self.fine.dump(), self.coarse.dump())
     }
 
-    /// Adds saved counts back.
-    pub fn restore(&self, fine: &[(u64, Counts)], coarse: &[(u64, Counts)]) {
-        for &(at, c) in fine {
-            self.fine.add(at, c);
-        }
-        for &(at, c) in coarse {
-            self.coarse.add(at, c);
-        }
+    /// Adds saved counts back at `now` (those still within each ring).
+    pub fn restore(&self, now: u64, fine: &[(u64, Counts)], coarse: &[(u64, Counts)]) {
+        self.fine.restore(now, fine);
+        self.coarse.restore(now, coarse);
     }
 }
 

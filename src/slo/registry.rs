@@ -109,7 +109,7 @@ impl Registry {
             Some(t) => {
                 let new = Arc::new(Tracker::new(objective.window));
                 let (fine, coarse) = t.dump();
-                new.restore(&fine, &coarse);
+                new.restore(super::unix_now(), &fine, &coarse);
                 new
             }
             None => Arc::new(Tracker::new(objective.window)),

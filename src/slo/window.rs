@@ -91,6 +91,20 @@ impl Buckets {
         slot.counts.fetch_add(add, Ordering::Relaxed);
     }
 
+    /// Adds saved buckets back at `now`, skipping those the ring no longer
+    /// spans (and any from the future): an old bucket's slot belongs to a
+    /// newer one by now.
+    pub fn restore(&self, now: u64, saved: &[(u64, Counts)]) {
+        let last = now / self.width + 1;
+        let first = last.saturating_sub(self.slots.len() as u64 - 1);
+        for &(at, c) in saved {
+            let epoch = at / self.width + 1;
+            if (first..=last).contains(&epoch) {
+                self.add(at, c);
+            }
+        }
+    }
+
     /// The counts of the last `span` seconds up to `now` (whole buckets:
     /// the current one and as many before it as the span covers).
     pub fn sum(&self, now: u64, span: u64) -> Counts {
@@ -170,10 +184,14 @@ mod tests {
             a.record(1000 + i * 60, i < 3);
         }
         let b = Buckets::new(60, 600);
-        for (at, c) in a.dump() {
-            b.add(at, c);
-        }
+        b.restore(1540, &a.dump());
         assert_eq!(b.sum(1000 + 540, 600), a.sum(1000 + 540, 600));
         assert_eq!(b.sum(1540, 600), Counts { total: 10, bad: 3 });
+        // An hour later nothing saved is within the ring's span: none of it
+        // lands in a newer bucket.
+        let c = Buckets::new(60, 600);
+        c.record(1000 + 3600, false);
+        c.restore(1000 + 3600, &a.dump());
+        assert_eq!(c.sum(1000 + 3600, 600), Counts { total: 1, bad: 0 });
     }
 }
