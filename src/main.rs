@@ -21,9 +21,11 @@ use levee::server::Server;
 /// bulkheads, service levels) and docs/rate-limiting.md. Logs go to standard
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
-/// (/status, /metrics, /availability, POST /reload, PUT /degradation, draining
-/// endpoints) and the signals are in docs/operations.md; `levee availability`
-/// and the single-point-of-failure report in docs/availability.md.
+/// (/status, /metrics, /availability, /slo, /events, POST /reload, PUT
+/// /degradation, draining endpoints) and the signals are in
+/// docs/operations.md; `levee availability` and the single-point-of-failure
+/// report in docs/availability.md; SLOs, events and `levee slo rules` in
+/// docs/slo.md.
 #[derive(Parser)]
 #[command(name = "levee", version, about, long_about)]
 struct Cli {
@@ -99,6 +101,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Service level objectives (docs/slo.md).
+    Slo {
+        #[command(subcommand)]
+        command: SloCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SloCommand {
+    /// Print the Prometheus recording and alerting rules (YAML) equivalent to
+    /// the routes' SLOs in a configuration: error ratios over the burn-rate
+    /// windows, the budget left, and the multi-window burn-rate alerts.
+    Rules {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +136,9 @@ fn main() -> ExitCode {
             admin,
             backend_port,
         } => demo(listen, admin, backend_port),
+        Command::Slo {
+            command: SloCommand::Rules { config },
+        } => slo_rules(&config),
         Command::Availability {
             expression,
             parts,
@@ -144,6 +165,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `levee slo rules --config FILE`.
+fn slo_rules(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            let routes: Vec<(String, levee::slo::Objective)> = c
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let slo = r.slo.as_ref()?;
+                    Some((
+                        r.name.get_ref().clone(),
+                        levee::slo::Objective::from_config(slo),
+                    ))
+                })
+                .collect();
+            print!("{}", levee::slo::rules::prometheus(&routes));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -488,3 +488,68 @@ fn the_budget_survives_a_restart_and_a_corrupt_file_starts_fresh() {
         requests(&levee)
     );
 }
+
+#[test]
+fn slo_rules_print_the_prometheus_equivalent() {
+    let config = ConfigBuilder::new()
+        .listener("main", free_addr())
+        .cluster("app", &[free_addr()])
+        .route_with(
+            "api",
+            "app",
+            &["path_prefix = \"/api\"", "slo = { target = 99.9 }"],
+        )
+        .route_with("web", "app", &["slo = { target = 99.0, window_days = 7 }"])
+        .build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("levee.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["slo", "rules", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run levee slo rules");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("# Prometheus rules"), "{text}");
+    for (route, window) in [("api", "30d"), ("web", "7d")] {
+        assert!(
+            text.contains(&format!("- name: \"levee-slo-{route}\"")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "sum(rate(levee_slo_bad_requests_total{{route=\\\"{route}\\\"}}[{window}]))"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        text.matches("- alert: LeveeSloFastBurn1h").count(),
+        2,
+        "{text}"
+    );
+    // The counters the rules read exist once a route with an SLO served.
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let levee = Levee::start(
+        &ConfigBuilder::new()
+            .listener("main", listen)
+            .cluster("app", &[b.addr()])
+            .route_with("api", "app", &["slo = { target = 99.9 }"])
+            .build(),
+    );
+    http_get(listen, "/status/503").expect("request");
+    http_get(listen, "/").expect("request");
+    assert!(wait_until(T, || levee
+        .metric("levee_slo_requests_total", &[("route", "api")])
+        == Some(2.0)));
+    assert_eq!(
+        levee.metric("levee_slo_bad_requests_total", &[("route", "api")]),
+        Some(1.0)
+    );
+}

@@ -17,6 +17,7 @@
 
 pub mod burn;
 pub mod registry;
+pub mod rules;
 pub mod state;
 pub mod window;
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -17,14 +18,21 @@ use crate::config::slo::SloConfig;
 pub struct RouteSlo {
     pub objective: Objective,
     pub tracker: Arc<Tracker>,
+    /// The SLI as counters, for Prometheus rules (`levee slo rules`).
+    requests: Counter,
+    bad: Counter,
 }
 
 impl RouteSlo {
     /// One finished request: `took` from arrival to the end of the response,
     /// `now` in Unix seconds.
     pub fn record(&self, status: u16, took: Duration, now: u64) {
-        self.tracker
-            .record(now, self.objective.is_good(status, took));
+        let good = self.objective.is_good(status, took);
+        self.tracker.record(now, good);
+        self.requests.inc();
+        if !good {
+            self.bad.inc();
+        }
     }
 }
 
@@ -55,6 +63,8 @@ pub struct Registry {
     budget_remaining: Family<RouteLabels, FloatGauge>,
     burn_rate: Family<WindowLabels, FloatGauge>,
     alert: Family<AlertLabels, Gauge>,
+    requests: Family<RouteLabels, Counter>,
+    bad: Family<RouteLabels, Counter>,
 }
 
 impl Registry {
@@ -66,7 +76,19 @@ impl Registry {
             budget_remaining: Family::default(),
             burn_rate: Family::default(),
             alert: Family::default(),
+            requests: Family::default(),
+            bad: Family::default(),
         };
+        metrics.register(
+            "slo_requests",
+            "Requests of routes with an SLO, as their SLO counts them (the SLI's denominator)",
+            r.requests.clone(),
+        );
+        metrics.register(
+            "slo_bad_requests",
+            "Requests that were bad by the route's SLO: a status class not in good_statuses, or slower than its latency",
+            r.bad.clone(),
+        );
         metrics.register(
             "slo_target_ratio",
             "The route's availability objective (0.999 for 99.9 %)",
@@ -115,7 +137,15 @@ impl Registry {
             None => Arc::new(Tracker::new(objective.window)),
         };
         trackers.insert(name.to_owned(), Arc::downgrade(&tracker));
-        Some(Arc::new(RouteSlo { objective, tracker }))
+        let labels = RouteLabels {
+            route: name.to_owned(),
+        };
+        Some(Arc::new(RouteSlo {
+            objective,
+            tracker,
+            requests: self.requests.get_or_create_owned(&labels),
+            bad: self.bad.get_or_create_owned(&labels),
+        }))
     }
 
     /// Sets the route's gauges from a report.
