@@ -553,3 +553,90 @@ fn slo_rules_print_the_prometheus_equivalent() {
         Some(1.0)
     );
 }
+
+#[test]
+fn a_failing_health_check_is_an_event() {
+    let mut h1 = Backend::start("h1");
+    let h2 = Backend::start("h2");
+    let listen = free_addr();
+    let config = ConfigBuilder::new()
+        .listener("main", listen)
+        .cluster_with(
+            "hc",
+            &[h1.addr(), h2.addr()],
+            &[r#"health_check = { interval = "200ms", jitter = "0s", timeout = "200ms", unhealthy_threshold = 2 }"#],
+        )
+        .route("all", "hc")
+        .build();
+    let levee = Levee::start(&config);
+    let subject = format!("endpoint {} of cluster hc", h1.addr());
+    h1.stop();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            events(&levee, "kind=health")
+                .iter()
+                .any(|e| e["subject"] == subject.as_str() && e["what"] == "healthy → unhealthy")
+        }),
+        "{:?}",
+        events(&levee, "")
+    );
+    let e = events(&levee, "kind=health");
+    let why = e[0]["why"].as_str().unwrap_or("");
+    assert!(why.contains("last check"), "{why}");
+}
+
+#[test]
+fn the_access_log_in_text_keeps_every_error_and_samples_successes() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let config = ConfigBuilder::simple(listen, &[b.addr()])
+        .set("access_log", "enabled = true")
+        .set(
+            "access_log",
+            &format!("path = {:?}", log_path.display().to_string()),
+        )
+        .set("access_log", "format = \"text\"")
+        .set("access_log", "success_sample = 0.25")
+        .build();
+    let _levee = Levee::start(&config);
+    for i in 0..40 {
+        let path = if i % 10 == 0 { "/status/502" } else { "/ok" };
+        http_get(listen, path).expect("request");
+    }
+    let lines = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // 4 errors, all kept; 36 successes, one in four kept.
+    assert!(wait_until(T, || lines().len() == 4 + 9), "{:#?}", lines());
+    let lines = lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"GET /status/502 HTTP/1.1\" 502 "))
+            .count(),
+        4
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"GET /ok HTTP/1.1\" 200 "))
+            .count(),
+        9
+    );
+    for l in &lines {
+        assert!(l.starts_with("127.0.0.1 - - ["), "{l}");
+        assert!(l.contains(" trace_id=") && l.contains(" route="), "{l}");
+    }
+    let refused = ConfigBuilder::simple(free_addr(), &[b.addr()])
+        .set("access_log", "success_sample = 2")
+        .build();
+    let (code, _, stderr) = Levee::check(&refused);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("access_log.success_sample"), "{stderr}");
+}

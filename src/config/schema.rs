@@ -111,6 +111,12 @@ pub struct AccessLogConfig {
     pub enabled: bool,
     /// `-` for standard output, otherwise a file path (appended to).
     pub path: String,
+    /// `json` (one object per line) or `text` (common log format and
+    /// `key=value` fields).
+    pub format: AccessLogFormat,
+    /// Share of successful requests (status below 400, no error) logged;
+    /// every other request is always logged.
+    pub success_sample: Spanned<f64>,
 }
 
 impl Default for AccessLogConfig {
@@ -118,8 +124,18 @@ impl Default for AccessLogConfig {
         AccessLogConfig {
             enabled: true,
             path: "-".into(),
+            format: AccessLogFormat::Json,
+            success_sample: Spanned::new(0..0, 1.0),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -60,6 +60,19 @@ fn default_good() -> Vec<Spanned<String>> {
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
+    // The access log's sampling sits here with the other observability
+    // checks.
+    let sample = &config.access_log.success_sample;
+    if !(0.0..=1.0).contains(sample.get_ref()) {
+        return Err(invalid(
+            sample.span(),
+            "access_log.success_sample".into(),
+            format!(
+                "success_sample {} is not a share between 0 and 1 (1 logs every success, 0.1 one in ten)",
+                sample.get_ref()
+            ),
+        ));
+    }
     if let Some(f) = &config.slo.state_file
         && f.get_ref().trim().is_empty()
     {
