@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::observe::access_log::rfc3339_millis;
 use crate::shared::Shared;
 
+pub mod events;
 pub mod slo;
 
 /// A request to the server's control loop from the admin API.
@@ -73,7 +74,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::Se
                         if let Some(denied) = unauthorized(&req, &shared) {
                             return Ok(denied.map(Either::Left));
                         }
-                        return Ok::<_, Infallible>(events_stream(&req).map(Either::Right));
+                        return Ok::<_, Infallible>(events::stream(&req).map(Either::Right));
                     }
                     Ok(route(req, &shared, &control).await.map(Either::Left))
                 }
@@ -152,7 +153,7 @@ async fn route(
             StatusCode::OK,
             slo::reports(&shared.snapshot.load(), crate::slo::unix_now()),
         ),
-        (&Method::GET, "/events") => events_list(&req),
+        (&Method::GET, "/events") => events::list(&req),
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             if control.send(Control::Reload(tx)).await.is_err() {
@@ -195,80 +196,6 @@ async fn route(
             json!({"error": "not_found", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
         ),
     }
-}
-
-/// `GET /events?since=&kind=&subject=&limit=`: the kept events, oldest
-/// first.
-fn events_list<B>(req: &Request<B>) -> Response<Full<Bytes>> {
-    use crate::events::{Filter, hub};
-    // `limit` is this endpoint's own; the rest is the shared filter.
-    let mut limit = crate::events::RING;
-    let rest: Vec<&str> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| match p.strip_prefix("limit=") {
-            Some(n) => {
-                limit = n.parse().unwrap_or(limit);
-                false
-            }
-            None => true,
-        })
-        .collect();
-    match Filter::from_query(Some(&rest.join("&"))) {
-        Ok(filter) => {
-            let (events, last, dropped) = hub().list(&filter, limit);
-            reply_json(
-                StatusCode::OK,
-                json!({
-                    "last_seq": last,
-                    "dropped": dropped,
-                    "events": events.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
-                }),
-            )
-        }
-        Err(e) => reply_json(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "bad_query", "message": e}),
-        ),
-    }
-}
-
-/// `GET /events/stream?kind=&subject=&since=`: Server-Sent Events.
-fn events_stream<B>(req: &Request<B>) -> Response<crate::events::sse::SseBody> {
-    let mut filter = match crate::events::Filter::from_query(req.uri().query()) {
-        Ok(f) => f,
-        Err(e) => {
-            let body = json!({"error": "bad_query", "message": e}).to_string();
-            let mut r = Response::new(crate::events::sse::once(Bytes::from(body)));
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            return r;
-        }
-    };
-    // A reconnecting browser resumes after the last event it saw.
-    if let Some(last) = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        filter.since = filter.since.max(last);
-    }
-    let mut r = Response::new(crate::events::sse::stream(filter));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache"),
-    );
-    r
 }
 
 /// `PUT /degradation` with a level (`full`, `degraded`, `minimal`,
