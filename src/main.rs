@@ -22,11 +22,11 @@ use levee::server::Server;
 /// docs/rate-limiting.md. Logs go to standard
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
-/// (/status, /metrics, /availability, POST /reload, PUT /degradation, draining
-/// endpoints, faults) and the signals are in docs/operations.md; `levee
-/// availability` and the single-point-of-failure report in
-/// docs/availability.md; fault injection and `levee chaos run` in
-/// docs/chaos.md.
+/// (/status, /metrics, /availability, /slo, /events, POST /reload, PUT
+/// /degradation, draining endpoints, faults) and the signals are in
+/// docs/operations.md; `levee availability` and the single-point-of-failure
+/// report in docs/availability.md; fault injection and `levee chaos run` in
+/// docs/chaos.md; SLOs, events and `levee slo rules` in docs/slo.md.
 #[derive(Parser)]
 #[command(name = "levee", version, about, long_about)]
 struct Cli {
@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: ChaosCommand,
     },
+    /// Service level objectives (docs/slo.md).
+    Slo {
+        #[command(subcommand)]
+        command: SloCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +141,17 @@ enum ChaosCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SloCommand {
+    /// Print the Prometheus recording and alerting rules (YAML) equivalent to
+    /// the routes' SLOs in a configuration: error ratios over the burn-rate
+    /// windows, the budget left, and the multi-window burn-rate alerts.
+    Rules {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -154,6 +170,9 @@ fn main() -> ExitCode {
             backend_port,
         } => demo(listen, admin, backend_port),
         Command::Chaos { command } => chaos(command),
+        Command::Slo {
+            command: SloCommand::Rules { config },
+        } => slo_rules(&config),
         Command::Availability {
             expression,
             parts,
@@ -197,6 +216,31 @@ fn chaos(command: ChaosCommand) -> ExitCode {
         token,
         report.as_deref(),
     ))
+}
+
+/// `levee slo rules --config FILE`.
+fn slo_rules(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            let routes: Vec<(String, levee::slo::Objective)> = c
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let slo = r.slo.as_ref()?;
+                    Some((
+                        r.name.get_ref().clone(),
+                        levee::slo::Objective::from_config(slo),
+                    ))
+                })
+                .collect();
+            print!("{}", levee::slo::rules::prometheus(&routes));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging() {

@@ -108,6 +108,12 @@ impl ServiceLevel {
                 c.to.as_str(),
                 c.reason
             );
+            crate::events::emit(
+                crate::events::Kind::ServiceLevel,
+                "server",
+                format!("{} → {}", c.from.as_str(), c.to.as_str()),
+                format!("{} (by {by})", c.reason),
+            );
             state.last = Some((SystemTime::now(), c.reason));
         }
     }

@@ -144,7 +144,8 @@ impl Snapshot {
                                     .map(|n| n.get_ref().clone())
                                     .collect::<Vec<_>>(),
                             ),
-                        ),
+                        )
+                        .with_slo(metrics.slos.route(&name, r.slo.as_ref())),
                     ),
                 )
             })

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,6 +24,9 @@ mod faults;
 use crate::observe::access_log::rfc3339_millis;
 use crate::shared::Shared;
 
+pub mod events;
+pub mod slo;
+
 /// A request to the server's control loop from the admin API.
 pub enum Control {
     Reload(oneshot::Sender<Result<String, String>>),
@@ -35,6 +38,9 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /metrics",
     "GET /status",
     "GET /availability",
+    "GET /slo",
+    "GET /events",
+    "GET /events/stream",
     "POST /reload",
     "GET /degradation",
     "PUT /degradation",
@@ -64,10 +70,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: mpsc::Se
         let shared = shared.clone();
         let control = control.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 let control = control.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared, &control).await) }
+                async move {
+                    // The event stream is the one answer with an endless body.
+                    if req.method() == Method::GET && req.uri().path() == "/events/stream" {
+                        if let Some(denied) = unauthorized(&req, &shared) {
+                            return Ok(denied.map(Either::Left));
+                        }
+                        return Ok::<_, Infallible>(events::stream(&req).map(Either::Right));
+                    }
+                    Ok(route(req, &shared, &control).await.map(Either::Left))
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -96,6 +111,22 @@ fn reply_json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>>
     reply(status, "application/json", s)
 }
 
+/// The refusal when `admin.token` is set and the request lacks it.
+fn unauthorized<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    let token = shared.snapshot.load().config.admin.token.clone()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    (!token_matches(given, &token)).then(|| {
+        reply_json(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
+        )
+    })
+}
+
 async fn route(
     req: Request<Incoming>,
     shared: &Shared,
@@ -105,19 +136,8 @@ async fn route(
     if path == "/healthz" {
         return reply(StatusCode::OK, "text/plain", "ok\n");
     }
-    let token = shared.snapshot.load().config.admin.token.clone();
-    if let Some(token) = token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !token_matches(given, &token) {
-            return reply_json(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
-            );
-        }
+    if let Some(denied) = unauthorized(&req, shared) {
+        return denied;
     }
     match (req.method(), path) {
         (&Method::GET, "/metrics") => reply(
@@ -134,6 +154,11 @@ async fn route(
             ))
             .unwrap_or_default(),
         ),
+        (&Method::GET, "/slo") => reply_json(
+            StatusCode::OK,
+            slo::reports(&shared.snapshot.load(), crate::slo::unix_now()),
+        ),
+        (&Method::GET, "/events") => events::list(&req),
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             if control.send(Control::Reload(tx)).await.is_err() {
@@ -168,7 +193,10 @@ async fn route(
         (&Method::GET, "/faults") => faults::list(shared),
         (&Method::POST, "/faults") => faults::post(req, shared).await,
         (&Method::DELETE, p) if p.starts_with("/faults/") => faults::delete(p, shared),
-        (_, "/metrics" | "/status" | "/reload" | "/degradation" | "/faults") => reply_json(
+        (
+            _,
+            "/metrics" | "/status" | "/reload" | "/degradation" | "/faults" | "/slo" | "/events",
+        ) => reply_json(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method_not_allowed", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
         ),

@@ -43,6 +43,11 @@ pub struct ClusterGuard {
     budget_exhausted: Counter,
     bulkhead_full: Counter,
     bulkhead_timeout: Counter,
+    /// `cluster NAME`, the subject of this guard's events.
+    subject: String,
+    /// Coalesce the per-request refusals into events.
+    budget_gate: crate::events::Gate,
+    bulkhead_gate: crate::events::Gate,
 }
 
 impl ClusterGuard {
@@ -64,6 +69,14 @@ impl ClusterGuard {
             .try_withdraw(now);
         if !ok {
             self.budget_exhausted.inc();
+            if let Some(n) = self.budget_gate.pass(now, crate::events::gate::EVERY) {
+                crate::events::emit(
+                    crate::events::Kind::RetryBudget,
+                    self.subject.clone(),
+                    "retries refused",
+                    format!("retry budget exhausted: {n} retries refused since the last event"),
+                );
+            }
         }
         ok
     }
@@ -76,10 +89,27 @@ impl ClusterGuard {
         match b.acquire().await {
             Ok(permit) => Ok(Some(permit)),
             Err(e) => {
-                match e {
-                    bulkhead::Rejected::QueueFull => self.bulkhead_full.inc(),
-                    bulkhead::Rejected::Timeout => self.bulkhead_timeout.inc(),
+                let why = match e {
+                    bulkhead::Rejected::QueueFull => {
+                        self.bulkhead_full.inc();
+                        "bulkhead full and its queue full"
+                    }
+                    bulkhead::Rejected::Timeout => {
+                        self.bulkhead_timeout.inc();
+                        "waited the bulkhead queue's timeout"
+                    }
                 };
+                if let Some(n) = self
+                    .bulkhead_gate
+                    .pass(Instant::now(), crate::events::gate::EVERY)
+                {
+                    crate::events::emit(
+                        crate::events::Kind::Shed,
+                        self.subject.clone(),
+                        "requests refused by the bulkhead",
+                        format!("{why}; {n} refused since the last event"),
+                    );
+                }
                 Err(e)
             }
         }
@@ -97,6 +127,8 @@ impl ClusterGuard {
 pub struct Adaptive {
     limit: Mutex<AdaptiveLimit>,
     shed: Counter,
+    subject: String,
+    gate: crate::events::Gate,
 }
 
 /// An admitted request; releases its place when dropped (when the response
@@ -117,6 +149,18 @@ impl Adaptive {
             }),
             None => {
                 self.shed.inc();
+                if let Some(n) = self.gate.pass(Instant::now(), crate::events::gate::EVERY) {
+                    crate::events::emit(
+                        crate::events::Kind::Shed,
+                        self.subject.clone(),
+                        "requests shed",
+                        format!(
+                            "{} in flight at the adaptive concurrency limit {}; {n} shed since the last event",
+                            limit.in_flight(),
+                            limit.limit()
+                        ),
+                    );
+                }
                 None
             }
         }
@@ -355,6 +399,12 @@ impl SharedBreaker {
                 to: t.to.as_str(),
             })
             .inc();
+        crate::events::emit(
+            crate::events::Kind::Breaker,
+            who,
+            format!("{} → {}", t.from.as_str(), t.to.as_str()),
+            t.reason.clone(),
+        );
         self.show(t.to);
         inner.last = Some((SystemTime::now(), t.reason));
     }
@@ -455,6 +505,8 @@ impl GuardRegistry {
                     shed: metrics.shed.get_or_create_owned(&ClusterLabels {
                         cluster: name.clone(),
                     }),
+                    subject: format!("cluster {name}"),
+                    gate: crate::events::Gate::default(),
                 })
             }),
             bulkhead_full: metrics
@@ -479,6 +531,9 @@ impl GuardRegistry {
                 .get_or_create_owned(&ClusterLabels {
                     cluster: name.clone(),
                 }),
+            subject: format!("cluster {name}"),
+            budget_gate: crate::events::Gate::default(),
+            bulkhead_gate: crate::events::Gate::default(),
         };
         Arc::new(guard)
     }

@@ -126,6 +126,12 @@ impl EndpointLive {
         if outlier.clear(now) {
             tracing::info!(cluster = %self.cluster, endpoint = %self.address,
                 "outlier ejection ended: the cluster no longer has outlier detection");
+            crate::events::emit(
+                crate::events::Kind::EjectionEnd,
+                format!("endpoint {} of cluster {}", self.address, self.cluster),
+                "ejection ended",
+                "the cluster no longer has outlier detection",
+            );
         }
         self.publish_ejection(before, outlier.ejection());
     }
@@ -155,6 +161,12 @@ impl EndpointLive {
     fn ended(&self, end: End, detail: &str) {
         tracing::info!(cluster = %self.cluster, endpoint = %self.address,
             reason = end.as_str(), "outlier ejection ended: {detail}");
+        crate::events::emit(
+            crate::events::Kind::EjectionEnd,
+            format!("endpoint {} of cluster {}", self.address, self.cluster),
+            format!("ejection ended ({})", end.as_str()),
+            detail,
+        );
         let i = End::ALL.iter().position(|e| *e == end).unwrap_or(0);
         self.ejections_ended[i].inc();
     }

@@ -115,6 +115,12 @@ impl Cluster {
                     endpoint = %endpoint.address,
                     "endpoint ejected for {duration:?}: {reason}"
                 );
+                crate::events::emit(
+                    crate::events::Kind::Ejection,
+                    format!("endpoint {} of cluster {}", endpoint.address, self.name),
+                    format!("ejected for {duration:?}"),
+                    reason.to_string(),
+                );
                 let labels = EndpointLabels {
                     cluster: self.name.to_string(),
                     endpoint: endpoint.address.to_string(),

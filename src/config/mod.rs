@@ -13,6 +13,7 @@ pub mod redis_url;
 pub mod resilience;
 pub mod rewrite;
 mod schema;
+pub mod slo;
 mod tcp;
 pub mod upstream_tls;
 mod validate;

@@ -43,6 +43,9 @@ pub struct Config {
     /// Faults started with the configuration (each with a `ttl`).
     #[serde(default)]
     pub faults: Vec<super::chaos::FaultConfig>,
+    /// Where SLO counts are saved across restarts (`docs/slo.md`).
+    #[serde(default)]
+    pub slo: super::slo::SloStateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -114,6 +117,12 @@ pub struct AccessLogConfig {
     pub enabled: bool,
     /// `-` for standard output, otherwise a file path (appended to).
     pub path: String,
+    /// `json` (one object per line) or `text` (common log format and
+    /// `key=value` fields).
+    pub format: AccessLogFormat,
+    /// Share of successful requests (status below 400, no error) logged;
+    /// every other request is always logged.
+    pub success_sample: Spanned<f64>,
 }
 
 impl Default for AccessLogConfig {
@@ -121,8 +130,18 @@ impl Default for AccessLogConfig {
         AccessLogConfig {
             enabled: true,
             path: "-".into(),
+            format: AccessLogFormat::Json,
+            success_sample: Spanned::new(0..0, 1.0),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -259,6 +278,9 @@ pub struct RouteConfig {
     /// Answer with a fixed response instead of forwarding (no `cluster`).
     #[serde(default)]
     pub respond: Option<super::rewrite::RespondConfig>,
+    /// The route's service level objective (`docs/slo.md`).
+    #[serde(default)]
+    pub slo: Option<super::slo::SloConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

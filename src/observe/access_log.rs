@@ -38,9 +38,61 @@ pub struct LogRecord {
     pub upstream_error: Option<String>,
     /// Tries made upstream (0: none, e.g. refused before forwarding).
     pub attempts: u32,
+    /// The W3C trace id (32 hex digits) the request carried or was given.
+    pub trace_id: String,
 }
 
 impl LogRecord {
+    /// Whether the request went wrong: an error status or a failure.
+    pub fn is_error(&self) -> bool {
+        self.status >= 400 || self.error.is_some() || self.upstream_error.is_some()
+    }
+
+    /// Common log format (`client - - [time] "METHOD path HTTP/1.1" status
+    /// bytes`) followed by Levee's fields as `key=value`, values with spaces
+    /// or quotes in double quotes.
+    pub fn to_text(&self) -> String {
+        let mut s = String::with_capacity(256);
+        let _ = write!(
+            s,
+            "{} - - [{}] \"{} {} HTTP/1.1\" {} {}",
+            self.client,
+            clf_time(self.time),
+            self.method,
+            self.path.replace('"', "%22"),
+            self.status,
+            self.bytes_out
+        );
+        let mut field = |k: &str, v: &str| {
+            if v.is_empty() || v.contains([' ', '"', '=']) {
+                let _ = write!(s, " {k}={}", json_str(v));
+            } else {
+                let _ = write!(s, " {k}={v}");
+            }
+        };
+        field("rt", &format!("{:.3}", self.total_ms / 1000.0));
+        field("route", self.route.as_deref().unwrap_or("-"));
+        field("cluster", self.cluster.as_deref().unwrap_or("-"));
+        field(
+            "endpoint",
+            &self
+                .endpoint
+                .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        );
+        field("attempts", &self.attempts.to_string());
+        field("request_id", &self.request_id);
+        if !self.trace_id.is_empty() {
+            field("trace_id", &self.trace_id);
+        }
+        if let Some(e) = self.error {
+            field("error", e);
+        }
+        if let Some(e) = &self.upstream_error {
+            field("upstream_error", e);
+        }
+        s
+    }
+
     pub fn to_json(&self) -> String {
         let mut s = String::with_capacity(320);
         let _ = write!(s, "{{\"time\":\"{}\"", rfc3339_millis(self.time));
@@ -79,6 +131,9 @@ impl LogRecord {
         );
         let _ = write!(s, ",\"request_id\":{}", json_str(&self.request_id));
         let _ = write!(s, ",\"attempts\":{}", self.attempts);
+        if !self.trace_id.is_empty() {
+            let _ = write!(s, ",\"trace_id\":{}", json_str(&self.trace_id));
+        }
         if let Some(e) = self.error {
             let _ = write!(s, ",\"error\":\"{e}\"");
         }
@@ -120,6 +175,55 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
         rem % 60,
         d.subsec_millis()
     )
+}
+
+/// `03/Dec/2026:05:20:37 +0000`, the common log format's time.
+fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // 2026-12-03T05:20:37.123Z
+    let r = rfc3339_millis(t);
+    let month = r[5..7].parse::<usize>().unwrap_or(1).clamp(1, 12);
+    format!(
+        "{}/{}/{}:{} +0000",
+        &r[8..10],
+        MONTHS[month - 1],
+        &r[0..4],
+        &r[11..19]
+    )
+}
+
+/// Keeps `share` of the calls, evenly: the n-th call is kept when
+/// `n × share` crosses an integer (exactly 1 in 10 for 0.1, no randomness
+/// needed).
+pub struct Sampler {
+    seen: AtomicU64,
+}
+
+impl Sampler {
+    pub const fn new() -> Sampler {
+        Sampler {
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    pub fn keep(&self, share: f64) -> bool {
+        if share >= 1.0 {
+            return true;
+        }
+        if share <= 0.0 {
+            return false;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * share).floor() > (n * share).floor()
+    }
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler::new()
+    }
 }
 
 enum Msg {
@@ -232,6 +336,23 @@ impl AccessLog {
         self.log_line(record.to_json());
     }
 
+    /// Logs a record as the configuration says: in its format, and a
+    /// successful request only if the sampler keeps it.
+    pub fn log_as(
+        &self,
+        record: &LogRecord,
+        config: &crate::config::AccessLogConfig,
+        sampler: &Sampler,
+    ) {
+        if !record.is_error() && !sampler.keep(*config.success_sample.get_ref()) {
+            return;
+        }
+        self.log_line(match config.format {
+            crate::config::AccessLogFormat::Json => record.to_json(),
+            crate::config::AccessLogFormat::Text => record.to_text(),
+        });
+    }
+
     /// A line made elsewhere (a TCP connection's, `src/tcp/log.rs`).
     pub fn log_line(&self, line: String) {
         match self.tx.try_send(Msg::Line(line)) {
@@ -280,6 +401,7 @@ mod tests {
             error: None,
             upstream_error: Some("connect failed: \"refused\"".into()),
             attempts: 1,
+            trace_id: String::new(),
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b");
@@ -289,6 +411,32 @@ mod tests {
         assert_eq!(v["head_ms"], 1.0);
         assert_eq!(v["endpoint"], "127.0.0.1:9001");
         assert_eq!(v["upstream_error"], "connect failed: \"refused\"");
+    }
+
+    #[test]
+    fn text_lines_and_sampling() {
+        let mut r = sample();
+        r.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+        let t = r.to_text();
+        assert!(t.starts_with(&format!("{} - - [", r.client)), "{t}");
+        assert!(t.contains(" +0000] \"GET "), "{t}");
+        assert!(
+            t.contains(" trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("\" {} {}", r.status, r.bytes_out)),
+            "{t}"
+        );
+        assert_eq!(
+            clf_time(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_275_237)),
+            "03/Dec/2026:05:20:37 +0000"
+        );
+        let s = Sampler::new();
+        assert_eq!((0..100).filter(|_| s.keep(0.1)).count(), 10);
+        let s = Sampler::new();
+        assert_eq!((0..100).filter(|_| s.keep(0.0)).count(), 0);
+        assert_eq!((0..100).filter(|_| s.keep(1.0)).count(), 100);
     }
 
     #[test]
@@ -350,6 +498,7 @@ mod tests {
             error: None,
             upstream_error: None,
             attempts: 1,
+            trace_id: String::new(),
         }
     }
 }

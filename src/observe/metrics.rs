@@ -165,6 +165,8 @@ pub struct Metrics {
     pub dns_lookups: Family<DnsLabels, Counter>,
     pub dns_addresses: Family<DnsNameLabels, Gauge>,
     pub chaos: crate::chaos::metrics::ChaosMetrics,
+    /// Routes' SLO trackers and gauges (`slo::Registry`).
+    pub slos: crate::slo::Registry,
 }
 
 impl Default for Metrics {
@@ -378,8 +380,10 @@ impl Metrics {
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
         let tcp = super::tcp::TcpMetrics::register(&mut registry);
         let chaos = crate::chaos::metrics::ChaosMetrics::register(&mut registry);
+        let slos = crate::slo::Registry::new(&mut registry);
         let metrics = Metrics {
             registry,
+            slos,
             chaos,
             tcp,
             dns_lookups,

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod known;
 pub mod metrics;
 pub mod tcp;
+pub mod trace;
 
 pub use access_log::{AccessLog, LogRecord};
 pub use metrics::Metrics;

@@ -45,6 +45,7 @@ use crate::cluster::guard::AdaptivePass;
 use crate::cluster::{Cluster, PickInput, Unavailable};
 use crate::config::HashKey;
 use crate::observe::metrics::ClusterKindLabels;
+use crate::observe::trace::{self, TraceContext};
 use crate::ratelimit::rules::{Report, Ruling};
 use crate::resilience::bulkhead::Rejected;
 use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict, is_repeatable};
@@ -158,6 +159,7 @@ pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Respon
         uri: req.uri().clone(),
         request_id: headers::request_id(req.headers(), cx.shared.id_seed),
         bytes_in: Arc::default(),
+        trace: TraceContext::from_headers(req.headers(), cx.shared.id_seed),
     };
     let forwarded = if ambiguous_framing {
         Forwarded::refused(ProxyError::BadFraming)
@@ -262,6 +264,7 @@ async fn forward<B: RequestBody>(
         if let Some(rw) = &route.rewrite {
             rewriting::request(cx, rw, route, &cluster.name, arrival, &mut parts)?;
         }
+        arrival.trace.prepare(&mut parts.headers);
         let mut body = UpstreamBody::new(body, listener.max_body_bytes, arrival.bytes_in.clone());
 
         // Whether the request may be sent a second time once it was sent: an
@@ -288,6 +291,7 @@ async fn forward<B: RequestBody>(
             deadline,
             pick,
             token,
+            trace: arrival.trace,
         };
         let adaptive = out.places.adaptive.as_ref();
         let (tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
@@ -379,6 +383,8 @@ struct Outbound<B> {
     /// `now`), and the endpoint its affinity cookie names.
     pick: PickInput,
     token: Option<String>,
+    /// Each try is a child span of this (`observe::trace`).
+    trace: TraceContext,
 }
 
 /// Step 6: tries until one is worth answering with. Each try goes to an
@@ -541,6 +547,9 @@ async fn try_once<B: RequestBody>(
     out: &mut Outbound<B>,
     start: Instant,
 ) -> Result<upstream::Exchange, upstream::Error> {
+    out.parts
+        .headers
+        .insert(&trace::TRACEPARENT, out.trace.child());
     if let Some(name) = &cluster.deadline_header {
         let left = out.deadline.saturating_duration_since(start).as_millis();
         out.parts

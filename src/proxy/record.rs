@@ -40,6 +40,8 @@ pub struct Arrival {
     pub request_id: HeaderValue,
     /// Request body bytes read from the client so far.
     pub bytes_in: Arc<AtomicU64>,
+    /// Its W3C trace context (`observe::trace`).
+    pub trace: crate::observe::trace::TraceContext,
 }
 
 /// The route a request matched and which of its targets (clusters) took it.
@@ -121,6 +123,9 @@ pub struct Completion {
     pub body_error: Option<String>,
 }
 
+/// Which successful requests the access log keeps (`success_sample`).
+static SUCCESSES: crate::observe::access_log::Sampler = crate::observe::access_log::Sampler::new();
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -150,6 +155,9 @@ impl Completion {
             .and_then(|r| r.route.metrics(r.target))
             .unwrap_or(&snapshot.unrouted);
         metrics.record(outcome.status, total.as_secs_f64());
+        if let Some(slo) = outcome.routed.as_ref().and_then(|r| r.route.slo.as_ref()) {
+            slo.record(outcome.status, total, crate::slo::unix_now());
+        }
         let shared = &cx.shared;
         if let Some(e) = outcome.error {
             shared.metrics.error(e.code());
@@ -157,40 +165,45 @@ impl Completion {
         if let Some(log) = &shared.access_log {
             let tries = &outcome.tries;
             let last = tries.last.as_ref();
-            log.log(&LogRecord {
-                time: SystemTime::now() - total,
-                client: cx.client.ip().to_canonical(),
-                method: arrival.method,
-                path: arrival
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned(),
-                status: outcome.status,
-                route: outcome.routed.as_ref().map(|r| r.route.name.clone()),
-                cluster: outcome
-                    .routed
-                    .as_ref()
-                    .and_then(|r| Some(r.cluster()?.name.clone())),
-                endpoint: last.map(|t| t.endpoint),
-                wait_ms: tries
-                    .first
-                    .map(|first| ms(first.saturating_duration_since(arrival.start))),
-                connect_ms: last.and_then(|t| t.connect).map(ms),
-                head_ms: last.and_then(|t| t.head).map(ms),
-                // A try that answered lasts until its body is read whole.
-                upstream_ms: last.map(|t| match t.head {
-                    Some(_) => ms(now.saturating_duration_since(t.start)),
-                    None => ms(t.took),
-                }),
-                total_ms: ms(total),
-                bytes_in: arrival.bytes_in.load(Ordering::Relaxed),
-                bytes_out,
-                request_id: arrival.request_id.to_str().unwrap_or("").to_owned(),
-                error: outcome.error.map(ProxyError::code),
-                upstream_error,
-                attempts: tries.count,
-            });
+            log.log_as(
+                &LogRecord {
+                    time: SystemTime::now() - total,
+                    client: cx.client.ip().to_canonical(),
+                    method: arrival.method,
+                    path: arrival
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_owned(),
+                    status: outcome.status,
+                    route: outcome.routed.as_ref().map(|r| r.route.name.clone()),
+                    cluster: outcome
+                        .routed
+                        .as_ref()
+                        .and_then(|r| Some(r.cluster()?.name.clone())),
+                    endpoint: last.map(|t| t.endpoint),
+                    wait_ms: tries
+                        .first
+                        .map(|first| ms(first.saturating_duration_since(arrival.start))),
+                    connect_ms: last.and_then(|t| t.connect).map(ms),
+                    head_ms: last.and_then(|t| t.head).map(ms),
+                    // A try that answered lasts until its body is read whole.
+                    upstream_ms: last.map(|t| match t.head {
+                        Some(_) => ms(now.saturating_duration_since(t.start)),
+                        None => ms(t.took),
+                    }),
+                    total_ms: ms(total),
+                    bytes_in: arrival.bytes_in.load(Ordering::Relaxed),
+                    bytes_out,
+                    request_id: arrival.request_id.to_str().unwrap_or("").to_owned(),
+                    error: outcome.error.map(ProxyError::code),
+                    upstream_error,
+                    attempts: tries.count,
+                    trace_id: arrival.trace.trace_id_hex(),
+                },
+                &snapshot.config.access_log,
+                &SUCCESSES,
+            );
         }
         drop(outcome);
         cx.cycle.finished();

@@ -167,6 +167,7 @@ impl RateLimits {
             trusted: self.trusted.clone(),
             status: self.status,
             style: self.style,
+            refusals: crate::events::Gate::default(),
         }))
     }
 
@@ -242,6 +243,8 @@ pub struct RouteLimits {
     trusted: Arc<[Cidr]>,
     status: StatusCode,
     style: HeaderStyle,
+    /// Coalesces refusal events (one per `events::gate::EVERY`).
+    refusals: crate::events::Gate,
 }
 
 /// What the rules decided for a request.
@@ -311,6 +314,17 @@ impl RouteLimits {
                 rule.log_dry_run(tier, key, now);
             } else {
                 tier.limited.inc();
+                if let Some(n) = self.refusals.pass(now, crate::events::gate::EVERY) {
+                    crate::events::emit(
+                        crate::events::Kind::RateLimit,
+                        format!("route {}", self.route),
+                        "requests refused",
+                        format!(
+                            "rule {}: limit {} reached; {n} refused since the last event",
+                            rule.name, d.limit
+                        ),
+                    );
+                }
                 return Ruling::Refuse(self.report(d));
             }
         }

@@ -135,6 +135,8 @@ pub struct Route {
     /// The counts of a route that answers itself (`redirect`, `respond`):
     /// it has no target to count them.
     pub own_metrics: Option<RouteMetrics>,
+    /// The route's SLO: its objective and the counts it is judged by.
+    pub slo: Option<Arc<crate::slo::registry::RouteSlo>>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -185,7 +187,13 @@ impl Route {
             rate_limits: None,
             rewrite: None,
             own_metrics: None,
+            slo: None,
         }
+    }
+
+    pub fn with_slo(mut self, slo: Option<Arc<crate::slo::registry::RouteSlo>>) -> Route {
+        self.slo = slo;
+        self
     }
 
     pub fn with_rate_limits(

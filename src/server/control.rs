@@ -54,3 +54,122 @@ pub async fn sweep_rate_limits(shared: Arc<Shared>) {
         }
     }
 }
+
+/// How often SLOs are evaluated: their gauges set, alerts started or ended.
+const SLO_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Evaluates every route's SLO each `SLO_INTERVAL`: sets the SLO gauges and
+/// emits an event when a burn-rate alert starts or ends.
+/// Restores saved counts first, and saves them every `slo.save_interval`.
+pub async fn slos(shared: Arc<Shared>) {
+    restore_slos(&shared, crate::slo::unix_now());
+    let mut saved = Instant::now();
+    loop {
+        tokio::time::sleep(SLO_INTERVAL).await;
+        evaluate_slos(&shared, crate::slo::unix_now());
+        if let Some((_, every)) = slo_state(&shared)
+            && saved.elapsed() >= every
+        {
+            save_slos(&shared, crate::slo::unix_now());
+            saved = Instant::now();
+        }
+    }
+}
+
+/// One evaluation at `now` (Unix seconds).
+pub fn evaluate_slos(shared: &Shared, now: u64) {
+    let snapshot = shared.snapshot.load_full();
+    for route in crate::admin::slo::routes(&snapshot) {
+        let Some(slo) = &route.slo else { continue };
+        let report = slo.tracker.evaluate(&slo.objective, now);
+        shared.metrics.slos.publish(&route.name, &report);
+        for a in &report.alerts {
+            let Some(started) = a.change else { continue };
+            crate::events::emit(
+                crate::events::Kind::SloAlert,
+                format!("route {}", route.name),
+                format!(
+                    "{} ({}) {}",
+                    a.name,
+                    a.severity,
+                    if started { "started" } else { "ended" }
+                ),
+                format!(
+                    "burn rate {:.1}× over the long window, {:.1}× over the short one (alert at {}×); \
+                     {:.1} % of the error budget left (target {} %)",
+                    a.long_burn_rate,
+                    a.short_burn_rate,
+                    a.factor,
+                    report.budget_remaining * 100.0,
+                    report.target_percent
+                ),
+            );
+        }
+    }
+}
+
+/// The SLO state file and how often to write it, from the current config.
+fn slo_state(shared: &Shared) -> Option<(std::path::PathBuf, Duration)> {
+    let snapshot = shared.snapshot.load();
+    let c = &snapshot.config.slo;
+    let path = c.state_file.as_ref()?.get_ref().into();
+    Some((path, c.save_interval.get_ref().get()))
+}
+
+/// Adds the counts saved in the state file to the routes' trackers (at
+/// start). A missing or unusable file is logged; the counts start fresh.
+pub fn restore_slos(shared: &Shared, now: u64) {
+    use crate::slo::state;
+    let Some((path, _)) = slo_state(shared) else {
+        return;
+    };
+    let file = match state::load(&path) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no SLO state file yet; SLO counts start fresh");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("SLO state ignored, counts start fresh: {e}");
+            return;
+        }
+    };
+    let snapshot = shared.snapshot.load_full();
+    let mut restored = 0;
+    for route in crate::admin::slo::routes(&snapshot) {
+        let (Some(slo), Some(saved)) = (&route.slo, file.routes.get(&*route.name)) else {
+            continue;
+        };
+        slo.tracker.restore(
+            now,
+            &state::decode(&saved.minutes),
+            &state::decode(&saved.hours),
+        );
+        restored += 1;
+    }
+    tracing::info!(path = %path.display(), routes = restored, "SLO counts restored");
+}
+
+/// Writes every route's counts to the state file (crash-safely).
+pub fn save_slos(shared: &Shared, now: u64) {
+    use crate::slo::state;
+    let Some((path, _)) = slo_state(shared) else {
+        return;
+    };
+    let snapshot = shared.snapshot.load_full();
+    let mut file = state::new_file(now);
+    for route in crate::admin::slo::routes(&snapshot) {
+        let Some(slo) = &route.slo else { continue };
+        let (minutes, hours) = slo.tracker.dump();
+        file.routes.insert(
+            route.name.to_string(),
+            state::RouteState {
+                minutes: state::encode(&minutes),
+                hours: state::encode(&hours),
+            },
+        );
+    }
+    if let Err(e) = state::save(&path, &file) {
+        tracing::warn!(path = %path.display(), "cannot save the SLO state: {e}");
+    }
+}

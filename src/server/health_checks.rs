@@ -117,6 +117,12 @@ impl Checker {
                     to: t.to.as_str(),
                 };
                 self.shared.metrics.transitions.get_or_create(&labels).inc();
+                crate::events::emit(
+                    crate::events::Kind::Health,
+                    format!("endpoint {} of cluster {}", self.live.address, self.cluster),
+                    format!("{} → {}", t.from.as_str(), t.to.as_str()),
+                    format!("{} (last check: {detail})", t.reason),
+                );
             }
             let interval = match self.live.state() {
                 State::Unhealthy => self

@@ -343,6 +343,7 @@ impl Server {
         tokio::spawn(control::service_level(self.shared.clone()));
         tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
         tokio::spawn(crate::chaos::live::sweep(self.shared.clone()));
+        tokio::spawn(control::slos(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),
@@ -377,6 +378,8 @@ impl Server {
         if let Some(log) = &self.shared.access_log {
             log.flush();
         }
+        // The requests just drained count towards the budget after a restart.
+        control::save_slos(&self.shared, crate::slo::unix_now());
         Ok(())
     }
 
@@ -415,6 +418,16 @@ impl Server {
 }
 
 fn log_reload_result(trigger: &str, result: &Result<String, String>) {
+    let (what, why) = match result {
+        Ok(summary) => ("configuration applied", summary),
+        Err(e) => ("configuration refused, the previous one still serves", e),
+    };
+    crate::events::emit(
+        crate::events::Kind::Reload,
+        "server",
+        what,
+        format!("{why} (by {trigger})"),
+    );
     match result {
         Ok(summary) => tracing::info!(trigger, "configuration reloaded: {summary}"),
         Err(e) => tracing::error!(

@@ -1,0 +1,33 @@
+//! `GET /slo` and the routes the SLO loop evaluates: the current
+//! snapshot's routes that have an SLO.
+
+use std::sync::Arc;
+
+use crate::route::Route;
+use crate::snapshot::Snapshot;
+
+/// The routes with an SLO in a snapshot, each once (a route serving several
+/// listeners is one route).
+pub fn routes(snapshot: &Snapshot) -> Vec<Arc<Route>> {
+    let mut seen = std::collections::HashSet::new();
+    snapshot
+        .listeners
+        .iter()
+        .flat_map(|l| l.routes.iter())
+        .filter(|r| r.slo.is_some() && seen.insert(r.name.clone()))
+        .cloned()
+        .collect()
+}
+
+/// Every route's report as `GET /slo` shows it.
+pub fn reports(snapshot: &Snapshot, now: u64) -> serde_json::Value {
+    let routes: serde_json::Map<String, serde_json::Value> = routes(snapshot)
+        .iter()
+        .filter_map(|r| {
+            let slo = r.slo.as_ref()?;
+            let report = slo.tracker.peek(&slo.objective, now);
+            Some((r.name.to_string(), serde_json::to_value(report).ok()?))
+        })
+        .collect();
+    serde_json::json!({ "routes": routes })
+}
