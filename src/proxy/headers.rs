@@ -156,13 +156,19 @@ pub fn add_forwarding(
     host: Option<&HeaderValue>,
 ) {
     let mut buf = [0u8; 48];
-    let ip = {
-        let mut w = &mut buf[..];
-        // An IP address always fits in 48 bytes.
-        let _ = std::io::Write::write_fmt(&mut w, format_args!("{client}"));
-        let len = 48 - w.len();
-        HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let len = match client {
+        // The common case without the formatting machinery (a tenth of
+        // the instructions).
+        IpAddr::V4(a) => ipv4_text(a, &mut buf),
+        IpAddr::V6(_) => {
+            let mut w = &mut buf[..];
+            // An IP address always fits in 48 bytes.
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{client}"));
+            48 - w.len()
+        }
     };
+    let ip = HeaderValue::from_bytes(&buf[..len])
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     // Several X-Forwarded-For lines are one list; fold them into one value.
     let prior: Vec<u8> = {
         let mut values = headers
@@ -195,6 +201,28 @@ pub fn add_forwarding(
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
     headers.insert(X_REAL_IP.clone(), ip);
+}
+
+/// Writes `a` in dotted decimal at the start of `buf`; returns its length.
+fn ipv4_text(a: std::net::Ipv4Addr, buf: &mut [u8; 48]) -> usize {
+    let mut n = 0;
+    for (i, octet) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    n
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -326,6 +354,22 @@ mod tests {
         assert_eq!(h["x-real-ip"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.99",
+        ] {
+            let ip: std::net::Ipv4Addr = a.parse().unwrap();
+            let mut buf = [0u8; 48];
+            let n = ipv4_text(ip, &mut buf);
+            assert_eq!(&buf[..n], ip.to_string().as_bytes());
+        }
     }
 
     #[test]
