@@ -443,6 +443,47 @@ fn absolute_form_target_routes_and_forwards_its_authority() {
     );
 }
 
+/// An HTTP/1.0 request without `Host` (HTTP/1.0 allows it) goes to the
+/// endpoint as HTTP/1.1, which requires one: it gets the endpoint's address,
+/// as nginx's default `proxy_set_header Host $proxy_host` gives. A Host the
+/// client sent is kept. The 1.0 client gets its answer and the close it
+/// expects.
+#[test]
+fn http10_request_without_host_gets_the_endpoints_host() {
+    let mirror = mirror_upstream();
+    let listen = free_addr();
+    let _levee = Levee::start(&ConfigBuilder::simple(listen, &[mirror]).build());
+    for (request, host) in [
+        (
+            &b"GET /old?x=1 HTTP/1.0\r\nUser-Agent: old\r\n\r\n"[..],
+            mirror.to_string(),
+        ),
+        (
+            b"GET /old?x=1 HTTP/1.0\r\nHost: named.test\r\n\r\n",
+            "named.test".into(),
+        ),
+    ] {
+        let raw = send_raw(listen, request, T);
+        assert!(
+            raw.closed,
+            "a 1.0 request without keep-alive ends its connection"
+        );
+        let r = raw.parse().expect("a response");
+        assert_eq!(r.status, 200);
+        let wire = r.text();
+        let lines: Vec<String> = wire
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        assert_eq!(lines[0], "get /old?x=1 http/1.1");
+        let hosts: Vec<&String> = lines.iter().filter(|l| l.starts_with("host:")).collect();
+        assert_eq!(hosts, [&format!("host: {host}")], "{lines:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 2. Header forwarding
 // ---------------------------------------------------------------------------
@@ -546,7 +587,8 @@ fn x_forwarded_for_on_several_lines_is_one_list() {
 
 /// Hop-by-hop request headers (Connection, Keep-Alive, TE, Upgrade,
 /// Proxy-Connection, and any header Connection names) stop at Levee;
-/// end-to-end headers pass.
+/// end-to-end headers pass. Of `TE`, only `trailers` goes on: Levee passes
+/// trailers, so the endpoint may send them.
 #[test]
 fn request_hop_by_hop_headers_are_not_forwarded() {
     let (_b, listen, _levee) = echo_setup("echo");
@@ -557,7 +599,7 @@ fn request_hop_by_hop_headers_are_not_forwarded() {
         &[
             ("Connection", "keep-alive, X-Secret, Upgrade"),
             ("Keep-Alive", "timeout=5, max=100"),
-            ("TE", "trailers"),
+            ("TE", "deflate, trailers"),
             ("Upgrade", "websocket"),
             ("Proxy-Connection", "keep-alive"),
             ("X-Secret", "per-hop"),
@@ -570,13 +612,13 @@ fn request_hop_by_hop_headers_are_not_forwarded() {
     for h in [
         "connection",
         "keep-alive",
-        "te",
         "upgrade",
         "proxy-connection",
         "x-secret",
     ] {
         assert_eq!(seen(&echo, h), Vec::<String>::new(), "{h} was forwarded");
     }
+    assert_eq!(seen(&echo, "te"), ["trailers"]);
     assert_eq!(seen(&echo, "x-keep"), ["end-to-end"]);
     // The client connection is still in keep-alive use.
     assert_eq!(c.get("/").status, 200);
@@ -712,6 +754,88 @@ fn chunked_and_sized_responses_pass_through() {
     assert_eq!(r.header("content-length"), Some("300001"));
     assert_eq!(r.body.len(), n);
     assert!(is_download_pattern(&r.body), "sized body corrupted");
+}
+
+/// A chunked body as text: its data and its trailer lines.
+fn dechunk(mut s: &str) -> (String, Vec<String>) {
+    let mut data = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+        if size == 0 {
+            let section = rest.strip_suffix("\r\n").expect("the final CRLF");
+            let lines = section.lines().map(str::to_ascii_lowercase).collect();
+            return (data, lines);
+        }
+        data.push_str(&rest[..size]);
+        s = rest[size..]
+            .strip_prefix("\r\n")
+            .expect("CRLF after a chunk");
+    }
+}
+
+/// A chunked request body's trailer fields reach the endpoint after the
+/// last chunk, with `TE: trailers` and the `Trailer` announcement; fields no
+/// trailer section may carry (framing, routing) are dropped. The client
+/// connection carries another request afterwards.
+#[test]
+fn chunked_request_trailers_reach_the_endpoint() {
+    let listen = free_addr();
+    let _levee = Levee::start(&ConfigBuilder::simple(listen, &[mirror_upstream()]).build());
+    let mut c = Client::connect(listen);
+    c.conn
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: t.test\r\nTE: trailers\r\nTrailer: X-Checksum\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\
+              X-Checksum: abc\r\nContent-Length: 99\r\nHost: evil.test\r\nX-Other: 1\r\n\r\n",
+        )
+        .expect("write");
+    let r = c.conn.read_response(T).expect("response");
+    assert_eq!(r.status, 200);
+    let wire = r.text();
+    let (head, body) = wire.split_once("\r\n\r\n").expect("head and body");
+    let head: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+    for line in [
+        "transfer-encoding: chunked",
+        "te: trailers",
+        "trailer: x-checksum",
+    ] {
+        assert!(head.iter().any(|l| l == line), "{line:?} not in {head:?}");
+    }
+    let (data, mut trailers) = dechunk(body);
+    trailers.sort();
+    assert_eq!(
+        (data.as_str(), trailers),
+        (
+            "hello world",
+            vec!["x-checksum: abc".into(), "x-other: 1".into()]
+        )
+    );
+    assert_eq!(c.get("/next").status, 200);
+}
+
+/// A chunked response's trailer fields reach the client after the last
+/// chunk, announced by the endpoint's `Trailer` header; a framing field in
+/// them is dropped. The client connection stays usable.
+#[test]
+fn chunked_response_trailers_reach_the_client() {
+    let upstream = canned_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Checksum: abc\r\nContent-Length: 99\r\n\r\n",
+        false,
+    );
+    let listen = free_addr();
+    let _levee = Levee::start(&ConfigBuilder::simple(listen, &[upstream]).build());
+    let mut c = Client::connect(listen);
+    for _ in 0..2 {
+        // `TE: trailers`: hyper's server (`server.http1 = "hyper"`) sends
+        // trailers only to a client that asks for them.
+        let r = c.send("GET", "/", &[("TE", "trailers")], b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+        assert_eq!(r.header("trailer"), Some("X-Checksum"));
+        assert_eq!(r.trailer("x-checksum"), Some("abc"));
+        assert_eq!(r.trailers.len(), 1, "{:?}", r.trailers);
+    }
 }
 
 /// `Expect: 100-continue`: Levee answers `100 Continue` before the body is

@@ -98,6 +98,9 @@ struct Forwarded {
 type Answer = Result<Reply, Refusal>;
 
 /// An answer that is not a refusal.
+// Boxing the large variant would cost an allocation on every proxied
+// request to spare a few bytes on the rare redirect or fixed response.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     /// An endpoint's response, and the affinity cookie to set on it.
     Upstream {
@@ -375,7 +378,7 @@ struct Outbound<B> {
     /// The client's body, streamed on the first try...
     body: UpstreamBody<B>,
     /// ...or kept whole, and sent again on each try.
-    kept: Option<Bytes>,
+    kept: Option<body::Kept>,
     /// May be sent again once sent (idempotent, body kept or none).
     repeatable: bool,
     deadline: Instant,
@@ -836,7 +839,7 @@ fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request
         }
     }
     let original_host = parts.headers.get(header::HOST).cloned();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop_request(&mut parts.headers);
     // We stream the body as soon as the backend connection is up; the
     // client's `Expect` was answered by us.
     parts.headers.remove(header::EXPECT);

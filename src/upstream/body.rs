@@ -1,9 +1,9 @@
 //! The response body as it comes from the endpoint, read straight off the
 //! upstream socket by the task that serves the client, frame by frame, so a
 //! body of any size passes with bounded memory and back-pressure on both
-//! sides. When the body has been read to its end and the endpoint allows it,
-//! the connection goes back to the pool it came from when the body is
-//! dropped.
+//! sides; a chunked body's trailers come last, as a trailers frame. When the
+//! body has been read to its end and the endpoint allows it, the connection
+//! goes back to the pool it came from when the body is dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -140,8 +140,10 @@ impl Body {
                     }
                     Step::Done(n) => {
                         conn.read.advance(n);
+                        let trailers = decoder.take_trailers()?;
                         self.framing = Framing::Done;
-                        return Poll::Ready(None);
+                        // The trailers are the body's last frame.
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Step::NeedMore => {}
                 },

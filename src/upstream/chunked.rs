@@ -1,6 +1,14 @@
 //! Decoding a chunked response body (RFC 9112 §7.1) as a small state machine
-//! over whatever bytes have arrived. Chunk extensions and trailers are read
-//! and dropped.
+//! over whatever bytes have arrived. Chunk extensions are read and dropped;
+//! the trailer section is kept (bounded) and handed on as a trailers frame,
+//! so trailers pass through the proxy.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+
+/// Most bytes of a trailer section (a response head may have 64 KiB; a
+/// trailer section is meant for a checksum or a status).
+pub const MAX_TRAILERS: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -43,6 +51,8 @@ pub enum Step {
 pub struct Decoder {
     state: State,
     size: u64,
+    /// The trailer section's lines as received, line ends included.
+    trailers: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -50,6 +60,7 @@ impl Default for Decoder {
         Decoder {
             state: State::Size { any: false },
             size: 0,
+            trailers: Vec::new(),
         }
     }
 }
@@ -57,6 +68,38 @@ impl Default for Decoder {
 impl Decoder {
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The trailer fields, once `Done`; `None` if there were none. A field
+    /// that is not a valid header line fails the body: what is forwarded
+    /// must be read one way only.
+    pub fn take_trailers(&mut self) -> Result<Option<HeaderMap>, ChunkError> {
+        if self.trailers.is_empty() {
+            return Ok(None);
+        }
+        let mut raw = std::mem::take(&mut self.trailers);
+        // The section's final empty line was consumed as the end marker.
+        raw.extend_from_slice(b"\r\n");
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let parsed = match httparse::parse_headers(&raw, &mut slots) {
+            Ok(httparse::Status::Complete((_, fields))) => fields,
+            _ => return Err(ChunkError),
+        };
+        let mut map = HeaderMap::with_capacity(parsed.len());
+        for h in parsed {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ChunkError)?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| ChunkError)?;
+            map.append(name, value);
+        }
+        Ok(Some(map))
+    }
+
+    fn keep_trailer(&mut self, b: u8) -> Result<(), ChunkError> {
+        if self.trailers.len() >= MAX_TRAILERS {
+            return Err(ChunkError);
+        }
+        self.trailers.push(b);
+        Ok(())
     }
 
     /// Looks at `buf` and says what its first bytes are. The caller consumes
@@ -109,10 +152,17 @@ impl Decoder {
                     return Ok(Step::Done(i));
                 }
                 (State::TrailerStart, _) | (State::TrailerLine, _) if b != b'\r' && b != b'\n' => {
+                    self.keep_trailer(b)?;
                     State::TrailerLine
                 }
-                (State::TrailerLine, b'\r') => State::TrailerLf,
-                (State::TrailerLine, b'\n') | (State::TrailerLf, b'\n') => State::TrailerStart,
+                (State::TrailerLine, b'\r') => {
+                    self.keep_trailer(b)?;
+                    State::TrailerLf
+                }
+                (State::TrailerLine, b'\n') | (State::TrailerLf, b'\n') => {
+                    self.keep_trailer(b)?;
+                    State::TrailerStart
+                }
                 _ => return Err(ChunkError),
             };
         }
@@ -183,6 +233,32 @@ mod tests {
             decode(&[b"3\r\nabc\r\n"]).unwrap(),
             (b"abc".to_vec(), false)
         );
+    }
+
+    /// Decodes `body` whole and returns its trailers.
+    fn trailers_of(body: &[u8]) -> Result<Option<HeaderMap>, ChunkError> {
+        let mut d = Decoder::default();
+        let mut at = 0;
+        loop {
+            match d.step(&body[at..])? {
+                Step::Skip(n) | Step::Data(n) => at += n,
+                Step::Done(_) => return d.take_trailers(),
+                Step::NeedMore => return Err(ChunkError),
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_trailers_with_either_line_end() {
+        let t = trailers_of(b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-B: 2\n\r\n")
+            .expect("valid")
+            .expect("trailers");
+        assert_eq!(t.get("x-sum").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert_eq!(t.get("x-b").map(|v| v.as_bytes()), Some(&b"2"[..]));
+        assert_eq!(trailers_of(b"0\r\n\r\n").expect("valid"), None);
+        assert!(trailers_of(b"0\r\nBad Trailer\r\n\r\n").is_err());
+        let huge = format!("0\r\nX: {}\r\n\r\n", "a".repeat(MAX_TRAILERS));
+        assert!(trailers_of(huge.as_bytes()).is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! request head, parse a response head, decide how the response body is
 //! framed. The async shell (`mod.rs`, `body.rs`) only moves bytes.
 
+use std::net::SocketAddr;
+
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -27,6 +29,32 @@ pub fn encode_request_head(
     headers: &HeaderMap,
     body: RequestBody,
 ) {
+    encode_head(dst, method, path, headers, body, None);
+}
+
+/// `encode_request_head` for a request proxied to `endpoint`: one without a
+/// `Host` (HTTP/1.0 allows that, HTTP/1.1 does not, RFC 9112 §3.2) gets the
+/// endpoint's address, port omitted when 80, as nginx's default
+/// `proxy_set_header Host $proxy_host` gives it.
+pub fn encode_proxied_request_head(
+    dst: &mut BytesMut,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: RequestBody,
+    endpoint: SocketAddr,
+) {
+    encode_head(dst, method, path, headers, body, Some(endpoint));
+}
+
+fn encode_head(
+    dst: &mut BytesMut,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: RequestBody,
+    endpoint: Option<SocketAddr>,
+) {
     let size = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -36,14 +64,70 @@ pub fn encode_request_head(
     dst.put_u8(b' ');
     dst.put_slice(path.as_bytes());
     dst.put_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
     for (name, value) in headers {
+        // A standard name compares by its tag, without hashing.
+        has_host |= name == header::HOST;
         dst.put_slice(name.as_str().as_bytes());
         dst.put_slice(b": ");
         dst.put_slice(value.as_bytes());
         dst.put_slice(b"\r\n");
     }
+    if let (false, Some(endpoint)) = (has_host, endpoint) {
+        use std::fmt::Write;
+        // A `SocketAddr` displays as a valid Host value (IPv6 in brackets).
+        let _ = match endpoint.port() {
+            80 => match endpoint.ip() {
+                std::net::IpAddr::V4(ip) => write!(dst, "host: {ip}\r\n"),
+                std::net::IpAddr::V6(ip) => write!(dst, "host: [{ip}]\r\n"),
+            },
+            _ => write!(dst, "host: {endpoint}\r\n"),
+        };
+    }
     if body == RequestBody::Chunked {
         dst.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    dst.put_slice(b"\r\n");
+}
+
+/// The size line of a chunk (`<hex>\r\n`), without an allocation.
+pub struct ChunkSize {
+    buf: [u8; 18],
+    start: usize,
+}
+
+impl ChunkSize {
+    pub fn new(len: usize) -> ChunkSize {
+        let mut c = ChunkSize {
+            buf: [0; 18],
+            start: 16,
+        };
+        c.buf[16] = b'\r';
+        c.buf[17] = b'\n';
+        let mut n = len;
+        loop {
+            c.start -= 1;
+            c.buf[c.start] = b"0123456789abcdef"[n & 15];
+            n >>= 4;
+            if n == 0 {
+                return c;
+            }
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// Writes the last chunk, `trailers` (if any) and the final blank line.
+pub fn encode_chunked_end(dst: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    dst.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        dst.put_slice(name.as_str().as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value.as_bytes());
+        dst.put_slice(b"\r\n");
     }
     dst.put_slice(b"\r\n");
 }
@@ -188,6 +272,44 @@ mod tests {
             &dst[..],
             b"POST /p?q=1 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_endpoints() {
+        let mut dst = BytesMut::new();
+        let h = HeaderMap::new();
+        let to = |a: &str| a.parse().expect("an address");
+        encode_proxied_request_head(
+            &mut dst,
+            &Method::GET,
+            "/",
+            &h,
+            RequestBody::None,
+            to("10.0.0.1:8080"),
+        );
+        assert_eq!(&dst[..], b"GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\n\r\n");
+        dst.clear();
+        encode_proxied_request_head(
+            &mut dst,
+            &Method::GET,
+            "/",
+            &h,
+            RequestBody::None,
+            to("[::1]:80"),
+        );
+        assert_eq!(&dst[..], b"GET / HTTP/1.1\r\nhost: [::1]\r\n\r\n");
+        dst.clear();
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("kept.test"));
+        encode_proxied_request_head(
+            &mut dst,
+            &Method::GET,
+            "/",
+            &h,
+            RequestBody::None,
+            to("10.0.0.1:80"),
+        );
+        assert_eq!(&dst[..], b"GET / HTTP/1.1\r\nhost: kept.test\r\n\r\n");
     }
 
     #[test]

@@ -88,7 +88,14 @@ where
     let framing = request_body(&parts.headers, body);
     let mut head = BytesMut::new();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    codec::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
+    codec::encode_proxied_request_head(
+        &mut head,
+        &parts.method,
+        path,
+        &parts.headers,
+        framing,
+        target.address,
+    );
 
     let transport = target.tls.map_or(0, |t| t.key);
     if let Some(conn) = pool.take(
@@ -240,7 +247,7 @@ where
 }
 
 /// Streams the client's body to the endpoint, chunk-encoding it when its
-/// length is unknown.
+/// length is unknown; a chunked body's trailers follow its last chunk.
 async fn write_body<B>(conn: &mut Conn, body: &mut B, framing: RequestBody) -> Result<(), Failure>
 where
     B: HttpBody + Unpin,
@@ -250,17 +257,23 @@ where
         return Ok(());
     }
     let broken = |e| Failure::Error(Error::Send(e));
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Error::RequestBody(e.into()))?;
-        let Ok(mut data) = frame.into_data() else {
-            continue; // trailers are not forwarded
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Only chunked coding can carry trailers (RFC 9112 §7.1.2).
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
         };
         let len = bytes::Buf::remaining(&data);
         if len == 0 {
             continue;
         }
         if framing == RequestBody::Chunked {
-            let size = format!("{len:x}\r\n");
+            let size = codec::ChunkSize::new(len);
             conn.stream
                 .write_all(size.as_bytes())
                 .await
@@ -272,7 +285,9 @@ where
         }
     }
     if framing == RequestBody::Chunked {
-        conn.stream.write_all(b"0\r\n\r\n").await.map_err(broken)?;
+        let mut end = BytesMut::new();
+        codec::encode_chunked_end(&mut end, trailers.as_ref());
+        conn.stream.write_all(&end).await.map_err(broken)?;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct HttpResponse {
     pub headers: Vec<(String, String)>,
     /// The decoded body (chunked framing removed).
     pub body: Vec<u8>,
+    /// A chunked body's trailer fields, in received order, names as sent.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl HttpResponse {
@@ -37,6 +39,14 @@ impl HttpResponse {
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
             .collect()
+    }
+
+    /// First value of trailer field `name` (case-insensitive).
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -130,6 +140,7 @@ pub(super) fn parse_response(
                 .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
                 .collect(),
             body: Vec::new(),
+            trailers: Vec::new(),
         };
         let rest = &buf[body_start..];
         if head_request || matches!(status, 101 | 204 | 304) {
@@ -140,8 +151,9 @@ pub(super) fn parse_response(
             .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
         if chunked {
             return match decode_chunked(rest)? {
-                Some((body, used)) => {
+                Some((body, trailers, used)) => {
                     resp.body = body;
+                    resp.trailers = trailers;
                     Ok(Some((resp, body_start + used)))
                 }
                 None => incomplete("the end of the chunked body"),
@@ -166,8 +178,11 @@ pub(super) fn parse_response(
     }
 }
 
+/// A decoded chunked body, its trailer fields and the bytes it took.
+pub(super) type Chunked = (Vec<u8>, Vec<(String, String)>, usize);
+
 /// Decodes a chunked body at the start of `buf`: `Ok(None)` if incomplete.
-fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+pub(super) fn decode_chunked(buf: &[u8]) -> Result<Option<Chunked>, String> {
     let mut body = Vec::new();
     let mut pos = 0;
     loop {
@@ -181,14 +196,20 @@ fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
         pos += line_len + 2;
         if size == 0 {
             // Trailers, then an empty line.
+            let mut trailers = Vec::new();
             loop {
                 let Some(len) = find(&buf[pos..], b"\r\n") else {
                     return Ok(None);
                 };
+                let line = String::from_utf8_lossy(&buf[pos..pos + len]).into_owned();
                 pos += len + 2;
                 if len == 0 {
-                    return Ok(Some((body, pos)));
+                    return Ok(Some((body, trailers, pos)));
                 }
+                let (n, v) = line
+                    .split_once(':')
+                    .ok_or_else(|| format!("bad trailer line {line:?}"))?;
+                trailers.push((n.trim().to_owned(), v.trim().to_owned()));
             }
         }
         if buf.len() < pos + size + 2 {

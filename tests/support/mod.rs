@@ -54,7 +54,7 @@ pub mod tls_upstream;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};
-pub use canned::canned_upstream;
+pub use canned::{canned_upstream, mirror_upstream};
 pub use config::{ConfigBuilder, free_addr, free_port, refusing_addr};
 pub use http::{HttpResponse, http_get, http_request};
 pub use levee::{Levee, metric_sum};

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: deterministic,
+# so it can be measured on a loaded machine where req/s cannot.  See bench/README.md,
+# "Cost per request (callgrind)".
+#
+# Levee (1 worker, bench/levee.toml on its own ports) runs under
+# `valgrind --tool=callgrind`; `oha -n N -c 16` drives N requests through it to an
+# nginx backend like the reference one (returns "hello\n").  Done for N = LOW and
+# N = HIGH; (Ir(HIGH) - Ir(LOW)) / (HIGH - LOW) is the cost of one request, start-up
+# and shut-down cancelled out.  The backend is three nginx server blocks (one process),
+# round robin, as in the reference benchmark.
+#
+# Knobs (environment): LEVEE_BIN (default target/release/levee), LOW=2000 HIGH=12000,
+#   HTTP1=levee|hyper (server.http1), PORT_BASE=18000 (listener PORT_BASE+90, admin
+#   PORT_BASE+91, backends PORT_BASE+1..3), OUT=/tmp/levee-callgrind (callgrind.out.* kept
+#   there for callgrind_annotate).
+set -u -o pipefail
+
+BENCH=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$BENCH")
+LEVEE_BIN=${LEVEE_BIN:-$REPO/target/release/levee}
+LOW=${LOW:-2000}
+HIGH=${HIGH:-12000}
+HTTP1=${HTTP1:-levee}
+PORT_BASE=${PORT_BASE:-18000}
+OUT=${OUT:-/tmp/levee-callgrind}
+LISTEN=127.0.0.1:$((PORT_BASE + 90))
+ADMIN=127.0.0.1:$((PORT_BASE + 91))
+B1=127.0.0.1:$((PORT_BASE + 1))
+B2=127.0.0.1:$((PORT_BASE + 2))
+B3=127.0.0.1:$((PORT_BASE + 3))
+
+die() { echo "ERROR: $*" >&2; exit 1; }
+for tool in valgrind oha nginx curl; do
+    command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+[ -x "$LEVEE_BIN" ] || die "no Levee binary at $LEVEE_BIN (cargo build --release)"
+mkdir -p "$OUT" || exit 1
+OUT=$(cd "$OUT" && pwd)
+
+BACKEND_PID=""
+LEVEE_PID=""
+cleanup() {
+    [ -n "$LEVEE_PID" ] && kill "$LEVEE_PID" 2>/dev/null
+    [ -n "$BACKEND_PID" ] && kill "$BACKEND_PID" 2>/dev/null
+    wait 2>/dev/null
+}
+trap cleanup EXIT
+
+cat >"$OUT/backend.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $OUT/backend.pid;
+error_log $OUT/backend-error.log warn;
+events { worker_connections 4096; use epoll; }
+http {
+    access_log off;
+    default_type text/plain;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    tcp_nodelay on;
+    server { listen $B1; location / { add_header X-Backend b1; return 200 "hello\n"; } }
+    server { listen $B2; location / { add_header X-Backend b2; return 200 "hello\n"; } }
+    server { listen $B3; location / { add_header X-Backend b3; return 200 "hello\n"; } }
+}
+EOF
+nginx -p "$OUT" -c "$OUT/backend.conf" &
+BACKEND_PID=$!
+
+# bench/levee.toml with this script's ports.
+cat >"$OUT/levee.toml" <<EOF
+[server]
+workers = 1
+http1 = "$HTTP1"
+
+[admin]
+address = "$ADMIN"
+
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "bench"
+address = "$LISTEN"
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+cluster = "backends"
+
+[[clusters]]
+name = "backends"
+balance = "round_robin"
+pool_max_idle = 256
+
+[[clusters.endpoints]]
+address = "$B1"
+
+[[clusters.endpoints]]
+address = "$B2"
+
+[[clusters.endpoints]]
+address = "$B3"
+EOF
+
+wait_for() { # url
+    for _ in $(seq 1 600); do
+        curl -fs -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Ir of one run of Levee under callgrind that served $1 requests.
+measure() {
+    local n=$1 file=$OUT/callgrind.out.$HTTP1.$1
+    rm -f "$file"
+    valgrind --tool=callgrind --callgrind-out-file="$file" \
+        "$LEVEE_BIN" run --config "$OUT/levee.toml" >"$OUT/levee.$n.log" 2>&1 &
+    LEVEE_PID=$!
+    wait_for "http://$ADMIN/healthz" || die "Levee did not start (see $OUT/levee.$n.log)"
+    wait_for "http://$B1/" || die "backend did not start"
+    local ok
+    ok=$(oha -n "$n" -c 16 --no-tui --output-format json "http://$LISTEN/" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200",0))')
+    kill -TERM "$LEVEE_PID"
+    wait "$LEVEE_PID" 2>/dev/null
+    LEVEE_PID=""
+    [ "$ok" = "$n" ] || die "only $ok of $n answers were 200"
+    # The +1 request: the readiness probe through the admin port, in both runs.
+    awk '/^summary:|^totals:/ {print $2; exit}' "$file"
+}
+
+low=$(measure "$LOW") || exit 1
+high=$(measure "$HIGH") || exit 1
+echo "http1=$HTTP1 Ir($LOW)=$low Ir($HIGH)=$high per_request=$(( (high - low) / (HIGH - LOW) ))"
