@@ -24,4 +24,5 @@ pub mod server;
 pub mod service_level;
 pub mod shared;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

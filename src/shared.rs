@@ -30,6 +30,9 @@ pub struct Shared {
     pub started: (std::time::SystemTime, std::time::Instant),
     /// The last reload, for `/status`.
     pub last_reload: std::sync::Mutex<Option<LastReload>>,
+    /// TLS listeners' configurations, replaced on reload and when their
+    /// files change.
+    pub tls: crate::tls::Terminators,
 }
 
 /// What `/status` says about the last reload.
@@ -73,6 +76,7 @@ impl Shared {
             rate_limits,
             started: (std::time::SystemTime::now(), std::time::Instant::now()),
             last_reload: std::sync::Mutex::new(None),
+            tls: crate::tls::Terminators::default(),
         })
     }
 

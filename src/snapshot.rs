@@ -27,6 +27,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// `redirect_https`: the https port requests are redirected to.
+    pub redirect_https: Option<u16>,
     pub routes: Vec<Arc<Route>>,
 }
 
@@ -124,6 +126,9 @@ impl Snapshot {
                     idle_timeout: l.idle_timeout.get(),
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
                     max_body_bytes: l.max_body_bytes.map(|b| b.0),
+                    redirect_https: l
+                        .redirect_https
+                        .then(|| l.https_port.as_ref().map_or(443, |p| *p.get_ref())),
                     routes: routes
                         .iter()
                         .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))

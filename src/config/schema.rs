@@ -153,6 +153,16 @@ pub struct ListenerConfig {
     /// a new connection is answered 429 and closed. 0: no per-IP limit.
     #[serde(default)]
     pub max_connections_per_ip: usize,
+    /// TLS termination (`[listeners.tls]`); unset: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<super::tls::ListenerTlsConfig>,
+    /// Answer every request with a 308 to the same URL over https (a plain
+    /// listener only).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port `redirect_https` sends clients to; unset: 443.
+    #[serde(default)]
+    pub https_port: Option<Spanned<u16>>,
 }
 
 fn default_protocol() -> Protocol {
@@ -192,6 +202,10 @@ pub struct RouteConfig {
     /// Header name → exact value; all must match.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+    /// "http" or "https": the scheme the request came with (whether its
+    /// listener terminates TLS). Unset: either.
+    #[serde(default)]
+    pub scheme: Option<Scheme>,
     /// The cluster that serves the route; or `split`.
     #[serde(default)]
     pub cluster: Option<Spanned<String>>,
@@ -220,6 +234,13 @@ pub struct RouteConfig {
     /// route, in this order.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

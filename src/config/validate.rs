@@ -10,13 +10,13 @@ use serde_spanned::Spanned;
 use super::resilience::{BreakerConfig, FallbackConfig, RetryConfig};
 use super::schema::Config;
 
-pub(super) struct Invalid {
+pub(crate) struct Invalid {
     pub span: Range<usize>,
     pub key: String,
     pub message: String,
 }
 
-pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
     Invalid {
         span,
         key,
@@ -26,6 +26,7 @@ pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::dns::check(config)?;
+    super::tls::check(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {

@@ -38,6 +38,17 @@ pub struct LogRecord {
     pub upstream_error: Option<String>,
     /// Tries made upstream (0: none, e.g. refused before forwarding).
     pub attempts: u32,
+    /// The connection's TLS facts; `None` on a plain listener (the fields
+    /// are left out of the line).
+    pub tls: Option<TlsLog>,
+}
+
+/// `tls_version`, `sni` and `client_subject` of an access log line.
+#[derive(Debug, Clone, Default)]
+pub struct TlsLog {
+    pub version: &'static str,
+    pub sni: Option<String>,
+    pub client_subject: Option<String>,
 }
 
 impl LogRecord {
@@ -84,6 +95,13 @@ impl LogRecord {
         }
         if let Some(e) = &self.upstream_error {
             let _ = write!(s, ",\"upstream_error\":{}", json_str(e));
+        }
+        if let Some(t) = &self.tls {
+            let _ = write!(s, ",\"tls_version\":\"{}\"", t.version);
+            let _ = write!(s, ",\"sni\":{}", opt_str(t.sni.as_deref()));
+            if let Some(subject) = &t.client_subject {
+                let _ = write!(s, ",\"client_subject\":{}", json_str(subject));
+            }
         }
         s.push('}');
         s
@@ -275,11 +293,18 @@ mod tests {
             error: None,
             upstream_error: Some("connect failed: \"refused\"".into()),
             attempts: 1,
+            tls: Some(TlsLog {
+                version: "TLSv1.3",
+                sni: Some("a.example".into()),
+                client_subject: None,
+            }),
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b");
         assert_eq!(v["status"], 200);
         assert_eq!(v["cluster"], serde_json::Value::Null);
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["sni"], "a.example");
         assert_eq!(v["connect_ms"], serde_json::Value::Null);
         assert_eq!(v["head_ms"], 1.0);
         assert_eq!(v["endpoint"], "127.0.0.1:9001");
@@ -345,6 +370,7 @@ mod tests {
             error: None,
             upstream_error: None,
             attempts: 1,
+            tls: None,
         }
     }
 }

@@ -182,6 +182,15 @@ impl Completion {
                 error: outcome.error.map(ProxyError::code),
                 upstream_error,
                 attempts: tries.count,
+                tls: cx.tls.as_ref().map(|t| crate::observe::access_log::TlsLog {
+                    version: t.version,
+                    sni: t.sni.as_deref().map(str::to_owned),
+                    client_subject: t
+                        .client_subject
+                        .as_ref()
+                        .and_then(|s| s.to_str().ok())
+                        .map(str::to_owned),
+                }),
             });
         }
         drop(outcome);

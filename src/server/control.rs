@@ -54,3 +54,15 @@ pub async fn sweep_rate_limits(shared: Arc<Shared>) {
         }
     }
 }
+
+/// Every second: re-reads the TLS files that changed (new handshakes get the
+/// new certificates, open connections keep theirs) and sets the
+/// certificate-expiry gauges. Stat calls only, unless a file changed.
+pub async fn watch_tls_files(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shared
+            .tls
+            .refresh(&shared.metrics.tls, std::time::SystemTime::now());
+    }
+}

@@ -168,13 +168,18 @@ impl AcceptLoop {
             accepted.inc();
             active.inc();
             let mut guard = Counted(self.count.clone(), active.clone(), None);
+            let tls = self.shared.tls.get(self.address);
             if l.max_connections_per_ip > 0 {
                 let ip = peer.ip().to_canonical();
                 if !self.count.1.enter(ip, l.max_connections_per_ip) {
+                    per_ip_refused.inc();
+                    if tls.is_some() {
+                        // A plain-text 429 means nothing to a TLS client.
+                        continue;
+                    }
                     // Answered, not just closed, so that an HTTP client
                     // knows why; the answer keeps its place in the
                     // listener's count, which bounds how many there are.
-                    per_ip_refused.inc();
                     let id_seed = self.shared.id_seed;
                     tokio::spawn(async move {
                         conn::too_many_connections(stream, id_seed).await;
@@ -191,19 +196,30 @@ impl AcceptLoop {
                 engine: snapshot.config.server.http1,
             };
             let phase = Arc::new(Phase::default());
-            let cx = Arc::new(ConnCtx {
+            let cx = ConnCtx {
                 shared: self.shared.clone(),
                 client: peer,
                 local: self.address,
                 cycle: phase.clone(),
                 worker: self.worker,
-            });
+                tls: None,
+            };
             let shutdown = self.shutdown.clone();
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                conn::serve(stream, cx, phase, settings, shutdown).await;
-                drop(guard);
-            });
+            match tls {
+                None => {
+                    tokio::spawn(async move {
+                        conn::serve(stream, Arc::new(cx), phase, settings, shutdown).await;
+                        drop(guard);
+                    });
+                }
+                Some(t) => {
+                    tokio::spawn(async move {
+                        conn::serve_tls(stream, t, cx, phase, settings, shutdown).await;
+                        drop(guard);
+                    });
+                }
+            }
         }
     }
 }

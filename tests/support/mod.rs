@@ -48,6 +48,7 @@ mod levee;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
+pub mod tls;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};
