@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-# redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS test's certificates.
+# redis-tools: redis-cli creates the Redis Cluster; openssl makes the Redis TLS test's certificates
+# and is the s_client of tests/tls.rs, as curl (--resolve) is.
 for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")

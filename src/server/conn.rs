@@ -148,7 +148,7 @@ pub async fn serve_tls(
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use crate::tls::accept::{Refused, handshake};
+    use super::handshake::{Refused, handshake};
     let metrics = &cx.shared.metrics;
     let shaken = tokio::select! {
         r = handshake(stream, &terminator, &metrics.tls) => r,

@@ -12,6 +12,7 @@ pub mod conn;
 mod control;
 mod fixed;
 pub mod h1;
+pub mod handshake;
 pub mod listener;
 pub mod phase;
 pub mod pid_file;

@@ -8,12 +8,11 @@
 //! - `terminator`: one listener's rustls configuration, swapped whole when its
 //!   files change (new handshakes take the new one, open connections keep
 //!   theirs);
-//! - `accept`: one connection's handshake (timeout, plain HTTP on the TLS
-//!   port, metrics) and what it negotiated (`TlsInfo`);
+//! - `TlsInfo`: what a connection's handshake negotiated (the handshake
+//!   itself is `server::handshake`'s);
 //! - `check`: the files of a configuration, checked by `config::load`;
 //! - `metrics`: handshakes, failures by reason, certificate expiry.
 
-pub mod accept;
 pub mod check;
 pub mod material;
 pub mod metrics;
@@ -23,7 +22,8 @@ pub mod tickets;
 
 use std::sync::Arc;
 
-pub use accept::TlsInfo;
+use http::HeaderValue;
+
 pub use terminator::{Terminator, Terminators};
 
 /// The crypto provider of every TLS connection in the process.
@@ -37,4 +37,21 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn install_provider() {
     // An error means a provider is installed already: ours, by an earlier call.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// What a client connection's handshake negotiated.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
+    /// The server name the client asked for (SNI).
+    pub sni: Option<Box<str>>,
+    /// The ALPN protocol agreed (`http/1.1`; `h2` once HTTP/2 is served):
+    /// which server the connection belongs to.
+    pub alpn: Option<Box<[u8]>>,
+    /// The verified client certificate's subject (mutual TLS), RFC 4514
+    /// style, e.g. `CN=alice, O=Example`.
+    pub client_subject: Option<HeaderValue>,
+    /// The listener's `Strict-Transport-Security` value, if it sends one.
+    pub hsts: Option<HeaderValue>,
 }

@@ -1,4 +1,4 @@
-//! One client connection's TLS handshake: its first byte must start a TLS
+//! One client connection's TLS handshake on a TLS listener: its first byte must start a TLS
 //! record (plain HTTP on the TLS port is answered 400, as nginx does); the
 //! handshake must finish within the listener's `handshake_timeout`; what it
 //! negotiated becomes the connection's `TlsInfo`.
@@ -11,26 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::Terminator;
-use super::metrics::{HandshakeLabels, TlsMetrics};
-use crate::server::sniff::{Prefix, Prefixed, ReadReady, Speaks};
-
-/// What a client connection's handshake negotiated.
-#[derive(Debug, Clone, Default)]
-pub struct TlsInfo {
-    /// `TLSv1.2` or `TLSv1.3`.
-    pub version: &'static str,
-    /// The server name the client asked for (SNI).
-    pub sni: Option<Box<str>>,
-    /// The ALPN protocol agreed (`http/1.1`; `h2` once HTTP/2 is served):
-    /// which server the connection belongs to.
-    pub alpn: Option<Box<[u8]>>,
-    /// The verified client certificate's subject (mutual TLS), RFC 4514
-    /// style, e.g. `CN=alice, O=Example`.
-    pub client_subject: Option<HeaderValue>,
-    /// The listener's `Strict-Transport-Security` value, if it sends one.
-    pub hsts: Option<HeaderValue>,
-}
+use super::sniff::{Prefix, Prefixed, ReadReady, Speaks};
+use crate::tls::metrics::{HandshakeLabels, TlsMetrics};
+use crate::tls::{Terminator, TlsInfo};
 
 pub type ServerStream = TlsStream<Prefixed<TcpStream>>;
 
