@@ -32,14 +32,22 @@ fn s_client(addr: SocketAddr, sni: &str, extra: &[&str]) -> String {
             "-servername",
             sni,
         ])
+        // Read until Levee closes: a TLS 1.3 session ticket comes after the
+        // handshake, and `-sess_out` needs it.
+        .arg("-ign_eof")
         .args(extra)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("openssl is installed");
-    // Closing stdin ends the session after the handshake.
-    drop(child.stdin.take());
+    // One request that closes the connection once answered.
+    if let Some(mut stdin) = child.stdin.take() {
+        let request = format!("HEAD / HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n");
+        stdin
+            .write_all(request.as_bytes())
+            .expect("write to openssl");
+    }
     let out = child.wait_with_output().expect("openssl output");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }

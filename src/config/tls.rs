@@ -215,4 +215,26 @@ mod tests {
         assert_eq!((e.line, e.column), (6, 21), "{e}");
         assert_eq!(e.key, "listeners[0].tls.alpn[1]");
     }
+
+    #[test]
+    fn redirect_settings_belong_on_plain_listeners() {
+        let e = crate::config::parse_part(
+            "[[listeners]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\nredirect_https = true\n[listeners.tls]\ncertificates = [{ cert = \"c\", key = \"k\" }]\n",
+        )
+        .expect_err("refused");
+        assert_eq!(e.key, "listeners[0].redirect_https", "{e}");
+        let e = crate::config::parse_part(
+            "[[listeners]]\nname = \"p\"\naddress = \"127.0.0.1:1\"\nhttps_port = 8443\n",
+        )
+        .expect_err("refused");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (4, "listeners[0].https_port"),
+            "{e}"
+        );
+        let ok = crate::config::parse_part(
+            "[[listeners]]\nname = \"p\"\naddress = \"127.0.0.1:1\"\nredirect_https = true\nhttps_port = 8443\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
 }

@@ -481,7 +481,8 @@ fn check_serves_something(config: &Config) -> Result<(), Invalid> {
                 .as_ref()
                 .is_none_or(|ls| ls.iter().any(|n| n.get_ref() == name))
         });
-        if !served {
+        // A `redirect_https` listener answers every request itself.
+        if !served && !l.redirect_https {
             return Err(invalid(
                 l.name.span(),
                 format!("listeners[{i}]"),
