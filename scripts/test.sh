@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-# redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS test's certificates;
+# redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS tests' certificates
+# and is the s_client of tests/tls.rs, as curl (--resolve) is;
 # nginx: a real TLS endpoint (tests/upstream_tls.rs);
 # postgresql: the failover test runs a primary and a streaming replica (tests/postgres_failover.rs).
 for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx postgresql:/usr/lib/postgresql/15/bin/initdb; do

@@ -28,4 +28,5 @@ pub mod shared;
 pub mod slo;
 pub mod snapshot;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;

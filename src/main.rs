@@ -155,6 +155,8 @@ enum SloCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // One TLS crypto provider (aws-lc-rs) for the whole process.
+    levee::tls::install_provider();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match config::load(&config) {
@@ -255,8 +257,11 @@ fn init_logging() {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
-        Ok(c) => {
+    match config::load_with_warnings(path) {
+        Ok((c, warnings)) => {
+            for w in warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!(
                 "{}: ok ({} listeners, {} routes, {} clusters)",
                 path.display(),

@@ -32,6 +32,9 @@ pub struct Shared {
     pub last_reload: std::sync::Mutex<Option<LastReload>>,
     /// Injected faults in force (`chaos`), from the config and the admin API.
     pub faults: crate::chaos::live::Faults,
+    /// TLS listeners' configurations, replaced on reload and when their
+    /// files change.
+    pub tls: crate::tls::Terminators,
 }
 
 /// What `/status` says about the last reload.
@@ -78,6 +81,7 @@ impl Shared {
             started: (std::time::SystemTime::now(), std::time::Instant::now()),
             last_reload: std::sync::Mutex::new(None),
             faults,
+            tls: crate::tls::Terminators::default(),
         })
     }
 

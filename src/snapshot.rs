@@ -29,6 +29,8 @@ pub struct Listener {
     pub max_body_bytes: Option<u64>,
     /// HTTP/2 from clients and its limits.
     pub http2: Arc<crate::config::http2::Http2Config>,
+    /// `redirect_https`: the https port requests are redirected to.
+    pub redirect_https: Option<u16>,
     pub routes: Vec<Arc<Route>>,
     /// `protocol = "tcp"`: where its connections are relayed (its routes
     /// are then unused).
@@ -165,6 +167,9 @@ impl Snapshot {
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
                     max_body_bytes: l.max_body_bytes.map(|b| b.0),
                     http2: Arc::new(l.http2.clone()),
+                    redirect_https: l
+                        .redirect_https
+                        .then(|| l.https_port.as_ref().map_or(443, |p| *p.get_ref())),
                     routes: routes
                         .iter()
                         .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))

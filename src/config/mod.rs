@@ -15,8 +15,9 @@ pub mod rewrite;
 mod schema;
 pub mod slo;
 mod tcp;
+pub mod tls;
 pub mod upstream_tls;
-mod validate;
+pub(crate) mod validate;
 pub mod value;
 mod words;
 
@@ -56,8 +57,19 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and validates a config file.
+/// Reads and validates a config file, and the files it names (TLS
+/// certificates and keys); warnings (a certificate about to expire) are
+/// logged.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let (config, warnings) = load_with_warnings(path)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(config)
+}
+
+/// `load`, with the warnings returned (for `levee check`).
+pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         line: 0,
@@ -65,7 +77,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         key: String::new(),
         message: format!("cannot read the file: {e}"),
     })?;
-    parse(path, &text)
+    let config = parse(path, &text)?;
+    let warnings =
+        crate::tls::check::files(&config, std::time::SystemTime::now()).map_err(|v| {
+            let (line, column) = line_column(&text, v.span.start);
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                column,
+                key: v.key,
+                message: v.message,
+            }
+        })?;
+    Ok((config, warnings))
 }
 
 /// Parses and validates config text; `path` is only used in errors.

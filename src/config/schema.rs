@@ -191,6 +191,16 @@ pub struct ListenerConfig {
     /// connect is tried again on another endpoint while any is left.
     #[serde(default = "default_connect_attempts")]
     pub connect_attempts: Spanned<u32>,
+    /// TLS termination (`[listeners.tls]`); unset: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<super::tls::ListenerTlsConfig>,
+    /// Answer every request with a 308 to the same URL over https (a plain
+    /// listener only).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port `redirect_https` sends clients to; unset: 443.
+    #[serde(default)]
+    pub https_port: Option<Spanned<u16>>,
 }
 
 fn default_connect_attempts() -> Spanned<u32> {
@@ -234,6 +244,10 @@ pub struct RouteConfig {
     /// Header name → exact value; all must match.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+    /// "http" or "https": the scheme the request came with (whether its
+    /// listener terminates TLS). Unset: either.
+    #[serde(default)]
+    pub scheme: Option<Scheme>,
     /// The cluster that serves the route; or `split`, `redirect` or
     /// `respond`.
     #[serde(default)]
@@ -281,6 +295,13 @@ pub struct RouteConfig {
     /// The route's service level objective (`docs/slo.md`).
     #[serde(default)]
     pub slo: Option<super::slo::SloConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

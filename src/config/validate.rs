@@ -10,13 +10,13 @@ use serde_spanned::Spanned;
 use super::resilience::{BreakerConfig, FallbackConfig, RetryConfig};
 use super::schema::Config;
 
-pub(super) struct Invalid {
+pub(crate) struct Invalid {
     pub span: Range<usize>,
     pub key: String,
     pub message: String,
 }
 
-pub(super) fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(span: Range<usize>, key: String, message: impl Into<String>) -> Invalid {
     Invalid {
         span,
         key,
@@ -29,6 +29,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::http2::check(config)?;
     super::chaos::check_config(config)?;
     super::tcp::check(config)?;
+    super::tls::check(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -491,7 +492,8 @@ fn check_serves_something(config: &Config) -> Result<(), Invalid> {
                 .as_ref()
                 .is_none_or(|ls| ls.iter().any(|n| n.get_ref() == name))
         });
-        if !served {
+        // A `redirect_https` listener answers every request itself.
+        if !served && !l.redirect_https {
             return Err(invalid(
                 l.name.span(),
                 format!("listeners[{i}]"),

@@ -40,6 +40,17 @@ pub struct LogRecord {
     pub attempts: u32,
     /// The W3C trace id (32 hex digits) the request carried or was given.
     pub trace_id: String,
+    /// The connection's TLS facts; `None` on a plain listener (the fields
+    /// are left out of the line).
+    pub tls: Option<TlsLog>,
+}
+
+/// `tls_version`, `sni` and `client_subject` of an access log line.
+#[derive(Debug, Clone, Default)]
+pub struct TlsLog {
+    pub version: &'static str,
+    pub sni: Option<String>,
+    pub client_subject: Option<String>,
 }
 
 impl LogRecord {
@@ -139,6 +150,13 @@ impl LogRecord {
         }
         if let Some(e) = &self.upstream_error {
             let _ = write!(s, ",\"upstream_error\":{}", json_str(e));
+        }
+        if let Some(t) = &self.tls {
+            let _ = write!(s, ",\"tls_version\":\"{}\"", t.version);
+            let _ = write!(s, ",\"sni\":{}", opt_str(t.sni.as_deref()));
+            if let Some(subject) = &t.client_subject {
+                let _ = write!(s, ",\"client_subject\":{}", json_str(subject));
+            }
         }
         s.push('}');
         s
@@ -402,11 +420,18 @@ mod tests {
             upstream_error: Some("connect failed: \"refused\"".into()),
             attempts: 1,
             trace_id: String::new(),
+            tls: Some(TlsLog {
+                version: "TLSv1.3",
+                sni: Some("a.example".into()),
+                client_subject: None,
+            }),
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b");
         assert_eq!(v["status"], 200);
         assert_eq!(v["cluster"], serde_json::Value::Null);
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["sni"], "a.example");
         assert_eq!(v["connect_ms"], serde_json::Value::Null);
         assert_eq!(v["head_ms"], 1.0);
         assert_eq!(v["endpoint"], "127.0.0.1:9001");
@@ -499,6 +524,7 @@ mod tests {
             upstream_error: None,
             attempts: 1,
             trace_id: String::new(),
+            tls: None,
         }
     }
 }

@@ -167,6 +167,8 @@ pub struct Metrics {
     pub chaos: crate::chaos::metrics::ChaosMetrics,
     /// Routes' SLO trackers and gauges (`slo::Registry`).
     pub slos: crate::slo::Registry,
+    /// TLS termination (`crate::tls::metrics`).
+    pub tls: crate::tls::metrics::TlsMetrics,
 }
 
 impl Default for Metrics {
@@ -370,18 +372,20 @@ impl Metrics {
         let wrong_protocol = Family::<ProtocolLabels, Counter>::default();
         registry.register(
             "connections_wrong_protocol",
-            "Client connections that spoke a protocol their listener does not serve (http2: the HTTP/2 preface on an HTTP/1 listener, answered with GOAWAY; tls: a TLS ClientHello on a plain listener, answered with an alert), then closed",
+            "Client connections that spoke a protocol their listener does not serve (http2: the HTTP/2 preface on an HTTP/1 listener, answered with GOAWAY; tls: a TLS ClientHello on a plain listener, answered with an alert; http: plain HTTP on a TLS listener, answered 400), then closed",
             wrong_protocol.clone(),
         );
         // Present from the start, so that an absent series means 0.
-        for protocol in ["http2", "tls"] {
+        for protocol in ["http2", "tls", "http"] {
             drop(wrong_protocol.get_or_create(&ProtocolLabels { protocol }));
         }
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
         let tcp = super::tcp::TcpMetrics::register(&mut registry);
         let chaos = crate::chaos::metrics::ChaosMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
+        let tls = crate::tls::metrics::TlsMetrics::register(&mut registry);
         let metrics = Metrics {
+            tls,
             registry,
             slos,
             chaos,

@@ -25,6 +25,7 @@
 //! request's `record::Outcome`.
 
 pub mod body;
+pub mod edge;
 pub mod error;
 pub mod front_door;
 pub mod grpc;
@@ -65,6 +66,15 @@ pub struct ConnCtx {
     /// Told when a request starts and when its response is over.
     pub cycle: Arc<dyn RequestCycle>,
     pub worker: usize,
+    /// What the TLS handshake negotiated; `None` on a plain listener.
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
+}
+
+impl ConnCtx {
+    /// The scheme the client used.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// What the pipeline tells the client connection about its requests, which
@@ -152,9 +162,14 @@ impl<B> RequestBody for B where
 {
 }
 
-pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Response<ResponseBody> {
+pub async fn handle<B: RequestBody>(
+    cx: Arc<ConnCtx>,
+    mut req: Request<B>,
+) -> Response<ResponseBody> {
     let ambiguous_framing = cx.cycle.started(body_len(req.headers()));
     let grpc = grpc::is_grpc(req.headers());
+    // Before routing, so that routes can match on it.
+    edge::client_subject(req.headers_mut(), cx.tls.as_deref());
     let snapshot = cx.shared.snapshot.load_full();
     let arrival = Arrival {
         start: Instant::now(),
@@ -166,6 +181,8 @@ pub async fn handle<B: RequestBody>(cx: Arc<ConnCtx>, req: Request<B>) -> Respon
     };
     let forwarded = if ambiguous_framing {
         Forwarded::refused(ProxyError::BadFraming)
+    } else if let Some(location) = edge::https_location(&cx, &snapshot, &req) {
+        return edge::redirect(cx, snapshot, arrival, location);
     } else {
         forward(&cx, &snapshot, &arrival, req).await
     };
@@ -190,7 +207,7 @@ async fn forward<B: RequestBody>(
             return Err(ProxyError::HeadersTooLarge.into());
         }
 
-        let route = match_route(listener, &req).ok_or(ProxyError::NoRoute)?;
+        let route = match_route(listener, &req, cx.tls.is_some()).ok_or(ProxyError::NoRoute)?;
         // A split route sends this request to one of its clusters: by the
         // split key's hash (sticky) or at random.
         let target = match (&route.split_key, route.targets.len()) {
@@ -263,7 +280,7 @@ async fn forward<B: RequestBody>(
 
         let deadline = request_deadline(cluster, req.headers(), start);
         let (mut parts, body) = req.into_parts();
-        rewrite_request(&mut parts, cx.client, &arrival.request_id);
+        rewrite_request(&mut parts, cx, &arrival.request_id);
         if let Some(rw) = &route.rewrite {
             rewriting::request(cx, rw, route, &cluster.name, arrival, &mut parts)?;
         }
@@ -307,7 +324,11 @@ async fn forward<B: RequestBody>(
 }
 
 /// The first of the listener's routes, in declared order, that matches.
-fn match_route<'l, B>(listener: &'l Listener, req: &Request<B>) -> Option<&'l Arc<Route>> {
+fn match_route<'l, B>(
+    listener: &'l Listener,
+    req: &Request<B>,
+    https: bool,
+) -> Option<&'l Arc<Route>> {
     let host = route::request_host(req.uri(), req.headers()).unwrap_or("");
     let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         host.to_ascii_lowercase().into()
@@ -315,8 +336,9 @@ fn match_route<'l, B>(listener: &'l Listener, req: &Request<B>) -> Option<&'l Ar
         host.into()
     };
     listener.routes.iter().find(|r| {
-        r.matcher
-            .matches(&host, req.uri().path(), req.method(), req.headers())
+        r.matcher.scheme_matches(https)
+            && r.matcher
+                .matches(&host, req.uri().path(), req.method(), req.headers())
     })
 }
 
@@ -652,6 +674,7 @@ fn respond(
         answer.is_err(),
     );
     let request_id = arrival.request_id.clone();
+    let hsts = cx.tls.as_ref().and_then(|t| t.hsts.clone());
     let mut outcome = Outcome {
         status: 0,
         error: None,
@@ -748,6 +771,7 @@ fn respond(
     if let Some(r) = rate_limit {
         r.apply(response.headers_mut());
     }
+    edge::hsts(response.headers_mut(), hsts);
     response
 }
 
@@ -824,7 +848,7 @@ pub(crate) fn next_random() -> u64 {
 /// The head as the backend should see it: origin-form URI, HTTP/1.1, no
 /// hop-by-hop headers, forwarding headers and the request id added, `Host`
 /// kept as the client sent it (or the target's, for an absolute-form URI).
-fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request_id: &HeaderValue) {
+fn rewrite_request(parts: &mut http::request::Parts, cx: &ConnCtx, request_id: &HeaderValue) {
     // Absolute-form (`GET http://host/path`): the target's host is the one
     // the request was routed by, and it replaces any Host header
     // (RFC 9112 §3.2.2). Built from host and port only, so that userinfo
@@ -845,8 +869,8 @@ fn rewrite_request(parts: &mut http::request::Parts, client: SocketAddr, request
     parts.headers.remove(header::EXPECT);
     headers::add_forwarding(
         &mut parts.headers,
-        client.ip().to_canonical(),
-        "http",
+        cx.client.ip().to_canonical(),
+        cx.scheme(),
         original_host.as_ref(),
     );
     parts

@@ -200,6 +200,15 @@ impl Completion {
                     upstream_error,
                     attempts: tries.count,
                     trace_id: arrival.trace.trace_id_hex(),
+                    tls: cx.tls.as_ref().map(|t| crate::observe::access_log::TlsLog {
+                        version: t.version,
+                        sni: t.sni.as_deref().map(str::to_owned),
+                        client_subject: t
+                            .client_subject
+                            .as_ref()
+                            .and_then(|s| s.to_str().ok())
+                            .map(str::to_owned),
+                    }),
                 },
                 &snapshot.config.access_log,
                 &SUCCESSES,

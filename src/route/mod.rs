@@ -35,6 +35,8 @@ pub struct Matcher {
     path: PathMatch,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// `Some(true)`: https only; `Some(false)`: plain http only.
+    https: Option<bool>,
 }
 
 impl Matcher {
@@ -53,6 +55,7 @@ impl Matcher {
             _ => PathMatch::Any,
         };
         Matcher {
+            https: r.scheme.map(|s| s == crate::config::Scheme::Https),
             host,
             path,
             methods: r
@@ -71,6 +74,12 @@ impl Matcher {
                 })
                 .collect(),
         }
+    }
+
+    /// Whether the route takes requests of this scheme (`https`: the
+    /// connection came over TLS).
+    pub fn scheme_matches(&self, https: bool) -> bool {
+        self.https.is_none_or(|h| h == https)
     }
 
     /// `host` is the request's host without port, already lower-cased.

@@ -144,6 +144,47 @@ pub async fn serve<S>(
     Box::pin(serve_hyper(stream, cx, phase, settings, shutdown)).await;
 }
 
+/// A connection on a TLS listener: the handshake (bounded by the listener's
+/// `handshake_timeout`, cut short by a shutdown), then `serve` over the
+/// decrypted stream. Plain HTTP on the TLS port is answered 400 (nginx's
+/// behaviour) and counted as a wrong protocol.
+pub async fn serve_tls(
+    stream: TcpStream,
+    terminator: Arc<crate::tls::Terminator>,
+    mut cx: ConnCtx,
+    phase: Arc<Phase>,
+    settings: Settings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use super::handshake::{Refused, handshake};
+    let metrics = &cx.shared.metrics;
+    let shaken = tokio::select! {
+        r = handshake(stream, &terminator, &metrics.tls) => r,
+        _ = shutdown.changed() => return,
+    };
+    let (stream, info) = match shaken {
+        Ok(pair) => pair,
+        Err(Refused::PlainHttp(stream)) => {
+            metrics
+                .wrong_protocol
+                .get_or_create(&crate::observe::metrics::ProtocolLabels { protocol: "http" })
+                .inc();
+            let answer = error_answer(
+                http::StatusCode::BAD_REQUEST,
+                "plain_http_to_tls_port",
+                "the plain HTTP request was sent to a TLS port; use https://",
+                &cx,
+            );
+            linger_close(stream, &answer).await;
+            return;
+        }
+        Err(Refused::Failed) => return,
+    };
+    drop(terminator);
+    cx.tls = Some(Box::new(info));
+    serve(stream, Arc::new(cx), phase, settings, shutdown).await;
+}
+
 /// HTTP/1.1 served by hyper (`server.http1 = "hyper"`).
 async fn serve_hyper<S>(
     stream: Prefixed<S>,

@@ -173,3 +173,15 @@ pub fn save_slos(shared: &Shared, now: u64) {
         tracing::warn!(path = %path.display(), "cannot save the SLO state: {e}");
     }
 }
+
+/// Every second: re-reads the TLS files that changed (new handshakes get the
+/// new certificates, open connections keep theirs) and sets the
+/// certificate-expiry gauges. Stat calls only, unless a file changed.
+pub async fn watch_tls_files(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shared
+            .tls
+            .refresh(&shared.metrics.tls, std::time::SystemTime::now());
+    }
+}

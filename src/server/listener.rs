@@ -168,12 +168,14 @@ impl AcceptLoop {
             accepted.inc();
             active.inc();
             let mut guard = Counted(self.count.clone(), active.clone(), None);
+            let tls = self.shared.tls.get(self.address);
             if l.max_connections_per_ip > 0 {
                 let ip = peer.ip().to_canonical();
                 if !self.count.1.enter(ip, l.max_connections_per_ip) {
                     per_ip_refused.inc();
-                    if l.tcp.is_some() {
-                        // A TCP client has no protocol to be told in.
+                    if l.tcp.is_some() || tls.is_some() {
+                        // Neither a TCP client nor a TLS one can read a
+                        // plain-text 429.
                         drop(stream);
                         continue;
                     }
@@ -206,19 +208,30 @@ impl AcceptLoop {
                 http2: l.http2.clone(),
             };
             let phase = Arc::new(Phase::default());
-            let cx = Arc::new(ConnCtx {
+            let cx = ConnCtx {
                 shared: self.shared.clone(),
                 client: peer,
                 local: self.address,
                 cycle: phase.clone(),
                 worker: self.worker,
-            });
+                tls: None,
+            };
             let shutdown = self.shutdown.clone();
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                conn::serve(stream, cx, phase, settings, shutdown).await;
-                drop(guard);
-            });
+            match tls {
+                None => {
+                    tokio::spawn(async move {
+                        conn::serve(stream, Arc::new(cx), phase, settings, shutdown).await;
+                        drop(guard);
+                    });
+                }
+                Some(t) => {
+                    tokio::spawn(async move {
+                        conn::serve_tls(stream, t, cx, phase, settings, shutdown).await;
+                        drop(guard);
+                    });
+                }
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ mod control;
 mod fixed;
 pub mod h1;
 pub mod h2;
+pub mod handshake;
 mod health_checks;
 pub mod listener;
 pub mod phase;
@@ -46,6 +47,8 @@ pub enum StartError {
     },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot start TLS: {0}")]
+    Tls(String),
 }
 
 pub use crate::admin::Control;
@@ -102,7 +105,12 @@ impl Server {
         let pid_path = config.server.pid_file.as_ref().map(|p| p.get_ref().clone());
         let names = crate::discovery::Query::all(&config);
         let dns = config.dns.clone();
+        crate::tls::install_provider();
         let shared = Arc::new(Shared::new(config, config_path, workers)?);
+        let terminators =
+            crate::tls::Terminators::build(&shared.snapshot.load().config, &shared.metrics.tls)
+                .map_err(StartError::Tls)?;
+        shared.tls.install(terminators);
         let mut failed_at_start = Vec::new();
         if !names.is_empty() {
             // Serve from the first request with what the names resolve to.
@@ -222,12 +230,17 @@ impl Server {
                 ))
             })?;
         }
+        // Certificates and keys are read again: a reload is how an operator
+        // says "use the new files" (they are also picked up on change).
+        let terminators =
+            crate::tls::Terminators::build(&config, &self.shared.metrics.tls).map_err(&refuse)?;
         let summary = format!(
             "{} listeners, {} routes, {} clusters",
             config.listeners.len(),
             config.routes.len(),
             config.clusters.len()
         );
+        self.shared.tls.install(terminators);
         self.shared.install(config);
         self.restart_discovery();
         self.restart_checks();
@@ -344,6 +357,7 @@ impl Server {
         tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
         tokio::spawn(crate::chaos::live::sweep(self.shared.clone()));
         tokio::spawn(control::slos(self.shared.clone()));
+        tokio::spawn(control::watch_tls_files(self.shared.clone()));
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),

@@ -50,6 +50,7 @@ mod levee;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
+pub mod tls;
 pub mod tls_upstream;
 
 pub use backend::{Backend, RecordedRequest};

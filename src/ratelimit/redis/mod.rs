@@ -315,9 +315,9 @@ impl RedisStore {
             return Err(OpenError::NoNodes);
         }
         // redis-rs builds its rustls configs with the process's default
-        // crypto provider; install ring's unless one is installed already
-        // (rustls cannot pick one by itself once two are compiled in).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // crypto provider: aws-lc-rs, installed at start (and here for a
+        // store opened without `Server::start`, e.g. in tests).
+        crate::tls::install_provider();
         let timeout = if options.timeout.is_zero() {
             DEFAULT_TIMEOUT
         } else {

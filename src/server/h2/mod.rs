@@ -56,6 +56,7 @@ pub async fn serve<S>(
         local: cx.local,
         cycle: streams.clone(),
         worker: cx.worker,
+        tls: cx.tls.clone(),
     });
     let service_cx = cx.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
