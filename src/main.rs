@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     levee::tls::install_provider();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => match config::load(&config) {
+        Command::Run { config } => match levee::load::load(&config) {
             Ok(c) => serve(c, Some(config), None),
             Err(e) => {
                 eprintln!("levee: configuration refused: {e}");
@@ -222,7 +222,7 @@ fn chaos(command: ChaosCommand) -> ExitCode {
 
 /// `levee slo rules --config FILE`.
 fn slo_rules(path: &Path) -> ExitCode {
-    match config::load(path) {
+    match levee::load::load(path) {
         Ok(c) => {
             let routes: Vec<(String, levee::slo::Objective)> = c
                 .routes
@@ -257,7 +257,7 @@ fn init_logging() {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load_with_warnings(path) {
+    match levee::load::load_with_warnings(path) {
         Ok((c, warnings)) => {
             for w in warnings {
                 eprintln!("{}: warning: {w}", path.display());

@@ -70,7 +70,7 @@ pub(super) async fn post(req: Request<Incoming>, shared: &Shared) -> Response<Fu
     let now = Instant::now();
     let mut started = Vec::new();
     for f in &faults {
-        let fault = crate::config::chaos::build(f);
+        let fault = crate::chaos::build::fault(f);
         started.push(fault.name.clone());
         shared.faults.add(fault, now, &shared.metrics.chaos);
     }

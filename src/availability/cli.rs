@@ -49,7 +49,7 @@ pub fn run(req: &Request) -> Result<String, String> {
     };
     let findings = match &req.config {
         Some(path) => {
-            let config = crate::config::load(path).map_err(|e| e.to_string())?;
+            let config = crate::load::load(path).map_err(|e| e.to_string())?;
             Some(spof::findings(&config, &|_| None))
         }
         None => None,

@@ -15,8 +15,9 @@ use std::time::Instant;
 use http::HeaderMap;
 
 use super::fault::{Outcome, RequestFacts};
+use super::live::Faults;
 use super::live::Hit;
-use crate::shared::Shared;
+use crate::observe::chaos::ChaosMetrics;
 use crate::upstream;
 
 /// The client key of the subset: the client IP's bytes.
@@ -31,17 +32,24 @@ fn client_key(ip: IpAddr) -> ([u8; 16], usize) {
     }
 }
 
+/// The faults in force and where their injections are counted.
+#[derive(Clone, Copy)]
+pub struct Armed<'a> {
+    pub faults: &'a Faults,
+    pub metrics: &'a ChaosMetrics,
+}
+
 /// The fault on a request of `route`, if one hits it: its delay waited
 /// here; `Err(status)` when it aborts the request.
 pub async fn on_route(
-    shared: &Shared,
+    armed: Armed<'_>,
     route: &str,
     client: SocketAddr,
     headers: &HeaderMap,
     draw: u64,
     now: Instant,
 ) -> Result<(), u16> {
-    if !shared.faults.is_armed() {
+    if !armed.faults.is_armed() {
         return Ok(());
     }
     let (key, len) = client_key(client.ip());
@@ -50,9 +58,9 @@ pub async fn on_route(
         headers,
         client_key: &key[..len],
     };
-    let Some(hit) = shared
+    let Some(hit) = armed
         .faults
-        .for_route(route, &facts, draw, now, &shared.metrics.chaos)
+        .for_route(route, &facts, draw, now, armed.metrics)
     else {
         return Ok(());
     };
@@ -67,7 +75,7 @@ pub async fn on_route(
 
 /// The fault on a try to `endpoint` of `cluster`, if one hits it.
 pub fn for_try(
-    shared: &Shared,
+    armed: Armed<'_>,
     cluster: &str,
     endpoint: SocketAddr,
     client: SocketAddr,
@@ -75,7 +83,7 @@ pub fn for_try(
     draw: u64,
     now: Instant,
 ) -> Option<Hit> {
-    if !shared.faults.is_armed() {
+    if !armed.faults.is_armed() {
         return None;
     }
     let (key, len) = client_key(client.ip());
@@ -84,9 +92,9 @@ pub fn for_try(
         headers,
         client_key: &key[..len],
     };
-    shared
+    armed
         .faults
-        .for_try(cluster, endpoint, &facts, draw, now, &shared.metrics.chaos)
+        .for_try(cluster, endpoint, &facts, draw, now, armed.metrics)
 }
 
 /// The try under its fault: the delay, then the exchange, or in its place

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::fault::{Delay, Event, Fault, FaultSet, Outcome, RequestFacts, Target};
-use super::metrics::{ChaosMetrics, FaultEventLabels, InjectionLabels};
 use crate::config::Config;
+use crate::observe::chaos::{ChaosMetrics, FaultEventLabels, InjectionLabels};
 
 /// What a fault does to one request or try.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,7 +167,7 @@ impl Faults {
             config
                 .faults
                 .iter()
-                .map(crate::config::chaos::build)
+                .map(crate::chaos::build::fault)
                 .collect()
         } else {
             Vec::new()
@@ -231,19 +231,6 @@ impl Faults {
                 },
             })
             .collect()
-    }
-}
-
-/// How often the sweep removes the faults whose ttl passed. An expired
-/// fault already acts on nothing (`FaultSet::active`); the sweep makes it
-/// leave `GET /faults` and counts its event, within this long.
-const SWEEP_EVERY: Duration = Duration::from_millis(200);
-
-/// The expiry sweep, for the life of the process.
-pub async fn sweep(shared: std::sync::Arc<crate::shared::Shared>) {
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        shared.faults.expire(Instant::now(), &shared.metrics.chaos);
     }
 }
 
@@ -392,7 +379,7 @@ enabled = true
             None,
         )
         .unwrap();
-        faults.add(crate::config::chaos::build(&posted[0]), t1, &m);
+        faults.add(crate::chaos::build::fault(&posted[0]), t1, &m);
         faults.configure(&config(""), t1, &m);
         let names: Vec<String> = faults.status(t1).into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["boom"]);

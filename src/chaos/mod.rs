@@ -11,12 +11,12 @@
 //! `levee chaos run`, with the experiment file (`plan`), the open-loop load
 //! (`load`) and the report (`report`).
 
+pub mod build;
 pub mod experiment;
 pub mod fault;
 pub mod inject;
 pub mod live;
 pub mod load;
-pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod run;

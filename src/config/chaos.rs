@@ -39,7 +39,6 @@ use super::ratelimit::Cidr;
 use super::validate::{Invalid, check_name, invalid, list};
 use super::value::{ByteSize, Duration};
 use super::{Config, ConfigError};
-use crate::chaos::fault::{Delay, Effects, Fault, Outcome, Selector, Subset, Target, Trigger};
 
 /// `[chaos]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -369,7 +368,7 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
 
 /// `{ p50 = "20ms", p99 = "500ms" }` as ascending (percentile, delay)
 /// points.
-fn parse_distribution(
+pub fn parse_distribution(
     d: &Spanned<BTreeMap<String, Duration>>,
 ) -> Result<Vec<(f64, std::time::Duration)>, String> {
     let mut points = Vec::new();
@@ -402,66 +401,6 @@ fn distribution(d: &Spanned<BTreeMap<String, Duration>>, key: &str) -> Result<()
     parse_distribution(d)
         .map(|_| ())
         .map_err(|m| invalid(d.span(), key.to_owned(), m))
-}
-
-/// The runtime fault of a checked configuration.
-pub fn build(f: &FaultConfig) -> Fault {
-    let target = match (&f.route, &f.cluster, &f.endpoint) {
-        (Some(r), _, _) => Target::Route(r.get_ref().clone()),
-        (None, Some(c), Some(e)) => Target::Endpoint {
-            cluster: c.get_ref().clone(),
-            address: *e.get_ref(),
-        },
-        (None, Some(c), None) => Target::Cluster(c.get_ref().clone()),
-        // `check` refuses a fault without a target; one that slips through
-        // targets nothing.
-        (None, None, _) => Target::Route(String::new()),
-    };
-    let delay = match (&f.delay, &f.delay_jitter, &f.delay_distribution) {
-        (Some(d), Some(j), _) => Some(Delay::Jitter {
-            base: d.get_ref().get(),
-            jitter: j.get_ref().get(),
-        }),
-        (Some(d), None, _) => Some(Delay::Fixed(d.get_ref().get())),
-        (None, _, Some(dist)) => parse_distribution(dist).ok().map(Delay::Distribution),
-        (None, _, None) => None,
-    };
-    let outcome = if let Some(a) = &f.abort {
-        Outcome::Abort(*a.get_ref())
-    } else if f.reset.as_ref().is_some_and(|r| *r.get_ref()) {
-        Outcome::Reset
-    } else if let Some(t) = &f.truncate_after {
-        Outcome::Truncate(t.get_ref().0)
-    } else {
-        Outcome::Forward
-    };
-    let name = f.name.get_ref().clone();
-    Fault {
-        target,
-        effects: Effects {
-            delay,
-            outcome,
-            bandwidth: f.bandwidth.as_ref().map(|b| b.get_ref().0),
-            slow_headers: f.slow_headers.as_ref().map(|s| s.get_ref().get()),
-        },
-        selector: Selector {
-            percent: *f.percent.get_ref(),
-            subset: f.clients_percent.as_ref().map(|p| Subset {
-                percent: *p.get_ref(),
-                seed: xxhash_rust::xxh3::xxh3_64(name.as_bytes()),
-            }),
-            trigger: f.header.as_ref().map(|h| Trigger {
-                header: h.get_ref().to_ascii_lowercase(),
-                trusted: f
-                    .trusted_sources
-                    .iter()
-                    .filter_map(|s| s.get_ref().parse().ok())
-                    .collect(),
-            }),
-        },
-        ttl: Some(f.ttl.get_ref().get()),
-        name,
-    }
 }
 
 /// Reads a document of `[[faults]]` (e.g. a file an operator loads, or a
@@ -499,6 +438,8 @@ pub fn parse_faults(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chaos::build::fault as build;
+    use crate::chaos::fault::{Delay, Fault, Outcome, Target};
     use std::time::Duration as StdDuration;
 
     const CONFIG: &str = r#"

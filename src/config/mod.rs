@@ -57,19 +57,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and validates a config file, and the files it names (TLS
-/// certificates and keys); warnings (a certificate about to expire) are
-/// logged.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let (config, warnings) = load_with_warnings(path)?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(config)
-}
-
-/// `load`, with the warnings returned (for `levee check`).
-pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+/// Reads, parses and validates a config file; returns it with its text
+/// (for the positions of later errors). The files it names (TLS) are
+/// checked by `crate::load`, which sits above `config` and `tls`.
+pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         line: 0,
@@ -78,18 +69,25 @@ pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<String>), ConfigEr
         message: format!("cannot read the file: {e}"),
     })?;
     let config = parse(path, &text)?;
-    let warnings =
-        crate::tls::check::files(&config, std::time::SystemTime::now()).map_err(|v| {
-            let (line, column) = line_column(&text, v.span.start);
-            ConfigError {
-                file: path.to_owned(),
-                line,
-                column,
-                key: v.key,
-                message: v.message,
-            }
-        })?;
-    Ok((config, warnings))
+    Ok((config, text))
+}
+
+/// An error at byte `offset` of the config `text` read from `path`.
+pub fn error_at(
+    path: &Path,
+    text: &str,
+    offset: usize,
+    key: String,
+    message: String,
+) -> ConfigError {
+    let (line, column) = line_column(text, offset);
+    ConfigError {
+        file: path.to_owned(),
+        line,
+        column,
+        key,
+        message,
+    }
 }
 
 /// Parses and validates config text; `path` is only used in errors.

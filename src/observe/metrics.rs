@@ -164,7 +164,7 @@ pub struct Metrics {
     pub wrong_protocol: Family<ProtocolLabels, Counter>,
     pub dns_lookups: Family<DnsLabels, Counter>,
     pub dns_addresses: Family<DnsNameLabels, Gauge>,
-    pub chaos: crate::chaos::metrics::ChaosMetrics,
+    pub chaos: crate::observe::chaos::ChaosMetrics,
     /// Routes' SLO trackers and gauges (`slo::Registry`).
     pub slos: crate::slo::Registry,
     /// TLS termination (`crate::tls::metrics`).
@@ -381,7 +381,7 @@ impl Metrics {
         }
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
         let tcp = super::tcp::TcpMetrics::register(&mut registry);
-        let chaos = crate::chaos::metrics::ChaosMetrics::register(&mut registry);
+        let chaos = crate::observe::chaos::ChaosMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
         let tls = crate::tls::metrics::TlsMetrics::register(&mut registry);
         let metrics = Metrics {

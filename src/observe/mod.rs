@@ -1,6 +1,7 @@
 //! What Levee tells about itself: Prometheus metrics and the access log.
 
 pub mod access_log;
+pub mod chaos;
 pub mod known;
 pub mod metrics;
 pub mod tcp;

@@ -235,7 +235,10 @@ async fn forward<B: RequestBody>(
         // An injected fault on the route (chaos): its delay, or its abort.
         let (client, now) = (cx.client, Instant::now());
         crate::chaos::inject::on_route(
-            &cx.shared,
+            crate::chaos::inject::Armed {
+                faults: &cx.shared.faults,
+                metrics: &cx.shared.metrics.chaos,
+            },
             &route.name,
             client,
             req.headers(),
@@ -596,7 +599,10 @@ async fn try_once<B: RequestBody>(
     // An injected fault on this try (chaos) acts inside its timeout.
     let (address, headers) = (endpoint.address, &out.parts.headers);
     let fault = crate::chaos::inject::for_try(
-        &cx.shared,
+        crate::chaos::inject::Armed {
+            faults: &cx.shared.faults,
+            metrics: &cx.shared.metrics.chaos,
+        },
         &cluster.name,
         address,
         cx.client,

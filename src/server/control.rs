@@ -185,3 +185,16 @@ pub async fn watch_tls_files(shared: Arc<Shared>) {
             .refresh(&shared.metrics.tls, std::time::SystemTime::now());
     }
 }
+
+/// How often the sweep removes the faults whose ttl passed. An expired
+/// fault already acts on nothing (`chaos::live::FaultSet::active`); the
+/// sweep makes it leave `GET /faults` and counts its event, within this long.
+const FAULT_SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// The injected faults' expiry sweep, for the life of the process.
+pub async fn fault_sweep(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(FAULT_SWEEP_EVERY).await;
+        shared.faults.expire(Instant::now(), &shared.metrics.chaos);
+    }
+}

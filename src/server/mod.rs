@@ -185,7 +185,7 @@ impl Server {
     pub fn reload(&mut self) -> Result<String, String> {
         let path = self.shared.config_path.clone();
         let config = match &path {
-            Some(p) => crate::config::load(p).map_err(|e| {
+            Some(p) => crate::load::load(p).map_err(|e| {
                 self.shared.metrics.reloads_refused();
                 e.to_string()
             })?,
@@ -355,7 +355,7 @@ impl Server {
         self.restart_checks();
         tokio::spawn(control::service_level(self.shared.clone()));
         tokio::spawn(control::sweep_rate_limits(self.shared.clone()));
-        tokio::spawn(crate::chaos::live::sweep(self.shared.clone()));
+        tokio::spawn(control::fault_sweep(self.shared.clone()));
         tokio::spawn(control::slos(self.shared.clone()));
         tokio::spawn(control::watch_tls_files(self.shared.clone()));
         tracing::info!(
