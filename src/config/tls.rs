@@ -1,7 +1,7 @@
 //! `[listeners.tls]`: TLS termination on a listener (certificates chosen by
 //! SNI, versions, ALPN, session resumption, client certificates, HSTS).
 //! The files it names are read and checked by `crate::tls::check`, which
-//! `config::load` runs, so a missing or mismatched file is refused like any
+//! `load::load` runs, so a missing or mismatched file is refused like any
 //! other mistake, at its key's line and column.
 
 use serde::{Deserialize, Serialize};

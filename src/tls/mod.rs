@@ -10,7 +10,7 @@
 //!   theirs);
 //! - `TlsInfo`: what a connection's handshake negotiated (the handshake
 //!   itself is `server::handshake`'s);
-//! - `check`: the files of a configuration, checked by `config::load`;
+//! - `check`: the files of a configuration, checked by `load::load`;
 //! - `metrics`: handshakes, failures by reason, certificate expiry.
 
 pub mod check;
