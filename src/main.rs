@@ -16,8 +16,9 @@ use levee::server::Server;
 
 /// Levee: a load balancer and reverse proxy built for reliability.
 ///
-/// Configuration is one TOML file; see docs/configuration.md (routes,
-/// rewriting, redirects) and examples/levee.toml, docs/resilience.md
+/// Configuration is one TOML file; see docs/configuration.md (listeners,
+/// TLS, HTTP/2, TCP listeners, routes, rewriting, redirects, TLS to
+/// endpoints) and examples/levee.toml, docs/resilience.md
 /// (retries, circuit breakers, bulkheads, service levels) and
 /// docs/rate-limiting.md. Logs go to standard
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
@@ -47,8 +48,10 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file and exit: 0 if it is valid, 1 with the
-    /// error (file:line:column: key: problem) otherwise. Names in endpoint
-    /// addresses are checked for form, not resolved.
+    /// error (file:line:column: key: problem) otherwise. The TLS files it
+    /// names are read and checked (a certificate expiring within 14 days is
+    /// a warning). Names in endpoint addresses are checked for form, not
+    /// resolved.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
