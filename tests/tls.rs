@@ -586,3 +586,58 @@ fn check_refuses_bad_tls_files_with_their_position() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// With `alpn = ["h2", "http/1.1"]` and HTTP/2 enabled, a client that
+/// negotiates h2 is served HTTP/2 over TLS (each stream through the
+/// pipeline); one that offers only HTTP/1.1 still gets it. Without HTTP/2
+/// enabled, `h2` in `alpn` is refused with its place.
+#[tokio::test]
+async fn alpn_h2_serves_http2_over_tls() {
+    let pki = Pki::new("Levee Test CA");
+    let a = pki.server("a", &["a.example.com"], 90);
+    let backend = Backend::start("b1");
+    let tls_addr = free_addr();
+    let listener = |http2: &str| {
+        ConfigBuilder::new()
+            .listener_with(
+                "secure",
+                tls_addr,
+                &[
+                    &tls_table(&[&a], ", alpn = [\"h2\", \"http/1.1\"]"),
+                    http2,
+                ],
+            )
+            .cluster("app", &[backend.addr()])
+            .route("all", "app")
+            .build()
+    };
+    let (code, _, err) = Levee::check(&listener(""));
+    assert_eq!(code, 1, "h2 without HTTP/2 must be refused");
+    assert!(
+        err.contains("alpn[0]") && err.contains("[listeners.http2] enabled = true"),
+        "{err}"
+    );
+
+    let _levee = Levee::start(&listener("http2 = { enabled = true }"));
+    let url = format!("https://a.example.com:{}/x", tls_addr.port());
+    let h2 = https_client(&pki, "a.example.com", tls_addr, None);
+    for _ in 0..3 {
+        let r = h2.get(&url).send().await.expect("h2 request");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.headers()["x-backend"], "b1");
+    }
+    let seen = backend.last_request().expect("backend saw the request");
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
+    let h1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).expect("ca")])
+        .resolve("a.example.com", tls_addr)
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let r = h1.get(&url).send().await.expect("http/1.1 request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+}

@@ -11,8 +11,10 @@ use super::validate::{Invalid, invalid};
 use super::value::Duration;
 
 /// The ALPN protocol names Levee can serve on a TLS listener, in the order
-/// it prefers them. `h2` joins this list once the HTTP/2 server exists.
-pub const SERVED_ALPN: &[&str] = &["http/1.1"];
+/// it prefers them. `h2` needs the listener's `[listeners.http2]` enabled:
+/// the connection layer then finds the HTTP/2 preface inside the TLS stream
+/// and hands the connection to the HTTP/2 server, as on a plain listener.
+pub const SERVED_ALPN: &[&str] = &["h2", "http/1.1"];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -92,11 +94,9 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// HTTP/1.1 only unless the file says `h2` (which needs HTTP/2 enabled).
 fn default_alpn() -> Vec<Spanned<String>> {
-    SERVED_ALPN
-        .iter()
-        .map(|p| Spanned::new(0..0, (*p).to_owned()))
-        .collect()
+    vec![Spanned::new(0..0, "http/1.1".to_owned())]
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
@@ -151,6 +151,13 @@ pub(super) fn check(config: &super::Config) -> Result<(), Invalid> {
                         "{:?} is not a protocol this listener serves; valid: {SERVED_ALPN:?}",
                         p.get_ref()
                     ),
+                ));
+            }
+            if p.get_ref() == "h2" && !l.http2.enabled {
+                return Err(invalid(
+                    p.span(),
+                    format!("{key}.alpn[{j}]"),
+                    "\"h2\" needs HTTP/2 on this listener: set [listeners.http2] enabled = true, or leave h2 out",
                 ));
             }
         }
