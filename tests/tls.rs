@@ -602,10 +602,7 @@ async fn alpn_h2_serves_http2_over_tls() {
             .listener_with(
                 "secure",
                 tls_addr,
-                &[
-                    &tls_table(&[&a], ", alpn = [\"h2\", \"http/1.1\"]"),
-                    http2,
-                ],
+                &[&tls_table(&[&a], ", alpn = [\"h2\", \"http/1.1\"]"), http2],
             )
             .cluster("app", &[backend.addr()])
             .route("all", "app")
