@@ -33,8 +33,10 @@ pub struct Listener {
     pub redirect_https: Option<u16>,
     pub routes: Vec<Arc<Route>>,
     /// `protocol = "tcp"`: where its connections are relayed (its routes
-    /// are then unused).
-    pub tcp: Option<Arc<TcpRelay>>,
+    /// are then unused): the listener's cluster, or one chosen by SNI.
+    pub tcp: Option<Arc<crate::tcp::sni::SniRoutes>>,
+    /// `[listeners.proxy_protocol]`: the PROXY header required first.
+    pub proxy_protocol: Option<Arc<crate::server::proxy_protocol::Accept>>,
 }
 
 /// What a TCP listener relays to (served by `crate::tcp`). A connection
@@ -175,7 +177,11 @@ impl Snapshot {
                         .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
                         .map(|(_, r)| r.clone())
                         .collect(),
-                    tcp: tcp_relay(l, &by_name, &config),
+                    tcp: tcp_routes(l, &by_name, &config),
+                    proxy_protocol: l
+                        .proxy_protocol
+                        .as_ref()
+                        .map(|p| Arc::new(crate::server::proxy_protocol::Accept::from_config(p))),
                 })
             })
             .collect();
@@ -198,22 +204,37 @@ impl Snapshot {
     }
 }
 
-/// A TCP listener's relay. Validation guarantees its cluster exists.
-fn tcp_relay(
+/// A TCP listener's relays: its cluster's, and its SNI routes'.
+/// Validation guarantees every cluster named exists.
+fn tcp_routes(
     l: &crate::config::ListenerConfig,
     clusters: &HashMap<&str, &Arc<Cluster>>,
     config: &Config,
-) -> Option<Arc<TcpRelay>> {
+) -> Option<Arc<crate::tcp::sni::SniRoutes>> {
     if l.protocol != crate::config::Protocol::Tcp {
         return None;
     }
-    let name = l.cluster.as_ref()?.get_ref().as_str();
-    let cluster = (*clusters.get(name)?).clone();
-    let c = config.clusters.iter().find(|c| c.name.get_ref() == name)?;
-    Some(Arc::new(TcpRelay::new(
-        l,
-        cluster,
-        c.on_endpoint_down,
-        c.send_proxy_protocol,
+    let relay = |name: &str| -> Option<Arc<TcpRelay>> {
+        let cluster = (*clusters.get(name)?).clone();
+        let c = config.clusters.iter().find(|c| c.name.get_ref() == name)?;
+        Some(Arc::new(TcpRelay::new(
+            l,
+            cluster,
+            c.on_endpoint_down,
+            c.send_proxy_protocol,
+        )))
+    };
+    let default = l.cluster.as_ref().and_then(|c| relay(c.get_ref()));
+    let names: Vec<(Vec<String>, Arc<TcpRelay>)> = l
+        .sni
+        .iter()
+        .filter_map(|s| {
+            let names = s.names.get_ref().iter().map(|n| n.get_ref().clone());
+            Some((names.collect(), relay(s.cluster.get_ref())?))
+        })
+        .collect();
+    Some(Arc::new(crate::tcp::sni::SniRoutes::new(
+        names.iter().map(|(n, r)| (n.as_slice(), r.clone())),
+        default,
     )))
 }

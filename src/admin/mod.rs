@@ -344,7 +344,7 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "address": l.address.to_string(),
                 "max_connections": l.max_connections,
                 "protocol": if l.tcp.is_some() { "tcp" } else { "http" },
-                "cluster": l.tcp.as_ref().map(|t| &*t.cluster.name),
+                "cluster": l.tcp.as_ref().and_then(|t| t.default.as_ref()).map(|r| &*r.cluster.name),
                 "routes": if l.tcp.is_some() { Vec::new() } else { l.routes.iter().map(|r| &*r.name).collect::<Vec<_>>() },
             })
         })

@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod dns;
+pub mod front;
 pub mod http2;
 mod ignored;
 pub mod ratelimit;

@@ -191,9 +191,18 @@ pub struct ListenerConfig {
     /// connect is tried again on another endpoint while any is left.
     #[serde(default = "default_connect_attempts")]
     pub connect_attempts: Spanned<u32>,
-    /// TLS termination (`[listeners.tls]`); unset: plain HTTP.
+    /// TLS termination (`[listeners.tls]`); unset: plain HTTP (or, on a
+    /// tcp listener, bytes relayed as they come).
     #[serde(default)]
     pub tls: Option<super::tls::ListenerTlsConfig>,
+    /// A PROXY protocol header required from a load balancer in front
+    /// (`config::front`); unset: none is read.
+    #[serde(default)]
+    pub proxy_protocol: Option<super::front::ProxyProtocolAccept>,
+    /// `protocol = "tcp"`: TLS passthrough, the cluster chosen by the SNI
+    /// of the ClientHello (`config::front`); `cluster` is then the default.
+    #[serde(default)]
+    pub sni: Vec<super::front::SniRoute>,
     /// Answer every request with a 308 to the same URL over https (a plain
     /// listener only).
     #[serde(default)]

@@ -18,40 +18,27 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                      where its routes say",
                 ));
             }
-            (Protocol::Tcp, None) => {
+            (Protocol::Tcp, None) if l.sni.is_empty() => {
                 return Err(invalid(
                     l.name.span(),
                     format!("{key}.cluster"),
                     "a tcp listener needs the cluster its connections go to: add \
-                     cluster = \"NAME\"",
+                     cluster = \"NAME\" (or [[listeners.sni]] routes)",
                 ));
             }
-            (Protocol::Tcp, Some(c)) => {
-                let Some(cluster) = config
-                    .clusters
+            (Protocol::Tcp, _) => {
+                let sni = l
+                    .sni
                     .iter()
-                    .find(|k| k.name.get_ref() == c.get_ref())
-                else {
-                    return Err(invalid(
-                        c.span(),
-                        format!("{key}.cluster"),
-                        format!(
-                            "no cluster named {:?}; defined clusters: {}",
-                            c.get_ref(),
-                            list(config.clusters.iter().map(|c| c.name.get_ref().as_str()))
-                        ),
-                    ));
-                };
-                if cluster.balance.uses_key() && *cluster.hash_key.get_ref() != HashKey::ClientIp {
-                    return Err(invalid(
-                        cluster.hash_key.span(),
-                        format!("clusters.{}.hash_key", cluster.name.get_ref()),
-                        format!(
-                            "tcp listener {:?} relays this cluster's connections, which carry \
-                             no path, header or cookie: use hash_key = \"client_ip\"",
-                            l.name.get_ref()
-                        ),
-                    ));
+                    .enumerate()
+                    .map(|(j, s)| (&s.cluster, format!("{key}.sni[{j}].cluster")));
+                for (c, ckey) in l
+                    .cluster
+                    .iter()
+                    .map(|c| (c, format!("{key}.cluster")))
+                    .chain(sni)
+                {
+                    relayed_cluster(config, l, c, ckey)?;
                 }
                 if let Some(r) = config.routes.iter().find(|r| {
                     r.listeners
@@ -87,11 +74,59 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    check_clusters(config)
+}
+
+/// The clusters a listener relays to: its `cluster` and its SNI routes'.
+fn relays_to(
+    l: &super::schema::ListenerConfig,
+) -> impl Iterator<Item = &serde_spanned::Spanned<String>> {
+    l.cluster.iter().chain(l.sni.iter().map(|s| &s.cluster))
+}
+
+/// A cluster named by tcp listener `l` exists and can balance connections.
+fn relayed_cluster(
+    config: &Config,
+    l: &super::schema::ListenerConfig,
+    c: &serde_spanned::Spanned<String>,
+    key: String,
+) -> Result<(), Invalid> {
+    let Some(cluster) = config
+        .clusters
+        .iter()
+        .find(|k| k.name.get_ref() == c.get_ref())
+    else {
+        return Err(invalid(
+            c.span(),
+            key,
+            format!(
+                "no cluster named {:?}; defined clusters: {}",
+                c.get_ref(),
+                list(config.clusters.iter().map(|c| c.name.get_ref().as_str()))
+            ),
+        ));
+    };
+    if cluster.balance.uses_key() && *cluster.hash_key.get_ref() != HashKey::ClientIp {
+        return Err(invalid(
+            cluster.hash_key.span(),
+            format!("clusters.{}.hash_key", cluster.name.get_ref()),
+            format!(
+                "tcp listener {:?} relays this cluster's connections, which carry \
+                             no path, header or cookie: use hash_key = \"client_ip\"",
+                l.name.get_ref()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_clusters(config: &Config) -> Result<(), Invalid> {
     for (i, c) in config.clusters.iter().enumerate() {
         let key = format!("clusters[{i}]");
-        let relayed = config.listeners.iter().any(|l| {
-            l.protocol == Protocol::Tcp && l.cluster.as_ref().is_some_and(|n| n == &c.name)
-        });
+        let relayed = config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::Tcp && relays_to(l).any(|n| n == &c.name));
         if c.on_endpoint_down == OnEndpointDown::ShutdownSessions && !relayed {
             return Err(invalid(
                 c.name.span(),

@@ -29,6 +29,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::http2::check(config)?;
     super::chaos::check_config(config)?;
     super::tcp::check(config)?;
+    super::front::check(config)?;
     super::tls::check(config)?;
     let mut listeners = HashSet::new();
     let mut addresses = HashMap::new();

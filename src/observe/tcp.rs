@@ -28,8 +28,19 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
 pub struct TcpMetrics {
     pub connections: Family<EndLabels, Counter>,
+    /// Connections closed for their PROXY protocol header (any listener
+    /// with `[listeners.proxy_protocol]`, HTTP ones too).
+    pub proxy_protocol_refused: Family<ReasonLabels, Counter>,
+    /// TLS passthrough connections closed before a cluster was chosen.
+    pub sni_refused: Family<ReasonLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
 }
@@ -60,8 +71,22 @@ impl TcpMetrics {
             "Life of the connections of tcp listeners, accept to close",
             duration.clone(),
         );
+        let proxy_protocol_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "proxy_protocol_refused",
+            "Connections closed for their PROXY protocol header, by listener and reason (untrusted: the peer is outside proxy_protocol.trusted; missing: no PROXY signature; malformed; timeout; closed: the peer left mid-header)",
+            proxy_protocol_refused.clone(),
+        );
+        let sni_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tcp_sni_refused",
+            "TLS passthrough connections closed before a cluster was chosen, by listener and reason (no_match: no SNI route and no default cluster; not_tls: not a ClientHello; timeout; closed)",
+            sni_refused.clone(),
+        );
         TcpMetrics {
             connections,
+            proxy_protocol_refused,
+            sni_refused,
             bytes,
             duration,
         }

@@ -167,71 +167,109 @@ impl AcceptLoop {
             }
             accepted.inc();
             active.inc();
-            let mut guard = Counted(self.count.clone(), active.clone(), None);
-            let tls = self.shared.tls.get(self.address);
-            if l.max_connections_per_ip > 0 {
-                let ip = peer.ip().to_canonical();
-                if !self.count.1.enter(ip, l.max_connections_per_ip) {
-                    per_ip_refused.inc();
-                    if l.tcp.is_some() || tls.is_some() {
-                        // Neither a TCP client nor a TLS one can read a
-                        // plain-text 429.
-                        drop(stream);
-                        continue;
-                    }
-                    // Answered, not just closed, so that an HTTP client
-                    // knows why; the answer keeps its place in the
-                    // listener's count, which bounds how many there are.
-                    let id_seed = self.shared.id_seed;
-                    tokio::spawn(async move {
-                        conn::too_many_connections(stream, id_seed).await;
-                        drop(guard);
-                    });
-                    continue;
-                }
-                guard.2 = Some(ip);
-            }
-            if let Some(relay) = &l.tcp {
-                let relay = relay.clone();
-                let shared = self.shared.clone();
-                tokio::spawn(async move {
-                    crate::tcp::serve(stream, peer, relay, shared).await;
-                    drop(guard);
-                });
-                continue;
-            }
-            let settings = Settings {
-                header_timeout: l.header_timeout,
-                idle_timeout: l.idle_timeout,
-                max_header_bytes: l.max_header_bytes,
-                engine: snapshot.config.server.http1,
-                http2: l.http2.clone(),
-            };
-            let phase = Arc::new(Phase::default());
-            let cx = ConnCtx {
-                shared: self.shared.clone(),
-                client: peer,
-                local: self.address,
-                cycle: phase.clone(),
-                worker: self.worker,
-                tls: None,
-            };
-            let shutdown = self.shutdown.clone();
+            let guard = Counted(self.count.clone(), active.clone(), None);
             let _ = stream.set_nodelay(true);
-            match tls {
-                None => {
-                    tokio::spawn(async move {
-                        conn::serve(stream, Arc::new(cx), phase, settings, shutdown).await;
-                        drop(guard);
-                    });
-                }
-                Some(t) => {
-                    tokio::spawn(async move {
-                        conn::serve_tls(stream, t, cx, phase, settings, shutdown).await;
-                        drop(guard);
-                    });
-                }
-            }
+            let conn = Accepted {
+                listener: l.clone(),
+                engine: snapshot.config.server.http1,
+                tls: self.shared.tls.get(self.address),
+                shared: self.shared.clone(),
+                local: self.address,
+                worker: self.worker,
+                shutdown: self.shutdown.clone(),
+                per_ip_refused: per_ip_refused.clone(),
+            };
+            tokio::spawn(conn.serve(stream, peer, guard));
         }
+    }
+}
+
+/// An accepted connection within the listener's cap, before its PROXY
+/// header (if the listener takes one) and its client IP's cap.
+struct Accepted {
+    listener: Arc<crate::snapshot::Listener>,
+    engine: crate::config::Http1Engine,
+    tls: Option<Arc<crate::tls::Terminator>>,
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    worker: usize,
+    shutdown: watch::Receiver<bool>,
+    per_ip_refused: prometheus_client::metrics::counter::Counter,
+}
+
+impl Accepted {
+    async fn serve(self, mut stream: tokio::net::TcpStream, peer: SocketAddr, mut guard: Counted) {
+        let l = &self.listener;
+        // With a load balancer in front, its header names the client:
+        // every check and log below sees that address, not the balancer's.
+        let client = match &l.proxy_protocol {
+            None => peer,
+            Some(accept) => match super::proxy_protocol::read(&mut stream, peer, accept).await {
+                Ok(client) => client,
+                Err(reason) => {
+                    self.shared
+                        .metrics
+                        .tcp
+                        .proxy_protocol_refused
+                        .get_or_create(&crate::observe::tcp::ReasonLabels {
+                            listener: l.name.to_string(),
+                            reason,
+                        })
+                        .inc();
+                    tracing::debug!(listener = %l.name, %peer, reason, "PROXY protocol header refused");
+                    return;
+                }
+            },
+        };
+        if l.max_connections_per_ip > 0 {
+            let ip = client.ip().to_canonical();
+            if !guard.0.1.enter(ip, l.max_connections_per_ip) {
+                self.per_ip_refused.inc();
+                if l.tcp.is_some() || self.tls.is_some() {
+                    // Neither a TCP client nor a TLS one can read a
+                    // plain-text 429.
+                    return;
+                }
+                // Answered, not just closed, so that an HTTP client
+                // knows why; the answer keeps its place in the
+                // listener's count, which bounds how many there are.
+                conn::too_many_connections(stream, self.shared.id_seed).await;
+                drop(guard);
+                return;
+            }
+            guard.2 = Some(ip);
+        }
+        if let Some(routes) = &l.tcp {
+            let front = crate::tcp::Front {
+                listener: l.name.clone(),
+                routes: routes.clone(),
+                tls: self.tls,
+                hello_timeout: l.header_timeout,
+            };
+            crate::tcp::accept(stream, client, front, self.shared).await;
+            drop(guard);
+            return;
+        }
+        let settings = Settings {
+            header_timeout: l.header_timeout,
+            idle_timeout: l.idle_timeout,
+            max_header_bytes: l.max_header_bytes,
+            engine: self.engine,
+            http2: l.http2.clone(),
+        };
+        let phase = Arc::new(Phase::default());
+        let cx = ConnCtx {
+            shared: self.shared.clone(),
+            client,
+            local: self.local,
+            cycle: phase.clone(),
+            worker: self.worker,
+            tls: None,
+        };
+        match self.tls {
+            None => conn::serve(stream, Arc::new(cx), phase, settings, self.shutdown).await,
+            Some(t) => conn::serve_tls(stream, t, cx, phase, settings, self.shutdown).await,
+        }
+        drop(guard);
     }
 }

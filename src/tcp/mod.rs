@@ -16,11 +16,13 @@ pub mod connect;
 pub mod log;
 pub mod proxy_header;
 pub mod relay;
+pub mod sni;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::observe::tcp as metrics;
@@ -29,12 +31,88 @@ pub use crate::snapshot::TcpRelay as Relay;
 use connect::Refused;
 use relay::End;
 
-/// Serves one client connection of a TCP listener start to finish.
-/// `client`: the client's address (the one a PROXY header carried, when
-/// the listener accepts them).
-pub async fn serve(
-    client_stream: TcpStream,
+/// How a tcp listener's connection starts, before it is relayed.
+pub struct Front {
+    pub listener: Arc<str>,
+    /// The listener's cluster and SNI routes.
+    pub routes: Arc<sni::SniRoutes>,
+    /// `[listeners.tls]`: TLS terminated here, the plain bytes relayed.
+    pub tls: Option<Arc<crate::tls::Terminator>>,
+    /// Time the ClientHello of a passthrough connection has to arrive.
+    pub hello_timeout: Duration,
+}
+
+/// Serves one client connection of a TCP listener: picks its relay (by
+/// SNI for a passthrough listener), terminates TLS if the listener does,
+/// then relays. `client`: the client's address (the one a PROXY header
+/// carried, when the listener accepts them).
+pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared: Arc<Shared>) {
+    let relay = if front.routes.is_empty() {
+        front.routes.default.clone()
+    } else {
+        let peeked = tokio::time::timeout(
+            front.hello_timeout,
+            crate::server::peek::peek_until(&stream, sni::MAX_HELLO, sni::client_hello),
+        )
+        .await;
+        let refused = match peeked {
+            Ok(Ok(sni::Hello::Tls(name))) => match front.routes.pick(name.as_deref()) {
+                Some(r) => Err(r.clone()),
+                None => Ok("no_match"),
+            },
+            Ok(Ok(sni::Hello::NotTls)) | Ok(Err(crate::server::peek::Undecided::TooLarge)) => {
+                Ok("not_tls")
+            }
+            Ok(Err(crate::server::peek::Undecided::Closed)) => Ok("closed"),
+            Err(_) => Ok("timeout"),
+        };
+        match refused {
+            Err(relay) => Some(relay),
+            Ok(reason) => {
+                shared
+                    .metrics
+                    .tcp
+                    .sni_refused
+                    .get_or_create(&metrics::ReasonLabels {
+                        listener: front.listener.to_string(),
+                        reason,
+                    })
+                    .inc();
+                if reason == "no_match" {
+                    // A TLS client reports a handshake failure rather
+                    // than an unexplained end of file.
+                    crate::server::conn::linger_close(stream, &crate::server::sniff::TLS_ALERT)
+                        .await;
+                }
+                return;
+            }
+        }
+    };
+    // Validation gives a listener without SNI routes a cluster.
+    let Some(relay) = relay else { return };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    match front.tls {
+        None => serve(stream, client, local, relay, shared).await,
+        Some(t) => {
+            // Failures are counted by reason in the TLS metrics.
+            let shaken = crate::server::handshake::handshake(stream, &t, &shared.metrics.tls).await;
+            drop(t);
+            if let Ok((tls, _)) = shaken {
+                serve(tls, client, local, relay, shared).await;
+            }
+        }
+    }
+}
+
+/// Relays one client connection of a TCP listener start to finish.
+/// `local`: the address it reached Levee at.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    client_stream: S,
     client: SocketAddr,
+    local: SocketAddr,
     relay: Arc<Relay>,
     shared: Arc<Shared>,
 ) {
@@ -80,13 +158,11 @@ pub async fn serve(
     };
     line.endpoint = Some(upstream.endpoint);
     line.connect = Some(upstream.took);
-    let _ = client_stream.set_nodelay(true);
     let _ = upstream.stream.set_nodelay(true);
     let mut upstream = upstream;
     if let Some(version) = relay.send_proxy {
         // Before any client byte: the endpoint reads it first.
         let sent = async {
-            let local = client_stream.local_addr()?;
             let header = proxy_header::header(version, client, local)?;
             tokio::io::AsyncWriteExt::write_all(&mut upstream.stream, &header).await
         };

@@ -140,13 +140,13 @@ pub fn idle_expired(last: Instant, idle_timeout: Duration, now: Instant) -> bool
 }
 
 /// One side of the copy: counts what it reads.
-struct Tap<'a> {
-    stream: TcpStream,
+struct Tap<'a, S> {
+    stream: S,
     counts: &'a Counts,
     side: u8,
 }
 
-impl AsyncRead for Tap<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -161,7 +161,7 @@ impl AsyncRead for Tap<'_> {
     }
 }
 
-impl AsyncWrite for Tap<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -203,8 +203,8 @@ impl EndpointWatch<'_> {
 }
 
 /// Copies until the connection ends, and says how it ended.
-pub async fn run(
-    client: TcpStream,
+pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
     endpoint: TcpStream,
     idle_timeout: Duration,
     counts: &Counts,

@@ -263,6 +263,17 @@ impl Terminators {
         for (i, l) in config.listeners.iter().enumerate() {
             let Some(tls) = &l.tls else { continue };
             let name = l.name.get_ref();
+            // A tcp listener serves no HTTP: it offers no ALPN protocol
+            // (validation refuses an explicit `alpn` there).
+            let tcp = crate::config::tls::ListenerTlsConfig {
+                alpn: Vec::new(),
+                ..tls.clone()
+            };
+            let tls = if l.protocol == crate::config::Protocol::Tcp {
+                &tcp
+            } else {
+                tls
+            };
             let t = Terminator::build(name, tls)
                 .map_err(|e| format!("listeners[{i}].tls ({name}): {e}"))?;
             metrics.listener(name);

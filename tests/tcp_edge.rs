@@ -1,0 +1,553 @@
+//! The front door of TCP listeners, end to end against the real binary:
+//! PROXY protocol headers accepted from a trusted load balancer (the
+//! client address they carry reaches the endpoint, the per-IP cap, the
+//! X-Forwarded-For of an HTTP listener and the access log), bad headers
+//! closed and counted; TLS passthrough by SNI to two clusters of real
+//! `openssl s_server`s, checked with `openssl s_client`; TLS terminated in
+//! front of a TCP echo cluster; and bad input: half-open connections, a
+//! client that never reads, a connection flood above the cap.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::tls::{Issued, Pki};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Serves each connection of a fresh listener on its own thread.
+fn server(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+/// Greets each connection with `name` and a newline, then echoes.
+fn echo_server(name: &'static str) -> SocketAddr {
+    server(move |mut s| {
+        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Reads the PROXY header Levee sends (v1) and answers the source address
+/// it carries, then closes.
+fn proxy_reader() -> SocketAddr {
+    server(|mut s| {
+        let _ = s.set_read_timeout(Some(T));
+        let mut line = String::new();
+        if BufReader::new(&mut s).read_line(&mut line).is_err() {
+            return;
+        }
+        let answer = match ppp::v1::Header::try_from(line.as_str()) {
+            Ok(h) => format!("{}\n", h.addresses),
+            Err(_) => "garbage\n".to_owned(),
+        };
+        let _ = s.write_all(answer.as_bytes());
+    })
+}
+
+fn read_line(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(T)).expect("timeout");
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while let Ok(1) = s.read(&mut b) {
+        if b[0] == b'\n' {
+            break;
+        }
+        out.push(b[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether Levee closes `s` (end of file or reset) without a byte.
+fn closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(T)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+fn v1(client: &str, to: SocketAddr) -> String {
+    format!("PROXY TCP4 {client} 127.0.0.1 40000 {}\r\n", to.port())
+}
+
+fn start(cfg: ConfigBuilder) -> Levee {
+    Levee::start(&cfg.set("server", "workers = 1").build())
+}
+
+#[test]
+fn proxy_headers_from_a_trusted_balancer_name_the_client() {
+    let reader = proxy_reader();
+    let echo = echo_server("e");
+    let backend = Backend::start("web");
+    let (pp, capped, web, strict) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let trusted = "proxy_protocol = { trusted = [\"127.0.0.1\"], timeout = \"500ms\" }";
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with(
+                "pp",
+                pp,
+                &["protocol = \"tcp\"", "cluster = \"reader\"", trusted],
+            )
+            .listener_with(
+                "capped",
+                capped,
+                &[
+                    "protocol = \"tcp\"",
+                    "cluster = \"echo\"",
+                    "max_connections_per_ip = 1",
+                    trusted,
+                ],
+            )
+            .listener_with("web", web, &[trusted])
+            .listener_with(
+                "strict",
+                strict,
+                &[
+                    "protocol = \"tcp\"",
+                    "cluster = \"echo\"",
+                    "proxy_protocol = { trusted = [\"127.0.0.2/32\"] }",
+                ],
+            )
+            .cluster_with("reader", &[reader], &["send_proxy_protocol = \"v1\""])
+            .cluster("echo", &[echo])
+            .cluster("web", &[backend.addr()])
+            .route("all", "web"),
+    );
+
+    // v1 in, v1 out: the endpoint learns the client the balancer named.
+    let mut c = TcpStream::connect(pp).expect("connect");
+    c.write_all(v1("192.0.2.7", pp).as_bytes()).expect("write");
+    assert_eq!(
+        read_line(&mut c),
+        format!("PROXY TCP4 192.0.2.7 127.0.0.1 40000 {}", pp.port())
+    );
+    // v2 in, split over two writes, with bytes right behind it.
+    let source: SocketAddr = "198.51.100.9:5555".parse().unwrap();
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (source, pp),
+    )
+    .build()
+    .expect("v2 header");
+    let mut c = TcpStream::connect(pp).expect("connect");
+    c.write_all(&v2[..10]).expect("write");
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(&v2[10..]).expect("write");
+    assert_eq!(
+        read_line(&mut c),
+        format!("PROXY TCP4 198.51.100.9 127.0.0.1 5555 {}", pp.port())
+    );
+    // The access log names the carried client.
+    assert!(
+        wait_until(T, || levee
+            .stdout_text()
+            .contains("\"client\":\"198.51.100.9:5555\"")),
+        "{}",
+        levee.logs()
+    );
+
+    // The per-IP cap counts the carried address, not the balancer's.
+    let mut first = TcpStream::connect(capped).expect("connect");
+    first
+        .write_all(v1("192.0.2.1", capped).as_bytes())
+        .expect("write");
+    assert_eq!(read_line(&mut first), "e");
+    let mut same = TcpStream::connect(capped).expect("connect");
+    same.write_all(v1("192.0.2.1", capped).as_bytes())
+        .expect("write");
+    assert!(closed(&mut same), "a second connection of 192.0.2.1");
+    let mut other = TcpStream::connect(capped).expect("connect");
+    other
+        .write_all(v1("192.0.2.2", capped).as_bytes())
+        .expect("write");
+    assert_eq!(read_line(&mut other), "e");
+    assert_eq!(
+        levee.metric(
+            "levee_connections_per_ip_refused_total",
+            &[("listener", "capped")]
+        ),
+        Some(1.0)
+    );
+
+    // An HTTP listener: the carried address is X-Forwarded-For's.
+    let mut c = TcpStream::connect(web).expect("connect");
+    c.set_read_timeout(Some(T)).expect("timeout");
+    c.write_all(
+        format!(
+            "{}GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            v1("203.0.113.5", web)
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":[\"203.0.113.5\"]"),
+        "{answer}"
+    );
+
+    // Bad headers: closed and counted by reason; the listener serves on.
+    let refused = |listener: &str, reason: &str| {
+        levee.metric(
+            "levee_proxy_protocol_refused_total",
+            &[("listener", listener), ("reason", reason)],
+        )
+    };
+    let mut c = TcpStream::connect(capped).expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    assert!(closed(&mut c), "no PROXY header");
+    assert_eq!(refused("capped", "missing"), Some(1.0));
+    let mut c = TcpStream::connect(capped).expect("connect");
+    c.write_all(b"PROXY TCP4 999.1.1.1 127.0.0.1 1 2\r\n")
+        .expect("write");
+    assert!(closed(&mut c), "a malformed header");
+    assert_eq!(refused("capped", "malformed"), Some(1.0));
+    let mut c = TcpStream::connect(capped).expect("connect");
+    c.write_all(&[b'\r'; 400]).expect("write");
+    assert!(closed(&mut c), "binary garbage");
+    assert_eq!(refused("capped", "missing"), Some(2.0));
+    let mut c = TcpStream::connect(capped).expect("connect");
+    c.write_all(b"PROXY TCP4 192.0.2.").expect("write");
+    let t0 = Instant::now();
+    assert!(closed(&mut c), "half a header, then silence");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400) && t0.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(refused("capped", "timeout"), Some(1.0));
+    // 127.0.0.1 is not trusted on `strict`: even a good header is refused.
+    let mut c = TcpStream::connect(strict).expect("connect");
+    c.write_all(v1("192.0.2.1", strict).as_bytes())
+        .expect("write");
+    assert!(closed(&mut c), "an untrusted balancer");
+    assert_eq!(refused("strict", "untrusted"), Some(1.0));
+    // Those open are not disturbed.
+    first.write_all(b"still\n").expect("write");
+    assert_eq!(read_line(&mut first), "still");
+}
+
+/// `openssl s_server` for one certificate, stopped on drop.
+struct OpensslServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl OpensslServer {
+    fn start(cert: &Issued) -> OpensslServer {
+        let addr = free_addr();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(addr.to_string())
+            .arg("-cert")
+            .arg(&cert.cert)
+            .arg("-key")
+            .arg(&cert.key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        assert!(
+            wait_until(T, || TcpStream::connect(addr).is_ok()),
+            "s_server at {addr}"
+        );
+        OpensslServer { child, addr }
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `openssl s_client -servername NAME` reports: the peer certificate's
+/// subject and whether it verified against the CA.
+fn s_client(at: SocketAddr, name: &str, ca: &std::path::Path) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-brief", "-verify_return_error", "-connect"])
+        .arg(at.to_string())
+        .args(["-servername", name, "-CAfile"])
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn tls_passes_through_by_sni_to_two_clusters() {
+    let pki = Pki::new("ca");
+    let a = OpensslServer::start(&pki.server("a", &["a.example.com"], 30));
+    let b = OpensslServer::start(&pki.server("b", &["*.b.example.com"], 30));
+    let (sni, with_default) = (free_addr(), free_addr());
+    let routes = "sni = [{ names = [\"a.example.com\"], cluster = \"a\" }, { names = [\"*.b.example.com\"], cluster = \"b\" }]";
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("sni", sni, &["protocol = \"tcp\"", routes])
+            .listener_with(
+                "fallback",
+                with_default,
+                &["protocol = \"tcp\"", "cluster = \"b\"", routes],
+            )
+            .cluster("a", &[a.addr])
+            .cluster("b", &[b.addr]),
+    );
+    // Each name reaches its own server, whose certificate verifies: the
+    // TLS was not terminated on the way.
+    let out = s_client(sni, "a.example.com", &pki.ca_path);
+    assert!(out.contains("CN = a server"), "{out}");
+    assert!(out.contains("Verification: OK"), "{out}");
+    let out = s_client(sni, "db.b.example.com", &pki.ca_path);
+    assert!(out.contains("CN = b server"), "{out}");
+    assert!(out.contains("Verification: OK"), "{out}");
+    // No route and no default: refused.
+    let out = s_client(sni, "c.example.com", &pki.ca_path);
+    assert!(!out.contains("CN = "), "{out}");
+    assert_eq!(
+        levee.metric(
+            "levee_tcp_sni_refused_total",
+            &[("listener", "sni"), ("reason", "no_match")]
+        ),
+        Some(1.0)
+    );
+    // With a default cluster, an unknown name goes there.
+    let out = s_client(with_default, "c.example.com", &pki.ca_path);
+    assert!(out.contains("CN = b server"), "{out}");
+    // Not TLS at all: closed and counted.
+    let mut c = TcpStream::connect(sni).expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nhost: a.example.com\r\n\r\n")
+        .expect("write");
+    assert!(closed(&mut c));
+    assert_eq!(
+        levee.metric(
+            "levee_tcp_sni_refused_total",
+            &[("listener", "sni"), ("reason", "not_tls")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        levee.metric(
+            "levee_tcp_connections_total",
+            &[
+                ("listener", "sni"),
+                ("cluster", "a"),
+                ("end", "client_closed")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn tls_is_terminated_in_front_of_a_tcp_cluster() {
+    let pki = Pki::new("ca");
+    let cert = pki.server("edge", &["echo.example.com"], 30);
+    let echo = echo_server("plain");
+    let at = free_addr();
+    let tls = format!("tls = {{ certificates = [{{ {} }}] }}", cert.toml());
+    let _levee = start(
+        ConfigBuilder::new()
+            .listener_with(
+                "tls",
+                at,
+                &["protocol = \"tcp\"", "cluster = \"echo\"", &tls],
+            )
+            .cluster("echo", &[echo]),
+    );
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("ca");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("echo.example.com").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let sock = TcpStream::connect(at).expect("connect");
+    sock.set_read_timeout(Some(T)).expect("timeout");
+    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, sock));
+    let mut line = String::new();
+    tls.read_line(&mut line).expect("greeting over TLS");
+    assert_eq!(line, "plain\n");
+    for text in ["one\n", "two\n"] {
+        tls.get_mut().write_all(text.as_bytes()).expect("write");
+        line.clear();
+        tls.read_line(&mut line).expect("echo over TLS");
+        assert_eq!(line, text);
+    }
+    assert_eq!(
+        tls.get_ref().conn.alpn_protocol(),
+        None,
+        "no HTTP protocol offered"
+    );
+    // The echo server saw plain bytes: what came back was decrypted there
+    // and encrypted again by Levee. A plain client is not relayed.
+    let mut plain = TcpStream::connect(at).expect("connect");
+    plain.write_all(b"hello\n").expect("write");
+    assert!(closed(&mut plain));
+}
+
+#[test]
+fn half_open_slow_readers_and_floods_are_bounded() {
+    // Reads until the client's end of file, then answers how much it got.
+    let counter = server(|mut s| {
+        let mut n = 0usize;
+        let mut buf = [0u8; 16384];
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        let _ = s.write_all(format!("got {n}\n").as_bytes());
+    });
+    // Writes as fast as it may, counting what the socket took.
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    let firehose = server(move |mut s| {
+        let chunk = vec![b'x'; 64 * 1024];
+        while s.write_all(&chunk).is_ok() {
+            w.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if w.load(Ordering::Relaxed) > 1 << 30 {
+                break;
+            }
+        }
+    });
+    let echo = echo_server("e");
+    let (half, slow, flood) = (free_addr(), free_addr(), free_addr());
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with(
+                "half",
+                half,
+                &["protocol = \"tcp\"", "cluster = \"counter\""],
+            )
+            .listener_with(
+                "slow",
+                slow,
+                &["protocol = \"tcp\"", "cluster = \"firehose\""],
+            )
+            .listener_with(
+                "flood",
+                flood,
+                &[
+                    "protocol = \"tcp\"",
+                    "cluster = \"echo\"",
+                    "max_connections = 10",
+                ],
+            )
+            .cluster("counter", &[counter])
+            .cluster("firehose", &[firehose])
+            .cluster("echo", &[echo]),
+    );
+
+    // Half-open: the client stops writing; the answer still comes back,
+    // then both sides close.
+    let mut c = TcpStream::connect(half).expect("connect");
+    c.set_read_timeout(Some(T)).expect("timeout");
+    c.write_all(&vec![b'y'; 300_000]).expect("write");
+    c.shutdown(Shutdown::Write).expect("half close");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).expect("read to the end");
+    assert_eq!(answer, "got 300000\n");
+    assert!(wait_until(T, || {
+        levee.metric(
+            "levee_tcp_connections_total",
+            &[("listener", "half"), ("end", "client_closed")],
+        ) == Some(1.0)
+    }));
+
+    // A client that never reads: the endpoint is held back by the full
+    // buffers, and Levee's memory does not grow with what it would send.
+    let rss_before = levee.rss_kib().expect("rss");
+    let mut sleeper = TcpStream::connect(slow).expect("connect");
+    let mut last = 0;
+    let stalled = wait_until(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = written.load(Ordering::Relaxed);
+        let same = now == last && now > 0;
+        last = now;
+        same
+    });
+    assert!(stalled, "the endpoint kept writing: {last} bytes");
+    // What the kernel buffers hold on both hops (a few MB each at most)
+    // plus Levee's 16 KiB per direction, not the gigabyte on offer.
+    assert!(last < 64 << 20, "the endpoint wrote {last} bytes");
+    let grown = levee.rss_kib().expect("rss").saturating_sub(rss_before);
+    assert!(grown < 16 * 1024, "Levee grew {grown} KiB");
+    // It still reads what is there once the client reads.
+    let mut buf = [0u8; 4096];
+    sleeper.set_read_timeout(Some(T)).expect("timeout");
+    assert!(sleeper.read(&mut buf).expect("read") > 0);
+    drop(sleeper);
+
+    // A flood above max_connections: refused at accept and counted; the
+    // ten admitted are served, and a place freed is taken again.
+    let mut held: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut c = TcpStream::connect(flood).expect("connect");
+            assert_eq!(read_line(&mut c), "e");
+            c
+        })
+        .collect();
+    let extra: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(flood).expect("connect"))
+        .collect();
+    for mut c in extra {
+        assert!(closed(&mut c), "a connection above the cap");
+    }
+    assert_eq!(
+        levee.metric("levee_connections_refused_total", &[("listener", "flood")]),
+        Some(50.0)
+    );
+    held[0].write_all(b"served\n").expect("write");
+    assert_eq!(read_line(&mut held[0]), "served");
+    held.truncate(9);
+    assert!(wait_until(T, || {
+        let mut c = TcpStream::connect(flood).expect("connect");
+        read_line(&mut c) == "e"
+    }));
+}
