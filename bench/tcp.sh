@@ -2,7 +2,8 @@
 # TCP relaying: Levee (protocol = "tcp", 1 worker) vs HAProxy `mode tcp` (nbthread 1) vs
 # nginx `stream` (1 worker), on 127.0.0.1 -- a benchmark, not a test.  See bench/README.md.
 #
-# - Throughput: iperf3 (Debian package `iperf3`) through each proxy to one iperf3 server,
+# Needs the Debian packages iperf3, haproxy, nginx and libnginx-mod-stream, and oha and jq.
+# - Throughput: iperf3 through each proxy to one iperf3 server,
 #   with 1 and with 64 parallel connections (-P), DURATION seconds each; the receiver's
 #   bits/s are reported.
 # - New connections per second: oha with --disable-keepalive (every request a new TCP
@@ -12,7 +13,7 @@
 # ratios Levee / HAProxy and Levee / nginx (above 1: Levee is faster).
 #
 # Knobs: DURATION=10 ROUNDS=3 LEVEE_BIN (default <repo>/target/release/levee, not built
-#   here) PORT_BASE=19100 RUNDIR=/tmp/levee-bench-tcp  PIN=PROXY:LOAD (taskset CPU lists,
+#   here) PORT_BASE=29300 RUNDIR=/tmp/levee-bench-tcp  PIN=PROXY:LOAD (taskset CPU lists,
 #   empty = unpinned)
 set -u -o pipefail
 
@@ -20,7 +21,7 @@ BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(git -C "$BENCH" rev-parse --show-toplevel 2>/dev/null) || REPO=$(dirname "$BENCH")
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-PORT_BASE=${PORT_BASE:-19100}
+PORT_BASE=${PORT_BASE:-29300}
 RUNDIR=${RUNDIR:-/tmp/levee-bench-tcp}
 LEVEE_BIN=${LEVEE_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/levee}
 PIN=${PIN:-}
@@ -78,12 +79,20 @@ http {
     server { listen 127.0.0.1:$HTTP reuseport backlog=4096; location / { return 200 "x"; } }
 }
 EOF
+# Debian builds the stream module as a dynamic module (package libnginx-mod-stream).
+STREAM_MODULE=${STREAM_MODULE:-/usr/lib/nginx/modules/ngx_stream_module.so}
+LOAD_STREAM=""
+if ! nginx -V 2>&1 | grep -q -- '--with-stream[^=_]'; then
+    [ -f "$STREAM_MODULE" ] || die "nginx has no stream module: apt-get install libnginx-mod-stream"
+    LOAD_STREAM="load_module $STREAM_MODULE;"
+fi
 cat >proxy-nginx.conf <<EOF
+$LOAD_STREAM
 worker_processes 1;
 daemon off;
 pid $RUNDIR/proxy-nginx.pid;
 error_log $RUNDIR/proxy-nginx.err warn;
-events { worker_connections 16384; }
+events { worker_connections 8000; }
 stream {
     server { listen 127.0.0.1:${P_IPERF[nginx]} backlog=4096; proxy_pass 127.0.0.1:$IPERF; }
     server { listen 127.0.0.1:${P_HTTP[nginx]} backlog=4096; proxy_pass 127.0.0.1:$HTTP; }
@@ -92,7 +101,7 @@ EOF
 cat >haproxy.cfg <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
@@ -121,13 +130,13 @@ name = "iperf"
 address = "127.0.0.1:${P_IPERF[levee]}"
 protocol = "tcp"
 cluster = "iperf"
-max_connections = 20000
+max_connections = 8000
 [[listeners]]
 name = "http"
 address = "127.0.0.1:${P_HTTP[levee]}"
 protocol = "tcp"
 cluster = "http"
-max_connections = 20000
+max_connections = 8000
 [[clusters]]
 name = "iperf"
 [[clusters.endpoints]]
@@ -137,12 +146,15 @@ name = "http"
 [[clusters.endpoints]]
 address = "127.0.0.1:$HTTP"
 EOF
-"$LEVEE_BIN" check levee.toml >/dev/null || die "levee.toml refused by $LEVEE_BIN check"
+"$LEVEE_BIN" check --config levee.toml >/dev/null || die "levee.toml refused by $LEVEE_BIN check"
 
 # ---------------------------------------------------------------- servers
+for p in $IPERF $HTTP "${P_IPERF[@]}" "${P_HTTP[@]}" $ADMIN; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is taken: set PORT_BASE"
+done
 iperf3 -s -p "$IPERF" >iperf3-server.log 2>&1 & STARTED+=($!)
 nginx -c "$RUNDIR/backend-nginx.conf" -p "$RUNDIR" >/dev/null 2>&1 & STARTED+=($!)
-$(pin "$CPU_PROXY") "$LEVEE_BIN" run levee.toml >levee.log 2>&1 & STARTED+=($!)
+$(pin "$CPU_PROXY") "$LEVEE_BIN" run --config levee.toml >levee.log 2>&1 & STARTED+=($!)
 $(pin "$CPU_PROXY") haproxy -f haproxy.cfg >haproxy.log 2>&1 & STARTED+=($!)
 $(pin "$CPU_PROXY") nginx -c "$RUNDIR/proxy-nginx.conf" -p "$RUNDIR" >/dev/null 2>&1 & STARTED+=($!)
 for p in $IPERF $HTTP "${P_IPERF[@]}" "${P_HTTP[@]}"; do wait_port "$p"; done
@@ -159,7 +171,7 @@ gbps() {   # PROXY PARALLEL -> receiver Gbit/s
 }
 conns() {  # PROXY -> new connections (requests, one per connection) per second
     local out
-    out=$(timeout $((DURATION + 30)) $(pin "$CPU_LOAD") oha --no-tui -j --disable-keepalive \
+    out=$(timeout $((DURATION + 30)) $(pin "$CPU_LOAD") oha --no-tui --output-format json --disable-keepalive \
         -c 64 -z "${DURATION}s" "http://127.0.0.1:${P_HTTP[$1]}/" 2>/dev/null) || { echo NA; return; }
     jq -r 'if .summary.successRate > 0.99 then .summary.requestsPerSec else "NA" end' <<<"$out" \
         2>/dev/null || echo NA
@@ -177,7 +189,8 @@ done
 
 # ---------------------------------------------------------------- table
 median() { grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END{ if (NR==0) {print "NA"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-med() { awk -F'\t' -v m="$1" -v p="$2" '$1==m && $2==p {print $3}' "$RESULTS" | median; }
+med() { awk -F'\t' -v m="$1" -v p="$2" '$1==m && $2==p {print $3}' "$RESULTS" | median |
+    awk '{ if ($1=="NA") print "NA"; else printf "%.2f", $1 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || b==0) print "NA"; else printf "%.2fx", a/b }'; }
 echo
 echo "TCP relay, 127.0.0.1, 1 worker each, ${DURATION}s x $ROUNDS rounds (medians)"

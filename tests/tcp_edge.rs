@@ -77,7 +77,7 @@ fn read_line(s: &mut TcpStream) -> String {
         }
         out.push(b[0]);
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&out).trim_end().to_owned()
 }
 
 /// Whether Levee closes `s` (end of file or reset) without a byte.
@@ -166,6 +166,7 @@ fn proxy_headers_from_a_trusted_balancer_name_the_client() {
         read_line(&mut c),
         format!("PROXY TCP4 198.51.100.9 127.0.0.1 5555 {}", pp.port())
     );
+    drop(c);
     // The access log names the carried client.
     assert!(
         wait_until(T, || levee
