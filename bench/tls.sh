@@ -270,6 +270,7 @@ run() {
             printf "%.0f %s %.0f %.0f\n", p, (p > 0 ? sprintf("%.0f", rate / (p / 100)) : "-"), l, o }')
     [ "$ocpu" -gt "$OTHER_MAX" ] && clean=0
     [ "$bg" -gt "$IDLE_MAX" ] && clean=0
+    awk -v r="$rate" 'BEGIN { exit !(r + 0 > 0) }' || { clean=0; log "WARN: $x $t round $r: nothing completed (see $out*)"; }
     [ "$rc" -ne 0 ] && { clean=0; log "WARN: $x $t round $r: load generator exit $rc (see $out*)"; }
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$x" "$v" "$t" "$r" "$a" "$rate" \
         "$p50" "$p99" "$pcpu" "$per" "$reuse" "$err" "$lcpu" "$ocpu" "$bg" "$clean" >>"$RES"
