@@ -3,8 +3,10 @@
 //! stream; the limits hold against abuse written as raw frames (rapid
 //! reset, CONTINUATION flood, PING and SETTINGS floods), each costing the
 //! offender its connection with GOAWAY ENHANCE_YOUR_CALM while other
-//! clients are served, and a malformed frame ends the connection; idle
-//! connections and a shutdown end with GOAWAY after open streams finish.
+//! clients are served (another client's p99 is measured during a
+//! rapid-reset flood), a malformed frame ends the connection, a client that
+//! never opens its window holds bounded memory; idle connections and a
+//! shutdown end with GOAWAY after open streams finish.
 
 mod support;
 
@@ -216,6 +218,73 @@ async fn rapid_reset_costs_the_offender_its_connection_not_others_their_service(
     assert_eq!(get_via(&client, listen).await.0, 200);
     // Far fewer requests reached the backend than streams were opened.
     assert!(b.requests() < 200, "{} reached the backend", b.requests());
+}
+
+/// 99th percentile of `n` sequential GETs over `client`'s connection; all
+/// must be answered 200.
+async fn p99_of_gets(client: &reqwest::Client, listen: SocketAddr, n: usize) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        assert_eq!(get_via(client, listen).await.0, 200);
+        took.push(started.elapsed());
+    }
+    took.sort();
+    took[n * 99 / 100]
+}
+
+#[tokio::test]
+async fn another_clients_p99_holds_during_a_rapid_reset_flood() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    let quiet = p99_of_gets(&client, listen, 200).await;
+
+    // Two flooders, each opening connection after connection (at most
+    // 300) of HEADERS + RST_STREAM pairs until it is sent away.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        flooders.spawn(async move {
+            let block = get_block();
+            let mut connections = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && connections < 300 {
+                connections += 1;
+                let mut s = raw_h2(listen).await;
+                for batch in 0..10u32 {
+                    let mut bytes = Vec::new();
+                    for i in 0..100u32 {
+                        let id = 1 + 2 * (batch * 100 + i);
+                        bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+                        bytes.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
+                    }
+                    if s.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = read_goaway(&mut s, Duration::from_secs(2)).await;
+            }
+            connections
+        });
+    }
+    assert!(calmed(&levee).await, "the flood did not start");
+    let flooded = p99_of_gets(&client, listen, 200).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connections: u32 = flooders.join_all().await.into_iter().sum();
+    // Generous (CI machines are shared): the flood may cost the other
+    // client some latency, not its service.
+    let bound = (quiet * 5).max(quiet + Duration::from_millis(250));
+    assert!(
+        flooded <= bound,
+        "p99 {flooded:?} during the flood ({connections} flood connections) vs {quiet:?} without"
+    );
 }
 
 #[tokio::test]
