@@ -1,9 +1,12 @@
 //! HTTP/2 from clients (h2c with prior knowledge, `[listeners.http2]`):
 //! every stream is a request through the whole pipeline, balanced per
 //! stream; the limits hold against abuse written as raw frames (rapid
-//! reset, CONTINUATION flood), each costing the offender its connection
-//! with GOAWAY ENHANCE_YOUR_CALM while other clients are served; idle
-//! connections and a shutdown end with GOAWAY after open streams finish.
+//! reset, CONTINUATION flood, PING and SETTINGS floods), each costing the
+//! offender its connection with GOAWAY ENHANCE_YOUR_CALM while other
+//! clients are served (another client's p99 is measured during a
+//! rapid-reset flood), a malformed frame ends the connection, a client that
+//! never opens its window holds bounded memory; idle connections and a
+//! shutdown end with GOAWAY after open streams finish.
 
 mod support;
 
@@ -37,6 +40,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -216,6 +220,73 @@ async fn rapid_reset_costs_the_offender_its_connection_not_others_their_service(
     assert!(b.requests() < 200, "{} reached the backend", b.requests());
 }
 
+/// 99th percentile of `n` sequential GETs over `client`'s connection; all
+/// must be answered 200.
+async fn p99_of_gets(client: &reqwest::Client, listen: SocketAddr, n: usize) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        assert_eq!(get_via(client, listen).await.0, 200);
+        took.push(started.elapsed());
+    }
+    took.sort();
+    took[n * 99 / 100]
+}
+
+#[tokio::test]
+async fn another_clients_p99_holds_during_a_rapid_reset_flood() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    let quiet = p99_of_gets(&client, listen, 200).await;
+
+    // Two flooders, each opening connection after connection (at most
+    // 300) of HEADERS + RST_STREAM pairs until it is sent away.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        flooders.spawn(async move {
+            let block = get_block();
+            let mut connections = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && connections < 300 {
+                connections += 1;
+                let mut s = raw_h2(listen).await;
+                for batch in 0..10u32 {
+                    let mut bytes = Vec::new();
+                    for i in 0..100u32 {
+                        let id = 1 + 2 * (batch * 100 + i);
+                        bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+                        bytes.extend(frame(RST_STREAM, 0, id, &0x8u32.to_be_bytes()));
+                    }
+                    if s.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = read_goaway(&mut s, Duration::from_secs(2)).await;
+            }
+            connections
+        });
+    }
+    assert!(calmed(&levee).await, "the flood did not start");
+    let flooded = p99_of_gets(&client, listen, 200).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connections: u32 = flooders.join_all().await.into_iter().sum();
+    // Generous (CI machines are shared): the flood may cost the other
+    // client some latency, not its service.
+    let bound = (quiet * 5).max(quiet + Duration::from_millis(250));
+    assert!(
+        flooded <= bound,
+        "p99 {flooded:?} during the flood ({connections} flood connections) vs {quiet:?} without"
+    );
+}
+
 #[tokio::test]
 async fn a_continuation_flood_is_cut_short_with_enhance_your_calm() {
     let b = Backend::start("b1");
@@ -244,6 +315,163 @@ async fn a_continuation_flood_is_cut_short_with_enhance_your_calm() {
     );
     assert!(calmed(&levee).await, "the flood was not counted");
     assert_eq!(b.requests(), 0);
+}
+
+/// Floods `kind` frames (up to 5000, written in batches without reading)
+/// on one raw connection while another client keeps requesting: the
+/// offender gets GOAWAY ENHANCE_YOUR_CALM (Levee allows a burst of 1000
+/// PING/SETTINGS frames, then 100 a second), is counted, and every request
+/// of the other client is answered.
+async fn control_flood_costs_the_offender_its_connection(kind: u8, payload: &[u8]) {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    let other = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..20 {
+                statuses.push(get_via(&client, listen).await.0);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        }
+    });
+    let mut s = raw_h2(listen).await;
+    let batch = frame(kind, 0, 0, payload).repeat(100);
+    let mut sent = 0;
+    for _ in 0..50 {
+        if s.write_all(&batch).await.is_err() {
+            break;
+        }
+        sent += 100;
+    }
+    assert_eq!(
+        read_goaway(&mut s, Duration::from_secs(10)).await,
+        Some(ENHANCE_YOUR_CALM),
+        "after {sent} frames"
+    );
+    assert!(calmed(&levee).await, "the flood was not counted");
+    let statuses = other.await.expect("the other client");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(get_via(&client, listen).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_ping_flood_costs_the_offender_its_connection_not_others_their_service() {
+    control_flood_costs_the_offender_its_connection(PING, &[7; 8]).await;
+}
+
+#[tokio::test]
+async fn a_settings_flood_costs_the_offender_its_connection_not_others_their_service() {
+    // SETTINGS_ENABLE_PUSH = 0, a valid setting, again and again.
+    control_flood_costs_the_offender_its_connection(SETTINGS, &[0, 2, 0, 0, 0, 0]).await;
+}
+
+#[tokio::test]
+async fn pings_within_the_budget_keep_the_connection_and_a_malformed_frame_ends_it() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    // 300 PINGs (under the burst), each answered, then a request is served
+    // on the same connection.
+    let mut s = raw_h2(listen).await;
+    s.write_all(&frame(PING, 0, 0, &[1; 8]).repeat(300))
+        .await
+        .expect("pings");
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
+        .await
+        .expect("request");
+    let (mut acks, mut answered) = (0, false);
+    while let Some((kind, _)) = next_frame(&mut s, Duration::from_secs(10)).await {
+        match kind {
+            PING => acks += 1,
+            HEADERS => {
+                answered = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((acks, answered), (300, true));
+    assert_eq!(b.requests(), 1);
+    // A PING of 7 bytes instead of 8 is a connection error: GOAWAY
+    // PROTOCOL_ERROR (what `h2` sends; RFC 9113 §6.7 names
+    // FRAME_SIZE_ERROR), counted.
+    s.write_all(&frame(PING, 0, 0, &[1; 7]))
+        .await
+        .expect("bad ping");
+    assert_eq!(
+        read_goaway(&mut s, Duration::from_secs(10)).await,
+        Some(0x1)
+    );
+    assert!(
+        wait_until_async(Duration::from_secs(10), || levee
+            .metric("levee_errors_total", &[("kind", "http2_protocol_error")])
+            .is_some_and(|n| n >= 1.0))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_opens_its_window_holds_bounded_memory() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .listener_with("main", listen, &[ENABLED])
+        .cluster("app", &[b.addr()])
+        .route("all", "app");
+    let levee = Levee::start(&cfg.build());
+    let client = h2_client();
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    let before = levee.rss_kib().expect("rss");
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: Levee may send no DATA on any
+    // stream; the client asks for 64 MiB and never sends WINDOW_UPDATE.
+    let mut s = TcpStream::connect(listen).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    let path = b"/download?bytes=67108864";
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block));
+    s.write_all(&hello).await.expect("request");
+    let mut head = false;
+    while let Some((kind, _)) = next_frame(&mut s, Duration::from_secs(10)).await {
+        assert_ne!(kind, 0x0, "DATA sent into a zero window");
+        if kind == HEADERS {
+            head = true;
+            break;
+        }
+    }
+    assert!(head, "no response head");
+    // For two seconds the endpoint's body waits: Levee holds what its
+    // send buffer allows, not the 64 MiB, and serves another client.
+    let mut grown = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        grown = grown.max(levee.rss_kib().unwrap_or(before).saturating_sub(before));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(grown < 16 * 1024, "RSS grew {grown} KiB");
+    assert_eq!(get_via(&client, listen).await.0, 200);
+    assert!(
+        next_frame(&mut s, Duration::from_millis(200))
+            .await
+            .is_none_or(|(k, _)| k != 0x0),
+        "DATA sent into a zero window"
+    );
 }
 
 #[tokio::test]

@@ -9,18 +9,21 @@
 //! limits configure (`config::http2`): the pending-accept and local-error
 //! reset counts against rapid reset, the header list size that also bounds
 //! CONTINUATION frames, flow-control windows, the send buffer, PING
-//! keep-alive with a timeout.
+//! keep-alive with a timeout. What `h2` does not bound, the rate of PING
+//! and SETTINGS frames, `flood::Guard` does.
 //!
 //! `serve` is generic over the stream: a plain TCP stream after the preface
 //! was sniffed (h2c with prior knowledge), or a TLS stream whose ALPN chose
 //! `h2`.
 
+mod flood;
 mod streams;
 
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http2;
@@ -64,9 +67,11 @@ pub async fn serve<S>(
         let req = req.map(ClientBody::Hyper);
         async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
     });
+    let now = Instant::now();
+    let flooded = Arc::new(AtomicBool::new(false));
+    let stream = flood::Guard::new(stream, flooded.clone(), now);
     let mut conn = builder(&settings.http2).serve_connection(TokioIo::new(stream), service);
 
-    let now = Instant::now();
     let mut idle = Idle::new(settings.idle_timeout, now);
     // After GOAWAY, the connection ends when its last stream does, once the
     // client acknowledged it; a client that does not (it never answers the
@@ -84,7 +89,9 @@ pub async fn serve<S>(
         tokio::select! {
             biased;
             done = &mut conn => {
-                if let Err(e) = done
+                if flooded.load(Ordering::Relaxed) {
+                    cx.shared.metrics.error("http2_enhance_your_calm");
+                } else if let Err(e) = done
                     && let Some(kind) = error_kind(&e)
                 {
                     cx.shared.metrics.error(kind);
