@@ -98,6 +98,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge, multiplexed (`upstream::h2`).
     H2c,
+    /// HTTP/2 over the cluster's TLS (ALPN `h2`), multiplexed likewise.
+    H2,
 }
 
 /// HTTP/2's own bounds on its settings (RFC 9113 §6.5.2, §6.9.1).
@@ -200,14 +202,25 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         }
     }
     for (i, c) in config.clusters.iter().enumerate() {
-        if let (UpstreamProtocol::H2c, Some(tls)) = (c.protocol, &c.tls) {
-            // h2c is cleartext by definition; HTTP/2 over TLS to endpoints
-            // (ALPN h2) is not built yet.
-            return Err(invalid(
-                tls.span(),
-                format!("clusters[{i}].tls"),
-                "protocol = \"h2c\" is HTTP/2 without TLS; remove [clusters.tls] or use protocol = \"http1\"",
-            ));
+        let tls = c.tls.as_ref().filter(|t| t.get_ref().enabled);
+        match (c.protocol, tls) {
+            (UpstreamProtocol::H2c, Some(tls)) => {
+                // h2c is cleartext by definition.
+                return Err(invalid(
+                    tls.span(),
+                    format!("clusters[{i}].tls"),
+                    "protocol = \"h2c\" is HTTP/2 without TLS; remove [clusters.tls] or use protocol = \"h2\"",
+                ));
+            }
+            (UpstreamProtocol::H2, None) => {
+                return Err(invalid(
+                    c.name.span(),
+                    format!("clusters[{i}].protocol"),
+                    "protocol = \"h2\" is HTTP/2 over TLS and needs [clusters.tls]; \
+                     use protocol = \"h2c\" for HTTP/2 without TLS",
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())
