@@ -246,6 +246,38 @@ mod tests {
         crate::config::parse(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
     }
 
+    fn cluster(lines: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\
+             [[clusters]]\nname = \"c\"\n{lines}\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n"
+        );
+        crate::config::parse(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn h2_needs_tls_and_h2c_refuses_it() {
+        let e = cluster("protocol = \"h2\"").expect_err("h2 without TLS");
+        assert!(e.contains("clusters[0].protocol"), "{e}");
+        assert!(e.contains("needs [clusters.tls]"), "{e}");
+        let e = cluster("protocol = \"h2c\"\ntls = { verify = false }").expect_err("h2c with TLS");
+        assert!(e.contains("clusters[0].tls"), "{e}");
+        let c = cluster("protocol = \"h2\"\ntls = { verify = false }").expect("h2 over TLS");
+        assert_eq!(c.clusters[0].protocol, super::UpstreamProtocol::H2);
+        cluster("protocol = \"h2c\"\ntls = { enabled = false, verify = false }")
+            .expect("TLS switched off");
+        let e = cluster("health_check = { type = \"http\", service = \"x\" }")
+            .expect_err("service is for grpc checks");
+        assert!(e.contains("clusters[0].health_check.service"), "{e}");
+        let e = cluster("health_check = { type = \"grpc\", path = \"/x\" }")
+            .expect_err("path is for http checks");
+        assert!(
+            e.contains("a grpc check calls grpc.health.v1.Health/Check"),
+            "{e}"
+        );
+        cluster("health_check = { type = \"grpc\", service = \"users.v1.Users\" }")
+            .expect("a grpc check");
+    }
+
     #[test]
     fn limits_beyond_the_memory_cap_are_refused_with_their_place() {
         let e = parse("enabled = true\nmax_concurrent_streams = 1000").expect_err("over the cap");

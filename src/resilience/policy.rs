@@ -359,4 +359,40 @@ mod tests {
         h.insert("idempotency-key", http::HeaderValue::from_static("abc"));
         assert!(is_repeatable(&Method::POST, &h));
     }
+
+    #[test]
+    fn grpc_statuses_judge_breakers_and_retries() {
+        let c: BreakerTable = toml::from_str("").expect("breaker config");
+        let f = FailurePolicy::from_config(&c);
+        for code in [2, 4, 13, 14, 15] {
+            assert!(f.is_failure(TryResult::Grpc(code)), "{code}");
+            assert!(!TryResult::Grpc(code).is_ok(), "{code}");
+        }
+        for code in [1, 3, 5, 7, 8, 12, 16] {
+            assert!(!f.is_failure(TryResult::Grpc(code)), "{code}");
+            assert!(TryResult::Grpc(code).is_ok(), "{code}");
+        }
+        let c: BreakerTable =
+            toml::from_str("failure_on = [\"5xx\", \"grpc:resource_exhausted\"]").expect("config");
+        assert!(FailurePolicy::from_config(&c).is_failure(TryResult::Grpc(8)));
+
+        let p = policy("");
+        let v = |r, resendable| p.verdict(1, r, resendable, None, NOW);
+        assert_eq!(v(TryResult::Grpc(14), true), Verdict::Retry);
+        assert_eq!(v(TryResult::Grpc(14), false), Verdict::Answer, "body gone");
+        assert_eq!(v(TryResult::Grpc(13), true), Verdict::Answer, "not listed");
+        assert_eq!(v(TryResult::Unprocessed, true), Verdict::Retry);
+        assert_eq!(v(TryResult::Unprocessed, false), Verdict::Answer);
+        let p = policy("retry_on = [\"grpc:internal\", \"grpc:deadline_exceeded\"]");
+        assert!(p.retries_after_send());
+        let v = |r| p.verdict(1, r, true, None, NOW);
+        assert_eq!(v(TryResult::Grpc(13)), Verdict::Retry);
+        assert_eq!(v(TryResult::Grpc(4)), Verdict::Retry);
+        assert_eq!(v(TryResult::Grpc(14)), Verdict::Answer);
+        assert_eq!(
+            v(TryResult::Unprocessed),
+            Verdict::Answer,
+            "no connect_failure"
+        );
+    }
 }
