@@ -269,6 +269,13 @@ async fn grpc_timeout_is_the_deadline_within_the_clusters_and_ends_deadline_exce
         took >= Duration::from_millis(250) && took < Duration::from_millis(1400),
         "{took:?}"
     );
+    // The endpoint was told the time left, in milliseconds.
+    let told = slow.last_timeout().expect("grpc-timeout sent upstream");
+    let ms: u64 = told
+        .strip_suffix('m')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{told:?}"));
+    assert!((1..=300).contains(&ms), "{told}");
     // A longer grpc-timeout is capped by the cluster's response_timeout.
     let started = Instant::now();
     let status = client

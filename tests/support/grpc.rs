@@ -80,6 +80,8 @@ struct State {
     connections: AtomicUsize,
     /// Calls each connection takes before it is closed with GOAWAY.
     goaway_after: Mutex<Option<usize>>,
+    /// The `grpc-timeout` of the last echo call that had one.
+    last_timeout: Mutex<Option<String>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -200,6 +202,10 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let state = self.0.clone();
         state.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(t) = req.headers().get("grpc-timeout") {
+            *state.last_timeout.lock().unwrap_or_else(|p| p.into_inner()) =
+                t.to_str().ok().map(str::to_owned);
+        }
         let codec = tonic_prost::ProstCodec::<EchoReply, EchoRequest>::default;
         match req.uri().path() {
             "/levee.test.Echo/Unary" => Box::pin(async move {
@@ -257,6 +263,7 @@ impl GrpcBackend {
             calls: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             goaway_after: Mutex::new(None),
+            last_timeout: Mutex::new(None),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -333,6 +340,15 @@ impl GrpcBackend {
     /// Echo calls received.
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// The `grpc-timeout` header of the last echo call that had one.
+    pub fn last_timeout(&self) -> Option<String> {
+        self.state
+            .last_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// TCP connections accepted.
