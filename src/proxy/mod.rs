@@ -495,7 +495,10 @@ async fn send_with_retries<B: RequestBody>(
             && ex.head.status == http::StatusCode::OK
             && grpc::status(&ex.head.headers).is_none()
         {
-            let until = tokio::time::Instant::from_std(out.deadline);
+            // A bare status follows its head at once; a stream that is
+            // slow to send its first message is not held up for long.
+            let until = out.deadline.min(Instant::now() + PEEK_WAIT);
+            let until = tokio::time::Instant::from_std(until);
             trailers_first = tokio::time::timeout_at(until, ex.body.peek_trailers())
                 .await
                 .ok()
@@ -718,6 +721,10 @@ async fn try_once<B: RequestBody>(
         None => result,
     }
 }
+
+/// How long a gRPC answer's first frame is waited for, to tell a bare
+/// status in trailers (retried like a trailers-only answer) from a message.
+const PEEK_WAIT: Duration = Duration::from_secs(1);
 
 /// The header carrying a gRPC call's deadline.
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
