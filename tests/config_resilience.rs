@@ -55,7 +55,7 @@ fn out_of_range_values_name_their_key() {
         ),
         (
             "retry = { retry_on = [\"5xx\"] }",
-            "7:23: clusters[0].retry.retry_on[0]: unknown variant `5xx`, expected one of `connect_failure`, `reset`, `timeout`, `gateway_error`",
+            "7:23: clusters[0].retry.retry_on[0]: unknown variant `5xx`, expected one of `connect_failure`, `reset`, `timeout`, `gateway_error`, `grpc:cancelled`, `grpc:deadline_exceeded`, `grpc:internal`, `grpc:resource_exhausted`, `grpc:unavailable`",
         ),
     ];
     for (line, want) in cases {

@@ -471,6 +471,12 @@ impl LiveRegistry {
                             connect_errors: metrics
                                 .upstream_connect_errors
                                 .get_or_create_owned(&labels),
+                            streams_per_connection: Some(
+                                metrics
+                                    .grpc
+                                    .streams_per_connection
+                                    .get_or_create_owned(&labels),
+                            ),
                         },
                     )),
                     in_flight_gauge: metrics.upstream_in_flight.get_or_create_owned(&labels),

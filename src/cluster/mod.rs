@@ -29,7 +29,7 @@ use health::outlier::OutlierConfig;
 use health::state::State;
 pub use live::{EndpointLive, InFlight, LiveRegistry};
 use prometheus_client::metrics::histogram::Histogram;
-pub use tries::{Chosen, Unavailable};
+pub use tries::{Chosen, Pending, Unavailable};
 
 pub struct Endpoint {
     pub address: SocketAddr,
@@ -55,7 +55,7 @@ impl Endpoint {
                 idle_timeout: cluster.pool_idle_timeout,
             },
             tls: self.tls.as_ref(),
-            h2c: cluster.h2c,
+            http2: cluster.http2,
         }
     }
 
@@ -71,8 +71,9 @@ pub struct Cluster {
     pub response_timeout: Duration,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
-    /// HTTP/2 with prior knowledge to the endpoints (`protocol = "h2c"`).
-    pub h2c: bool,
+    /// HTTP/2 to the endpoints: with prior knowledge (`protocol = "h2c"`)
+    /// or over the cluster's TLS (`"h2"`).
+    pub http2: bool,
     pub balance: crate::config::Balance,
     /// What to hash, for hash-based balancers only.
     pub hash_key: Option<crate::config::HashKey>,
@@ -205,7 +206,7 @@ impl Cluster {
             response_timeout: config.response_timeout.get(),
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout.get(),
-            h2c: config.protocol == crate::config::http2::UpstreamProtocol::H2c,
+            http2: config.protocol != crate::config::http2::UpstreamProtocol::Http1,
             balance: config.balance,
             hash_key: config
                 .balance

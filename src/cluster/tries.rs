@@ -31,7 +31,47 @@ pub struct Chosen<'c> {
     endpoint_pass: Option<Pass>,
 }
 
+/// A try whose result is known only later (a gRPC status in the trailers
+/// after the response head): the breakers' passes, held until then.
+pub struct Pending {
+    address: SocketAddr,
+    cluster_pass: Option<Pass>,
+    endpoint_pass: Option<Pass>,
+}
+
+impl Chosen<'_> {
+    /// Holds the passes until the try's result is known (`record_pending`).
+    pub fn pending(self) -> Pending {
+        Pending {
+            address: self.endpoint.address,
+            cluster_pass: self.cluster_pass,
+            endpoint_pass: self.endpoint_pass,
+        }
+    }
+}
+
 impl Cluster {
+    /// `record` for a try whose result came late. An endpoint a reload
+    /// removed meanwhile is not judged (its passes are given back).
+    pub fn record_pending(
+        &self,
+        pending: Pending,
+        outcome: TryResult,
+        took: Duration,
+        now: Instant,
+        metrics: &Metrics,
+    ) {
+        let Some(endpoint) = self.endpoints.iter().find(|e| e.address == pending.address) else {
+            return;
+        };
+        let chosen = Chosen {
+            endpoint,
+            cluster_pass: pending.cluster_pass,
+            endpoint_pass: pending.endpoint_pass,
+        };
+        self.record(chosen, outcome, took, now, metrics);
+    }
+
     /// An endpoint for the next try, admitted by the cluster's breaker and
     /// its own: `pinned` if given (session affinity), otherwise a pick that
     /// avoids the endpoints already `tried` when another is available.
@@ -98,10 +138,7 @@ impl Cluster {
         metrics: &Metrics,
     ) {
         let endpoint = chosen.endpoint;
-        let ok = match outcome {
-            TryResult::Status(s) => s < 500,
-            _ => false,
-        };
+        let ok = outcome.is_ok();
         endpoint.live.tries.record(ok, now);
         if self.balance.uses_latency() {
             endpoint.live.latency.record(took, ok, now);

@@ -98,6 +98,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge, multiplexed (`upstream::h2`).
     H2c,
+    /// HTTP/2 over the cluster's TLS (ALPN `h2`), multiplexed likewise.
+    H2,
 }
 
 /// HTTP/2's own bounds on its settings (RFC 9113 §6.5.2, §6.9.1).
@@ -200,14 +202,25 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         }
     }
     for (i, c) in config.clusters.iter().enumerate() {
-        if let (UpstreamProtocol::H2c, Some(tls)) = (c.protocol, &c.tls) {
-            // h2c is cleartext by definition; HTTP/2 over TLS to endpoints
-            // (ALPN h2) is not built yet.
-            return Err(invalid(
-                tls.span(),
-                format!("clusters[{i}].tls"),
-                "protocol = \"h2c\" is HTTP/2 without TLS; remove [clusters.tls] or use protocol = \"http1\"",
-            ));
+        let tls = c.tls.as_ref().filter(|t| t.get_ref().enabled);
+        match (c.protocol, tls) {
+            (UpstreamProtocol::H2c, Some(tls)) => {
+                // h2c is cleartext by definition.
+                return Err(invalid(
+                    tls.span(),
+                    format!("clusters[{i}].tls"),
+                    "protocol = \"h2c\" is HTTP/2 without TLS; remove [clusters.tls] or use protocol = \"h2\"",
+                ));
+            }
+            (UpstreamProtocol::H2, None) => {
+                return Err(invalid(
+                    c.name.span(),
+                    format!("clusters[{i}].protocol"),
+                    "protocol = \"h2\" is HTTP/2 over TLS and needs [clusters.tls]; \
+                     use protocol = \"h2c\" for HTTP/2 without TLS",
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -231,6 +244,38 @@ mod tests {
              [[clusters]]\nname = \"c\"\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n"
         );
         crate::config::parse(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    fn cluster(lines: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\
+             [[clusters]]\nname = \"c\"\n{lines}\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n"
+        );
+        crate::config::parse(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn h2_needs_tls_and_h2c_refuses_it() {
+        let e = cluster("protocol = \"h2\"").expect_err("h2 without TLS");
+        assert!(e.contains("clusters[0].protocol"), "{e}");
+        assert!(e.contains("needs [clusters.tls]"), "{e}");
+        let e = cluster("protocol = \"h2c\"\ntls = { verify = false }").expect_err("h2c with TLS");
+        assert!(e.contains("clusters[0].tls"), "{e}");
+        let c = cluster("protocol = \"h2\"\ntls = { verify = false }").expect("h2 over TLS");
+        assert_eq!(c.clusters[0].protocol, super::UpstreamProtocol::H2);
+        cluster("protocol = \"h2c\"\ntls = { enabled = false, verify = false }")
+            .expect("TLS switched off");
+        let e = cluster("health_check = { type = \"http\", service = \"x\" }")
+            .expect_err("service is for grpc checks");
+        assert!(e.contains("clusters[0].health_check.service"), "{e}");
+        let e = cluster("health_check = { type = \"grpc\", path = \"/x\" }")
+            .expect_err("path is for http checks");
+        assert!(
+            e.contains("a grpc check calls grpc.health.v1.Health/Check"),
+            "{e}"
+        );
+        cluster("health_check = { type = \"grpc\", service = \"users.v1.Users\" }")
+            .expect("a grpc check");
     }
 
     #[test]

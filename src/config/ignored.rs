@@ -155,11 +155,20 @@ fn check_health(h: &HealthCheckConfig, owner: &Spanned<String>, key: &str) -> Re
                 format!("{key}.{field}"),
                 if h.kind == CheckKind::Tcp {
                     "only applies to type = \"http\"; a tcp check only connects"
+                } else if h.kind == CheckKind::Grpc {
+                    "only applies to type = \"http\"; a grpc check calls grpc.health.v1.Health/Check (name the service with service)"
                 } else {
                     "only applies to type = \"http\"; a postgres or redis check asks the server's role"
                 },
             ));
         }
+    }
+    if h.service.is_some() && h.kind != CheckKind::Grpc {
+        return Err(invalid(
+            owner.span(),
+            format!("{key}.service"),
+            "only applies to type = \"grpc\" (the service a gRPC health check asks about)",
+        ));
     }
     for s in &h.expect_status {
         if *s == 503 || !(100..=599).contains(s) {

@@ -24,6 +24,34 @@ pub enum RetryOn {
     Timeout,
     /// 502, 503 or 504 from the endpoint.
     GatewayError,
+    /// A gRPC call answered with this `grpc-status` (trailers-only, or
+    /// trailers with no message before them): the gRPC retry policy's
+    /// codes (gRFC A6), retried whatever the method when the request's
+    /// message was kept whole.
+    #[serde(rename = "grpc:cancelled")]
+    GrpcCancelled,
+    #[serde(rename = "grpc:deadline_exceeded")]
+    GrpcDeadlineExceeded,
+    #[serde(rename = "grpc:internal")]
+    GrpcInternal,
+    #[serde(rename = "grpc:resource_exhausted")]
+    GrpcResourceExhausted,
+    #[serde(rename = "grpc:unavailable")]
+    GrpcUnavailable,
+}
+
+impl RetryOn {
+    /// The gRPC status code this retries, if it is a gRPC one.
+    pub fn grpc_code(self) -> Option<u8> {
+        match self {
+            RetryOn::GrpcCancelled => Some(1),
+            RetryOn::GrpcDeadlineExceeded => Some(4),
+            RetryOn::GrpcResourceExhausted => Some(8),
+            RetryOn::GrpcInternal => Some(13),
+            RetryOn::GrpcUnavailable => Some(14),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -70,7 +98,13 @@ impl Default for RetryConfig {
             // idempotent method whose connection broke before its answer
             // (a backend killed mid-request, a keep-alive race) is sent to
             // another endpoint rather than answered 502.
-            retry_on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
+            retry_on: vec![
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                // UNAVAILABLE says the call was not acted on (the gRPC
+                // retry policy's own default).
+                RetryOn::GrpcUnavailable,
+            ],
             retry_statuses: Vec::new(),
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
@@ -113,9 +147,13 @@ pub enum FailureOn {
     ConnectFailure,
     Reset,
     Timeout,
-    /// Any 5xx status.
+    /// Any 5xx status, and the gRPC statuses that mean the server failed:
+    /// UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS.
     #[serde(rename = "5xx")]
     ServerError,
+    /// gRPC RESOURCE_EXHAUSTED (quota or overload), not counted by default.
+    #[serde(rename = "grpc:resource_exhausted")]
+    GrpcResourceExhausted,
 }
 
 /// The largest `window_calls` a breaker honours: a typo in the

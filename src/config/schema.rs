@@ -521,6 +521,9 @@ pub enum CheckKind {
     Postgres,
     /// Redis: asks `ROLE`.
     Redis,
+    /// gRPC: calls `grpc.health.v1.Health/Check` (over HTTP/2, h2c or the
+    /// cluster's TLS); `NOT_SERVING` is unhealthy.
+    Grpc,
 }
 
 /// The role a `postgres` or `redis` check requires of an endpoint.
@@ -582,6 +585,8 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     /// `postgres` and `redis`: the role that passes.
     pub role: Role,
+    /// `grpc`: the service whose health is asked; unset: the server's.
+    pub service: Option<String>,
     /// `postgres`: the user, password and database the check logs in
     /// with; `redis`: the password (and ACL user) of `AUTH`.
     pub user: Option<String>,
@@ -607,6 +612,7 @@ impl Default for HealthCheckConfig {
             unhealthy_threshold: 3,
             healthy_threshold: 2,
             role: Role::Any,
+            service: None,
             user: None,
             password: None,
             database: None,

@@ -38,6 +38,8 @@ pub struct LogRecord {
     pub upstream_error: Option<String>,
     /// Tries made upstream (0: none, e.g. refused before forwarding).
     pub attempts: u32,
+    /// A gRPC call's `grpc-status` (the endpoint's, or Levee's own answer's).
+    pub grpc_status: Option<u8>,
     /// The W3C trace id (32 hex digits) the request carried or was given.
     pub trace_id: String,
     /// The connection's TLS facts; `None` on a plain listener (the fields
@@ -91,6 +93,9 @@ impl LogRecord {
                 .map_or_else(|| "-".to_owned(), |e| e.to_string()),
         );
         field("attempts", &self.attempts.to_string());
+        if let Some(code) = self.grpc_status {
+            field("grpc_status", &code.to_string());
+        }
         field("request_id", &self.request_id);
         if !self.trace_id.is_empty() {
             field("trace_id", &self.trace_id);
@@ -142,6 +147,9 @@ impl LogRecord {
         );
         let _ = write!(s, ",\"request_id\":{}", json_str(&self.request_id));
         let _ = write!(s, ",\"attempts\":{}", self.attempts);
+        if let Some(code) = self.grpc_status {
+            let _ = write!(s, ",\"grpc_status\":{code}");
+        }
         if !self.trace_id.is_empty() {
             let _ = write!(s, ",\"trace_id\":{}", json_str(&self.trace_id));
         }
@@ -419,6 +427,7 @@ mod tests {
             error: None,
             upstream_error: Some("connect failed: \"refused\"".into()),
             attempts: 1,
+            grpc_status: None,
             trace_id: String::new(),
             tls: Some(TlsLog {
                 version: "TLSv1.3",
@@ -523,6 +532,7 @@ mod tests {
             error: None,
             upstream_error: None,
             attempts: 1,
+            grpc_status: None,
             trace_id: String::new(),
             tls: None,
         }

@@ -56,6 +56,8 @@ pub const ERROR_KINDS: &[&str] = &[
 /// (`resilience::policy::reason`).
 pub const RETRY_KINDS: &[&str] = &[
     "connect_failure",
+    "unprocessed",
+    "grpc",
     "reset",
     "timeout",
     "gateway_error",
@@ -223,6 +225,8 @@ mod tests {
             TryResult::Status(429),
             TryResult::Status(503),
             TryResult::Status(500),
+            TryResult::Grpc(14),
+            TryResult::Unprocessed,
         ] {
             assert!(RETRY_KINDS.contains(&reason(r)), "{r:?}");
         }

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod chaos;
+pub mod grpc;
 pub mod known;
 pub mod metrics;
 pub mod tcp;

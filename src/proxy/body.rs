@@ -61,6 +61,70 @@ fn forwardable(frame: Frame<Bytes>) -> Frame<Bytes> {
     }
 }
 
+/// What of a streamed request body went upstream, kept up to a bound so
+/// the request can be sent again after the endpoint provably did not
+/// process it (HTTP/2 `REFUSED_STREAM`, `GOAWAY`) or asked for a retry with
+/// a gRPC status; and whether the body failed on the client's side. Shared
+/// with the body, which HTTP/2 hands over to its connection.
+#[derive(Default)]
+pub struct Tape {
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    size: u64,
+    max: u64,
+    /// Bigger than `max`: nothing is kept.
+    overflow: bool,
+    ended: bool,
+    /// The client's side failed: too large (`true`) or broken.
+    failed: Option<bool>,
+}
+
+impl Tape {
+    fn data(&mut self, data: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        self.size += data.len() as u64;
+        if self.size > self.max {
+            self.overflow = true;
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(data.clone());
+        }
+    }
+
+    /// The whole body, when it ended and was kept whole.
+    pub fn kept(&self) -> Option<Kept> {
+        if !self.ended || self.overflow {
+            return None;
+        }
+        let data = match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        };
+        Some(Kept {
+            data,
+            trailers: self.trailers.clone(),
+        })
+    }
+
+    /// The client's body failed while it was being sent: the error to
+    /// answer with (413 or 400).
+    pub fn failure(&self) -> Option<BoxError> {
+        self.failed.map(|too_large| -> BoxError {
+            if too_large {
+                Box::new(TooLarge)
+            } else {
+                Box::new(std::io::Error::other("the client's body failed"))
+            }
+        })
+    }
+}
+
+/// A `Tape` as the body and the pipeline share it.
+pub type SharedTape = Arc<std::sync::Mutex<Tape>>;
+
 /// The client's request body on its way upstream. Generic over what the
 /// client connection hands over (Levee's or hyper's server body).
 pub struct UpstreamBody<B> {
@@ -73,6 +137,23 @@ pub struct UpstreamBody<B> {
     limit: u64,
     seen: u64,
     counter: Arc<AtomicU64>,
+    /// What went upstream, when it is recorded (`record`).
+    tape: Option<SharedTape>,
+}
+
+/// An empty body: what is left of one that HTTP/2 took over.
+impl<B> Default for UpstreamBody<B> {
+    fn default() -> Self {
+        UpstreamBody {
+            kept: None,
+            inner: None,
+            trailers: None,
+            limit: u64::MAX,
+            seen: 0,
+            counter: Arc::default(),
+            tape: None,
+        }
+    }
 }
 
 impl<B> UpstreamBody<B>
@@ -88,7 +169,21 @@ where
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
             counter,
+            tape: None,
         }
+    }
+
+    /// From now on, what is read of the body is recorded (up to `max`
+    /// bytes) on the tape returned.
+    pub fn record(&mut self, max: u64) -> SharedTape {
+        let tape = Arc::new(std::sync::Mutex::new(Tape {
+            max,
+            // Part of it was read already, more than a kept body may hold.
+            overflow: self.kept.is_some(),
+            ..Tape::default()
+        }));
+        self.tape = Some(tape.clone());
+        tape
     }
 
     /// A kept body, sent again for a retry.
@@ -100,6 +195,7 @@ where
             limit: u64::MAX,
             seen: 0,
             counter: Arc::default(),
+            tape: None,
         }
     }
 
@@ -147,6 +243,10 @@ where
             return Poll::Ready(Some(Ok(Frame::data(kept))));
         }
         if let Some(inner) = this.inner.as_mut() {
+            let tape = this
+                .tape
+                .as_ref()
+                .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()));
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
@@ -154,13 +254,38 @@ where
                         this.counter.store(this.seen, Ordering::Relaxed);
                         if this.seen > this.limit {
                             this.inner = None;
+                            if let Some(mut t) = tape {
+                                t.failed = Some(true);
+                            }
                             return Poll::Ready(Some(Err(Box::new(TooLarge))));
                         }
                     }
-                    return Poll::Ready(Some(Ok(forwardable(frame))));
+                    let frame = forwardable(frame);
+                    if let Some(mut t) = tape {
+                        match (frame.data_ref(), frame.trailers_ref()) {
+                            (Some(data), _) => t.data(data),
+                            (_, Some(trailers)) => t.trailers = Some(trailers.clone()),
+                            _ => {}
+                        }
+                        // HTTP/2 stops reading a body that says it is over.
+                        if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                            t.ended = true;
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => this.inner = None,
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(mut t) = tape {
+                        t.failed = Some(false);
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    this.inner = None;
+                    if let Some(mut t) = tape {
+                        t.ended = true;
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -242,7 +367,11 @@ impl Body for ResponseBody {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
                 }
-                Poll::Ready(Some(Ok(forwardable(frame))))
+                let frame = forwardable(frame);
+                if let (Some(t), Some(finish)) = (frame.trailers_ref(), this.finish.as_mut()) {
+                    finish.trailers(t);
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             // The endpoint broke off mid-body: the client sees a truncated
             // response, the access log says why.

@@ -69,6 +69,7 @@ pub fn redirect(
             routed: None,
             places: Places::default(),
             tries: Tries::default(),
+            grpc: None,
         },
         body_error: None,
     });

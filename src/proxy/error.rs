@@ -175,6 +175,7 @@ impl From<&upstream::Error> for ProxyError {
             upstream::Error::Send(_)
             | upstream::Error::Receive(_)
             | upstream::Error::Closed
+            | upstream::Error::Unprocessed(_)
             | upstream::Error::Response(_)
             | upstream::Error::UnexpectedUpgrade => ProxyError::UpstreamFailed,
         }

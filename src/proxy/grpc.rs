@@ -8,6 +8,8 @@
 //! UNIMPLEMENTED; others as gRPC maps HTTP statuses
 //! (doc/http-grpc-status-mapping.md in grpc/grpc).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
@@ -64,6 +66,71 @@ pub fn code(err: ProxyError, status: StatusCode) -> u8 {
     }
 }
 
+/// The `grpc-status` in `headers` (a trailers-only answer's head, or the
+/// trailers); `None` when absent or not a code.
+pub fn status(headers: &HeaderMap) -> Option<u8> {
+    let v = headers.get("grpc-status")?.to_str().ok()?.trim();
+    v.parse::<u8>().ok()
+}
+
+/// The status code's name, as metrics and the access log spell it.
+pub fn code_name(code: u8) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "ok",
+        "cancelled",
+        "unknown",
+        "invalid_argument",
+        "deadline_exceeded",
+        "not_found",
+        "already_exists",
+        "permission_denied",
+        "resource_exhausted",
+        "failed_precondition",
+        "aborted",
+        "out_of_range",
+        "unimplemented",
+        "internal",
+        "unavailable",
+        "data_loss",
+        "unauthenticated",
+    ];
+    NAMES.get(usize::from(code)).copied().unwrap_or("other")
+}
+
+/// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8
+/// digits and a unit, H M S m u n); `None` when absent or malformed.
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `left` as a `grpc-timeout` value: milliseconds while they fit the
+/// eight digits (and are not zero), else the coarsest unit that does.
+pub fn timeout_value(left: Duration) -> HeaderValue {
+    let ms = left.as_millis();
+    let text = if ms == 0 {
+        format!("{}u", left.as_micros().max(1))
+    } else if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("1m"))
+}
+
 /// A trailers-only gRPC answer: HTTP 200, `grpc-status`, `grpc-message`
 /// (Levee's message, plain ASCII without `%`, so it needs no
 /// percent-encoding), the request id, and `retry-after` when the client
@@ -104,6 +171,40 @@ mod tests {
             HeaderValue::from_str(v).expect("valid"),
         );
         h
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_refused_when_malformed() {
+        let t = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).expect("value"));
+            timeout(&h)
+        };
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(t("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(t("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "10x", "-1m", "1.5S", "10"] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
+        assert_eq!(timeout_value(Duration::from_millis(1500)), "1500m");
+        assert_eq!(timeout_value(Duration::from_micros(20)), "20u");
+        assert_eq!(timeout_value(Duration::from_secs(200_000)), "200000S");
+    }
+
+    #[test]
+    fn statuses_are_read_and_named() {
+        let mut h = HeaderMap::new();
+        assert_eq!(status(&h), None);
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(status(&h), Some(14));
+        assert_eq!(code_name(14), "unavailable");
+        assert_eq!(code_name(0), "ok");
+        assert_eq!(code_name(40), "other");
+        h.insert("grpc-status", HeaderValue::from_static("x"));
+        assert_eq!(status(&h), None);
     }
 
     #[test]

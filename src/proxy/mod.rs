@@ -56,7 +56,7 @@ use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::{self, BoxError};
 use body::{ResponseBody, UpstreamBody};
 use error::ProxyError;
-use record::{Arrival, Completion, Outcome, Places, Routed, Tries, Try};
+use record::{Arrival, Completion, GrpcCall, Outcome, PendingTry, Places, Routed, Tries, Try};
 
 /// What the pipeline knows about the client connection a request came on.
 pub struct ConnCtx {
@@ -116,6 +116,8 @@ enum Reply {
     Upstream {
         exchange: upstream::Exchange,
         set_cookie: Option<HeaderValue>,
+        /// A gRPC call's status, known or awaited in the trailers.
+        grpc: Option<GrpcCall>,
     },
     /// The route's own answer: a redirect or a fixed response.
     Action(crate::rewrite::Canned),
@@ -281,7 +283,8 @@ async fn forward<B: RequestBody>(
             .and_then(|name| cookie(req.headers(), name))
             .map(str::to_owned);
 
-        let deadline = request_deadline(cluster, req.headers(), start);
+        let grpc = grpc::is_grpc(req.headers());
+        let deadline = request_deadline(cluster, req.headers(), start, grpc);
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, cx, &arrival.request_id);
         if let Some(rw) = &route.rewrite {
@@ -295,7 +298,9 @@ async fn forward<B: RequestBody>(
         // connect failure is retried regardless: nothing was sent.
         let mut repeatable = is_repeatable(&parts.method, &parts.headers);
         let mut kept = None;
-        if !hyper::body::Body::is_end_stream(&body) {
+        let mut tape = None;
+        let empty = hyper::body::Body::is_end_stream(&body);
+        if !empty {
             if repeatable && policy.retries_after_send() {
                 kept = body
                     .keep(policy.buffer_body_max)
@@ -303,6 +308,13 @@ async fn forward<B: RequestBody>(
                     .map_err(|e| error::client_body(&e))?;
             }
             repeatable &= kept.is_some();
+            // A body not kept before the first try (a gRPC call, a POST
+            // to HTTP/2 endpoints) is recorded as it streams: should the
+            // endpoint not process it, or answer a gRPC status listed in
+            // `retry_on`, it can be sent again if it was small enough.
+            if kept.is_none() && policy.max_attempts > 1 && (grpc || cluster.http2) {
+                tape = Some(body.record(policy.buffer_body_max));
+            }
         }
 
         out.places = enter_cluster(cx, cluster, start).await?;
@@ -310,7 +322,10 @@ async fn forward<B: RequestBody>(
             parts,
             body,
             kept,
+            tape,
+            empty,
             repeatable,
+            grpc,
             deadline,
             pick,
             token,
@@ -404,6 +419,13 @@ struct Outbound<B> {
     body: UpstreamBody<B>,
     /// ...or kept whole, and sent again on each try.
     kept: Option<body::Kept>,
+    /// What of the streamed body went upstream (`UpstreamBody::record`):
+    /// once whole, it becomes `kept`.
+    tape: Option<body::SharedTape>,
+    /// The request has no body: it can always be sent again.
+    empty: bool,
+    /// A gRPC call (`content-type: application/grpc*`).
+    grpc: bool,
     /// May be sent again once sent (idempotent, body kept or none).
     repeatable: bool,
     deadline: Instant,
@@ -454,7 +476,34 @@ async fn send_with_retries<B: RequestBody>(
             cluster.wait_time.observe(wait.as_secs_f64());
         }
         let in_flight = endpoint.live.begin();
-        let result = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
+        let mut result = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
+        // A streamed body that went whole upstream can now be sent again.
+        if out.kept.is_none()
+            && let Some(tape) = &out.tape
+        {
+            out.kept = tape.lock().unwrap_or_else(|p| p.into_inner()).kept();
+        }
+        let resendable = out.empty || out.kept.is_some();
+        // A gRPC answer with no status in its head, to a call whose
+        // request is over: its first frame tells whether it is a bare
+        // status (trailers, no message), which retries may act on.
+        let mut trailers_first = None;
+        if let Ok(ex) = &mut result
+            && out.grpc
+            && resendable
+            && tries.count < policy.max_attempts
+            && ex.head.status == http::StatusCode::OK
+            && grpc::status(&ex.head.headers).is_none()
+        {
+            // A bare status follows its head at once; a stream that is
+            // slow to send its first message is not held up for long.
+            let until = out.deadline.min(Instant::now() + PEEK_WAIT);
+            let until = tokio::time::Instant::from_std(until);
+            trailers_first = tokio::time::timeout_at(until, ex.body.peek_trailers())
+                .await
+                .ok()
+                .flatten();
+        }
         let now = Instant::now();
         let took = now - try_start;
         if result.is_ok() {
@@ -480,10 +529,32 @@ async fn send_with_retries<B: RequestBody>(
         }
         // The client's side failed (body too large, went away): nothing to
         // judge the endpoint by, nothing to retry.
-        let Some(outcome) = try_result(&result) else {
-            return settle(tries, result.map(|exchange| (exchange, None)));
+        let Some(outcome) = try_result(&result, out.grpc, trailers_first.as_ref()) else {
+            return settle(tries, result.map(|exchange| (exchange, None)), None);
         };
-        cluster.record(chosen, outcome, took, now, &cx.shared.metrics);
+        // A gRPC answer whose status is still to come in its trailers is
+        // judged when they pass (`record::GrpcCall`); it is the answer.
+        let mut call = out.grpc.then(GrpcCall::default);
+        let awaited = matches!(&result, Ok(ex) if out.grpc
+            && ex.head.status == http::StatusCode::OK
+            && grpc::status(&ex.head.headers).is_none()
+            && trailers_first.is_none());
+        if let Some(call) = call.as_mut() {
+            call.status = match (&result, &trailers_first) {
+                (_, Some(t)) => grpc::status(t),
+                (Ok(ex), None) => grpc::status(&ex.head.headers),
+                (Err(_), None) => None,
+            };
+        }
+        if let (true, Some(call)) = (awaited, call.as_mut()) {
+            call.pending = Some(PendingTry {
+                cluster: cluster.clone(),
+                pending: chosen.pending(),
+                start: try_start,
+            });
+        } else {
+            cluster.record(chosen, outcome, took, now, &cx.shared.metrics);
+        }
         if let Some(adaptive) = adaptive {
             // Overload shows as timeouts, refused connections, 503 and 429:
             // their latency measures nothing.
@@ -502,16 +573,25 @@ async fn send_with_retries<B: RequestBody>(
                 .and_then(|v| v.to_str().ok()),
             Err(_) => None,
         };
+        // A gRPC status or an unprocessed request may go again whatever the
+        // method (the gRPC retry policy's rule; nothing was done), as long
+        // as its body can be sent again.
+        let repeatable = match outcome {
+            TryResult::Grpc(_) => resendable,
+            // HTTP/2 gives a body it did not read back untouched.
+            TryResult::Unprocessed => resendable || !hyper::body::Body::is_end_stream(&out.body),
+            _ => out.repeatable,
+        };
         let verdict = policy.verdict(
             tries.count,
             outcome,
-            out.repeatable,
+            repeatable,
             retry_after,
             SystemTime::now(),
         );
         if verdict == Verdict::Answer {
             let cookie = affinity_cookie(cluster, endpoint.address, token.as_deref());
-            return settle(tries, result.map(|exchange| (exchange, cookie)));
+            return settle(tries, result.map(|exchange| (exchange, cookie)), call);
         }
         tried.push(endpoint.address);
         out.pick.random = next_random();
@@ -521,8 +601,10 @@ async fn send_with_retries<B: RequestBody>(
             .as_ref()
             .is_ok_and(|c| c.endpoint.address != endpoint.address);
         let wait = match verdict {
-            // Nothing was sent: another endpoint may take it at once.
+            // Nothing was sent, or nothing was done: another endpoint (or
+            // connection) may take it at once.
             Verdict::Retry if outcome == TryResult::ConnectFailure && elsewhere => Duration::ZERO,
+            Verdict::Retry if outcome == TryResult::Unprocessed => Duration::ZERO,
             Verdict::RetryAfter(wait) => wait,
             _ => policy.backoff.delay(tries.count, next_random()),
         };
@@ -531,7 +613,7 @@ async fn send_with_retries<B: RequestBody>(
         // this answer.
         if next.is_err() || now + wait >= out.deadline || !cluster.guard.withdraw(now) {
             let cookie = affinity_cookie(cluster, endpoint.address, token.as_deref());
-            return settle(tries, result.map(|exchange| (exchange, cookie)));
+            return settle(tries, result.map(|exchange| (exchange, cookie)), call);
         }
         let labels = ClusterKindLabels {
             cluster: cluster.name.to_string(),
@@ -550,11 +632,13 @@ async fn send_with_retries<B: RequestBody>(
 fn settle(
     mut tries: Tries,
     result: Result<(upstream::Exchange, Option<HeaderValue>), upstream::Error>,
+    grpc: Option<GrpcCall>,
 ) -> (Tries, Answer) {
     let answer = match result {
         Ok((exchange, set_cookie)) => Ok(Reply::Upstream {
             exchange,
             set_cookie,
+            grpc,
         }),
         Err(e) => {
             let error = ProxyError::from(&e);
@@ -587,6 +671,13 @@ async fn try_once<B: RequestBody>(
     let until = policy
         .per_try_timeout
         .map_or(out.deadline, |t| out.deadline.min(start + t));
+    if out.grpc {
+        // The endpoint learns how long this try has left, as gRPC says it.
+        let left = until.saturating_duration_since(start);
+        out.parts
+            .headers
+            .insert(GRPC_TIMEOUT, grpc::timeout_value(left));
+    }
     let target = endpoint.target(cluster, cx.worker);
     let mut replay;
     let body = match &out.kept {
@@ -612,19 +703,55 @@ async fn try_once<B: RequestBody>(
     );
     let exchange =
         crate::chaos::inject::around_try(fault, upstream::send(&target, &out.parts, body));
-    match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(upstream::Error::TimedOut(
-            until.saturating_duration_since(start),
-        )),
+    let result =
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(upstream::Error::TimedOut(
+                until.saturating_duration_since(start),
+            )),
+        };
+    // A body handed to an HTTP/2 connection fails there; the client's
+    // fault is told from the endpoint's by the tape.
+    let failure = match (&result, &out.tape) {
+        (Err(_), Some(tape)) => tape.lock().unwrap_or_else(|p| p.into_inner()).failure(),
+        _ => None,
+    };
+    match failure {
+        Some(e) => Err(upstream::Error::RequestBody(e)),
+        None => result,
     }
 }
 
+/// How long a gRPC answer's first frame is waited for, to tell a bare
+/// status in trailers (retried like a trailers-only answer) from a message.
+const PEEK_WAIT: Duration = Duration::from_secs(1);
+
+/// The header carrying a gRPC call's deadline.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// What a try's result means for the breakers and the retry policy; `None`
 /// when the client, not the endpoint, failed.
-fn try_result(result: &Result<upstream::Exchange, upstream::Error>) -> Option<TryResult> {
+fn try_result(
+    result: &Result<upstream::Exchange, upstream::Error>,
+    grpc: bool,
+    trailers_first: Option<&http::HeaderMap>,
+) -> Option<TryResult> {
     match result {
+        // A gRPC call's status is in its head (trailers-only) or in the
+        // trailers that came first; one still to come counts as OK here
+        // and is judged when it comes.
+        Ok(ex) if grpc && ex.head.status == http::StatusCode::OK => {
+            let code = match trailers_first {
+                Some(t) => grpc::status(t),
+                None => grpc::status(&ex.head.headers),
+            };
+            Some(match code {
+                Some(0) | None => TryResult::Status(200),
+                Some(code) => TryResult::Grpc(code),
+            })
+        }
         Ok(ex) => Some(TryResult::Status(ex.head.status.as_u16())),
+        Err(upstream::Error::Unprocessed(_)) => Some(TryResult::Unprocessed),
         Err(e) if e.is_connect() => Some(TryResult::ConnectFailure),
         Err(upstream::Error::TimedOut(_)) => Some(TryResult::Timeout),
         Err(upstream::Error::RequestBody(_)) => None,
@@ -687,6 +814,7 @@ fn respond(
         routed,
         places,
         tries,
+        grpc: None,
     };
     let completion = |outcome| {
         Box::new(Completion {
@@ -701,7 +829,9 @@ fn respond(
         Ok(Reply::Upstream {
             exchange,
             set_cookie,
+            grpc: call,
         }) => {
+            outcome.grpc = call;
             let upstream::Exchange { head, body, .. } = exchange;
             let mut headers = head.headers;
             headers::strip_hop_by_hop(&mut headers);
@@ -758,6 +888,12 @@ fn respond(
                         _ => error.status(),
                     };
                     outcome.status = status.as_u16();
+                    if grpc {
+                        outcome.grpc = Some(GrpcCall {
+                            status: Some(grpc::code(error, status)),
+                            pending: None,
+                        });
+                    }
                     let body = |b| ResponseBody::full(b, Some(completion(outcome)));
                     if grpc {
                         grpc::response(error, status, &request_id, retry_after, body)
@@ -784,8 +920,18 @@ fn respond(
 /// When Levee gives up on the request: the cluster's `response_timeout`
 /// from its arrival, or sooner if the client's deadline header (the
 /// cluster's `deadline_header`, in milliseconds) says so.
-fn request_deadline(cluster: &Cluster, headers: &http::HeaderMap, start: Instant) -> Instant {
+fn request_deadline(
+    cluster: &Cluster,
+    headers: &http::HeaderMap,
+    start: Instant,
+    grpc: bool,
+) -> Instant {
     let own = start + cluster.response_timeout;
+    // A gRPC client's `grpc-timeout`, within the cluster's own.
+    let own = match grpc.then(|| grpc::timeout(headers)).flatten() {
+        Some(t) => own.min(start + t),
+        None => own,
+    };
     let theirs = cluster
         .deadline_header
         .as_ref()

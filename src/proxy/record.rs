@@ -28,7 +28,7 @@ use crate::cluster::guard::AdaptivePass;
 use crate::cluster::{Cluster, InFlight};
 use crate::observe::LogRecord;
 use crate::resilience::bulkhead::Permit;
-use crate::resilience::policy::RetryPolicy;
+use crate::resilience::policy::{RetryPolicy, TryResult};
 use crate::route::Route;
 use crate::snapshot::Snapshot;
 
@@ -101,6 +101,53 @@ pub struct Tries {
     pub error: Option<String>,
 }
 
+/// A gRPC call's status: known from the answer's head (trailers-only, or
+/// Levee's own answer), or awaited in the trailers, and then judged for
+/// the breakers and outlier detection of the endpoint that answered
+/// (`pending`), which the head alone could not judge.
+#[derive(Default)]
+pub struct GrpcCall {
+    pub status: Option<u8>,
+    pub pending: Option<PendingTry>,
+}
+
+/// The try whose result the trailers will tell.
+pub struct PendingTry {
+    pub cluster: Arc<Cluster>,
+    pub pending: crate::cluster::Pending,
+    pub start: Instant,
+}
+
+impl GrpcCall {
+    /// The trailers (or the end of the body without them) came: the
+    /// status they carry judges the try. `broken`: the body broke off.
+    pub fn judge(
+        &mut self,
+        trailers: Option<&http::HeaderMap>,
+        broken: bool,
+        metrics: &crate::observe::Metrics,
+    ) {
+        if let Some(t) = trailers {
+            self.status = super::grpc::status(t).or(self.status);
+        }
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let result = match (self.status, broken) {
+            (Some(0), _) => TryResult::Status(200),
+            (Some(code), _) => TryResult::Grpc(code),
+            (None, true) => TryResult::Reset,
+            // The client went away before the end: nothing to judge by
+            // (the passes go back to the breakers unrecorded).
+            (None, false) => return,
+        };
+        let now = Instant::now();
+        let took = now.saturating_duration_since(p.start);
+        p.cluster
+            .record_pending(p.pending, result, took, now, metrics);
+    }
+}
+
 /// How the pipeline ended for a request.
 pub struct Outcome {
     /// The status the client gets.
@@ -110,6 +157,8 @@ pub struct Outcome {
     pub routed: Option<Routed>,
     pub places: Places,
     pub tries: Tries,
+    /// A gRPC call: its status, as known or awaited.
+    pub grpc: Option<GrpcCall>,
 }
 
 /// What completes a request when its response body is over: created with the
@@ -137,6 +186,13 @@ impl Completion {
         self.body_error = Some(e.to_string());
     }
 
+    /// A trailers frame went to the client: a gRPC call's status.
+    pub fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(grpc) = self.outcome.grpc.as_mut() {
+            grpc.judge(Some(trailers), false, &self.cx.shared.metrics);
+        }
+    }
+
     /// `bytes_out`: the response body bytes handed to the client.
     pub fn finish(self: Box<Self>, bytes_out: u64) {
         let Completion {
@@ -146,6 +202,17 @@ impl Completion {
             mut outcome,
             body_error,
         } = *self;
+        if let Some(grpc) = outcome.grpc.as_mut() {
+            grpc.judge(None, body_error.is_some(), &cx.shared.metrics);
+        }
+        let grpc_status = outcome.grpc.as_ref().and_then(|g| g.status);
+        if let (Some(code), Some(routed)) = (grpc_status, &outcome.routed) {
+            let labels = crate::observe::grpc::GrpcLabels {
+                route: routed.route.name.to_string(),
+                code: super::grpc::code_name(code),
+            };
+            cx.shared.metrics.grpc.calls.get_or_create(&labels).inc();
+        }
         let upstream_error = body_error.or(outcome.tries.error.take());
         let now = Instant::now();
         let total = now.saturating_duration_since(arrival.start);
@@ -199,6 +266,7 @@ impl Completion {
                     error: outcome.error.map(ProxyError::code),
                     upstream_error,
                     attempts: tries.count,
+                    grpc_status,
                     trace_id: arrival.trace.trace_id_hex(),
                     tls: cx.tls.as_ref().map(|t| crate::observe::access_log::TlsLog {
                         version: t.version,

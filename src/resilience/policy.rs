@@ -23,6 +23,35 @@ pub enum TryResult {
     Timeout,
     /// A response head with this status.
     Status(u16),
+    /// A gRPC call that ended with this non-zero `grpc-status` (an OK call
+    /// is `Status(200)`).
+    Grpc(u8),
+    /// An HTTP/2 endpoint provably did not process the request (refused
+    /// stream, graceful GOAWAY): like a connect failure, nothing was done.
+    Unprocessed,
+}
+
+/// The gRPC statuses that say the server failed (the ones that map to
+/// HTTP 5xx other than UNIMPLEMENTED): UNKNOWN, DEADLINE_EXCEEDED,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS. The others are the caller's (bad
+/// argument, not found, permission...) or its own choice (cancelled).
+pub fn grpc_server_failure(code: u8) -> bool {
+    matches!(code, 2 | 4 | 13 | 14 | 15)
+}
+
+/// RESOURCE_EXHAUSTED.
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+
+impl TryResult {
+    /// What outlier detection and the latency estimate count as a success:
+    /// a status below 500, or a gRPC status that is not a server failure.
+    pub fn is_ok(self) -> bool {
+        match self {
+            TryResult::Status(s) => s < 500,
+            TryResult::Grpc(code) => !grpc_server_failure(code),
+            _ => false,
+        }
+    }
 }
 
 /// Why a try is repeated: the label of `levee_upstream_retries_total`.
@@ -34,6 +63,8 @@ pub fn reason(result: TryResult) -> &'static str {
         TryResult::Status(429) => "rate_limited",
         TryResult::Status(502..=504) => "gateway_error",
         TryResult::Status(_) => "status",
+        TryResult::Grpc(_) => "grpc",
+        TryResult::Unprocessed => "unprocessed",
     }
 }
 
@@ -46,6 +77,7 @@ pub struct FailurePolicy {
     timeout: bool,
     server_error: bool,
     statuses: Vec<u16>,
+    grpc_resource_exhausted: bool,
 }
 
 impl FailurePolicy {
@@ -57,13 +89,16 @@ impl FailurePolicy {
             timeout: on(FailureOn::Timeout),
             server_error: on(FailureOn::ServerError),
             statuses: c.failure_statuses.iter().map(|s| *s.get_ref()).collect(),
+            grpc_resource_exhausted: on(FailureOn::GrpcResourceExhausted),
         }
     }
 
     pub fn is_failure(&self, result: TryResult) -> bool {
         match result {
-            TryResult::ConnectFailure => self.connect,
+            TryResult::ConnectFailure | TryResult::Unprocessed => self.connect,
             TryResult::Reset => self.reset,
+            TryResult::Grpc(GRPC_RESOURCE_EXHAUSTED) => self.grpc_resource_exhausted,
+            TryResult::Grpc(code) => self.server_error && grpc_server_failure(code),
             TryResult::Timeout => self.timeout,
             TryResult::Status(s) => {
                 (self.server_error && (500..=599).contains(&s)) || self.statuses.contains(&s)
@@ -81,6 +116,8 @@ pub struct RetryPolicy {
     on_timeout: bool,
     on_gateway: bool,
     statuses: Vec<u16>,
+    /// gRPC statuses retried (`grpc:...` in `retry_on`).
+    grpc_codes: Vec<u8>,
     pub per_try_timeout: Option<Duration>,
     pub backoff: Backoff,
     pub retry_after_max: Duration,
@@ -118,6 +155,7 @@ impl RetryPolicy {
             on_timeout: on(RetryOn::Timeout),
             on_gateway: on(RetryOn::GatewayError),
             statuses: c.retry_statuses.iter().map(|s| *s.get_ref()).collect(),
+            grpc_codes: c.retry_on.iter().filter_map(|r| r.grpc_code()).collect(),
             per_try_timeout: c.per_try_timeout.map(|d| d.get()),
             backoff: Backoff {
                 base: c.backoff_base.get(),
@@ -145,7 +183,11 @@ impl RetryPolicy {
     /// a request body worth keeping for a second send.
     pub fn retries_after_send(&self) -> bool {
         self.max_attempts > 1
-            && (self.on_reset || self.on_timeout || self.on_gateway || !self.statuses.is_empty())
+            && (self.on_reset
+                || self.on_timeout
+                || self.on_gateway
+                || !self.statuses.is_empty()
+                || !self.grpc_codes.is_empty())
     }
 
     /// What to do after try number `attempt` (1-based) ended in `result`.
@@ -169,6 +211,10 @@ impl RetryPolicy {
         }
         let wanted = match result {
             TryResult::ConnectFailure => return self.decide(self.on_connect),
+            // Nothing was processed: like a connect failure, when the
+            // request can be sent again (`repeatable`: its body is whole).
+            TryResult::Unprocessed => return self.decide(self.on_connect && repeatable),
+            TryResult::Grpc(code) => self.grpc_codes.contains(&code),
             TryResult::Reset => self.on_reset,
             TryResult::Timeout => self.on_timeout,
             TryResult::Status(s) => {
@@ -312,5 +358,41 @@ mod tests {
         assert!(!is_repeatable(&Method::PATCH, &h));
         h.insert("idempotency-key", http::HeaderValue::from_static("abc"));
         assert!(is_repeatable(&Method::POST, &h));
+    }
+
+    #[test]
+    fn grpc_statuses_judge_breakers_and_retries() {
+        let c: BreakerTable = toml::from_str("").expect("breaker config");
+        let f = FailurePolicy::from_config(&c);
+        for code in [2, 4, 13, 14, 15] {
+            assert!(f.is_failure(TryResult::Grpc(code)), "{code}");
+            assert!(!TryResult::Grpc(code).is_ok(), "{code}");
+        }
+        for code in [1, 3, 5, 7, 8, 12, 16] {
+            assert!(!f.is_failure(TryResult::Grpc(code)), "{code}");
+            assert!(TryResult::Grpc(code).is_ok(), "{code}");
+        }
+        let c: BreakerTable =
+            toml::from_str("failure_on = [\"5xx\", \"grpc:resource_exhausted\"]").expect("config");
+        assert!(FailurePolicy::from_config(&c).is_failure(TryResult::Grpc(8)));
+
+        let p = policy("");
+        let v = |r, resendable| p.verdict(1, r, resendable, None, NOW);
+        assert_eq!(v(TryResult::Grpc(14), true), Verdict::Retry);
+        assert_eq!(v(TryResult::Grpc(14), false), Verdict::Answer, "body gone");
+        assert_eq!(v(TryResult::Grpc(13), true), Verdict::Answer, "not listed");
+        assert_eq!(v(TryResult::Unprocessed, true), Verdict::Retry);
+        assert_eq!(v(TryResult::Unprocessed, false), Verdict::Answer);
+        let p = policy("retry_on = [\"grpc:internal\", \"grpc:deadline_exceeded\"]");
+        assert!(p.retries_after_send());
+        let v = |r| p.verdict(1, r, true, None, NOW);
+        assert_eq!(v(TryResult::Grpc(13)), Verdict::Retry);
+        assert_eq!(v(TryResult::Grpc(4)), Verdict::Retry);
+        assert_eq!(v(TryResult::Grpc(14)), Verdict::Answer);
+        assert_eq!(
+            v(TryResult::Unprocessed),
+            Verdict::Answer,
+            "no connect_failure"
+        );
     }
 }

@@ -27,6 +27,9 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
         };
         let probe = match hc.kind {
             CheckKind::Tcp => Probe::Tcp,
+            CheckKind::Grpc => Probe::Grpc {
+                service: hc.service.clone().unwrap_or_default(),
+            },
             CheckKind::Http => Probe::Http {
                 method: http::Method::from_bytes(hc.method.get_ref().as_bytes())
                     .unwrap_or(http::Method::GET),

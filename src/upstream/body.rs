@@ -86,6 +86,13 @@ impl Body {
         }
     }
 
+    /// HTTP/2: waits for the first frame of the body (it is still read
+    /// first); when it is the trailers (a status with no message before
+    /// it), they are returned. `None` at once over HTTP/1.1.
+    pub async fn peek_trailers(&mut self) -> Option<http::HeaderMap> {
+        self.h2.as_mut()?.peek_trailers().await
+    }
+
     pub fn is_end_stream(&self) -> bool {
         if let Some(h2) = &self.h2 {
             return h2.is_end_stream();

@@ -48,6 +48,12 @@ pub enum Error {
     /// `chaos::inject`). Made by the caller, like `TimedOut`.
     #[error("fault injected: status {0}")]
     Injected(u16),
+    /// An HTTP/2 endpoint provably did not process the request: it refused
+    /// the stream (`REFUSED_STREAM`), or its graceful `GOAWAY` came before
+    /// the stream (RFC 9113 §8.7), or the connection closed before the
+    /// request was handed to it. It may go elsewhere whatever its method.
+    #[error("the endpoint did not process the request: {0}")]
+    Unprocessed(String),
     /// The request body (the client's side) failed while being sent.
     #[error("the request body failed: {0}")]
     RequestBody(#[source] BoxError),

@@ -1,46 +1,81 @@
-//! HTTP/2 to endpoints with prior knowledge (a cluster's `protocol = "h2c"`),
-//! multiplexed: each worker keeps a few connections per endpoint, and a
-//! request goes on the one with the fewest streams in flight; another
-//! connection is opened only when every one carries `STREAMS_PER_CONN`
-//! (up to `MAX_CONNS`), so requests spread instead of piling onto one
-//! connection while a single one suffices for light traffic.
+//! HTTP/2 to endpoints, multiplexed: with prior knowledge (a cluster's
+//! `protocol = "h2c"`) or over its TLS with ALPN `h2` (`"h2"`). Each worker
+//! keeps a few connections per endpoint, and a request goes on the one with
+//! the fewest streams in flight; another connection is opened only when
+//! every one is saturated: it carries as many streams as the endpoint
+//! allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`, read by `h2_settings`),
+//! or `STREAMS_PER_CONN` if that is fewer, up to `MAX_CONNS`. So requests
+//! spread instead of piling onto one connection while a single one suffices
+//! for light traffic.
 //!
 //! The protocol is hyper's HTTP/2 client; each connection's driver runs as
-//! a task on the worker that opened it. The request body, which the caller
-//! lends (`&mut B`, so that a retry can resend it), is pumped by the
-//! request's task into a small channel that the connection reads.
+//! a task on the worker that opened it. The request body is handed over to
+//! hyper, which streams it as it arrives, while the response (head, then
+//! body) comes back: a bidirectional gRPC stream flows both ways at once.
+//! The caller lends the body (`&mut B`) and gets it back untouched when the
+//! connection failed before it was taken.
+//!
+//! A request the endpoint provably did not process (`REFUSED_STREAM`, a
+//! graceful `GOAWAY` that excludes its stream, a connection that closed
+//! before the request was handed to it) fails with `Error::Unprocessed`, so
+//! that the caller may send it again whatever its method; the connection is
+//! then retired from the pool.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{Request, Uri, header};
 use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
 use super::codec::ResponseHead;
-use super::conn::{Conn, ConnectError};
+use super::h2_settings::{UNLIMITED, Watched};
+use super::tls::Handshake;
 use super::{BoxError, Error, Exchange, Target};
 
-/// Streams one connection carries before another is opened beside it.
+/// Streams one connection carries at most before another is opened beside
+/// it, however many the endpoint allows.
 const STREAMS_PER_CONN: usize = 100;
 /// Connections per endpoint and worker at most; beyond, the least loaded
-/// one takes the stream (the endpoint's own limit queues it).
+/// one takes the stream (hyper queues it until the endpoint allows it).
 const MAX_CONNS: usize = 4;
 /// PING an idle-looking connection this often; unanswered for
 /// `PING_TIMEOUT`, it is closed and the next request opens another.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One multiplexed connection and how many streams it carries now.
+/// The request body as hyper's connection reads it.
+type OutBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One multiplexed connection: how many streams it carries now, how many
+/// the endpoint allows, and whether it still takes new ones.
+#[derive(Clone)]
 struct Shared {
-    send: SendRequest<ChannelBody>,
+    send: SendRequest<OutBody>,
     in_flight: Arc<AtomicUsize>,
+    limit: Arc<AtomicUsize>,
+    /// Set when the endpoint said it takes no more streams on it (GOAWAY).
+    retired: Arc<AtomicBool>,
+    /// Streams it carried, for `streams_per_connection`.
+    carried: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    fn usable(&self) -> bool {
+        !self.send.is_closed() && !self.retired.load(Ordering::Relaxed)
+    }
+
+    fn saturated(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed).min(STREAMS_PER_CONN);
+        self.in_flight.load(Ordering::Relaxed) >= limit.max(1)
+    }
 }
 
 /// An endpoint's HTTP/2 connections, one slot per worker (see `pool`).
@@ -64,26 +99,25 @@ impl H2Pool {
         }
     }
 
-    /// The open connection with the fewest streams, unless all carry
-    /// `STREAMS_PER_CONN` and another may be opened.
-    fn pick(&self, worker: usize) -> Option<(SendRequest<ChannelBody>, Arc<AtomicUsize>)> {
+    /// The usable connection with the fewest streams, unless all are
+    /// saturated and another may be opened.
+    fn pick(&self, worker: usize) -> Option<Shared> {
         let slot = self.slots.get(worker)?;
         let mut conns = slot.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|c| !c.send.is_closed());
+        conns.retain(Shared::usable);
         let best = conns
             .iter()
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))?;
-        let load = best.in_flight.load(Ordering::Relaxed);
-        if load >= STREAMS_PER_CONN && conns.len() < MAX_CONNS {
+        if best.saturated() && conns.len() < MAX_CONNS {
             return None;
         }
-        Some((best.send.clone(), best.in_flight.clone()))
+        Some(best.clone())
     }
 
-    fn add(&self, worker: usize, send: SendRequest<ChannelBody>, in_flight: Arc<AtomicUsize>) {
+    fn add(&self, worker: usize, conn: Shared) {
         if let Some(slot) = self.slots.get(worker) {
             let mut conns = slot.lock().unwrap_or_else(|p| p.into_inner());
-            conns.push(Shared { send, in_flight });
+            conns.push(conn);
         }
     }
 
@@ -93,7 +127,7 @@ impl H2Pool {
             .iter()
             .map(|s| {
                 s.lock()
-                    .map(|v| v.iter().filter(|c| !c.send.is_closed()).count())
+                    .map(|v| v.iter().filter(|c| c.usable()).count())
                     .unwrap_or(0)
             })
             .sum()
@@ -101,14 +135,16 @@ impl H2Pool {
 }
 
 /// Sends the request on a multiplexed connection to `target` and reads the
-/// response head.
+/// response head. The body is taken from `body` (leaving it empty) once a
+/// connection is ready for it.
 pub async fn send<B>(
     target: &Target<'_>,
     parts: &http::request::Parts,
     body: &mut B,
 ) -> Result<Exchange, Error>
 where
-    B: HttpBody + Unpin,
+    B: HttpBody + Default + Unpin + Send + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     let pool = target.pool;
@@ -121,14 +157,14 @@ where
         }
         _ => None,
     };
-    let (mut send, in_flight, connect) = match picked {
-        Some((send, in_flight)) => {
+    let (mut conn, connect) = match picked {
+        Some(conn) => {
             pool.counters.reused.inc();
-            (send, in_flight, None)
+            (conn, None)
         }
         None => {
             let started = Instant::now();
-            let send = match open(target).await {
+            let conn = match open(target).await {
                 Ok(s) => s,
                 Err(e) => {
                     pool.counters.connect_errors.inc();
@@ -136,39 +172,49 @@ where
                 }
             };
             pool.counters.opened.inc();
-            let in_flight = Arc::new(AtomicUsize::new(0));
-            pool.h2.add(target.worker, send.clone(), in_flight.clone());
-            (send, in_flight, Some(started.elapsed()))
+            pool.h2.add(target.worker, conn.clone());
+            (conn, Some(started.elapsed()))
         }
     };
     drop(opening);
-    let guard = InFlight::enter(in_flight);
-    send.ready()
-        .await
-        .map_err(|e| Error::Send(std::io::Error::other(e)))?;
+    let guard = InFlight::enter(conn.in_flight.clone());
+    conn.carried.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = conn.send.ready().await {
+        // Closed before anything was handed to it.
+        conn.retired.store(true, Ordering::Relaxed);
+        return Err(Error::Unprocessed(e.to_string()));
+    }
 
-    let (tx, rx) = mpsc::channel(2);
-    let empty = body.is_end_stream();
-    let request = request(
-        parts,
-        target,
-        ChannelBody {
-            rx: Some(rx),
-            empty,
-        },
+    let lent = Arc::new(Mutex::new(Lending {
+        body: Some(std::mem::take(body)),
+        touched: false,
+    }));
+    let out: OutBody = UnsyncBoxBody::new(
+        Lent(lent.clone())
+            .map_frame(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+            .map_err(Into::into),
     );
-    let response = send.send_request(request);
-    // The body goes out while the head is awaited; an endpoint that
-    // answers (or resets) early stops the pump (the channel closes).
-    let (pumped, response) = tokio::join!(pump(body, tx, empty), response);
-    pumped?;
-    let response = response.map_err(|e| {
-        if e.is_canceled() || e.is_closed() {
-            Error::Closed
-        } else {
-            Error::Receive(std::io::Error::other(e))
-        }
-    })?;
+    let response = conn
+        .send
+        .send_request(request(parts, target, out))
+        .await
+        .map_err(|e| {
+            if unprocessed(&e) {
+                conn.retired.store(true, Ordering::Relaxed);
+                // Not a byte of it was read: the caller gets it back.
+                let mut lending = lent.lock().unwrap_or_else(|p| p.into_inner());
+                if !lending.touched
+                    && let Some(b) = lending.body.take()
+                {
+                    *body = b;
+                }
+                Error::Unprocessed(e.to_string())
+            } else if e.is_canceled() || e.is_closed() {
+                Error::Closed
+            } else {
+                Error::Receive(std::io::Error::other(e))
+            }
+        })?;
     let (head, incoming) = response.into_parts();
     Ok(Exchange {
         head: ResponseHead {
@@ -179,6 +225,7 @@ where
         },
         body: super::Body::h2(H2Body {
             incoming,
+            peeked: None,
             _in_flight: guard,
         }),
         reused: connect.is_none(),
@@ -186,31 +233,105 @@ where
     })
 }
 
+/// Whether hyper's error proves the endpoint never processed the request:
+/// it was not handed to the connection (cancelled), the endpoint refused
+/// its stream, or a graceful GOAWAY excluded it (h2 reports those streams
+/// with the GOAWAY's own error, from the endpoint, code NO_ERROR).
+fn unprocessed(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// A new connection to `target`, its HTTP/2 handshake done and its driver
 /// running on this worker.
-async fn open(target: &Target<'_>) -> Result<SendRequest<ChannelBody>, Error> {
-    // Cleartext: config refuses `h2c` together with `[clusters.tls]`.
-    let conn = Conn::connect(target.address, target.connect_timeout, None)
-        .await
-        .map_err(|e| match e {
-            ConnectError::TimedOut => Error::ConnectTimeout(target.connect_timeout),
-            ConnectError::Refused(e) | ConnectError::Handshake(e) => Error::Connect(e),
-        })?;
+async fn open(target: &Target<'_>) -> Result<Shared, Error> {
+    let timeout = target.connect_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(target.address)).await {
+        Err(_) => return Err(Error::ConnectTimeout(timeout)),
+        Ok(Err(e)) => return Err(Error::Connect(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let limit = Arc::new(AtomicUsize::new(UNLIMITED));
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_INTERVAL)
         .keep_alive_timeout(PING_TIMEOUT)
         .keep_alive_while_idle(true);
-    let handshake = builder.handshake(TokioIo::new(conn.stream));
-    let (send, driver) = tokio::time::timeout(target.connect_timeout, handshake)
+    let carried = Arc::new(AtomicUsize::new(0));
+    let histogram = target.pool.counters.streams_per_connection.clone();
+    let counted = carried.clone();
+    let send = match target.tls {
+        None => {
+            let io = TokioIo::new(Watched::new(tcp, limit.clone()));
+            handshake(&builder, io, deadline, timeout, counted, histogram).await?
+        }
+        Some(tls) => {
+            let stream = match tokio::time::timeout_at(deadline, tls.handshake_h2(tcp)).await {
+                Err(_) => {
+                    tls.handshakes.record(Handshake::Timeout);
+                    return Err(Error::ConnectTimeout(timeout));
+                }
+                Ok(Err(e)) => {
+                    tls.handshakes.record(Handshake::of_error(&e));
+                    return Err(Error::Connect(e));
+                }
+                Ok(Ok(s)) => {
+                    tls.handshakes.record(Handshake::Ok);
+                    s
+                }
+            };
+            let io = TokioIo::new(Watched::new(stream, limit.clone()));
+            handshake(&builder, io, deadline, timeout, counted, histogram).await?
+        }
+    };
+    Ok(Shared {
+        send,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        limit,
+        retired: Arc::new(AtomicBool::new(false)),
+        carried,
+    })
+}
+
+/// HTTP/2's handshake over `io`, its driver spawned; when the connection
+/// ends, the streams it carried are observed.
+async fn handshake<T>(
+    builder: &hyper::client::conn::http2::Builder<TokioExecutor>,
+    io: T,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    carried: Arc<AtomicUsize>,
+    histogram: Option<prometheus_client::metrics::histogram::Histogram>,
+) -> Result<SendRequest<OutBody>, Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, driver) = tokio::time::timeout_at(deadline, builder.handshake(io))
         .await
-        .map_err(|_| Error::ConnectTimeout(target.connect_timeout))?
+        .map_err(|_| Error::ConnectTimeout(timeout))?
         .map_err(|e| Error::Connect(std::io::Error::other(e)))?;
     tokio::spawn(async move {
         // Ends when the endpoint or the pool (every handle dropped) closes it.
         if let Err(e) = driver.await {
             tracing::debug!(error = %e, "HTTP/2 connection to an endpoint ended");
+        }
+        if let Some(h) = histogram {
+            h.observe(carried.load(Ordering::Relaxed) as f64);
         }
     });
     Ok(send)
@@ -218,11 +339,7 @@ async fn open(target: &Target<'_>) -> Result<SendRequest<ChannelBody>, Error> {
 
 /// The request as HTTP/2 sends it: an absolute URI (its authority from the
 /// `Host` header, else the endpoint's address) and no `Host` line.
-fn request(
-    parts: &http::request::Parts,
-    target: &Target<'_>,
-    body: ChannelBody,
-) -> Request<ChannelBody> {
+fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> Request<OutBody> {
     let mut headers = parts.headers.clone();
     // gRPC servers want `te: trailers` (hop-by-hop, so stripped on the way
     // in): it says the client understands the trailers carrying the status.
@@ -237,14 +354,19 @@ fn request(
         .and_then(|h| h.to_str().ok().map(str::to_owned))
         .unwrap_or_else(|| target.address.to_string());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.as_str())
         .path_and_query(path)
         .build()
         .or_else(|_| {
             Uri::builder()
-                .scheme("http")
+                .scheme(scheme)
                 .authority(target.address.to_string().as_str())
                 .path_and_query(path)
                 .build()
@@ -258,78 +380,48 @@ fn request(
     req
 }
 
-/// Feeds the caller's body into the channel the connection reads.
-async fn pump<B>(body: &mut B, tx: mpsc::Sender<Frame<Bytes>>, empty: bool) -> Result<(), Error>
+/// The caller's body while hyper's connection reads it; given back when
+/// the request turns out unprocessed before a frame of it was read.
+struct Lending<B> {
+    body: Option<B>,
+    touched: bool,
+}
+
+struct Lent<B>(Arc<Mutex<Lending<B>>>);
+
+impl<B> HttpBody for Lent<B>
 where
     B: HttpBody + Unpin,
-    B::Error: Into<BoxError>,
 {
-    if empty {
-        return Ok(());
-    }
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::RequestBody(e.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
-        };
-        let data: Bytes = data.copy_to_bytes_all();
-        if tx.send(Frame::data(data)).await.is_err() {
-            // The endpoint is done with the request (answered or reset).
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-trait CopyAll {
-    fn copy_to_bytes_all(self) -> Bytes;
-}
-
-impl<T: bytes::Buf> CopyAll for T {
-    fn copy_to_bytes_all(mut self) -> Bytes {
-        let n = self.remaining();
-        self.copy_to_bytes(n)
-    }
-}
-
-/// The request body as the connection reads it: what the request's task
-/// pumps in, ended when the pump drops its sender.
-pub struct ChannelBody {
-    rx: Option<mpsc::Receiver<Frame<Bytes>>>,
-    empty: bool,
-}
-
-impl HttpBody for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let Some(rx) = self.rx.as_mut() else {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut lending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(body) = lending.body.as_mut() else {
             return Poll::Ready(None);
         };
-        match rx.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(None) => {
-                self.rx = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        let polled = std::pin::Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(Some(_)) = polled {
+            lending.touched = true;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.empty || self.rx.is_none()
+        let lending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lending.body.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.empty {
-            SizeHint::with_exact(0)
-        } else {
-            SizeHint::default()
-        }
+        let lending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lending
+            .body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
     }
 }
 
@@ -352,6 +444,8 @@ impl Drop for InFlight {
 /// The response body of one stream; trailers pass through as a frame.
 pub struct H2Body {
     incoming: Incoming,
+    /// A frame read ahead by `peek_trailers`, handed out first.
+    peeked: Option<Frame<Bytes>>,
     _in_flight: InFlight,
 }
 
@@ -360,14 +454,26 @@ impl H2Body {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.peeked.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         std::pin::Pin::new(&mut self.incoming).poll_frame(cx)
     }
 
     pub fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.peeked.is_none() && self.incoming.is_end_stream()
     }
 
     pub fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
+    }
+
+    /// Reads the first frame, kept to be read first; when it is the
+    /// trailers (no message before them), a copy is returned.
+    pub async fn peek_trailers(&mut self) -> Option<http::HeaderMap> {
+        if self.peeked.is_none() {
+            self.peeked = Some(self.incoming.frame().await?.ok()?);
+        }
+        self.peeked.as_ref()?.trailers_ref().cloned()
     }
 }

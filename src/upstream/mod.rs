@@ -16,6 +16,7 @@ pub mod codec;
 pub mod conn;
 pub mod error;
 pub mod h2;
+pub mod h2_settings;
 pub mod pool;
 pub mod tls;
 
@@ -51,8 +52,9 @@ pub struct Target<'a> {
     pub limits: Limits,
     /// `Some`: the endpoint is spoken to over TLS.
     pub tls: Option<&'a tls::EndpointTls>,
-    /// HTTP/2 with prior knowledge (`upstream::h2`) instead of HTTP/1.1.
-    pub h2c: bool,
+    /// HTTP/2 (`upstream::h2`) instead of HTTP/1.1: with prior knowledge,
+    /// or over `tls` with ALPN `h2`.
+    pub http2: bool,
 }
 
 /// A response head and the body still to be read.
@@ -72,16 +74,20 @@ pub struct Exchange {
 /// again, but only when it has no body: then nothing of the client's was
 /// consumed, and the endpoint cannot have acted on a request it never read
 /// whole.
+///
+/// Over HTTP/2 (`h2`), the body is taken (`B::default()` left behind) once
+/// a connection takes the request, and streamed while the response comes.
 pub async fn send<B>(
     target: &Target<'_>,
     parts: &http::request::Parts,
     body: &mut B,
 ) -> Result<Exchange, Error>
 where
-    B: HttpBody + Unpin,
+    B: HttpBody + Default + Unpin + Send + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    if target.h2c {
+    if target.http2 {
         return h2::send(target, parts, body).await;
     }
     let pool = target.pool;

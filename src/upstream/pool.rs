@@ -34,6 +34,9 @@ pub struct Counters {
     pub opened: Counter,
     /// Connections that could not be opened.
     pub connect_errors: Counter,
+    /// HTTP/2: how many streams each connection carried, observed when it
+    /// closes (`None`: not counted).
+    pub streams_per_connection: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 pub struct Pool {

@@ -75,6 +75,8 @@ fn refuse(field: Field, message: impl Into<String>) -> SettingsError {
 /// What connects a cluster's endpoints over TLS.
 pub struct Connector {
     connector: TlsConnector,
+    /// The same settings offering ALPN `h2` only, for `protocol = "h2"`.
+    h2: TlsConnector,
     sni: Option<ServerName<'static>>,
     /// Digest of the settings and of the files' contents: a pooled
     /// connection made under other settings (before a reload) is not reused.
@@ -210,11 +212,14 @@ impl Connector {
             (None, Some(_)) => return Err(refuse(Field::Key, "key needs a cert")),
             (None, None) => builder.with_no_client_auth(),
         };
-        // Levee speaks HTTP/1.1 to endpoints; servers that insist on ALPN
-        // get told so.
+        // Levee speaks HTTP/1.1 to endpoints, or HTTP/2 to those of an
+        // `h2` cluster; servers that insist on ALPN get told which.
+        let mut h2 = config.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Connector {
             connector: TlsConnector::from(Arc::new(config)),
+            h2: TlsConnector::from(Arc::new(h2)),
             sni,
             fingerprint: digest.finish(),
         })
@@ -384,6 +389,20 @@ impl EndpointTls {
             .connector
             .connect(self.name.clone(), tcp)
             .await
+    }
+
+    /// The handshake offering ALPN `h2` (`protocol = "h2"`). An endpoint
+    /// that picks no protocol is spoken HTTP/2 to all the same (gRPC servers
+    /// without ALPN); one that picks another is refused.
+    pub async fn handshake_h2(&self, tcp: TcpStream) -> io::Result<TlsStream> {
+        let stream = self.connector.h2.connect(self.name.clone(), tcp).await?;
+        match stream.get_ref().1.alpn_protocol() {
+            None | Some(b"h2") => Ok(stream),
+            Some(other) => Err(io::Error::other(format!(
+                "the endpoint chose ALPN {:?}, not h2",
+                String::from_utf8_lossy(other)
+            ))),
+        }
     }
 }
 

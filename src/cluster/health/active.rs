@@ -42,6 +42,9 @@ pub enum Probe {
     },
     /// A PostgreSQL or Redis server in the wanted role (`role.rs`).
     Role(super::role::RoleProbe),
+    /// `grpc.health.v1.Health/Check` for `service` ("": the server) answers
+    /// SERVING (`grpc.rs`).
+    Grpc { service: String },
 }
 
 /// One check's result, and why.
@@ -69,11 +72,17 @@ pub async fn check(
             let seen = super::role::ask(address, role, timeout).await?;
             return super::role::judge(role, seen).map(|()| Outcome::Pass);
         }
+        if let Probe::Grpc { service } = probe {
+            // HTTP/2 on a connection of its own.
+            return super::grpc::check(address, service, tls)
+                .await
+                .map(|()| Outcome::Pass);
+        }
         let mut conn = Conn::connect(address, timeout, tls)
             .await
             .map_err(|e| connect_error(e, timeout))?;
         match probe {
-            Probe::Tcp | Probe::Role(_) => Ok(Outcome::Pass),
+            Probe::Tcp | Probe::Role(_) | Probe::Grpc { .. } => Ok(Outcome::Pass),
             Probe::Http {
                 method,
                 path,
