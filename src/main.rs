@@ -21,7 +21,8 @@ use levee::server::Server;
 /// endpoints) and examples/levee.toml, docs/resilience.md
 /// (retries, circuit breakers, bulkheads, service levels) and
 /// docs/rate-limiting.md. Logs go to standard
-/// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug); the access log is
+/// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug; the default is
+/// info,rustls=error); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
 /// (/status, /metrics, /availability, /slo, /events, POST /reload, PUT
 /// /degradation, draining endpoints, faults) and the signals are in
@@ -250,7 +251,10 @@ fn slo_rules(path: &Path) -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls warns once per handshake about things a client controls (an IP
+        // address sent as SNI, which wrk and oha do): a client could make Levee
+        // write a log line per connection. Its errors still show.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
