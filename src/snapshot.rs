@@ -35,6 +35,8 @@ pub struct Listener {
     /// `protocol = "tcp"`: where its connections are relayed (its routes
     /// are then unused).
     pub tcp: Option<Arc<TcpRelay>>,
+    /// WebSocket tunnels: whether upgrades are tunnelled, and their timeouts.
+    pub websocket: crate::config::websocket::WebSocketConfig,
 }
 
 /// What a TCP listener relays to (served by `crate::tcp`). A connection
@@ -176,6 +178,7 @@ impl Snapshot {
                         .map(|(_, r)| r.clone())
                         .collect(),
                     tcp: tcp_relay(l, &by_name, &config),
+                    websocket: l.websocket.clone(),
                 })
             })
             .collect();

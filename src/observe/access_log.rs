@@ -38,6 +38,9 @@ pub struct LogRecord {
     pub upstream_error: Option<String>,
     /// Tries made upstream (0: none, e.g. refused before forwarding).
     pub attempts: u32,
+    /// A WebSocket tunnel's line: how it ended (`bytes_in`/`bytes_out`
+    /// then include what passed through it, `total_ms` its life).
+    pub tunnel: Option<&'static str>,
     /// The W3C trace id (32 hex digits) the request carried or was given.
     pub trace_id: String,
     /// The connection's TLS facts; `None` on a plain listener (the fields
@@ -101,6 +104,9 @@ impl LogRecord {
         if let Some(e) = &self.upstream_error {
             field("upstream_error", e);
         }
+        if let Some(t) = self.tunnel {
+            field("tunnel", t);
+        }
         s
     }
 
@@ -150,6 +156,9 @@ impl LogRecord {
         }
         if let Some(e) = &self.upstream_error {
             let _ = write!(s, ",\"upstream_error\":{}", json_str(e));
+        }
+        if let Some(t) = self.tunnel {
+            let _ = write!(s, ",\"tunnel\":\"{t}\"");
         }
         if let Some(t) = &self.tls {
             let _ = write!(s, ",\"tls_version\":\"{}\"", t.version);
@@ -418,6 +427,7 @@ mod tests {
             request_id: "abc".into(),
             error: None,
             upstream_error: Some("connect failed: \"refused\"".into()),
+            tunnel: None,
             attempts: 1,
             trace_id: String::new(),
             tls: Some(TlsLog {
@@ -522,6 +532,7 @@ mod tests {
             request_id: "r".into(),
             error: None,
             upstream_error: None,
+            tunnel: None,
             attempts: 1,
             trace_id: String::new(),
             tls: None,

@@ -133,6 +133,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub tcp: super::tcp::TcpMetrics,
+    pub websocket: super::websocket::WebSocketMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_head_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
@@ -381,6 +382,7 @@ impl Metrics {
         }
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
         let tcp = super::tcp::TcpMetrics::register(&mut registry);
+        let websocket = super::websocket::WebSocketMetrics::register(&mut registry);
         let chaos = crate::observe::chaos::ChaosMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
         let tls = crate::tls::metrics::TlsMetrics::register(&mut registry);
@@ -390,6 +392,7 @@ impl Metrics {
             slos,
             chaos,
             tcp,
+            websocket,
             dns_lookups,
             dns_addresses,
             wrong_protocol,

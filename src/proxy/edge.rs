@@ -71,6 +71,7 @@ pub fn redirect(
             tries: Tries::default(),
         },
         body_error: None,
+        tunnel: None,
     });
     let mut response = Response::new(ResponseBody::full(Bytes::new(), Some(completion)));
     *response.status_mut() = status;
