@@ -358,3 +358,24 @@ async fn shutdown_closes_tunnels_with_1001_not_a_reset() {
     let status = levee.wait_exit(T).expect("levee exits");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hyper_engine_refuses_websocket_upgrades_clearly() {
+    let server = WsServer::start("w1");
+    let listen = free_addr();
+    let cfg = ConfigBuilder::new()
+        .set("server", "http1 = \"hyper\"")
+        .listener("main", listen)
+        .cluster("app", &[server.addr()])
+        .route("all", "app")
+        .build();
+    let _levee = Levee::start(&cfg);
+    let url = format!("ws://{listen}/");
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 501);
+        }
+        other => panic!("expected a 501, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(server.accepted(), 0, "nothing reached the endpoint");
+}

@@ -283,14 +283,18 @@ async fn forward<B: RequestBody>(
 
         let deadline = request_deadline(cluster, req.headers(), start);
         // A WebSocket upgrade is asked of the endpoint only when the client
-        // connection can become a tunnel (`crate::tunnel`); otherwise, like
-        // any other upgrade, its headers are dropped as hop-by-hop.
+        // connection can become a tunnel (`crate::tunnel`), and refused
+        // otherwise; any other upgrade loses its headers as hop-by-hop.
         let websocket = listener.websocket.enabled
-            && !cluster.h2c
             && req.version() == Version::HTTP_11
-            && req.extensions().get::<crate::tunnel::CanTunnel>().is_some()
-            && hyper::body::Body::is_end_stream(req.body())
             && crate::tunnel::is_websocket(req.method(), req.headers());
+        if websocket
+            && (cluster.h2c
+                || req.extensions().get::<crate::tunnel::CanTunnel>().is_none()
+                || !hyper::body::Body::is_end_stream(req.body()))
+        {
+            return Err(ProxyError::UpgradeUnsupported.into());
+        }
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, cx, &arrival.request_id);
         if let Some(rw) = &route.rewrite {
