@@ -30,4 +30,5 @@ pub mod slo;
 pub mod snapshot;
 pub mod tcp;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;

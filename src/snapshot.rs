@@ -37,6 +37,8 @@ pub struct Listener {
     pub tcp: Option<Arc<crate::tcp::sni::SniRoutes>>,
     /// `[listeners.proxy_protocol]`: the PROXY header required first.
     pub proxy_protocol: Option<Arc<crate::server::proxy_protocol::Accept>>,
+    /// WebSocket tunnels: whether upgrades are tunnelled, and their timeouts.
+    pub websocket: crate::config::websocket::WebSocketConfig,
 }
 
 /// What a TCP listener relays to (served by `crate::tcp`). A connection
@@ -182,6 +184,7 @@ impl Snapshot {
                         .proxy_protocol
                         .as_ref()
                         .map(|p| Arc::new(crate::server::proxy_protocol::Accept::from_config(p))),
+                    websocket: l.websocket.clone(),
                 })
             })
             .collect();

@@ -346,6 +346,7 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "protocol": if l.tcp.is_some() { "tcp" } else { "http" },
                 "cluster": l.tcp.as_ref().and_then(|t| t.default.as_ref()).map(|r| &*r.cluster.name),
                 "routes": if l.tcp.is_some() { Vec::new() } else { l.routes.iter().map(|r| &*r.name).collect::<Vec<_>>() },
+                "websocket": l.tcp.is_none().then(|| crate::observe::websocket::status(&shared.metrics.websocket, &l.name, l.websocket.enabled)),
             })
         })
         .collect();

@@ -20,6 +20,7 @@ pub mod tls;
 pub mod upstream_tls;
 pub(crate) mod validate;
 pub mod value;
+pub mod websocket;
 mod words;
 
 use std::fmt;

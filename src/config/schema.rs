@@ -210,6 +210,9 @@ pub struct ListenerConfig {
     /// The port `redirect_https` sends clients to; unset: 443.
     #[serde(default)]
     pub https_port: Option<Spanned<u16>>,
+    /// WebSocket tunnels (`[listeners.websocket]`, `config::websocket`).
+    #[serde(default)]
+    pub websocket: super::websocket::WebSocketConfig,
 }
 
 fn default_connect_attempts() -> Spanned<u32> {

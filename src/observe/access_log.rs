@@ -40,6 +40,9 @@ pub struct LogRecord {
     pub attempts: u32,
     /// A gRPC call's `grpc-status` (the endpoint's, or Levee's own answer's).
     pub grpc_status: Option<u8>,
+    /// A WebSocket tunnel's line: how it ended (`bytes_in`/`bytes_out`
+    /// then include what passed through it, `total_ms` its life).
+    pub tunnel: Option<&'static str>,
     /// The W3C trace id (32 hex digits) the request carried or was given.
     pub trace_id: String,
     /// The connection's TLS facts; `None` on a plain listener (the fields
@@ -106,6 +109,9 @@ impl LogRecord {
         if let Some(e) = &self.upstream_error {
             field("upstream_error", e);
         }
+        if let Some(t) = self.tunnel {
+            field("tunnel", t);
+        }
         s
     }
 
@@ -158,6 +164,9 @@ impl LogRecord {
         }
         if let Some(e) = &self.upstream_error {
             let _ = write!(s, ",\"upstream_error\":{}", json_str(e));
+        }
+        if let Some(t) = self.tunnel {
+            let _ = write!(s, ",\"tunnel\":\"{t}\"");
         }
         if let Some(t) = &self.tls {
             let _ = write!(s, ",\"tls_version\":\"{}\"", t.version);
@@ -426,6 +435,7 @@ mod tests {
             request_id: "abc".into(),
             error: None,
             upstream_error: Some("connect failed: \"refused\"".into()),
+            tunnel: None,
             attempts: 1,
             grpc_status: None,
             trace_id: String::new(),
@@ -531,6 +541,7 @@ mod tests {
             request_id: "r".into(),
             error: None,
             upstream_error: None,
+            tunnel: None,
             attempts: 1,
             grpc_status: None,
             trace_id: String::new(),

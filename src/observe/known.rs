@@ -39,6 +39,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "header_timeout",
     "bad_host",
     "connect_refused",
+    "upgrade_unsupported",
     "rewrite_failed",
     // HTTP/2 connections closed for an error (`server::h2`).
     "http2_protocol_error",
@@ -191,6 +192,7 @@ mod tests {
             | E::RateLimited
             | E::BadHost
             | E::ConnectRefused
+            | E::UpgradeUnsupported
             | E::RewriteFailed
             | E::FaultAbort(_) => e.code(),
         };
@@ -214,6 +216,7 @@ mod tests {
             E::BadHost,
             E::RewriteFailed,
             E::ConnectRefused,
+            E::UpgradeUnsupported,
             E::FaultAbort(503),
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");

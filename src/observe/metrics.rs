@@ -133,6 +133,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub tcp: super::tcp::TcpMetrics,
+    pub websocket: super::websocket::WebSocketMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_head_duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
@@ -383,6 +384,7 @@ impl Metrics {
         }
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
         let tcp = super::tcp::TcpMetrics::register(&mut registry);
+        let websocket = super::websocket::WebSocketMetrics::register(&mut registry);
         let chaos = crate::observe::chaos::ChaosMetrics::register(&mut registry);
         let grpc = crate::observe::grpc::GrpcMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
@@ -394,6 +396,7 @@ impl Metrics {
             chaos,
             grpc,
             tcp,
+            websocket,
             dns_lookups,
             dns_addresses,
             wrong_protocol,

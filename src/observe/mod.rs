@@ -7,6 +7,7 @@ pub mod known;
 pub mod metrics;
 pub mod tcp;
 pub mod trace;
+pub mod websocket;
 
 pub use access_log::{AccessLog, LogRecord};
 pub use metrics::Metrics;

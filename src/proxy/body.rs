@@ -348,6 +348,47 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The endpoint's side of the tunnel a 101 answer opened, and where it
+    /// came from; `None` for any other answer.
+    pub fn upgraded(&mut self) -> Option<crate::tunnel::Upgraded> {
+        let finish = self.finish.as_ref()?;
+        if finish.outcome.status != 101 {
+            return None;
+        }
+        let listener = finish.snapshot.listener(finish.cx.local)?;
+        let cluster = finish.outcome.routed.as_ref()?.cluster()?.clone();
+        let last = finish.outcome.tries.last.as_ref()?;
+        let Kind::Upstream(body) = &mut self.kind else {
+            return None;
+        };
+        let (stream, early) = body.take()?.into_upgraded()?;
+        Some(crate::tunnel::Upgraded {
+            stream,
+            early,
+            listener: listener.name.clone(),
+            cluster,
+            endpoint: last.endpoint,
+            live: last.in_flight.live().clone(),
+            settings: listener.websocket.clone(),
+            shared: finish.cx.shared.clone(),
+        })
+    }
+
+    /// What the tunnel did, for the request's access-log line (written when
+    /// this body is dropped).
+    pub fn tunnel_ended(&mut self, ended: &crate::tunnel::Ended) {
+        self.sent += ended.bytes_out;
+        if let Some(finish) = self.finish.as_mut() {
+            finish
+                .arrival
+                .bytes_in
+                .fetch_add(ended.bytes_in, Ordering::Relaxed);
+            finish.tunnel = Some(ended.end.as_str());
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = crate::upstream::body::BodyError;

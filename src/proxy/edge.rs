@@ -72,6 +72,7 @@ pub fn redirect(
             grpc: None,
         },
         body_error: None,
+        tunnel: None,
     });
     let mut response = Response::new(ResponseBody::full(Bytes::new(), Some(completion)));
     *response.status_mut() = status;

@@ -36,6 +36,9 @@ pub enum ProxyError {
     BadHost,
     /// `CONNECT`: Levee is not a forward proxy.
     ConnectRefused,
+    /// A WebSocket upgrade Levee cannot tunnel: the hyper HTTP/1 engine,
+    /// a cluster spoken to over h2c, or a request with a body.
+    UpgradeUnsupported,
     /// The route's rewriting made no valid request (a path or header value
     /// built from what the client sent).
     RewriteFailed,
@@ -77,6 +80,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::RewriteFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::BreakerOpen
             | ProxyError::BulkheadFull
@@ -110,6 +114,7 @@ impl ProxyError {
             ProxyError::RateLimited => "rate_limited",
             ProxyError::BadHost => "bad_host",
             ProxyError::ConnectRefused => "connect_refused",
+            ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::RewriteFailed => "rewrite_failed",
             ProxyError::FaultAbort(_) => "fault_injected",
         }
@@ -139,6 +144,9 @@ impl ProxyError {
             ProxyError::RateLimited => "too many requests; see Retry-After",
             ProxyError::BadHost => "an HTTP/1.1 request needs exactly one Host header",
             ProxyError::ConnectRefused => "CONNECT is not served here: this is a reverse proxy",
+            ProxyError::UpgradeUnsupported => {
+                "this WebSocket upgrade cannot be tunnelled here (server.http1 = \"hyper\", an h2c cluster, or a request body)"
+            }
             ProxyError::RewriteFailed => {
                 "the route's rewrite rules made no valid request from this one"
             }

@@ -285,10 +285,26 @@ async fn forward<B: RequestBody>(
 
         let grpc = grpc::is_grpc(req.headers());
         let deadline = request_deadline(cluster, req.headers(), start, grpc);
+                // A WebSocket upgrade is asked of the endpoint only when the client
+        // connection can become a tunnel (`crate::tunnel`), and refused
+        // otherwise; any other upgrade loses its headers as hop-by-hop.
+        let websocket = listener.websocket.enabled
+            && req.version() == Version::HTTP_11
+            && crate::tunnel::is_websocket(req.method(), req.headers());
+        if websocket
+            && (cluster.http2
+                || req.extensions().get::<crate::tunnel::CanTunnel>().is_none()
+                || !hyper::body::Body::is_end_stream(req.body()))
+        {
+            return Err(ProxyError::UpgradeUnsupported.into());
+        }
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, cx, &arrival.request_id);
         if let Some(rw) = &route.rewrite {
             rewriting::request(cx, rw, route, &cluster.name, arrival, &mut parts)?;
+        }
+        if websocket {
+            upgrade_headers(&mut parts.headers);
         }
         arrival.trace.prepare(&mut parts.headers);
         let mut body = UpstreamBody::new(body, listener.max_body_bytes, arrival.bytes_in.clone());
@@ -823,6 +839,7 @@ fn respond(
             arrival,
             outcome,
             body_error: None,
+            tunnel: None,
         })
     };
     let mut response = match answer {
@@ -835,6 +852,11 @@ fn respond(
             let upstream::Exchange { head, body, .. } = exchange;
             let mut headers = head.headers;
             headers::strip_hop_by_hop(&mut headers);
+            // Only a WebSocket upgrade Levee asked for is answered 101
+            // (`upstream` refuses any other): the client is told the same.
+            if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                upgrade_headers(&mut headers);
+            }
             if !headers.contains_key(&headers::X_REQUEST_ID) {
                 headers.insert(headers::X_REQUEST_ID.clone(), request_id);
             }
@@ -1033,6 +1055,13 @@ fn rewrite_request(parts: &mut http::request::Parts, cx: &ConnCtx, request_id: &
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.version = Version::HTTP_11;
+}
+
+/// `Connection: upgrade` and `Upgrade: websocket`, on the request to the
+/// endpoint and on its 101 to the client.
+fn upgrade_headers(headers: &mut http::HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// The body length known from the head: 0 without a body, `None` when it is

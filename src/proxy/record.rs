@@ -170,6 +170,8 @@ pub struct Completion {
     pub outcome: Outcome,
     /// The endpoint broke off the response body.
     pub body_error: Option<String>,
+    /// A WebSocket tunnel: how it ended (`tunnel::End::as_str`).
+    pub tunnel: Option<&'static str>,
 }
 
 /// Which successful requests the access log keeps (`success_sample`).
@@ -201,6 +203,7 @@ impl Completion {
             arrival,
             mut outcome,
             body_error,
+            tunnel,
         } = *self;
         if let Some(grpc) = outcome.grpc.as_mut() {
             grpc.judge(None, body_error.is_some(), &cx.shared.metrics);
@@ -221,9 +224,15 @@ impl Completion {
             .as_ref()
             .and_then(|r| r.route.metrics(r.target))
             .unwrap_or(&snapshot.unrouted);
-        metrics.record(outcome.status, total.as_secs_f64());
+        // A tunnel's request is measured to its 101: its life says nothing
+        // of the route's latency (and would spend the SLO's budget).
+        let answered = tunnel
+            .and(outcome.tries.last.as_ref())
+            .and_then(|t| Some((t.start + t.head?).saturating_duration_since(arrival.start)))
+            .unwrap_or(total);
+        metrics.record(outcome.status, answered.as_secs_f64());
         if let Some(slo) = outcome.routed.as_ref().and_then(|r| r.route.slo.as_ref()) {
-            slo.record(outcome.status, total, crate::slo::unix_now());
+            slo.record(outcome.status, answered, crate::slo::unix_now());
         }
         let shared = &cx.shared;
         if let Some(e) = outcome.error {
@@ -267,6 +276,7 @@ impl Completion {
                     upstream_error,
                     attempts: tries.count,
                     grpc_status,
+                    tunnel,
                     trace_id: arrival.trace.trace_id_hex(),
                     tls: cx.tls.as_ref().map(|t| crate::observe::access_log::TlsLog {
                         version: t.version,

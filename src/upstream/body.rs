@@ -93,6 +93,16 @@ impl Body {
         self.h2.as_mut()?.peek_trailers().await
     }
 
+    /// The connection of a `101 Switching Protocols` answer, now a tunnel:
+    /// its stream and the bytes the endpoint sent after the head.
+    pub fn into_upgraded(mut self) -> Option<(super::conn::Stream, Bytes)> {
+        let conn = self.conn.take()?;
+        let Conn { stream, read, .. } = conn;
+        // Copied out so that the connection's read buffer is freed now,
+        // not held for the life of the tunnel.
+        Some((stream, Bytes::copy_from_slice(&read)))
+    }
+
     pub fn is_end_stream(&self) -> bool {
         if let Some(h2) = &self.h2 {
             return h2.is_end_stream();

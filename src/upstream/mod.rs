@@ -103,6 +103,9 @@ where
         target.address,
     );
 
+    // A request that still carries `Upgrade` asks for a tunnel (the
+    // pipeline strips the header from any other): a 101 is its answer.
+    let upgrade = parts.headers.contains_key(header::UPGRADE);
     let transport = target.tls.map_or(0, |t| t.key);
     if let Some(conn) = pool.take(
         target.worker,
@@ -110,7 +113,7 @@ where
         transport,
         Instant::now(),
     ) {
-        match exchange(conn, &head, body, framing, &parts.method, target).await {
+        match exchange(conn, &head, body, framing, &parts.method, upgrade, target).await {
             Ok(ex) => {
                 pool.counters.reused.inc();
                 return Ok(Exchange { reused: true, ..ex });
@@ -137,7 +140,7 @@ where
     };
     let connect = started.elapsed();
     pool.counters.opened.inc();
-    let ex = exchange(conn, &head, body, framing, &parts.method, target).await?;
+    let ex = exchange(conn, &head, body, framing, &parts.method, upgrade, target).await?;
     Ok(Exchange {
         connect: Some(connect),
         ..ex
@@ -203,6 +206,7 @@ async fn exchange<B>(
     body: &mut B,
     framing: RequestBody,
     method: &Method,
+    upgrade: bool,
     target: &Target<'_>,
 ) -> Result<Exchange, Failure>
 where
@@ -230,7 +234,7 @@ where
             Failure::Error(Error::Send(e))
         });
     }
-    let head = match read_head(&mut conn).await {
+    let head = match read_head(&mut conn, upgrade).await {
         // The client's body is gone: this request cannot be sent again.
         Err(stale @ Failure::Stale { .. }) if framing != RequestBody::None => {
             return Err(Failure::Error(stale.into()));
@@ -238,7 +242,9 @@ where
         other => other?,
     };
     let framing = codec::response_body(method, &head).map_err(Error::from)?;
-    let keep_alive = codec::keep_alive(&head);
+    // After a 101 the connection is the tunnel's, never the pool's.
+    let keep_alive =
+        codec::keep_alive(&head) && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
     let checkin = Checkin {
         pool: target.pool.clone(),
         worker: target.worker,
@@ -299,7 +305,7 @@ where
 }
 
 /// Reads until a final (non-1xx) response head is complete.
-async fn read_head(conn: &mut Conn) -> Result<ResponseHead, Failure> {
+async fn read_head(conn: &mut Conn, upgrade: bool) -> Result<ResponseHead, Failure> {
     use bytes::Buf;
     let mut received_any = false;
     loop {
@@ -311,6 +317,9 @@ async fn read_head(conn: &mut Conn) -> Result<ResponseHead, Failure> {
         if let Some(head) = parsed {
             conn.read.advance(head.len);
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                if upgrade {
+                    return Ok(head);
+                }
                 return Err(Error::UnexpectedUpgrade.into());
             }
             // 100 Continue and other interim answers: the final one follows.

@@ -16,6 +16,8 @@
 //!   [`send_slowly`]) for malformed requests and slowloris tests.
 //! - [`tls_upstream`] — test certificates (rcgen) and a TLS server in front
 //!   of a [`Backend`], for TLS to endpoints.
+//! - [`ws`] — a WebSocket server (echo, `who` answers its name, close
+//!   codes kept) and client helpers, with tokio-tungstenite.
 //! - [`http_get`] / [`http_request`] — a tiny blocking HTTP/1.1 client, usable
 //!   from plain `#[test]` functions without a runtime.
 //!
@@ -52,6 +54,7 @@ pub mod redis;
 pub mod redis_cluster;
 pub mod tls;
 pub mod tls_upstream;
+pub mod ws;
 
 pub use backend::{Backend, RecordedRequest};
 pub use behave::{download_pattern, is_download_pattern, parse_duration};

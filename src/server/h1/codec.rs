@@ -225,6 +225,25 @@ pub enum Persist {
 
 /// Writes the status line, the headers, `date` (if given: the headers
 /// carry none), the framing header and the `Connection` header.
+/// A `101 Switching Protocols` head: every header as given, `Connection`
+/// (`upgrade`) and `Upgrade` included, and no body framing; the connection
+/// is a tunnel after it.
+pub fn encode_upgrade_head(dst: &mut BytesMut, headers: &HeaderMap, date: Option<&[u8]>) {
+    dst.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in headers {
+        dst.put_slice(name.as_str().as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value.as_bytes());
+        dst.put_slice(b"\r\n");
+    }
+    if let Some(date) = date {
+        dst.put_slice(b"date: ");
+        dst.put_slice(date);
+        dst.put_slice(b"\r\n");
+    }
+    dst.put_slice(b"\r\n");
+}
+
 pub fn encode_response_head(
     dst: &mut BytesMut,
     status: StatusCode,

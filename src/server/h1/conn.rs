@@ -89,6 +89,16 @@ pub async fn serve<S>(
         // task should not carry its room between requests.
         match Box::pin(exchange(&mut io, &mut buf, head, &cx, &phase, draining)).await {
             Next::KeepAlive => {}
+            Next::Tunnel(tunnel) => {
+                let Tunnel { up, mut body } = *tunnel;
+                // The head buffer goes back: what the client sent after
+                // its head (if anything) is copied out for the tunnel.
+                let early = Bytes::copy_from_slice(&buf);
+                drop(buf);
+                let ended = crate::tunnel::run(&mut io, &early, up, &mut shutdown).await;
+                body.tunnel_ended(&ended);
+                return;
+            }
             Next::Close { linger } => {
                 if linger {
                     linger_close(io, b"").await;
@@ -162,8 +172,18 @@ async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// A WebSocket upgrade the endpoint accepted: its side of the tunnel, and
+/// the response body that completes the request (access log, in-flight
+/// count, bulkhead place) when the tunnel ends.
+struct Tunnel {
+    up: crate::tunnel::Upgraded,
+    body: crate::proxy::body::ResponseBody,
+}
+
 enum Next {
     KeepAlive,
+    /// The connection is now a WebSocket tunnel.
+    Tunnel(Box<Tunnel>),
     /// `linger`: unread client bytes may be in flight; read them for a
     /// moment before closing so the close does not reset the answer away.
     Close {
@@ -335,6 +355,8 @@ where
     *req.uri_mut() = head.uri;
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers;
+    // This server can turn the connection into a WebSocket tunnel.
+    req.extensions_mut().insert(crate::tunnel::CanTunnel);
 
     // Until the response head: run the pipeline and feed it the body.
     let mut handle = pin!(proxy::handle(cx.clone(), req));
@@ -371,6 +393,20 @@ where
 
     // The response, while the rest of the body (if any) is still read.
     let (parts, mut body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only a WebSocket upgrade the pipeline asked for gets a 101 here.
+        let Some(up) = body.upgraded() else {
+            return Next::Close { linger: false };
+        };
+        let mut out = BytesMut::new();
+        super::date::with_now(std::time::SystemTime::now(), |date| {
+            codec::encode_upgrade_head(&mut out, &parts.headers, Some(date));
+        });
+        if io.write_all(&out).await.is_err() {
+            return Next::Close { linger: false };
+        }
+        return Next::Tunnel(Box::new(Tunnel { up, body }));
+    }
     let says_close = parts
         .headers
         .get_all(header::CONNECTION)

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# RSS per idle WebSocket tunnel: N clients (default 10,000) each open a
+# WebSocket through the proxy (the 101 relayed), exchange one message, then
+# stay open and idle. The proxy's RSS after, minus its RSS before (warmed up
+# by a few tunnels), divided by N. Levee (server.workers = 1) against nginx
+# (1 worker, proxying WebSocket the documented way), both in front of the
+# same WebSocket echo server (Python, below).
+#
+#   LEVEE_BIN=target/release/levee bench/ws_idle.sh
+#   N=200 TARGETS="levee nginx" bench/ws_idle.sh
+#
+# Needs: nginx, python3 (standard library only). Starts what it needs and
+# stops every PID it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-10000}
+TARGETS=${TARGETS:-"levee nginx"}
+LEVEE=${LEVEE_BIN:-target/release/levee}
+OUT=${OUT:-/tmp/levee-ws-idle}
+BACKEND_PORT=${BACKEND_PORT:-9111}
+LEVEE_PORT=${LEVEE_PORT:-8095}
+NGINX_PORT=${NGINX_PORT:-8096}
+rm -rf "$OUT" && mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt $((2 * N + 200)) ]; then
+    echo "need at least $((2 * N + 200)) file descriptors (ulimit -Hn is $(ulimit -Hn))" >&2
+    exit 1
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# The WebSocket server: the RFC 6455 handshake, then echoes each frame's
+# payload back unmasked (small frames are all this benchmark sends).
+cat > "$OUT/backend.py" <<'PY'
+import asyncio, base64, hashlib, sys
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+async def serve(r, w):
+    try:
+        head = await r.readuntil(b"\r\n\r\n")
+        key = b""
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"sec-websocket-key:"):
+                key = line.split(b":", 1)[1].strip()
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        while True:
+            b0, b1 = await r.readexactly(2)
+            n = b1 & 0x7f
+            if n == 126:
+                n = int.from_bytes(await r.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await r.readexactly(8), "big")
+            mask = await r.readexactly(4) if b1 & 0x80 else b"\0\0\0\0"
+            data = bytes(c ^ mask[i % 4] for i, c in enumerate(await r.readexactly(n)))
+            if b0 & 0x0f == 8:
+                w.write(bytes([0x88, len(data)]) + data)
+                await w.drain()
+                break
+            w.write(bytes([0x80 | (b0 & 0x0f), len(data)]) + data)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        w.close()
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+PY
+
+# The client: N WebSockets, each sends one masked text frame and reads its
+# echo, then all are held idle until told to stop (a line on stdin). Prints
+# "ready <ok>" when all are up.
+cat > "$OUT/client.py" <<'PY'
+import asyncio, os, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+REQ = (b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+def frame(text):
+    mask = os.urandom(4)
+    data = bytes(c ^ mask[i % 4] for i, c in enumerate(text))
+    return bytes([0x81, 0x80 | len(text)]) + mask + data
+async def one(sem, conns):
+    async with sem:
+        r, w = await asyncio.open_connection(host, port)
+        w.write(REQ)
+        head = await r.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            return False
+        w.write(frame(b"hi"))
+        echo = await r.readexactly(4)
+        conns.append(w)
+        return echo[2:] == b"hi"
+async def main():
+    sem, conns = asyncio.Semaphore(200), []
+    results = await asyncio.gather(*(one(sem, conns) for _ in range(n)), return_exceptions=True)
+    ok = sum(1 for r in results if r is True)
+    print("ready", ok, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for w in conns:
+        w.close()
+asyncio.run(main())
+PY
+
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+python3 "$OUT/backend.py" "$BACKEND_PORT" &
+pids+=($!)
+wait_port "$BACKEND_PORT"
+
+# measure NAME PID PORT: prints "NAME before after per_tunnel_bytes ok".
+measure() {
+    local name=$1 pid=$2 port=$3
+    python3 "$OUT/client.py" 127.0.0.1 "$port" 20 < /dev/null > /dev/null 2>&1 || true
+    sleep 1
+    local before after ok
+    before=$(rss_kib "$pid")
+    mkfifo "$OUT/$name.in"
+    python3 "$OUT/client.py" 127.0.0.1 "$port" "$N" < "$OUT/$name.in" > "$OUT/$name.client" &
+    local client=$!
+    pids+=("$client")
+    exec 9> "$OUT/$name.in"
+    for _ in $(seq 900); do
+        grep -q ready "$OUT/$name.client" 2>/dev/null && break
+        sleep 0.2
+    done
+    sleep 2
+    after=$(rss_kib "$pid")
+    ok=$(awk '/ready/ {print $2}' "$OUT/$name.client")
+    echo >&9
+    exec 9>&-
+    wait "$client" || true
+    echo "$name $before $after $(( (after - before) * 1024 / N )) ${ok:-0}"
+}
+
+printf '%-8s %10s %10s %14s %8s\n' target "before KiB" "after KiB" "bytes/tunnel" "tunnels"
+for t in $TARGETS; do
+    case $t in
+        levee)
+            cat > "$OUT/levee.toml" <<TOML
+[server]
+workers = 1
+http1 = "levee"
+
+[admin]
+enabled = false
+
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "ws"
+address = "127.0.0.1:$LEVEE_PORT"
+max_connections = $((N + 100))
+
+[[clusters]]
+name = "ws"
+endpoints = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+
+[[routes]]
+name = "all"
+cluster = "ws"
+TOML
+            "$LEVEE" run --config "$OUT/levee.toml" 2> "$OUT/levee.log" &
+            lp=$!
+            pids+=("$lp")
+            wait_port "$LEVEE_PORT"
+            read -r name before after per ok < <(measure levee "$lp" "$LEVEE_PORT")
+            kill "$lp"; wait "$lp" 2>/dev/null || true
+            ;;
+        nginx)
+            cat > "$OUT/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $OUT/nginx.pid;
+events { worker_connections $((2 * N + 200)); }
+http {
+    access_log off;
+    map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+    upstream ws { server 127.0.0.1:$BACKEND_PORT; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_read_timeout 600s;
+        }
+    }
+}
+NGINX
+            nginx -p "$OUT/" -e "$OUT/nginx-error.log" -c "$OUT/nginx.conf" &
+            np=$!
+            pids+=("$np")
+            wait_port "$NGINX_PORT"
+            worker=$(pgrep -P "$np" | head -1)
+            read -r name before after per ok < <(measure nginx "$worker" "$NGINX_PORT")
+            kill "$np"; wait "$np" 2>/dev/null || true
+            ;;
+        *) echo "unknown target $t" >&2; exit 1 ;;
+    esac
+    printf '%-8s %10s %10s %14s %8s\n' "$name" "$before" "$after" "$per" "$ok"
+done
