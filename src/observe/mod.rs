@@ -3,7 +3,9 @@
 pub mod access_log;
 pub mod chaos;
 pub mod known;
+pub mod latency;
 pub mod metrics;
+pub mod route_stats;
 pub mod tcp;
 pub mod trace;
 

@@ -155,8 +155,14 @@ impl Completion {
             .and_then(|r| r.route.metrics(r.target))
             .unwrap_or(&snapshot.unrouted);
         metrics.record(outcome.status, total.as_secs_f64());
-        if let Some(slo) = outcome.routed.as_ref().and_then(|r| r.route.slo.as_ref()) {
-            slo.record(outcome.status, total, crate::slo::unix_now());
+        if let Some(route) = outcome.routed.as_ref().map(|r| &r.route) {
+            let unix = crate::slo::unix_now();
+            if let Some(slo) = &route.slo {
+                slo.record(outcome.status, total, unix);
+            }
+            if let Some(stats) = &route.stats {
+                stats.record(unix, outcome.status, total);
+            }
         }
         let shared = &cx.shared;
         if let Some(e) = outcome.error {
