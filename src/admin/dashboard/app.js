@@ -118,11 +118,13 @@ function renderClusters(status) {
     if (c.adaptive_concurrency) extra.push("adaptive limit " + c.adaptive_concurrency.limit);
     if (c.retry_budget) extra.push("retries refused " + c.retry_budget.refused);
     const rows = c.endpoints.map(e => {
-      const state = e.ejected ? "ejected" : e.state;
+      const state = el("td", {}, badge(e.state, "state"));
+      // Ejected by outlier detection: apart from the health state.
+      if (e.ejected) state.append(" ", badge("ejected", "state"));
       return el("tr", { "data-endpoint": c.name + "/" + e.address, "data-state": e.state,
           "data-usable": String(e.usable), "data-ejected": String(e.ejected) },
         el("td", {}, e.address + (e.backup ? " (backup)" : "")),
-        el("td", {}, badge(state, "state")),
+        state,
         el("td", {}, e.usable ? "yes" : "no"),
         el("td", {}, breakerBadge(e.breaker)),
         el("td", { class: "num" }, e.in_flight),
