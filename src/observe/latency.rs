@@ -151,13 +151,14 @@ impl Latency {
         }
     }
 
-    /// Percentiles over the last `minutes` minutes up to `now` (the current,
-    /// partial minute and `minutes − 1` whole ones before it).
+    /// Percentiles over the last `minutes` minutes up to `now`: the current,
+    /// partial minute and `minutes` whole ones before it, so that a window
+    /// never shrinks to the few seconds a new minute has had.
     pub fn window(&self, now: u64, minutes: u64) -> Percentiles {
         let last = now / 60 + 1;
         let n = minutes.clamp(1, MINUTES as u64 - 1);
         let mut sums = vec![0u64; BUCKETS];
-        self.gather(last.saturating_sub(n - 1), last, &mut sums);
+        self.gather(last.saturating_sub(n), last, &mut sums);
         percentiles(&sums)
     }
 
@@ -264,11 +265,12 @@ mod tests {
             l.record(t0 + m * 60, Duration::from_millis(10));
         }
         let now = t0 + 4 * 60 + 30;
-        assert_eq!(l.window(now, 1).count, 1);
-        assert!(l.window(now, 4).p99_ms < 11.0);
-        let five = l.window(now, 5);
-        assert_eq!(five.count, 5);
-        assert!(five.p99_ms >= 1000.0, "{five:?}");
+        // The current minute and the whole one before it.
+        assert_eq!(l.window(now, 1).count, 2);
+        assert!(l.window(now, 3).p99_ms < 11.0);
+        let four = l.window(now, 4);
+        assert_eq!(four.count, 5);
+        assert!(four.p99_ms >= 1000.0, "{four:?}");
         let s = l.series(now, 5);
         assert_eq!(s.len(), 5);
         assert_eq!(s[0].0, t0);

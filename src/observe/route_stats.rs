@@ -302,4 +302,39 @@ mod tests {
         let (_, checks) = check(&s, &targets, now + 3600);
         assert!(checks.iter().all(|c| c.met));
     }
+
+    /// The request path's cost: printed so it can be read with
+    /// `cargo test --lib observe::route_stats::tests::record_cost -- --nocapture`;
+    /// bounded generously so only a pathological regression fails it.
+    #[test]
+    fn record_cost() {
+        let s = Arc::new(RouteStats::new());
+        let n = 1_000_000u64;
+        let started = std::time::Instant::now();
+        let threads: Vec<_> = (0..2)
+            .map(|k| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..n {
+                        let status = if (i + k) % 100 == 0 { 503 } else { 200 };
+                        s.record(
+                            1_800_000_000 + i / 10_000,
+                            status,
+                            Duration::from_micros(100 + i % 5000),
+                        );
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let per = started.elapsed() / (2 * n as u32);
+        println!("route stats record: {per:?} per request (2 threads, one route)");
+        assert!(per < Duration::from_micros(5), "{per:?}");
+        // 100 s of requests: all within the 15-minute window, but for the
+        // odd one lost to a minute's turnover.
+        let p = s.latency(1_800_000_000 + n / 10_000, 15);
+        assert!(p.count + 10 >= 2 * n, "{}", p.count);
+    }
 }
