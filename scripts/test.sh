@@ -8,8 +8,9 @@ need=()
 # redis-tools: redis-cli creates the Redis Cluster; openssl makes the TLS tests' certificates
 # and is the s_client of tests/tls.rs, as curl (--resolve) is;
 # nginx: a real TLS endpoint (tests/upstream_tls.rs);
-# postgresql: the failover test runs a primary and a streaming replica (tests/postgres_failover.rs).
-for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx postgresql:/usr/lib/postgresql/15/bin/initdb; do
+# postgresql: the failover test runs a primary and a streaming replica (tests/postgres_failover.rs);
+# chromium, chromium-driver: the dashboard's browser test (tests/dashboard.rs).
+for pkg_bin in curl:curl redis-server:redis-server redis-tools:redis-cli openssl:openssl dnsmasq:dnsmasq nginx:nginx postgresql:/usr/lib/postgresql/15/bin/initdb chromium:chromium chromium-driver:chromedriver; do
     bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

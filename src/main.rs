@@ -24,8 +24,9 @@ use levee::server::Server;
 /// error (filter with LEVEE_LOG, e.g. LEVEE_LOG=debug; the default is
 /// info,rustls=error); the access log is
 /// JSON lines on standard output unless configured otherwise. The admin API
-/// (/status, /metrics, /availability, /slo, /events, POST /reload, PUT
-/// /degradation, draining endpoints, faults) and the signals are in
+/// (/dashboard, a live page; /status, /metrics, /availability, /slo, /stats,
+/// /events, POST /reload, PUT /degradation, draining endpoints, faults;
+/// /openapi.json describes it) and the signals are in
 /// docs/operations.md; `levee availability` and the single-point-of-failure
 /// report in docs/availability.md; fault injection and `levee chaos run` in
 /// docs/chaos.md; SLOs, events and `levee slo rules` in docs/slo.md.

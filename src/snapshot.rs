@@ -151,7 +151,8 @@ impl Snapshot {
                                     .collect::<Vec<_>>(),
                             ),
                         )
-                        .with_slo(metrics.slos.route(&name, r.slo.as_ref())),
+                        .with_slo(metrics.slos.route(&name, r.slo.as_ref()))
+                        .with_stats(metrics.route_stats.route(&name)),
                     ),
                 )
             })

@@ -384,6 +384,16 @@ fn a_wrong_slo_is_refused_with_its_place() {
             "latency 0",
         ),
         (
+            "slo = { target = 99.9, latency_targets = { p95 = \"200ms\" } }",
+            "routes[0].slo.latency_targets.p95",
+            "unknown percentile \"p95\"",
+        ),
+        (
+            "slo = { target = 99.9, latency_targets = { p99 = \"0s\" } }",
+            "routes[0].slo.latency_targets.p99",
+            "can never be met",
+        ),
+        (
             "slo = { target = 99.9, colour = 1 }",
             "colour",
             "unknown field",
@@ -639,4 +649,101 @@ fn the_access_log_in_text_keeps_every_error_and_samples_successes() {
     let (code, _, stderr) = Levee::check(&refused);
     assert_eq!(code, 1);
     assert!(stderr.contains("access_log.success_sample"), "{stderr}");
+}
+
+/// Latency percentiles per route from its histogram (`GET /stats`, the
+/// `levee_route_latency_seconds` gauges) and a route's latency targets
+/// judged against the last 5 minutes (`GET /slo`, the target gauges).
+#[test]
+fn latency_percentiles_and_targets() {
+    let b = Backend::start("b1");
+    let listen = free_addr();
+    let config = ConfigBuilder::new()
+        .listener("main", listen)
+        .cluster_with("app", &[b.addr()], &["retry = { max_attempts = 1 }"])
+        .route_with(
+            "api",
+            "app",
+            &[
+                "headers = { \"x-route\" = \"api\" }",
+                "slo = { target = 99.0, latency_targets = { p50 = \"200ms\", p99 = \"300ms\" } }",
+            ],
+        )
+        .route("other", "app")
+        .build();
+    let levee = Levee::start(&config);
+    // 8 fast answers, 2 slow ones (600 ms): p50 fast, p99 slow.
+    for i in 0..10 {
+        let delay = if i % 5 == 4 { "600ms" } else { "0ms" };
+        assert_eq!(get(listen, "api", &format!("/?delay={delay}")), 200);
+    }
+    assert_eq!(get(listen, "other", "/status/503"), 503);
+
+    let slo = levee
+        .admin_get("/slo")
+        .expect("GET /slo")
+        .json()
+        .expect("JSON");
+    let lat = &slo["routes"]["api"]["latency"];
+    assert_eq!(lat["window"], "5m", "{slo}");
+    assert_eq!(lat["percentiles"]["count"], 10, "{lat}");
+    let p50 = lat["percentiles"]["p50_ms"].as_f64().expect("p50");
+    let p99 = lat["percentiles"]["p99_ms"].as_f64().expect("p99");
+    assert!(p50 < 200.0, "{lat}");
+    // At most 3.1 % above the true value, never below.
+    assert!((600.0..700.0).contains(&p99), "{lat}");
+    let targets = lat["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2, "{lat}");
+    assert_eq!(
+        (&targets[0]["percentile"], &targets[0]["met"]),
+        (&"p50".into(), &true.into())
+    );
+    assert_eq!(
+        (&targets[1]["percentile"], &targets[1]["met"]),
+        (&"p99".into(), &false.into())
+    );
+    assert_eq!(targets[1]["under_ms"], 300.0);
+
+    let stats = levee
+        .admin_get("/stats")
+        .expect("GET /stats")
+        .json()
+        .expect("JSON");
+    let other = &stats["routes"]["other"];
+    assert_eq!(other["latency"]["1m"]["count"], 1, "{stats}");
+    assert_eq!(other["error_ratio"], 1.0, "{other}");
+    assert_eq!(other["slo"], serde_json::Value::Null);
+    let errors: u64 = other["series"]["errors"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(errors, 1, "{other}");
+    assert_eq!(
+        stats["routes"]["api"]["slo"]["latency"]["targets"][1]["met"],
+        false
+    );
+
+    // The control loop sets the gauges.
+    assert!(
+        wait_until(EVAL, || levee
+            .metric(
+                "levee_slo_latency_target_met",
+                &[("route", "api"), ("quantile", "p99")]
+            )
+            .is_some_and(|v| v == 0.0)),
+        "{}",
+        levee.metrics_text()
+    );
+    let met = levee.metric(
+        "levee_slo_latency_target_met",
+        &[("route", "api"), ("quantile", "p50")],
+    );
+    assert_eq!(met, Some(1.0));
+    let p99 = levee.metric(
+        "levee_route_latency_seconds",
+        &[("route", "api"), ("window", "5m"), ("quantile", "p99")],
+    );
+    assert!(p99.is_some_and(|v| (0.6..0.7).contains(&v)), "{p99:?}");
 }

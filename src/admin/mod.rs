@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+mod dashboard;
 mod faults;
 
 use crate::observe::access_log::rfc3339_millis;
@@ -26,6 +27,7 @@ use crate::shared::Shared;
 
 pub mod events;
 pub mod slo;
+pub mod stats;
 
 /// A request to the server's control loop from the admin API.
 pub enum Control {
@@ -35,10 +37,15 @@ pub enum Control {
 /// Every endpoint of the admin API, as the 404 answer lists them.
 pub const ENDPOINTS: &[&str] = &[
     "GET /healthz",
+    "GET /dashboard",
+    "GET /dashboard/app.js",
+    "GET /dashboard/app.css",
+    "GET /openapi.json",
     "GET /metrics",
     "GET /status",
     "GET /availability",
     "GET /slo",
+    "GET /stats",
     "GET /events",
     "GET /events/stream",
     "POST /reload",
@@ -111,7 +118,8 @@ fn reply_json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>>
     reply(status, "application/json", s)
 }
 
-/// The refusal when `admin.token` is set and the request lacks it.
+/// The refusal when `admin.token` is set and the request lacks it (as
+/// `Authorization: Bearer`, or as the dashboard's cookie).
 fn unauthorized<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
     let token = shared.snapshot.load().config.admin.token.clone()?;
     let given = req
@@ -119,10 +127,11 @@ fn unauthorized<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<By
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    (!token_matches(given, &token)).then(|| {
+    let cookie = dashboard::cookie_token(req.headers());
+    (!token_matches(given, &token) && !token_matches(cookie, &token)).then(|| {
         reply_json(
             StatusCode::UNAUTHORIZED,
-            json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token>"}),
+            json!({"error": "unauthorized", "message": "admin token required: Authorization: Bearer <token> (in a browser: open /dashboard?token=<token>)"}),
         )
     })
 }
@@ -136,8 +145,22 @@ async fn route(
     if path == "/healthz" {
         return reply(StatusCode::OK, "text/plain", "ok\n");
     }
+    // A browser opening the dashboard with the token in its address: the
+    // token goes into a cookie (admin/dashboard.rs).
+    if path == "/dashboard"
+        && let Some(given) = dashboard::query_token(req.uri().query())
+        && let Some(token) = shared.snapshot.load().config.admin.token.clone()
+        && token_matches(Some(given), &token)
+    {
+        return dashboard::login(&token);
+    }
     if let Some(denied) = unauthorized(&req, shared) {
         return denied;
+    }
+    if req.method() == Method::GET
+        && let Some(page) = dashboard::asset(path)
+    {
+        return page;
     }
     match (req.method(), path) {
         (&Method::GET, "/metrics") => reply(
@@ -157,6 +180,14 @@ async fn route(
         (&Method::GET, "/slo") => reply_json(
             StatusCode::OK,
             slo::reports(&shared.snapshot.load(), crate::slo::unix_now()),
+        ),
+        (&Method::GET, "/stats") => reply_json(
+            StatusCode::OK,
+            stats::report(
+                &shared.snapshot.load(),
+                req.uri().query(),
+                crate::slo::unix_now(),
+            ),
         ),
         (&Method::GET, "/events") => events::list(&req),
         (&Method::POST, "/reload") => {
@@ -195,7 +226,8 @@ async fn route(
         (&Method::DELETE, p) if p.starts_with("/faults/") => faults::delete(p, shared),
         (
             _,
-            "/metrics" | "/status" | "/reload" | "/degradation" | "/faults" | "/slo" | "/events",
+            "/metrics" | "/status" | "/reload" | "/degradation" | "/faults" | "/slo" | "/stats"
+            | "/events",
         ) => reply_json(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method_not_allowed", "message": format!("admin endpoints: {}", ENDPOINTS.join(", ")), "endpoints": ENDPOINTS}),
@@ -453,6 +485,31 @@ fn status(shared: &Shared) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every endpoint the router serves (the list its 404 answer gives) is
+    /// in the OpenAPI description, and it describes no other.
+    #[test]
+    fn openapi_describes_every_endpoint() {
+        let doc: serde_json::Value = serde_json::from_str(dashboard::OPENAPI).unwrap();
+        let mut described: Vec<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| format!("{} {path}", m.to_uppercase()))
+            })
+            .collect();
+        let mut served: Vec<String> = ENDPOINTS
+            .iter()
+            .map(|e| e.replace("{ip:port}", "{endpoint}"))
+            .collect();
+        described.sort();
+        served.sort();
+        assert_eq!(described, served);
+    }
 
     #[test]
     fn token_comparison() {

@@ -26,8 +26,28 @@ pub fn reports(snapshot: &Snapshot, now: u64) -> serde_json::Value {
         .filter_map(|r| {
             let slo = r.slo.as_ref()?;
             let report = slo.tracker.peek(&slo.objective, now);
-            Some((r.name.to_string(), serde_json::to_value(report).ok()?))
+            let mut v = serde_json::to_value(report).ok()?;
+            if let (Some(o), Some(stats)) = (v.as_object_mut(), &r.stats) {
+                o.insert("latency".into(), latency(stats, &slo.latency_targets, now));
+            }
+            Some((r.name.to_string(), v))
         })
         .collect();
     serde_json::json!({ "routes": routes })
+}
+
+/// A route's percentiles over the last 5 minutes and its latency targets
+/// judged against them.
+pub fn latency(
+    stats: &crate::observe::route_stats::RouteStats,
+    targets: &[(&'static str, std::time::Duration)],
+    now: u64,
+) -> serde_json::Value {
+    use crate::observe::route_stats::{TARGET_MINUTES, check};
+    let (p, checks) = check(stats, targets, now);
+    serde_json::json!({
+        "window": format!("{TARGET_MINUTES}m"),
+        "percentiles": p,
+        "targets": checks,
+    })
 }

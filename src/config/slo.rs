@@ -24,6 +24,11 @@ pub struct SloConfig {
     /// the end of the response). Unset: latency does not count.
     #[serde(default)]
     pub latency: Option<Spanned<Duration>>,
+    /// Latency percentile objectives, judged over the last 5 minutes from
+    /// the route's histogram: `{ p99 = "200ms", p50 = "20ms" }` (keys `p50`,
+    /// `p90`, `p99`, `p99.9`).
+    #[serde(default)]
+    pub latency_targets: std::collections::BTreeMap<String, Spanned<Duration>>,
 }
 
 /// `[slo]`: keeping the routes' SLO counts across restarts.
@@ -58,6 +63,10 @@ fn default_good() -> Vec<Spanned<String>> {
 }
 
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The percentiles `latency_targets` may name (`observe::latency` reports
+/// these).
+pub const PERCENTILES: [&str; 4] = ["p50", "p90", "p99", "p99.9"];
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     // The access log's sampling sits here with the other observability
@@ -129,6 +138,25 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                         c.get_ref(),
                         CLASSES.join(", ")
                     ),
+                ));
+            }
+        }
+        for (q, d) in &slo.latency_targets {
+            if !PERCENTILES.contains(&q.as_str()) {
+                return Err(invalid(
+                    d.span(),
+                    format!("{key}.latency_targets.{q}"),
+                    format!(
+                        "unknown percentile {q:?}; latency_targets keys are {}",
+                        PERCENTILES.join(", ")
+                    ),
+                ));
+            }
+            if d.get_ref().get().is_zero() {
+                return Err(invalid(
+                    d.span(),
+                    format!("{key}.latency_targets.{q}"),
+                    "a latency target of 0 can never be met; write e.g. \"200ms\"",
                 ));
             }
         }

@@ -170,6 +170,8 @@ pub struct Metrics {
     pub grpc: crate::observe::grpc::GrpcMetrics,
     /// Routes' SLO trackers and gauges (`slo::Registry`).
     pub slos: crate::slo::Registry,
+    /// Every route's rates and latency percentiles (`observe::route_stats`).
+    pub route_stats: crate::observe::route_stats::Registry,
     /// TLS termination (`crate::tls::metrics`).
     pub tls: crate::tls::metrics::TlsMetrics,
 }
@@ -388,11 +390,13 @@ impl Metrics {
         let chaos = crate::observe::chaos::ChaosMetrics::register(&mut registry);
         let grpc = crate::observe::grpc::GrpcMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
+        let route_stats = crate::observe::route_stats::Registry::new(&mut registry);
         let tls = crate::tls::metrics::TlsMetrics::register(&mut registry);
         let metrics = Metrics {
             tls,
             registry,
             slos,
+            route_stats,
             chaos,
             grpc,
             tcp,

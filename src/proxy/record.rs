@@ -231,8 +231,14 @@ impl Completion {
             .and_then(|t| Some((t.start + t.head?).saturating_duration_since(arrival.start)))
             .unwrap_or(total);
         metrics.record(outcome.status, answered.as_secs_f64());
-        if let Some(slo) = outcome.routed.as_ref().and_then(|r| r.route.slo.as_ref()) {
-            slo.record(outcome.status, answered, crate::slo::unix_now());
+        if let Some(route) = outcome.routed.as_ref().map(|r| &r.route) {
+            let unix = crate::slo::unix_now();
+            if let Some(slo) = &route.slo {
+                slo.record(outcome.status, answered, unix);
+            }
+            if let Some(stats) = &route.stats {
+                stats.record(unix, outcome.status, answered);
+            }
         }
         let shared = &cx.shared;
         if let Some(e) = outcome.error {

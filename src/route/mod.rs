@@ -146,6 +146,8 @@ pub struct Route {
     pub own_metrics: Option<RouteMetrics>,
     /// The route's SLO: its objective and the counts it is judged by.
     pub slo: Option<Arc<crate::slo::registry::RouteSlo>>,
+    /// Rates and latency percentiles for the dashboard and `GET /stats`.
+    pub stats: Option<Arc<crate::observe::route_stats::RouteStats>>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -197,7 +199,13 @@ impl Route {
             rewrite: None,
             own_metrics: None,
             slo: None,
+            stats: None,
         }
+    }
+
+    pub fn with_stats(mut self, stats: Arc<crate::observe::route_stats::RouteStats>) -> Route {
+        self.stats = Some(stats);
+        self
     }
 
     pub fn with_slo(mut self, slo: Option<Arc<crate::slo::registry::RouteSlo>>) -> Route {

@@ -79,6 +79,7 @@ pub async fn slos(shared: Arc<Shared>) {
 /// One evaluation at `now` (Unix seconds).
 pub fn evaluate_slos(shared: &Shared, now: u64) {
     let snapshot = shared.snapshot.load_full();
+    crate::admin::stats::publish(shared, &snapshot, now);
     for route in crate::admin::slo::routes(&snapshot) {
         let Some(slo) = &route.slo else { continue };
         let report = slo.tracker.evaluate(&slo.objective, now);

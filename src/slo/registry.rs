@@ -18,6 +18,9 @@ use crate::config::slo::SloConfig;
 pub struct RouteSlo {
     pub objective: Objective,
     pub tracker: Arc<Tracker>,
+    /// Latency percentile objectives: (`p99`, under), judged over 5 minutes
+    /// from the route's histogram (`observe::route_stats`).
+    pub latency_targets: Vec<(&'static str, Duration)>,
     /// The SLI as counters, for Prometheus rules (`levee slo rules`).
     requests: Counter,
     bad: Counter,
@@ -120,7 +123,12 @@ impl Registry {
     /// The route's SLO for a snapshot being built: its tracker as the last
     /// snapshot left it (so a reload keeps the budget), or a new one.
     pub fn route(&self, name: &str, config: Option<&SloConfig>) -> Option<Arc<RouteSlo>> {
-        let objective = Objective::from_config(config?);
+        let config = config?;
+        let objective = Objective::from_config(config);
+        let latency_targets = crate::config::slo::PERCENTILES
+            .iter()
+            .filter_map(|q| Some((*q, config.latency_targets.get(*q)?.get_ref().get())))
+            .collect();
         let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
         trackers.retain(|_, t| t.strong_count() > 0);
         let old = trackers.get(name).and_then(Weak::upgrade);
@@ -143,6 +151,7 @@ impl Registry {
         Some(Arc::new(RouteSlo {
             objective,
             tracker,
+            latency_targets,
             requests: self.requests.get_or_create_owned(&labels),
             bad: self.bad.get_or_create_owned(&labels),
         }))
