@@ -9,6 +9,8 @@
 //! duration = "60s"         # how long the faults stay in
 //! recovery = "5s"          # and must hold again this long after
 //! check_every = "250ms"    # at most 1s
+//! ramp = [10, 50, 100]     # optional: the blast radius in steps, each an
+//!                          # equal share of the duration, while it holds
 //!
 //! [hypothesis]
 //! route = "api"
@@ -16,6 +18,8 @@
 //! max_p99 = "300ms"
 //! window = "10s"
 //! min_requests = 20
+//! min_error_budget = 25    # optional: % of the route's SLO error budget
+//!                          # that must be left to start and to go on
 //!
 //! [load]                   # optional
 //! url = "http://127.0.0.1:8080/"
@@ -50,6 +54,8 @@ struct ExperimentFile {
     check_every: ConfigDuration,
     hypothesis: HypothesisFile,
     #[serde(default)]
+    ramp: Vec<f64>,
+    #[serde(default)]
     load: Option<LoadFile>,
     faults: Vec<toml::Table>,
 }
@@ -73,6 +79,8 @@ struct HypothesisFile {
     window: Option<ConfigDuration>,
     #[serde(default = "twenty")]
     min_requests: u64,
+    #[serde(default)]
+    min_error_budget: Option<f64>,
 }
 
 fn twenty() -> u64 {
@@ -94,6 +102,13 @@ pub struct Plan {
     pub check_every: Duration,
     /// The `[[faults]]` document to post.
     pub faults: String,
+    /// The same faults, to post again at each step of the ramp.
+    tables: Vec<toml::Table>,
+    /// The blast radius of each step (empty: the faults' own percent).
+    pub ramp: Vec<f64>,
+    /// The share (percent) of the route's error budget that must be left
+    /// to start, and to go on.
+    pub min_error_budget: Option<f64>,
     pub fault_names: Vec<String>,
     pub load: Option<(http::Uri, f64)>,
 }
@@ -131,6 +146,30 @@ pub fn load(path: &Path, text: &str) -> Result<Plan, String> {
             "hypothesis.max_error_rate: {r} is not a percentage; use 0 to 100"
         )));
     }
+    if let Some(b) = h.min_error_budget
+        && !(0.0..=100.0).contains(&b)
+    {
+        return Err(at(format!(
+            "hypothesis.min_error_budget: {b} is not a percentage of the error budget; use 0 to 100"
+        )));
+    }
+    if let Some(p) = file.ramp.iter().find(|p| !(0.0..=100.0).contains(*p)) {
+        return Err(at(format!("ramp: {p} is not a percentage; use 0 to 100")));
+    }
+    if file.ramp.windows(2).any(|w| w[1] <= w[0]) {
+        return Err(at(format!(
+            "ramp: {:?}: the steps raise the blast radius; list them in ascending order",
+            file.ramp
+        )));
+    }
+    if !file.ramp.is_empty() && schedule.duration.div_f64(file.ramp.len() as f64) < check_every {
+        return Err(at(format!(
+            "ramp: {} steps in {} leave less than check_every ({}) per step",
+            file.ramp.len(),
+            file.duration,
+            file.check_every
+        )));
+    }
     if file.faults.is_empty() {
         return Err(at(
             "faults: an experiment needs at least one [[faults]]".into()
@@ -138,8 +177,8 @@ pub fn load(path: &Path, text: &str) -> Result<Plan, String> {
     }
     // The safety net: a fault outlives a dead runner by this much at most.
     let ttl = schedule.duration + Duration::from_secs(10);
-    let mut faults = Vec::new();
     let mut fault_names = Vec::new();
+    let mut tables = Vec::new();
     for mut f in file.faults {
         if !f.contains_key("ttl") {
             f.insert(
@@ -150,11 +189,9 @@ pub fn load(path: &Path, text: &str) -> Result<Plan, String> {
         if let Some(toml::Value::String(n)) = f.get("name") {
             fault_names.push(n.clone());
         }
-        faults.push(toml::Value::Table(f));
+        tables.push(f);
     }
-    let mut doc = toml::Table::new();
-    doc.insert("faults".into(), toml::Value::Array(faults));
-    let faults = toml::to_string(&doc).map_err(|e| at(e.to_string()))?;
+    let faults = document(&tables, file.ramp.first().copied());
     crate::config::chaos::parse_faults(path, &faults, None).map_err(|e| {
         format!(
             "{}: {}: {} (in [[faults]])",
@@ -197,9 +234,37 @@ pub fn load(path: &Path, text: &str) -> Result<Plan, String> {
         schedule,
         check_every,
         faults,
+        tables,
+        ramp: file.ramp,
+        min_error_budget: file.hypothesis.min_error_budget,
         fault_names,
         load,
     })
+}
+
+/// The `[[faults]]` document of `tables`, each at `percent` if given.
+fn document(tables: &[toml::Table], percent: Option<f64>) -> String {
+    let faults = tables
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if let Some(p) = percent {
+                t.insert("percent".into(), toml::Value::Float(p));
+            }
+            toml::Value::Table(t)
+        })
+        .collect();
+    let mut doc = toml::Table::new();
+    doc.insert("faults".into(), toml::Value::Array(faults));
+    // A table of TOML values always serializes.
+    toml::to_string(&doc).unwrap_or_default()
+}
+
+impl Plan {
+    /// The faults to post for a step of the ramp at `percent`.
+    pub fn faults_at(&self, percent: f64) -> String {
+        document(&self.tables, Some(percent))
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "http2_other_error",
     "http2_keepalive_timeout",
     "fault_injected",
+    "fault_reset",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`
@@ -190,7 +191,8 @@ mod tests {
             | E::BadHost
             | E::ConnectRefused
             | E::RewriteFailed
-            | E::FaultAbort(_) => e.code(),
+            | E::FaultAbort(_)
+            | E::FaultReset => e.code(),
         };
         for e in [
             E::NoRoute,
@@ -213,6 +215,7 @@ mod tests {
             E::RewriteFailed,
             E::ConnectRefused,
             E::FaultAbort(503),
+            E::FaultReset,
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");
         }

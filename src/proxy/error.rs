@@ -41,6 +41,9 @@ pub enum ProxyError {
     RewriteFailed,
     /// An injected fault (`chaos`) aborted the request with this status.
     FaultAbort(u16),
+    /// An injected fault (`chaos`) on the route: the client's connection
+    /// is closed without an answer (the status is only logged).
+    FaultReset,
 }
 
 impl ProxyError {
@@ -87,6 +90,7 @@ impl ProxyError {
             ProxyError::FaultAbort(s) => {
                 StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
+            ProxyError::FaultReset => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -112,6 +116,7 @@ impl ProxyError {
             ProxyError::ConnectRefused => "connect_refused",
             ProxyError::RewriteFailed => "rewrite_failed",
             ProxyError::FaultAbort(_) => "fault_injected",
+            ProxyError::FaultReset => "fault_reset",
         }
     }
 
@@ -143,6 +148,9 @@ impl ProxyError {
                 "the route's rewrite rules made no valid request from this one"
             }
             ProxyError::FaultAbort(_) => "a fault injected by the operator (chaos) answered this",
+            ProxyError::FaultReset => {
+                "a fault injected by the operator (chaos) closed the connection"
+            }
         }
     }
 

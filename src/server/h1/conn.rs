@@ -371,6 +371,14 @@ where
 
     // The response, while the rest of the body (if any) is still read.
     let (parts, mut body) = response.into_parts();
+    // A route's reset fault (chaos): not a byte of the answer.
+    if parts
+        .extensions
+        .get::<crate::chaos::inject::ResetConnection>()
+        .is_some()
+    {
+        return Next::Close { linger: false };
+    }
     let says_close = parts
         .headers
         .get_all(header::CONNECTION)
