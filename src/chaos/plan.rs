@@ -289,6 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn the_ramped_demo_experiment_fits_the_demo() {
+        let path = Path::new("examples/chaos/demo-ramp.toml");
+        let text = include_str!("../../examples/chaos/demo-ramp.toml");
+        let plan = load(path, text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.ramp, [10.0, 50.0, 100.0]);
+        // The first post is at the first step's percent; each step's posts.
+        assert!(plan.faults.contains("percent = 10.0"), "{}", plan.faults);
+        let names: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:910{i}")).collect();
+        let demo = crate::config::demo_text("127.0.0.1:8080", "127.0.0.1:9900", &names);
+        let config = crate::config::parse(Path::new("<demo>"), &demo).unwrap();
+        let faults = crate::config::chaos::parse_faults(
+            Path::new("POST /faults"),
+            &plan.faults_at(50.0),
+            Some(&config),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(*faults[0].percent.get_ref(), 50.0);
+    }
+
+    #[test]
     fn bad_experiments_are_refused_with_the_reason() {
         let base = "name = \"x\"\nduration = \"5s\"\n[hypothesis]\nroute = \"api\"\nmax_p99 = \"300ms\"\n[[faults]]\nname = \"f\"\nroute = \"api\"\npercent = 10\nabort = 503\n";
         assert!(load(Path::new("e.toml"), base).is_ok());
@@ -307,6 +327,15 @@ mod tests {
         );
         let e = refused(&format!("{base}[load]\nurl = \"ftp://x/\"\nrate = 5\n"));
         assert!(e.contains("load.url"), "{e}");
+        let e = refused(&format!("ramp = [50, 10]\n{base}"));
+        assert!(e.contains("ascending"), "{e}");
+        let e = refused(&format!("ramp = [10, 150]\n{base}"));
+        assert!(e.contains("ramp: 150 is not a percentage"), "{e}");
+        let steps: Vec<String> = (1..=30).map(|i| i.to_string()).collect();
+        let e = refused(&format!("ramp = [{}]\n{base}", steps.join(", ")));
+        assert!(e.contains("less than check_every"), "{e}");
+        let e = refused(&base.replace("max_p99", "min_error_budget = 120\nmax_p99"));
+        assert!(e.contains("hypothesis.min_error_budget: 120"), "{e}");
         let e = refused(&format!("bogus = 1\n{base}"));
         assert!(e.contains("unknown field `bogus`"), "{e}");
     }
