@@ -814,6 +814,10 @@ min_requests = 5
 [load]
 url = "http://{listen}/ramp/x"
 rate = 40
+start_rate = 10
+ramp_up = "2s"
+fail_url = "http://{listen}/nowhere"
+fail_percent = 10
 
 [[faults]]
 name = "ramp-slow"
@@ -844,6 +848,24 @@ delay = "50ms"
     );
     assert_eq!(replaced, Some(2.0));
     assert!(out.contains("| 3 | 100 % |"), "{out}");
+    // The load ramped up, and a tenth of it went to the failing URL.
+    let load = &report["load"];
+    let per_second: Vec<u64> = load["sent_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert!(
+        per_second.len() >= 4 && per_second[0] < per_second[3],
+        "{load}"
+    );
+    let sent = load["sent"].as_u64().unwrap() as f64;
+    let not_found = load["by_status"]["404"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (0.05..=0.15).contains(&(not_found / sent)),
+        "{not_found} of {sent} to the failing URL: {load}"
+    );
     assert!(out.contains("blast radius raised to 50 %"), "{out}");
 }
 

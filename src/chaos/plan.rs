@@ -24,6 +24,10 @@
 //! [load]                   # optional
 //! url = "http://127.0.0.1:8080/"
 //! rate = 50                # requests per second
+//! start_rate = 5           # optional, with ramp_up: rising to `rate`
+//! ramp_up = "10s"
+//! fail_url = "http://127.0.0.1:8080/login?bad=1"  # optional, with
+//! fail_percent = 10        # fail_percent: this share goes there
 //!
 //! [[faults]]               # as in the configuration; ttl optional here
 //! name = "slow-one"
@@ -92,6 +96,14 @@ fn twenty() -> u64 {
 struct LoadFile {
     url: String,
     rate: f64,
+    #[serde(default)]
+    start_rate: Option<f64>,
+    #[serde(default)]
+    ramp_up: Option<ConfigDuration>,
+    #[serde(default)]
+    fail_url: Option<String>,
+    #[serde(default)]
+    fail_percent: Option<f64>,
 }
 
 /// An experiment read and checked.
@@ -110,7 +122,7 @@ pub struct Plan {
     /// to start, and to go on.
     pub min_error_budget: Option<f64>,
     pub fault_names: Vec<String>,
-    pub load: Option<(http::Uri, f64)>,
+    pub load: Option<super::load::Load>,
 }
 
 /// Reads an experiment file; the error names the file and what is wrong.
@@ -200,25 +212,57 @@ pub fn load(path: &Path, text: &str) -> Result<Plan, String> {
             e.message
         )
     })?;
+    let url = |key: &str, url: &str| -> Result<http::Uri, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| at(format!("load.{key}: {url:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(at(format!(
+                "load.{key}: {url:?}: use http://host:port/path"
+            )));
+        }
+        Ok(uri)
+    };
+    let rate_ok = |key: &str, rate: f64| {
+        if rate > 0.0 && rate <= 10_000.0 {
+            Ok(rate)
+        } else {
+            Err(at(format!(
+                "load.{key}: {rate} requests per second; use above 0, at most 10000"
+            )))
+        }
+    };
     let load = match file.load {
         Some(l) => {
-            let uri: http::Uri = l
-                .url
-                .parse()
-                .map_err(|e| at(format!("load.url: {:?}: {e}", l.url)))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(at(format!(
-                    "load.url: {:?}: use http://host:port/path",
-                    l.url
-                )));
+            let fail = match (&l.fail_url, l.fail_percent) {
+                (Some(u), Some(p)) if (0.0..=100.0).contains(&p) => Some((url("fail_url", u)?, p)),
+                (Some(_), Some(p)) => {
+                    return Err(at(format!(
+                        "load.fail_percent: {p} is not a percentage; use 0 to 100"
+                    )));
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(at(
+                        "load: fail_url and fail_percent go together (a share of the requests to another URL)".into(),
+                    ));
+                }
+            };
+            if l.start_rate.is_some() != l.ramp_up.is_some() {
+                return Err(at(
+                    "load: start_rate and ramp_up go together (the rate rises from start_rate to rate over ramp_up)".into(),
+                ));
             }
-            if !(l.rate > 0.0 && l.rate <= 10_000.0) {
-                return Err(at(format!(
-                    "load.rate: {} requests per second; use above 0, at most 10000",
-                    l.rate
-                )));
-            }
-            Some((uri, l.rate))
+            Some(super::load::Load {
+                uri: url("url", &l.url)?,
+                rate: rate_ok("rate", l.rate)?,
+                start_rate: match l.start_rate {
+                    Some(r) => rate_ok("start_rate", r)?,
+                    None => l.rate,
+                },
+                ramp_up: l.ramp_up.map_or(Duration::ZERO, ConfigDuration::get),
+                fail,
+            })
         }
         None => None,
     };

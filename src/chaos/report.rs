@@ -151,6 +151,9 @@ pub fn report(
             l.get("p50_ms").and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.0}")),
             l.get("p99_ms").and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.0}")),
         ));
+        if let Some(per) = l.get("sent_per_second") {
+            md.push_str(&format!("Sent per second: {per}\n"));
+        }
     }
     Report {
         json,

@@ -113,9 +113,21 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
     let started_wall = std::time::SystemTime::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load_stats = Arc::new(Mutex::new(LoadStats::default()));
-    if let Some((uri, rate)) = &plan.load {
-        log(&format!("load: {rate} requests/s to {uri} (open loop)"));
-        tokio::spawn(generate(uri.clone(), *rate, load_stats.clone(), stop_rx));
+    if let Some(l) = &plan.load {
+        let ramp = if l.ramp_up.is_zero() {
+            String::new()
+        } else {
+            format!(", from {} over {:?}", l.start_rate, l.ramp_up)
+        };
+        let fail = l
+            .fail
+            .as_ref()
+            .map_or(String::new(), |(u, p)| format!(", {p} % to {u}"));
+        log(&format!(
+            "load: {} requests/s to {}{ramp}{fail} (open loop)",
+            l.rate, l.uri
+        ));
+        tokio::spawn(generate(l.clone(), load_stats.clone(), stop_rx));
     }
     let mut exp = Experiment::new(plan.hypothesis.clone(), plan.schedule, Instant::now())
         .with_ramp(plan.ramp.clone());
