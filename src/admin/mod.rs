@@ -49,8 +49,8 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /faults",
     "POST /faults",
     "DELETE /faults/{name}",
-    "GET /chaos/requests?route={route}",
-    "DELETE /chaos/requests?route={route}",
+    "GET /chaos/requests",
+    "DELETE /chaos/requests",
 ];
 
 /// Whether the request carries the admin token.
