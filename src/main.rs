@@ -122,16 +122,19 @@ enum Command {
 #[derive(Subcommand)]
 enum ChaosCommand {
     /// Run an experiment file through the admin API: check the steady-state
-    /// hypothesis over a baseline (refuse if it does not hold), post the
-    /// faults (each with a ttl), check the hypothesis at every sample and
-    /// remove the faults at once when it breaks, then check recovery. Prints
-    /// a Markdown report; exits 0 if the hypothesis held throughout, 1 if
-    /// not, 2 if the experiment could not run (nothing injected: a bad
-    /// file, no such route, or no steady state to start from). The fault needs
-    /// `[chaos] enabled = true` in the Levee's configuration.
+    /// hypothesis over a baseline (refuse if it does not hold, or if the
+    /// route's error budget is below min_error_budget), post the faults
+    /// (each with a ttl; with a ramp, at a growing blast radius while the
+    /// hypothesis holds), check the hypothesis at every sample and remove
+    /// the faults at once when it breaks, then check recovery. Prints a
+    /// Markdown report (with the slowest requests and the faults that hit
+    /// them); exits 0 if the hypothesis held throughout, 1 if not, 2 if the
+    /// experiment could not run (nothing injected: a bad file, no such
+    /// route, a short error budget, or no steady state to start from). The
+    /// fault needs `[chaos] enabled = true` in the Levee's configuration.
     Run {
-        /// The experiment (TOML: name, duration, [hypothesis], [[faults]],
-        /// optional [load]).
+        /// The experiment (TOML: name, duration, optional ramp,
+        /// [hypothesis], [[faults]], optional [load]).
         file: PathBuf,
         /// The admin API of the Levee under test.
         #[arg(long, default_value = "http://127.0.0.1:9900", value_name = "URL")]

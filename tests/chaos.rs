@@ -57,6 +57,15 @@ fn world() -> &'static World {
             "outlier_detection = { consecutive_failures = 2, base_ejection = \"30s\" }",
         ];
         let path = |p: &str| format!("path_prefix = \"/{p}\"");
+        // The shaping routes reach the backend's own paths (`/download`).
+        let strip = |p: &str| format!("rewrite = {{ strip_prefix = \"/{p}\" }}");
+        // Slow headers on one endpoint count against the per-try timeout
+        // and are retried on the other, as a real slow head would be.
+        let timing_out = [
+            "retry = { max_attempts = 2, retry_on = [\"timeout\"], per_try_timeout = \"300ms\", backoff_base = \"1ms\", backoff_max = \"2ms\", budget = { ratio = 1.0 } }",
+            "outlier_detection = { enabled = false }",
+        ];
+        let slo = "slo = { target = 99.9, window_days = 30 }";
         let config = ConfigBuilder::new()
             .set("chaos", "enabled = true")
             .listener("main", listen)
@@ -72,6 +81,15 @@ fn world() -> &'static World {
             .route_with("rr", "rr", &[&path("rr")])
             .route_with("aware", "aware", &[&path("aware")])
             .route_with("errs", "errs", &[&path("errs")])
+            .cluster_with("trunc", &all[..1], &plain)
+            .cluster_with("hdr", &all[..2], &timing_out)
+            .cluster_with("shape", &all[..1], &plain)
+            .route_with("trunc", "trunc", &[&path("trunc"), &strip("trunc")])
+            .route_with("hdr", "hdr", &[&path("hdr"), &strip("hdr")])
+            .route_with("bw", "shape", &[&path("bw"), &strip("bw")])
+            .route_with("rst", "shape", &[&path("rst")])
+            .route_with("ramp", "shape", &[&path("ramp")])
+            .route_with("budget", "shape", &[&path("budget"), slo])
             .build();
         World {
             levee: Levee::start(&config),
@@ -422,6 +440,22 @@ fn round_robin_fails_the_slow_endpoint_experiment() {
         named(&faults(w), "slow-b3-rr").is_none(),
         "the fault is out"
     );
+    // Which requests were slow and why: the slowest, with the fault that
+    // hit them and the endpoint that answered.
+    let slowest = report["slowest"].as_array().expect("slowest requests");
+    let first = &slowest[0];
+    assert!(first["total_ms"].as_f64().unwrap() >= 450.0, "{first}");
+    assert_eq!(first["faults"][0], "slow-b3-rr", "{first}");
+    assert_eq!(
+        first["endpoint"],
+        w.backends[2].addr().to_string(),
+        "{first}"
+    );
+    assert_eq!(first["route"], "rr", "{first}");
+    assert!(
+        out.contains("The slowest requests since the faults went in"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -595,4 +629,300 @@ abort = 500
         .levee
         .metric("levee_fault_events_total", &[("fault", "never")]);
     assert_eq!(started, None, "nothing was injected");
+}
+
+/// Sends a GET on a raw connection and reads until the connection closes.
+fn raw_get(w: &World, path: &str) -> (Vec<u8>, Duration) {
+    let mut conn = RawConn::connect(w.listen).unwrap();
+    let t = Instant::now();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(conn.read_until_close(Duration::from_secs(15)), "not closed");
+    (conn.received().to_vec(), t.elapsed())
+}
+
+/// The head and body of a raw response.
+fn split(raw: &[u8]) -> (String, &[u8]) {
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(raw)));
+    (
+        String::from_utf8_lossy(&raw[..at]).to_lowercase(),
+        &raw[at + 4..],
+    )
+}
+
+#[test]
+fn a_truncated_body_reaches_the_client_cut() {
+    let w = world();
+    let toml = "[[faults]]\nname = \"cut\"\ncluster = \"trunc\"\npercent = 100\ntruncate_after = \"1000B\"\nttl = \"30s\"\n";
+    let r = post_faults(w, toml);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The head announces 100000 bytes; 1000 come, then the connection
+    // closes: a cut response, as when an endpoint breaks off mid-body.
+    let (raw, _) = raw_get(w, "/trunc/download?bytes=100000");
+    let (head, body) = split(&raw);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 100000"), "{head}");
+    assert_eq!(body.len(), 1000);
+    // Chunked: no last chunk.
+    let (raw, _) = raw_get(w, "/trunc/download?bytes=100000&chunked=1");
+    let (head, body) = split(&raw);
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!body.ends_with(b"0\r\n\r\n"), "the body was not cut");
+    assert!(body.len() < 2000, "{}", body.len());
+    // An HTTP client sees an error, not a response.
+    let e = http_request(
+        w.listen,
+        "GET",
+        "/trunc/download?bytes=100000",
+        &[],
+        b"",
+        Duration::from_secs(10),
+    );
+    assert!(e.is_err(), "{:?}", e.map(|r| r.body.len()));
+    let hits = w.levee.metric(
+        "levee_fault_injections_total",
+        &[("fault", "cut"), ("effect", "truncate")],
+    );
+    assert!(hits.is_some_and(|n| n >= 3.0), "{hits:?}");
+    w.levee.admin_request("DELETE", "/faults/cut", b"").unwrap();
+    let (raw, _) = raw_get(w, "/trunc/download?bytes=100000");
+    assert_eq!(split(&raw).1.len(), 100_000, "whole again");
+}
+
+#[test]
+fn a_bandwidth_limit_paces_the_body() {
+    let w = world();
+    let toml = "[[faults]]\nname = \"thin\"\nroute = \"bw\"\npercent = 100\nbandwidth = \"50KiB\"\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    // 75 KiB at 50 KiB/s: 1.5 s, whole and intact.
+    let (raw, took) = raw_get(w, "/bw/download?bytes=76800");
+    let (head, body) = split(&raw);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body.len(), 76_800);
+    let rate = 76_800.0 / took.as_secs_f64();
+    assert!(
+        took >= Duration::from_millis(1400) && took <= Duration::from_secs(8),
+        "75 KiB took {took:?} ({rate:.0} B/s)"
+    );
+    w.levee
+        .admin_request("DELETE", "/faults/thin", b"")
+        .unwrap();
+    let (_, took) = raw_get(w, "/bw/download?bytes=76800");
+    assert!(
+        took < Duration::from_millis(1000),
+        "unlimited again: {took:?}"
+    );
+}
+
+#[test]
+fn slow_headers_delay_the_first_byte_and_count_against_the_try_timeout() {
+    let w = world();
+    // On a try: b1's head comes 1 s late, past the 300 ms per-try
+    // timeout: the try times out and is retried on b2, like a real one.
+    let toml = format!(
+        "[[faults]]\nname = \"late-b1\"\ncluster = \"hdr\"\nendpoint = \"{}\"\npercent = 100\nslow_headers = \"1s\"\nttl = \"30s\"\n",
+        w.backends[0].addr()
+    );
+    assert_eq!(post_faults(w, &toml).status, 200);
+    for _ in 0..6 {
+        let r = get(w, "/hdr/echo", &[]);
+        assert_eq!((r.status, r.header("x-backend")), (200, Some("b2")));
+    }
+    let timeouts = w.levee.metric(
+        "levee_upstream_retries_total",
+        &[("cluster", "hdr"), ("kind", "timeout")],
+    );
+    assert!(timeouts.is_some_and(|n| n >= 1.0), "{timeouts:?}");
+    w.levee
+        .admin_request("DELETE", "/faults/late-b1", b"")
+        .unwrap();
+
+    // On the route: the time to first byte grows by the fault's 600 ms.
+    let toml = "[[faults]]\nname = \"late-hdr\"\nroute = \"hdr\"\npercent = 100\nslow_headers = \"600ms\"\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    let mut conn = RawConn::connect(w.listen).unwrap();
+    let t = Instant::now();
+    conn.write_all(b"GET /hdr/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = conn.read_head_response(Duration::from_secs(10)).unwrap();
+    let ttfb = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        ttfb >= Duration::from_millis(580) && ttfb < Duration::from_secs(5),
+        "{ttfb:?}"
+    );
+    w.levee
+        .admin_request("DELETE", "/faults/late-hdr", b"")
+        .unwrap();
+}
+
+#[test]
+fn a_route_reset_closes_the_connection_unanswered() {
+    let w = world();
+    let toml =
+        "[[faults]]\nname = \"rst\"\nroute = \"rst\"\npercent = 100\nreset = true\nttl = \"30s\"\n";
+    let r = post_faults(w, toml);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (raw, _) = raw_get(w, "/rst/x");
+    assert!(raw.is_empty(), "{:?}", String::from_utf8_lossy(&raw));
+    assert!(get_from_result(w.listen, "/rst/x").is_err());
+    let reset = w
+        .levee
+        .metric("levee_errors_total", &[("kind", "fault_reset")]);
+    assert!(reset.is_some_and(|n| n >= 2.0), "{reset:?}");
+    // The route's slowest requests say what happened to them.
+    let list = w
+        .levee
+        .admin_get("/chaos/requests?route=rst")
+        .unwrap()
+        .json()
+        .unwrap();
+    let first = &list["routes"]["rst"]["requests"][0];
+    assert_eq!(first["faults"][0], "rst", "{list}");
+    assert_eq!(first["error"], "fault_reset", "{list}");
+    assert_eq!(first["tries"], 0, "nothing was forwarded: {list}");
+    w.levee.admin_request("DELETE", "/faults/rst", b"").unwrap();
+    assert_eq!(get(w, "/rst/x", &[]).status, 200);
+}
+
+fn get_from_result(listen: SocketAddr, path: &str) -> Result<HttpResponse, String> {
+    http_request(listen, "GET", path, &[], b"", Duration::from_secs(10))
+}
+
+#[test]
+fn a_ramp_raises_the_blast_radius_in_steps_shown_in_the_report() {
+    let w = world();
+    let body = format!(
+        r#"
+name = "ramp"
+baseline = "1s"
+duration = "3s"
+recovery = "1s"
+check_every = "200ms"
+ramp = [10, 50, 100]
+
+[hypothesis]
+route = "ramp"
+max_p99 = "2s"
+min_requests = 5
+
+[load]
+url = "http://{listen}/ramp/x"
+rate = 40
+start_rate = 10
+ramp_up = "2s"
+fail_url = "http://{listen}/nowhere"
+fail_percent = 10
+
+[[faults]]
+name = "ramp-slow"
+route = "ramp"
+percent = 1
+delay = "50ms"
+"#,
+        listen = w.listen
+    );
+    let (code, out, report) = run_experiment(w, "ramp", &body);
+    assert_eq!(code, 0, "{out}");
+    let steps = report["ramp"].as_array().expect("ramp steps");
+    let percents: Vec<f64> = steps
+        .iter()
+        .map(|s| s["percent"].as_f64().unwrap())
+        .collect();
+    assert_eq!(percents, [10.0, 50.0, 100.0], "{report}");
+    for s in steps {
+        assert!(
+            s["slis"]["requests"].as_u64().unwrap_or(0) >= 10,
+            "{report}"
+        );
+    }
+    // Each step was posted: the fault replaced twice.
+    let replaced = w.levee.metric(
+        "levee_fault_events_total",
+        &[("fault", "ramp-slow"), ("event", "replaced")],
+    );
+    assert_eq!(replaced, Some(2.0));
+    assert!(out.contains("| 3 | 100 % |"), "{out}");
+    // The load ramped up, and a tenth of it went to the failing URL.
+    let load = &report["load"];
+    let per_second: Vec<u64> = load["sent_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert!(
+        per_second.len() >= 4 && per_second[0] < per_second[3],
+        "{load}"
+    );
+    let sent = load["sent"].as_u64().unwrap() as f64;
+    let not_found = load["by_status"]["404"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (0.05..=0.15).contains(&(not_found / sent)),
+        "{not_found} of {sent} to the failing URL: {load}"
+    );
+    assert!(out.contains("blast radius raised to 50 %"), "{out}");
+}
+
+#[test]
+fn an_error_budget_below_its_floor_refuses_the_experiment() {
+    let w = world();
+    // Spend the route's budget: 99.9 % allows 1 bad request in 1000.
+    let toml = "[[faults]]\nname = \"spend\"\nroute = \"budget\"\npercent = 100\nabort = 503\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    for _ in 0..5 {
+        assert_eq!(get(w, "/budget/x", &[]).status, 503);
+    }
+    w.levee
+        .admin_request("DELETE", "/faults/spend", b"")
+        .unwrap();
+    let body = r#"
+name = "budget"
+baseline = "1s"
+duration = "5s"
+
+[hypothesis]
+route = "budget"
+max_error_rate = 50
+min_requests = 1
+min_error_budget = 25
+
+[[faults]]
+name = "never-budget"
+route = "budget"
+percent = 10
+delay = "10ms"
+"#;
+    let t = Instant::now();
+    let (code, out, report) = run_experiment(w, "budget", body);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "refused at once: {out}"
+    );
+    assert_eq!(report["verdict"]["result"], "refused", "{out}");
+    let why = report["verdict"]["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("the error budget of route \"budget\" is ")
+            && why.ends_with("below the floor min_error_budget = 25 %"),
+        "{why}"
+    );
+    let started = w
+        .levee
+        .metric("levee_fault_events_total", &[("fault", "never-budget")]);
+    assert_eq!(started, None, "nothing was injected");
+    // A route without an SLO cannot have a floor: refused, saying why.
+    assert_eq!(get(w, "/ramp/x", &[]).status, 200, "the route has series");
+    let (code, out, _) = run_experiment(
+        w,
+        "budget",
+        &body.replace("route = \"budget\"\nmax", "route = \"ramp\"\nmax"),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("has no SLO"), "{out}");
 }

@@ -780,6 +780,8 @@ fn admin_404_lists_every_endpoint() {
             "GET /faults",
             "POST /faults",
             "DELETE /faults/{name}",
+            "GET /chaos/requests",
+            "DELETE /chaos/requests",
         ]
     );
     assert!(

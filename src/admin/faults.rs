@@ -2,7 +2,9 @@
 //! force, with what is left of their ttl; starting faults at runtime (a
 //! `[[faults]]` document, as in the configuration, each with its `ttl`);
 //! stopping one. Posting is refused unless the configuration says
-//! `chaos.enabled = true`.
+//! `chaos.enabled = true`. `GET /chaos/requests[?route=R]`: each route's slowest
+//! requests since `DELETE /chaos/requests[?route=R]` (`chaos::slowest`),
+//! with the faults that hit them.
 
 use std::path::Path;
 use std::time::Instant;
@@ -90,4 +92,32 @@ pub(super) fn delete(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
             json!({"error": "not_found", "message": format!("no fault named {name:?} is in force")}),
         )
     }
+}
+
+/// The `route` of a query string, if any.
+fn route_param(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("route="))
+        .map(crate::events::percent_decode)
+}
+
+pub(super) fn slowest(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let enabled = shared.snapshot.load().config.chaos.enabled;
+    let mut v = shared.faults.slowest.report(route_param(req).as_deref());
+    v["enabled"] = json!(enabled);
+    reply_json(StatusCode::OK, v)
+}
+
+pub(super) fn clear_slowest(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let route = route_param(req);
+    shared
+        .faults
+        .slowest
+        .clear(route.as_deref(), std::time::SystemTime::now());
+    reply_json(
+        StatusCode::OK,
+        json!({"cleared": route.unwrap_or_else(|| "*".into())}),
+    )
 }

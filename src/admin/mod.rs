@@ -56,6 +56,8 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /faults",
     "POST /faults",
     "DELETE /faults/{name}",
+    "GET /chaos/requests",
+    "DELETE /chaos/requests",
 ];
 
 /// Whether the request carries the admin token.
@@ -224,6 +226,8 @@ async fn route(
         (&Method::GET, "/faults") => faults::list(shared),
         (&Method::POST, "/faults") => faults::post(req, shared).await,
         (&Method::DELETE, p) if p.starts_with("/faults/") => faults::delete(p, shared),
+        (&Method::GET, "/chaos/requests") => faults::slowest(&req, shared),
+        (&Method::DELETE, "/chaos/requests") => faults::clear_slowest(&req, shared),
         (
             _,
             "/metrics" | "/status" | "/reload" | "/degradation" | "/faults" | "/slo" | "/stats"

@@ -12,7 +12,9 @@
 //!    the hypothesis is checked over the last `window` (never before the
 //!    injection began). The first time it breaks, on at least
 //!    `min_requests` requests, the experiment is aborted: the faults come
-//!    out at once;
+//!    out at once. With a ramp, the duration is split into equal steps,
+//!    each raising the faults' blast radius, the next one taken only
+//!    while the hypothesis holds;
 //! 3. **recovery** (`recovery` long, after the faults are out): the
 //!    hypothesis must hold again, or the verdict says the system did not
 //!    recover. It is measured from a settling time after the removal (1 s,
@@ -97,11 +99,14 @@ pub enum Phase {
 }
 
 /// What the shell must do after a sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Wait,
     /// Post the faults.
     Inject,
+    /// Post the faults again with this blast radius: the next step of the
+    /// ramp (the hypothesis held through the last one).
+    Raise(f64),
     /// Delete the faults (the duration is over, or the hypothesis broke).
     Remove,
     /// The experiment is over: write the report.
@@ -131,8 +136,24 @@ pub struct Point {
     pub slis: Slis,
 }
 
+/// One step of a ramp: its blast radius, when it began, and the SLIs over
+/// it (once it is over).
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub percent: f64,
+    /// Seconds since the experiment started.
+    pub at: f64,
+    pub slis: Option<Slis>,
+}
+
 pub struct Experiment {
     pub hypothesis: Hypothesis,
+    /// The blast radius of each step of the injection, which is split
+    /// evenly between them; empty: one step at the faults' own percent.
+    ramp: Vec<f64>,
+    /// The ramp's steps so far, and the sample the current one began at.
+    pub steps: Vec<Step>,
+    step_start: Option<Sample>,
     schedule: Schedule,
     started: Instant,
     phase: Phase,
@@ -154,6 +175,9 @@ impl Experiment {
     pub fn new(hypothesis: Hypothesis, schedule: Schedule, now: Instant) -> Experiment {
         Experiment {
             hypothesis,
+            ramp: Vec::new(),
+            steps: Vec::new(),
+            step_start: None,
             schedule,
             started: now,
             phase: Phase::Baseline,
@@ -166,8 +190,68 @@ impl Experiment {
         }
     }
 
+    /// Raises the blast radius in these steps (percentages, ascending),
+    /// each for an equal share of the duration, while the hypothesis holds.
+    pub fn with_ramp(mut self, ramp: Vec<f64>) -> Experiment {
+        self.ramp = ramp;
+        self
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Ends the current ramp step at `sample` (its SLIs) and, with
+    /// `next`, starts the next one.
+    fn close_step(&mut self, now: Instant, sample: &Sample, next: Option<f64>) {
+        if let (Some(last), Some(from)) = (self.steps.last_mut(), self.step_start.as_ref()) {
+            last.slis = Some(Slis::between(from, sample));
+        }
+        if let Some(percent) = next {
+            self.steps.push(Step {
+                percent,
+                at: now.saturating_duration_since(self.started).as_secs_f64(),
+                slis: None,
+            });
+            self.step_start = Some(sample.clone());
+        }
+    }
+
+    /// Where the ramp stands, for an abort's reason.
+    fn at_step(&self) -> String {
+        match (self.ramp.len(), self.steps.last()) {
+            (0 | 1, _) | (_, None) => String::new(),
+            (n, Some(step)) => format!(
+                " (ramp step {} of {n}, {} %)",
+                self.steps.len(),
+                step.percent
+            ),
+        }
+    }
+
+    /// A safety check outside the hypothesis broke (e.g. the route's error
+    /// budget fell below its floor): refused before the faults go in,
+    /// aborted while they are in; after that, nothing to stop.
+    pub fn abort(&mut self, now: Instant, sample: Sample, why: String) -> Action {
+        match self.phase {
+            Phase::Baseline => {
+                self.enter(Phase::Done, now, &sample);
+                self.verdict = Some(Verdict::Refused { why });
+                Action::Finish
+            }
+            Phase::Injecting => {
+                let in_phase = now.saturating_duration_since(self.phase_start.0);
+                let why = format!("{why}{}", self.at_step());
+                self.verdict = Some(Verdict::Aborted {
+                    why,
+                    after_seconds: in_phase.as_secs_f64(),
+                });
+                self.close_step(now, &sample, None);
+                self.enter(Phase::Recovery, now, &sample);
+                Action::Remove
+            }
+            Phase::Recovery | Phase::Done => Action::Wait,
+        }
     }
 
     /// The window while injecting; the whole phase otherwise.
@@ -247,21 +331,37 @@ impl Experiment {
                     }
                     None => {
                         self.enter(Phase::Injecting, now, &sample);
+                        if let Some(&first) = self.ramp.first() {
+                            self.close_step(now, &sample, Some(first));
+                        }
                         Action::Inject
                     }
                 }
             }
             Phase::Injecting => {
                 if let Some(why) = h.broken(&slis) {
+                    let why = format!("{why}{}", self.at_step());
                     self.verdict = Some(Verdict::Aborted {
                         why,
                         after_seconds: in_phase.as_secs_f64(),
                     });
+                    self.close_step(now, &sample, None);
                     self.enter(Phase::Recovery, now, &sample);
                     Action::Remove
                 } else if in_phase >= self.schedule.duration {
+                    self.close_step(now, &sample, None);
                     self.enter(Phase::Recovery, now, &sample);
                     Action::Remove
+                } else if let Some(&next) = self.ramp.get(self.steps.len())
+                    && in_phase
+                        >= self
+                            .schedule
+                            .duration
+                            .mul_f64(self.steps.len() as f64 / self.ramp.len() as f64)
+                {
+                    // The hypothesis held through this step: the next one.
+                    self.close_step(now, &sample, Some(next));
+                    Action::Raise(next)
                 } else {
                     Action::Wait
                 }
@@ -406,6 +506,57 @@ mod tests {
             Some(Verdict::Aborted { why, .. }) => assert!(why.starts_with("p99 "), "{why}"),
             v => panic!("{v:?}"),
         }
+    }
+
+    #[test]
+    fn a_ramp_raises_the_blast_radius_while_the_hypothesis_holds() {
+        let t0 = Instant::now();
+        let mut e =
+            Experiment::new(hypothesis(), schedule(), t0).with_ramp(vec![10.0, 50.0, 100.0]);
+        // Errors from 9 s on: in the third step (from 2 + 10 × 2/3 s, the
+        // sample at 8.75 s).
+        let actions = walk(&mut e, t0, |t| (if t >= 9.0 { 0.2 } else { 0.0 }, 0.05));
+        assert_eq!(actions[0], (2.0, Action::Inject));
+        assert_eq!(actions[1], (5.5, Action::Raise(50.0)));
+        assert_eq!(actions[2], (8.75, Action::Raise(100.0)));
+        assert_eq!(actions[3], (9.0, Action::Remove));
+        let percents: Vec<f64> = e.steps.iter().map(|s| s.percent).collect();
+        assert_eq!(percents, [10.0, 50.0, 100.0]);
+        assert_eq!(e.steps[1].at, 5.5);
+        // Each step has its SLIs; the first two held, the last did not.
+        assert_eq!(e.steps[0].slis.unwrap().error_rate, 0.0);
+        assert!(e.steps[2].slis.unwrap().error_rate > 1.0);
+        match &e.verdict {
+            Some(Verdict::Aborted { why, .. }) => {
+                assert!(why.ends_with("(ramp step 3 of 3, 100 %)"), "{why}")
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_safety_check_refuses_before_and_aborts_during() {
+        let t0 = Instant::now();
+        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let a = e.abort(t0, Sample::default(), "budget spent".into());
+        assert_eq!(a, Action::Finish);
+        assert_eq!(
+            e.verdict,
+            Some(Verdict::Refused {
+                why: "budget spent".into()
+            })
+        );
+        let mut e2 = Experiment::new(hypothesis(), schedule(), t0);
+        let mut s = Sample::default();
+        traffic(&mut s, 2.0, 0.0, 0.05);
+        assert_eq!(e2.observe(t0, Sample::default()), Action::Wait);
+        assert_eq!(e2.observe(t0 + 2 * S, s.clone()), Action::Inject);
+        let a = e2.abort(t0 + 3 * S, s, "budget spent".into());
+        assert_eq!(a, Action::Remove);
+        assert!(matches!(
+            &e2.verdict,
+            Some(Verdict::Aborted { after_seconds, .. }) if *after_seconds == 1.0
+        ));
     }
 
     #[test]

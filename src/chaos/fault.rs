@@ -10,7 +10,9 @@
 //!   jitter, or drawn from a distribution given as percentiles); then at
 //!   most one of an abort with a status, a connection reset, or a response
 //!   truncated after so many body bytes; a bandwidth limit on the response
-//!   body; slow headers (the response head dribbled out over a duration).
+//!   body; slow headers (the response head held back for a duration after
+//!   it arrived, as from an endpoint slow to send it: the time to first
+//!   byte grows, and on a try it counts against the per-try timeout).
 //! - selector: a request is hit when it is in the client subset (if any;
 //!   a stable hash of the client key, so the same clients are hit on every
 //!   Levee) **and** its random draw falls within `percent`; or, regardless,
@@ -133,29 +135,8 @@ pub struct Effects {
     pub outcome: Outcome,
     /// Response body bytes per second.
     pub bandwidth: Option<u64>,
-    /// The response head is spread over this long.
+    /// The response head is held back this long.
     pub slow_headers: Option<Duration>,
-}
-
-impl Effects {
-    /// When the next `chunk` bytes of a body may go, `sent` bytes having
-    /// gone since `started`, under the bandwidth limit: `now` or later.
-    pub fn next_send(&self, started: Instant, sent: u64, chunk: u64, now: Instant) -> Instant {
-        match self.bandwidth {
-            Some(rate) if rate > 0 => {
-                let due = started + Duration::from_secs_f64((sent + chunk) as f64 / rate as f64);
-                due.max(now)
-            }
-            _ => now,
-        }
-    }
-
-    /// With slow headers, the pause between two bytes of a head of `len`
-    /// bytes, so that the whole head takes `slow_headers`.
-    pub fn header_byte_pause(&self, len: usize) -> Option<Duration> {
-        let over = self.slow_headers?;
-        Some(over / u32::try_from(len.max(1)).unwrap_or(u32::MAX))
-    }
 }
 
 /// The client subset: clients whose stable hash falls below `percent`.
@@ -627,29 +608,5 @@ mod tests {
             set.expire(t0 + Duration::from_secs(86_400 * 365))
                 .is_empty()
         );
-    }
-
-    #[test]
-    fn bandwidth_and_slow_headers() {
-        let t0 = Instant::now();
-        let e = Effects {
-            delay: None,
-            outcome: Outcome::Forward,
-            bandwidth: Some(1000),
-            slow_headers: Some(Duration::from_secs(2)),
-        };
-        // 1000 B/s: the bytes 500..1000 may go at 1 s.
-        assert_eq!(e.next_send(t0, 500, 500, t0), t0 + Duration::from_secs(1));
-        // Behind schedule: at once.
-        let late = t0 + Duration::from_secs(5);
-        assert_eq!(e.next_send(t0, 500, 500, late), late);
-        assert_eq!(e.header_byte_pause(200), Some(10 * MS));
-        let plain = Effects {
-            bandwidth: None,
-            slow_headers: None,
-            ..e
-        };
-        assert_eq!(plain.next_send(t0, 10_000, 10_000, t0), t0);
-        assert_eq!(plain.header_byte_pause(200), None);
     }
 }

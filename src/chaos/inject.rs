@@ -4,9 +4,11 @@
 //! A try's fault is applied inside the try's timeout, in place of the
 //! exchange: its delay counts against the per-try timeout, an abort comes
 //! back as `upstream::Error::Injected` (a try that answered that status),
-//! a reset as the error a reset connection gives. So the breakers, retries,
-//! outlier detection and the latency estimate see an injected failure as
-//! they would see a real one.
+//! a reset as the error a reset connection gives, slow headers as a head
+//! that came late. So the breakers, retries, outlier detection and the
+//! latency estimate see an injected failure as they would see a real one.
+//! A truncated body reaches the client as a cut response, as when an
+//! endpoint breaks off mid-body.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -39,8 +41,10 @@ pub struct Armed<'a> {
     pub metrics: &'a ChaosMetrics,
 }
 
-/// The fault on a request of `route`, if one hits it: its delay waited
-/// here; `Err(status)` when it aborts the request.
+/// The fault on a request of `route`, if one hits it, its delay waited
+/// here. The caller acts on its outcome (an abort or a reset answers in
+/// place of the endpoint), holds the response head back (slow headers)
+/// and shapes the response body.
 pub async fn on_route(
     armed: Armed<'_>,
     route: &str,
@@ -48,9 +52,9 @@ pub async fn on_route(
     headers: &HeaderMap,
     draw: u64,
     now: Instant,
-) -> Result<(), u16> {
+) -> Option<Hit> {
     if !armed.faults.is_armed() {
-        return Ok(());
+        return None;
     }
     let (key, len) = client_key(client.ip());
     let facts = RequestFacts {
@@ -58,19 +62,13 @@ pub async fn on_route(
         headers,
         client_key: &key[..len],
     };
-    let Some(hit) = armed
+    let hit = armed
         .faults
-        .for_route(route, &facts, draw, now, armed.metrics)
-    else {
-        return Ok(());
-    };
+        .for_route(route, &facts, draw, now, armed.metrics)?;
     if !hit.delay.is_zero() {
         tokio::time::sleep(hit.delay).await;
     }
-    match hit.outcome {
-        Outcome::Abort(status) => Err(status),
-        _ => Ok(()),
-    }
+    Some(hit)
 }
 
 /// The fault on a try to `endpoint` of `cluster`, if one hits it.
@@ -98,10 +96,12 @@ pub fn for_try(
 }
 
 /// The try under its fault: the delay, then the exchange, or in its place
-/// the injected abort or reset. The exchange future is lazy: an aborted
-/// try never connects.
+/// the injected abort or reset; with slow headers, the response head held
+/// back once it came (all within the try's timeout). The exchange future
+/// is lazy: an aborted try never connects. A truncation or a bandwidth
+/// limit acts on the body later (`Hit::shape`).
 pub async fn around_try<F>(
-    hit: Option<Hit>,
+    hit: Option<&Hit>,
     exchange: F,
 ) -> Result<upstream::Exchange, upstream::Error>
 where
@@ -119,6 +119,34 @@ where
             std::io::ErrorKind::ConnectionReset,
             format!("reset by fault {}", hit.fault),
         ))),
-        Outcome::Forward | Outcome::Truncate(_) => exchange.await,
+        Outcome::Forward | Outcome::Truncate(_) => {
+            let exchange = exchange.await?;
+            if let Some(d) = hit.slow_headers {
+                tokio::time::sleep(d).await;
+            }
+            Ok(exchange)
+        }
     }
 }
+
+/// Marks a response whose client connection a route's reset fault closes
+/// instead of answering: the servers see it and drop the connection (an
+/// HTTP/2 stream is reset) without writing a byte of the response.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetConnection;
+
+/// The service's answer for a hyper server: a response marked
+/// `ResetConnection` becomes an error, on which hyper closes an HTTP/1
+/// connection, or resets an HTTP/2 stream, without answering.
+pub fn unless_reset<B>(response: http::Response<B>) -> Result<http::Response<B>, ResetByFault> {
+    if response.extensions().get::<ResetConnection>().is_some() {
+        Err(ResetByFault)
+    } else {
+        Ok(response)
+    }
+}
+
+/// The error that makes hyper drop the connection or stream.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection was reset by an injected fault")]
+pub struct ResetByFault;

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::fault::{Delay, Event, Fault, FaultSet, Outcome, RequestFacts, Target};
+use super::shape::Shape;
+use super::slowest::Slowest;
 use crate::config::Config;
 use crate::observe::chaos::{ChaosMetrics, FaultEventLabels, InjectionLabels};
 
@@ -30,6 +32,25 @@ pub struct Hit {
     pub fault: String,
     pub delay: Duration,
     pub outcome: Outcome,
+    /// The response head is held back this long once it arrived.
+    pub slow_headers: Option<Duration>,
+    /// Response body bytes per second.
+    pub bandwidth: Option<u64>,
+}
+
+impl Hit {
+    /// How the response body is shaped, if it is.
+    pub fn shape(&self) -> Option<Shape> {
+        let truncate_after = match self.outcome {
+            Outcome::Truncate(n) => Some(n),
+            _ => None,
+        };
+        (truncate_after.is_some() || self.bandwidth.is_some()).then(|| Shape {
+            fault: self.fault.clone(),
+            truncate_after,
+            bandwidth: self.bandwidth,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -48,6 +69,9 @@ pub struct Faults {
     state: Mutex<State>,
     /// Whether any fault is in the set: the request path's fast "none".
     armed: AtomicBool,
+    /// The slowest requests lately, and which faults hit them
+    /// (`GET /chaos/requests`).
+    pub slowest: Slowest,
 }
 
 /// One fault as `GET /faults` shows it.
@@ -247,6 +271,8 @@ fn hit(fault: &Fault, draw: u64) -> Hit {
         fault: fault.name.clone(),
         delay,
         outcome: fault.effects.outcome,
+        slow_headers: fault.effects.slow_headers,
+        bandwidth: fault.effects.bandwidth,
     }
 }
 
@@ -256,6 +282,8 @@ fn count(state: &mut State, hit: Hit, metrics: &ChaosMetrics) -> Hit {
         Outcome::Abort(_) => "abort",
         Outcome::Reset => "reset",
         Outcome::Truncate(_) => "truncate",
+        Outcome::Forward if hit.bandwidth.is_some() => "bandwidth",
+        Outcome::Forward if hit.slow_headers.is_some() && hit.delay.is_zero() => "slow_headers",
         Outcome::Forward => "delay",
     };
     metrics
@@ -312,6 +340,12 @@ fn effects(f: &Fault) -> Vec<String> {
         Outcome::Reset => out.push("reset".into()),
         Outcome::Truncate(n) => out.push(format!("truncate after {n} bytes")),
         Outcome::Forward => {}
+    }
+    if let Some(b) = f.effects.bandwidth {
+        out.push(format!("bandwidth {b} B/s"));
+    }
+    if let Some(d) = f.effects.slow_headers {
+        out.push(format!("slow headers {d:?}"));
     }
     out
 }

@@ -1,16 +1,59 @@
-//! The open-loop load `levee chaos run` can send itself: one request every
-//! `1/rate`, each at its scheduled time whether or not the previous ones
-//! answered, its latency measured from that scheduled time, so that a stall
-//! is not hidden by requests that were never sent (no coordinated
-//! omission).
+//! The open-loop load `levee chaos run` can send itself: each request at
+//! its scheduled time whether or not the previous ones answered, its
+//! latency measured from that scheduled time, so that a stall is not hidden
+//! by requests that were never sent (no coordinated omission).
+//!
+//! The rate may ramp up (from `start_rate` to `rate` over `ramp_up`, as a
+//! rush of logins would), and a share of the requests may go to a second
+//! URL (`fail_url`: e.g. a login with bad credentials), so that the steady
+//! state is measured under a mix like production's. `Load::next_after` is
+//! the schedule's synchronous core.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
+
+/// The load to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Load {
+    pub uri: http::Uri,
+    /// Requests per second, once the ramp is over.
+    pub rate: f64,
+    /// The rate at the start, rising linearly to `rate` over `ramp_up`.
+    pub start_rate: f64,
+    pub ramp_up: Duration,
+    /// This percentage of the requests go to `fail_url` instead.
+    pub fail: Option<(http::Uri, f64)>,
+}
+
+impl Load {
+    /// The rate `since` the load began.
+    pub fn rate_at(&self, since: Duration) -> f64 {
+        if since >= self.ramp_up || self.ramp_up.is_zero() {
+            return self.rate;
+        }
+        let share = since.as_secs_f64() / self.ramp_up.as_secs_f64();
+        self.start_rate + (self.rate - self.start_rate) * share
+    }
+
+    /// When the request after the one due `since` the start is due.
+    pub fn next_after(&self, since: Duration) -> Duration {
+        since + Duration::from_secs_f64(1.0 / self.rate_at(since).max(0.01))
+    }
+
+    /// Whether the `n`-th request goes to `fail_url`: spread evenly, so
+    /// that the share holds over any stretch of the load.
+    fn fails(&self, n: u64) -> Option<&http::Uri> {
+        let (uri, percent) = self.fail.as_ref()?;
+        let before = (n as f64 * percent / 100.0).floor();
+        let after = ((n + 1) as f64 * percent / 100.0).floor();
+        (after > before).then_some(uri)
+    }
+}
 
 /// What the load saw.
 #[derive(Default)]
@@ -18,25 +61,40 @@ pub struct LoadStats {
     sent: u64,
     by_status: std::collections::BTreeMap<String, u64>,
     latencies: Vec<Duration>,
+    /// Requests scheduled in each second of the load (the ramp, seen).
+    per_second: Vec<u64>,
 }
 
-/// The open-loop load: one request every `1/rate` until `stop`.
+/// The open-loop load until `stop`.
 pub async fn generate(
-    uri: http::Uri,
-    rate: f64,
+    load: Load,
     stats: Arc<Mutex<LoadStats>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let every = Duration::from_secs_f64(1.0 / rate);
-    let mut ticks = tokio::time::interval(every);
-    // Burst: a late tick is still sent, at once; its latency counts from
-    // when it should have gone.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut due = Duration::ZERO;
+    let mut n = 0u64;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2000));
     loop {
-        let due = ticks.tick().await.into_std();
+        // A late request is still sent, at once; its latency counts from
+        // when it should have gone.
+        tokio::time::sleep_until(tokio::time::Instant::from_std(start + due)).await;
         if *stop.borrow() {
             return;
+        }
+        let scheduled = start + due;
+        let second = due.as_secs() as usize;
+        let uri = load.fails(n).unwrap_or(&load.uri).clone();
+        n += 1;
+        due = load.next_after(due);
+        {
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            if s.per_second.len() <= second && second < 3600 {
+                s.per_second.resize(second + 1, 0);
+            }
+            if let Some(c) = s.per_second.get_mut(second) {
+                *c += 1;
+            }
         }
         // A bound on open requests: beyond it, the request counts as failed
         // rather than piling up without end.
@@ -48,7 +106,6 @@ pub async fn generate(
                 .or_default() += 1;
             continue;
         };
-        let uri = uri.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
             let result = tokio::time::timeout(Duration::from_secs(30), get(&uri)).await;
@@ -60,7 +117,7 @@ pub async fn generate(
             let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
             s.sent += 1;
             *s.by_status.entry(label).or_default() += 1;
-            s.latencies.push(due.elapsed());
+            s.latencies.push(scheduled.elapsed());
             drop(permit);
         });
     }
@@ -105,6 +162,55 @@ impl LoadStats {
             "p50_ms": ms(q(0.5)),
             "p99_ms": ms(q(0.99)),
             "max_ms": ms(self.latencies.last().copied()),
+            "sent_per_second": self.per_second,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(start_rate: f64, ramp_up: Duration, fail: Option<f64>) -> Load {
+        Load {
+            uri: "http://127.0.0.1:1/".parse().unwrap(),
+            rate: 100.0,
+            start_rate,
+            ramp_up,
+            fail: fail.map(|p| ("http://127.0.0.1:1/bad".parse().unwrap(), p)),
+        }
+    }
+
+    /// How many requests are due in each second of the first `secs`.
+    fn per_second(l: &Load, secs: u64) -> Vec<u64> {
+        let mut counts = vec![0; secs as usize];
+        let mut due = Duration::ZERO;
+        while due.as_secs() < secs {
+            counts[due.as_secs() as usize] += 1;
+            due = l.next_after(due);
+        }
+        counts
+    }
+
+    #[test]
+    fn a_ramp_rises_linearly_then_holds() {
+        let fixed = load(100.0, Duration::ZERO, None);
+        assert_eq!(per_second(&fixed, 3), [100, 100, 100]);
+        // 10 → 100 over 4 s: about 21, 44, 66, 89 in the ramp's seconds.
+        let ramp = load(10.0, Duration::from_secs(4), None);
+        let counts = per_second(&ramp, 6);
+        assert!((18..=24).contains(&counts[0]), "{counts:?}");
+        assert!((85..=92).contains(&counts[3]), "{counts:?}");
+        assert!(counts.windows(2).take(4).all(|w| w[1] > w[0]), "{counts:?}");
+        assert_eq!(&counts[4..], [100, 100]);
+    }
+
+    #[test]
+    fn a_share_goes_to_the_failing_url_evenly() {
+        let l = load(100.0, Duration::ZERO, Some(10.0));
+        let failing: Vec<u64> = (0..100).filter(|n| l.fails(*n).is_some()).collect();
+        assert_eq!(failing.len(), 10);
+        assert!(failing.windows(2).all(|w| w[1] - w[0] == 10), "{failing:?}");
+        assert!(load(100.0, Duration::ZERO, None).fails(3).is_none());
     }
 }

@@ -5,7 +5,8 @@
 //! requests it hits (`Selector`), and the set of active faults with their
 //! time to live (`FaultSet`). `live` is that set in a running Levee (lock,
 //! events, metrics, reloads); `inject` is what the request path calls;
-//! `metrics` the counters. `experiment` is the experiment's core (the
+//! `metrics` the counters; `shape` cuts or paces a response body, and
+//! `slowest` keeps the slowest requests with the faults that hit them. `experiment` is the experiment's core (the
 //! hypothesis checked on samples, the phases, the verdict), `sli` reads the
 //! samples from Levee's `/metrics`, and `run` is the async shell behind
 //! `levee chaos run`, with the experiment file (`plan`), the open-loop load
@@ -20,4 +21,6 @@ pub mod load;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod shape;
 pub mod sli;
+pub mod slowest;

@@ -1,5 +1,6 @@
 //! The experiment's report: JSON (the verdict, the SLIs before, during and
-//! after, what each fault hit, the load's own view, the timeline) and a
+//! after, each ramp step, what each fault hit, the slowest requests with
+//! the faults that hit them, the load's own view, the timeline) and a
 //! Markdown summary.
 
 use serde_json::json;
@@ -26,6 +27,7 @@ pub fn report(
     verdict: Verdict,
     injections: Vec<(String, u64, Vec<String>)>,
     load: Option<serde_json::Value>,
+    slowest: Vec<serde_json::Value>,
     started: std::time::SystemTime,
 ) -> Report {
     let phase = |p: Phase| exp.phases.iter().find(|x| x.0 == p).map(|x| x.1);
@@ -45,6 +47,9 @@ pub fn report(
         "faults": injections.iter().map(|(name, n, what)| json!({
             "name": name, "injections": n, "target": what.first(), "effects": &what[1.min(what.len())..],
         })).collect::<Vec<_>>(),
+        "ramp": exp.steps,
+        "min_error_budget": plan.min_error_budget,
+        "slowest": slowest,
         "load": load,
         "timeline": exp.timeline,
     });
@@ -83,12 +88,58 @@ pub fn report(
             ));
         }
     }
+    if !exp.steps.is_empty() {
+        md.push_str("\nRamp (the blast radius raised while the hypothesis held):\n\n| step | percent | from | requests | error rate | p99 |\n|---|---|---|---|---|---|\n");
+        for (i, step) in exp.steps.iter().enumerate() {
+            let (requests, rate, p99) = match &step.slis {
+                Some(s) => (
+                    s.requests.to_string(),
+                    format!("{:.2} %", s.error_rate),
+                    s.p99
+                        .map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            md.push_str(&format!(
+                "| {} | {} % | {:.1} s | {requests} | {rate} | {p99} |\n",
+                i + 1,
+                step.percent,
+                step.at
+            ));
+        }
+    }
     if !injections.is_empty() {
         md.push_str("\nWhat the faults did (the requests made slow or failed, and why):\n\n");
         for (name, n, what) in &injections {
             md.push_str(&format!(
                 "- `{name}`: {n} requests hit: {}\n",
                 what.join(", ")
+            ));
+        }
+    }
+    if !slowest.is_empty() {
+        md.push_str("\nThe slowest requests since the faults went in, and why:\n\n| ms | status | request | endpoint | tries | faults | error |\n|---|---|---|---|---|---|---|\n");
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            v => v.to_string(),
+        };
+        for r in &slowest {
+            let faults = r["faults"]
+                .as_array()
+                .filter(|f| !f.is_empty())
+                .map_or("none".into(), |f| {
+                    f.iter().map(text).collect::<Vec<_>>().join(", ")
+                });
+            md.push_str(&format!(
+                "| {} | {} | {} {} | {} | {} | {faults} | {} |\n",
+                text(&r["total_ms"]),
+                text(&r["status"]),
+                text(&r["method"]),
+                text(&r["path"]),
+                text(&r["endpoint"]),
+                text(&r["tries"]),
+                text(&r["error"]),
             ));
         }
     }
@@ -100,6 +151,9 @@ pub fn report(
             l.get("p50_ms").and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.0}")),
             l.get("p99_ms").and_then(|v| v.as_f64()).map_or("-".into(), |v| format!("{v:.0}")),
         ));
+        if let Some(per) = l.get("sent_per_second") {
+            md.push_str(&format!("Sent per second: {per}\n"));
+        }
     }
     Report {
         json,

@@ -4,6 +4,10 @@
 //! posts the faults (`POST /faults`) when the baseline holds, deletes them
 //! (`DELETE /faults/{name}`) when the duration is over or the hypothesis
 //! breaks, and reads `GET /faults` for how many requests each fault hit.
+//! With a ramp it posts the faults again at each step's blast radius; with
+//! `min_error_budget` it reads the route's budget (`GET /slo`) before
+//! starting and at every sample; it clears `GET /chaos/requests` when the
+//! faults go in and reads it at the end: the slowest requests, and why.
 //! The file is `plan`'s, the load `load`'s, the report `report`'s.
 //!
 //! Safety: each fault is posted with a ttl, so a runner that dies leaves no
@@ -18,7 +22,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::experiment::{Action, Experiment, Verdict};
+use super::experiment::{Action, Experiment, Phase, Verdict};
 use super::load::{LoadStats, generate};
 use super::plan::{Plan, load};
 use super::report::{Report, report};
@@ -109,11 +113,41 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
     let started_wall = std::time::SystemTime::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load_stats = Arc::new(Mutex::new(LoadStats::default()));
-    if let Some((uri, rate)) = &plan.load {
-        log(&format!("load: {rate} requests/s to {uri} (open loop)"));
-        tokio::spawn(generate(uri.clone(), *rate, load_stats.clone(), stop_rx));
+    if let Some(l) = &plan.load {
+        let ramp = if l.ramp_up.is_zero() {
+            String::new()
+        } else {
+            format!(", from {} over {:?}", l.start_rate, l.ramp_up)
+        };
+        let fail = l
+            .fail
+            .as_ref()
+            .map_or(String::new(), |(u, p)| format!(", {p} % to {u}"));
+        log(&format!(
+            "load: {} requests/s to {}{ramp}{fail} (open loop)",
+            l.rate, l.uri
+        ));
+        tokio::spawn(generate(l.clone(), load_stats.clone(), stop_rx));
     }
-    let mut exp = Experiment::new(plan.hypothesis.clone(), plan.schedule, Instant::now());
+    let mut exp = Experiment::new(plan.hypothesis.clone(), plan.schedule, Instant::now())
+        .with_ramp(plan.ramp.clone());
+    // The error-budget floor: checked before anything else, so that an
+    // experiment never spends a budget that is already short.
+    if let Some(floor) = plan.min_error_budget {
+        let why = match budget_left(admin, &plan.hypothesis.route).await {
+            Ok(left) if left < floor => Some(format!(
+                "the error budget of route {:?} is {left:.1} % left, below the floor min_error_budget = {floor} %",
+                plan.hypothesis.route
+            )),
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(why) = why {
+            log(&format!("REFUSED: {why}"));
+            let sample = sli::parse(&metrics, &plan.hypothesis.route).unwrap_or_default();
+            exp.abort(Instant::now(), sample, why);
+        }
+    }
     log(&format!(
         "baseline: {:?} of steady state on route {:?}",
         plan.schedule.baseline, plan.hypothesis.route
@@ -121,6 +155,21 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
     let mut injected = false;
     let mut ever_injected = false;
     let mut injections: Vec<(String, u64, Vec<String>)> = Vec::new();
+    if exp.phase() == Phase::Done {
+        let _ = stop_tx.send(true);
+        let verdict = exp.verdict.clone().unwrap_or(Verdict::Refused {
+            why: "refused".into(),
+        });
+        return Ok(report(
+            &plan,
+            &exp,
+            verdict,
+            injections,
+            None,
+            Vec::new(),
+            started_wall,
+        ));
+    }
     let mut ticks = tokio::time::interval(plan.check_every);
     let mut failure = None;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -153,9 +202,42 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
                 .unwrap_or(injections);
         }
         let now = Instant::now();
-        match exp.observe(now, sample) {
+        let below_floor = match (plan.min_error_budget, exp.phase()) {
+            (Some(floor), Phase::Baseline | Phase::Injecting) => {
+                match budget_left(admin, &plan.hypothesis.route).await {
+                    Ok(left) if left < floor => Some(format!(
+                        "the error budget of route {:?} fell to {left:.1} % left, below the floor min_error_budget = {floor} %",
+                        plan.hypothesis.route
+                    )),
+                    Ok(_) => None,
+                    Err(e) => Some(e),
+                }
+            }
+            _ => None,
+        };
+        let action = match below_floor {
+            Some(why) => exp.abort(now, sample, why),
+            None => exp.observe(now, sample),
+        };
+        match action {
             Action::Wait => {}
+            Action::Raise(percent) => {
+                if let Err(e) = admin
+                    .ok(Method::POST, "/faults", &plan.faults_at(percent))
+                    .await
+                {
+                    failure = Some(format!("the ramp's next step was refused: {e}"));
+                    break;
+                }
+                log(&format!(
+                    "ramp: the hypothesis held; blast radius raised to {percent} %"
+                ));
+            }
             Action::Inject => {
+                // The slowest requests from here on are the report's.
+                let _ = admin
+                    .ok(Method::DELETE, &requests_path(&plan.hypothesis.route), "")
+                    .await;
                 if let Err(e) = admin.ok(Method::POST, "/faults", &plan.faults).await {
                     failure = Some(format!("the faults were refused: {e}"));
                     break;
@@ -163,9 +245,12 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
                 injected = true;
                 ever_injected = true;
                 log(&format!(
-                    "injecting {} for {:?}",
+                    "injecting {} for {:?}{}",
                     plan.fault_names.join(", "),
-                    plan.schedule.duration
+                    plan.schedule.duration,
+                    plan.ramp
+                        .first()
+                        .map_or(String::new(), |p| format!(", ramp starting at {p} %"))
                 ));
             }
             Action::Remove => {
@@ -202,13 +287,66 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
             after_seconds: 0.0,
         },
     };
+    let slowest = if ever_injected {
+        slowest_requests(admin, &plan.hypothesis.route)
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let load = plan.load.as_ref().map(|_| {
         load_stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .summary()
     });
-    Ok(report(&plan, &exp, verdict, injections, load, started_wall))
+    Ok(report(
+        &plan,
+        &exp,
+        verdict,
+        injections,
+        load,
+        slowest,
+        started_wall,
+    ))
+}
+
+/// The share (percent) of `route`'s error budget left, from `GET /slo`.
+async fn budget_left(admin: &Admin, route: &str) -> Result<f64, String> {
+    let text = admin.ok(Method::GET, "/slo", "").await?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    v["routes"][route]["budget_remaining"]
+        .as_f64()
+        .map(|left| left * 100.0)
+        .ok_or_else(|| {
+            format!(
+                "route {route:?} has no SLO on this Levee (a `slo` on the route): min_error_budget needs its error budget"
+            )
+        })
+}
+
+/// `/chaos/requests?route=R`, the route escaped.
+fn requests_path(route: &str) -> String {
+    let mut q = String::new();
+    for b in route.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            q.push(b as char);
+        } else {
+            q.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("/chaos/requests?route={q}")
+}
+
+/// The slowest requests of `route` since the faults went in
+/// (`GET /chaos/requests`).
+async fn slowest_requests(admin: &Admin, route: &str) -> Result<Vec<serde_json::Value>, String> {
+    let text = admin.ok(Method::GET, &requests_path(route), "").await?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(v["routes"][route]["requests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Each fault's injections and effects from `GET /faults`.

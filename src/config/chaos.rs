@@ -17,16 +17,17 @@
 //! delay_jitter = "100ms"           # up to this much more, uniformly
 //! abort = 503                      # or reset = true, or truncate_after = "1KiB"
 //! bandwidth = "64KiB"              # response body bytes per second
-//! slow_headers = "2s"              # the response head spread over this long
+//! slow_headers = "2s"              # the response head held back this long
 //! header = "x-levee-fault"         # hits any request carrying it ...
 //! trusted_sources = ["10.0.0.0/8"] # ... from these peers only (required with header)
 //! clients_percent = 5              # only this stable share of client IPs
 //! ttl = "60s"                      # removes itself after this long (required)
 //! ```
 //!
-//! `reset` acts on a try (a `cluster` target); a route's fault acts before
-//! any try, so it may delay or abort. `truncate_after`, `bandwidth` and
-//! `slow_headers` are read but refused for now: they are not applied yet.
+//! A fault on a `cluster` (or endpoint) acts on every try it selects; a
+//! route's fault once per request: its delay and abort before any try, its
+//! `reset` closes the client's connection unanswered, its slow headers,
+//! truncation and bandwidth act on the answer the client gets.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -315,15 +316,6 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
             ),
         ));
     }
-    if f.route.is_some()
-        && let Some((k, span)) = outcomes.iter().find(|(k, _)| *k != "abort")
-    {
-        return Err(invalid(
-            span.clone(),
-            key(k),
-            "a route's fault acts before any try: it may delay or abort; put reset on a cluster",
-        ));
-    }
     if let Some(b) = &f.bandwidth
         && b.get_ref().0 == 0
     {
@@ -332,24 +324,6 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
             key("bandwidth"),
             "a bandwidth of 0 would stall every response; use reset = true for that",
         ));
-    }
-    // Read (so that a file written for a later Levee gives a precise
-    // error), but not applied by this one: refused rather than ignored.
-    for (k, span) in [
-        ("bandwidth", f.bandwidth.as_ref().map(Spanned::span)),
-        ("slow_headers", f.slow_headers.as_ref().map(Spanned::span)),
-        (
-            "truncate_after",
-            f.truncate_after.as_ref().map(Spanned::span),
-        ),
-    ] {
-        if let Some(span) = span {
-            return Err(invalid(
-                span,
-                key(k),
-                format!("{k} is not applied by this version of Levee; use delay, abort or reset"),
-            ));
-        }
     }
     let does_something = f.delay.is_some()
         || f.delay_distribution.is_some()
@@ -670,16 +644,8 @@ ttl = "60s"
                 "faults[0].trusted_sources[0]:",
             ),
             (
-                "bandwidth = \"1KiB\"\n",
-                "faults[0].bandwidth: bandwidth is not applied by this version",
-            ),
-            (
-                "slow_headers = \"1s\"\n",
-                "faults[0].slow_headers: slow_headers is not applied",
-            ),
-            (
-                "truncate_after = \"1KiB\"\n",
-                "faults[0].truncate_after: truncate_after is not applied",
+                "truncate_after = \"1KiB\"\nreset = true\n",
+                "a fault has one outcome",
             ),
             ("abort = 503\nblast = 5\n", "unknown field `blast`"),
         ];
@@ -694,13 +660,15 @@ ttl = "60s"
         assert!(e.contains("faults[0].ttl: a ttl of 0"), "{e}");
         let e = refused("[[faults]]\nname = \"f\"\ncluster = \"app\"\npercent = 5\nabort = 503\n");
         assert!(e.contains("missing field `ttl`"), "{e}");
-        let e = refused(
-            "[[faults]]\nname = \"f\"\nttl = \"1s\"\nroute = \"api\"\npercent = 5\nreset = true\n",
-        );
-        assert!(
-            e.contains("faults[0].reset: a route's fault acts before any try"),
-            "{e}"
-        );
+        // Every effect applies on a route as on a cluster.
+        let shaped = parse(
+            "[[faults]]\nname = \"f\"\nttl = \"1s\"\nroute = \"api\"\npercent = 5\nreset = true\n\n[[faults]]\nname = \"g\"\nttl = \"1s\"\ncluster = \"app\"\npercent = 5\ntruncate_after = \"1KiB\"\nbandwidth = \"2KiB\"\nslow_headers = \"1s\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let g = build(&shaped[1]);
+        assert_eq!(g.effects.outcome, Outcome::Truncate(1024));
+        assert_eq!(g.effects.bandwidth, Some(2048));
+        assert_eq!(g.effects.slow_headers, Some(StdDuration::from_secs(1)));
         let e = refused(&format!("{base}abort = 503\n{base}abort = 503\n"));
         assert!(
             e.contains("faults[1].name: a fault named \"f\" already exists"),

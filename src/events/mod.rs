@@ -179,7 +179,7 @@ impl Filter {
 }
 
 /// `%XX` and `+` as a query string writes them.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

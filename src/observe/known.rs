@@ -51,6 +51,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "http2_other_error",
     "http2_keepalive_timeout",
     "fault_injected",
+    "fault_reset",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`
@@ -194,7 +195,8 @@ mod tests {
             | E::ConnectRefused
             | E::UpgradeUnsupported
             | E::RewriteFailed
-            | E::FaultAbort(_) => e.code(),
+            | E::FaultAbort(_)
+            | E::FaultReset => e.code(),
         };
         for e in [
             E::NoRoute,
@@ -218,6 +220,7 @@ mod tests {
             E::ConnectRefused,
             E::UpgradeUnsupported,
             E::FaultAbort(503),
+            E::FaultReset,
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");
         }

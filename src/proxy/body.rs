@@ -328,6 +328,8 @@ pub struct ResponseBody {
     kind: Kind,
     sent: u64,
     finish: Option<Box<Completion>>,
+    /// An injected fault cutting or pacing an endpoint's body (chaos).
+    shaper: Option<Box<crate::chaos::shape::Shaper>>,
 }
 
 impl ResponseBody {
@@ -336,6 +338,7 @@ impl ResponseBody {
             kind: Kind::Full(Some(bytes)),
             sent: 0,
             finish,
+            shaper: None,
         }
     }
 
@@ -344,7 +347,14 @@ impl ResponseBody {
             kind: Kind::Upstream(Some(body)),
             sent: 0,
             finish: Some(finish),
+            shaper: None,
         }
+    }
+
+    /// The body cut or paced as an injected fault says.
+    pub fn shaped(mut self, shape: Option<crate::chaos::shape::Shape>) -> Self {
+        self.shaper = shape.map(|s| Box::new(crate::chaos::shape::Shaper::new(s)));
+        self
     }
 }
 
@@ -400,7 +410,10 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(Some(body)) => body.poll_frame(cx),
+            Kind::Upstream(Some(body)) => match this.shaper.as_mut() {
+                Some(shaper) => shaper.poll_frame(cx, |cx| body.poll_frame(cx)),
+                None => body.poll_frame(cx),
+            },
             Kind::Upstream(None) => Poll::Ready(None),
         };
         match polled {
@@ -429,7 +442,10 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.as_ref().is_none_or(|b| b.is_end_stream()),
+            Kind::Upstream(b) => {
+                b.as_ref().is_none_or(|b| b.is_end_stream())
+                    && !self.shaper.as_ref().is_some_and(|s| s.holds())
+            }
         }
     }
 

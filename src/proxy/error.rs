@@ -44,6 +44,9 @@ pub enum ProxyError {
     RewriteFailed,
     /// An injected fault (`chaos`) aborted the request with this status.
     FaultAbort(u16),
+    /// An injected fault (`chaos`) on the route: the client's connection
+    /// is closed without an answer (the status is only logged).
+    FaultReset,
 }
 
 impl ProxyError {
@@ -91,6 +94,7 @@ impl ProxyError {
             ProxyError::FaultAbort(s) => {
                 StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
+            ProxyError::FaultReset => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -117,6 +121,7 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::RewriteFailed => "rewrite_failed",
             ProxyError::FaultAbort(_) => "fault_injected",
+            ProxyError::FaultReset => "fault_reset",
         }
     }
 
@@ -151,6 +156,9 @@ impl ProxyError {
                 "the route's rewrite rules made no valid request from this one"
             }
             ProxyError::FaultAbort(_) => "a fault injected by the operator (chaos) answered this",
+            ProxyError::FaultReset => {
+                "a fault injected by the operator (chaos) closed the connection"
+            }
         }
     }
 

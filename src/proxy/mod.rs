@@ -41,6 +41,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 
+use crate::chaos::fault::Outcome as FaultOutcome;
 use crate::cluster::balance::stable_hash;
 use crate::cluster::guard::AdaptivePass;
 use crate::cluster::{Cluster, PickInput, Unavailable};
@@ -234,9 +235,10 @@ async fn forward<B: RequestBody>(
                 return Err(ProxyError::RateLimited.into());
             }
         }
-        // An injected fault on the route (chaos): its delay, or its abort.
+        // An injected fault on the route (chaos): its delay, then its abort
+        // or reset; its slow headers and body shaping act on the answer.
         let (client, now) = (cx.client, Instant::now());
-        crate::chaos::inject::on_route(
+        let route_fault = crate::chaos::inject::on_route(
             crate::chaos::inject::Armed {
                 faults: &cx.shared.faults,
                 metrics: &cx.shared.metrics.chaos,
@@ -247,8 +249,16 @@ async fn forward<B: RequestBody>(
             next_random(),
             now,
         )
-        .await
-        .map_err(ProxyError::FaultAbort)?;
+        .await;
+        if let Some(hit) = &route_fault {
+            out.tries.faults.push(hit.fault.clone());
+            out.tries.shape = hit.shape();
+            match hit.outcome {
+                FaultOutcome::Abort(status) => return Err(ProxyError::FaultAbort(status).into()),
+                FaultOutcome::Reset => return Err(ProxyError::FaultReset.into()),
+                _ => {}
+            }
+        }
         if let Some(action) = route.action() {
             let canned = rewriting::act(cx, route, action, arrival, req.headers())?;
             return Ok(Reply::Action(canned));
@@ -348,7 +358,14 @@ async fn forward<B: RequestBody>(
             trace: arrival.trace,
         };
         let adaptive = out.places.adaptive.as_ref();
-        let (tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
+        let (mut tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
+        if let Some(hit) = route_fault {
+            tries.faults.insert(0, hit.fault.clone());
+            tries.shape = hit.shape().or(tries.shape.take());
+            if let (Some(d), Ok(_)) = (hit.slow_headers, &answer) {
+                tokio::time::sleep(d).await;
+            }
+        }
         out.tries = tries;
         answer
     }
@@ -492,7 +509,7 @@ async fn send_with_retries<B: RequestBody>(
             cluster.wait_time.observe(wait.as_secs_f64());
         }
         let in_flight = endpoint.live.begin();
-        let mut result = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
+        let (mut result, fault) = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
         // A streamed body that went whole upstream can now be sent again.
         if out.kept.is_none()
             && let Some(tape) = &out.tape
@@ -520,6 +537,9 @@ async fn send_with_retries<B: RequestBody>(
                 .ok()
                 .flatten();
         }
+        // Only the answering try's shaping reaches the client.
+        tries.shape = fault.as_ref().and_then(|f| f.shape());
+        tries.faults.extend(fault.map(|f| f.fault));
         let now = Instant::now();
         let took = now - try_start;
         if result.is_ok() {
@@ -674,7 +694,10 @@ async fn try_once<B: RequestBody>(
     policy: &RetryPolicy,
     out: &mut Outbound<B>,
     start: Instant,
-) -> Result<upstream::Exchange, upstream::Error> {
+) -> (
+    Result<upstream::Exchange, upstream::Error>,
+    Option<crate::chaos::live::Hit>,
+) {
     out.parts
         .headers
         .insert(&trace::TRACEPARENT, out.trace.child());
@@ -718,7 +741,7 @@ async fn try_once<B: RequestBody>(
         start,
     );
     let exchange =
-        crate::chaos::inject::around_try(fault, upstream::send(&target, &out.parts, body));
+        crate::chaos::inject::around_try(fault.as_ref(), upstream::send(&target, &out.parts, body));
     let result =
         match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
             Ok(result) => result,
@@ -732,10 +755,11 @@ async fn try_once<B: RequestBody>(
         (Err(_), Some(tape)) => tape.lock().unwrap_or_else(|p| p.into_inner()).failure(),
         _ => None,
     };
-    match failure {
+    let result = match failure {
         Some(e) => Err(upstream::Error::RequestBody(e)),
         None => result,
-    }
+    };
+    (result, fault)
 }
 
 /// How long a gRPC answer's first frame is waited for, to tell a bare
@@ -805,10 +829,18 @@ fn respond(
         routed,
         rate_limit,
         places,
-        tries,
+        mut tries,
         answer,
         kept,
     } = forwarded;
+    let shape = tries.shape.take();
+    let reset = matches!(
+        answer,
+        Err(Refusal {
+            error: ProxyError::FaultReset,
+            ..
+        })
+    );
     let attempts = routed
         .as_ref()
         .and_then(|r| r.policy()?.attempts_header.clone())
@@ -864,7 +896,8 @@ fn respond(
                 headers.append(header::SET_COOKIE, cookie);
             }
             outcome.status = head.status.as_u16();
-            let mut response = Response::new(ResponseBody::upstream(body, completion(outcome)));
+            let body = ResponseBody::upstream(body, completion(outcome)).shaped(shape);
+            let mut response = Response::new(body);
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
             response
@@ -936,6 +969,11 @@ fn respond(
         r.apply(response.headers_mut());
     }
     edge::hsts(response.headers_mut(), hsts);
+    if reset {
+        response
+            .extensions_mut()
+            .insert(crate::chaos::inject::ResetConnection);
+    }
     response
 }
 

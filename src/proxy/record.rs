@@ -99,6 +99,12 @@ pub struct Tries {
     pub last: Option<Try>,
     /// Why the last one failed, with its cause.
     pub error: Option<String>,
+    /// The injected faults (chaos) that hit the request: its route's, then
+    /// each try's.
+    pub faults: Vec<String>,
+    /// How a fault shapes the response body (the route's, else the last
+    /// try's).
+    pub shape: Option<crate::chaos::shape::Shape>,
 }
 
 /// A gRPC call's status: known from the answer's head (trailers-only, or
@@ -244,6 +250,18 @@ impl Completion {
         if let Some(e) = outcome.error {
             shared.metrics.error(e.code());
         }
+        // The slowest requests and the faults that hit them, for a chaos
+        // experiment's report: kept only while fault injection is enabled.
+        if snapshot.config.chaos.enabled
+            && let Some(routed) = &outcome.routed
+        {
+            shared
+                .faults
+                .slowest
+                .offer(&routed.route.name, total, SystemTime::now(), || {
+                    slow_request(&outcome, &arrival, &upstream_error, total)
+                });
+        }
         if let Some(log) = &shared.access_log {
             let tries = &outcome.tries;
             let last = tries.last.as_ref();
@@ -300,5 +318,29 @@ impl Completion {
         }
         drop(outcome);
         cx.cycle.finished();
+    }
+}
+
+/// A finished request as the slowest requests' list shows it.
+fn slow_request(
+    outcome: &Outcome,
+    arrival: &Arrival,
+    upstream_error: &Option<String>,
+    total: Duration,
+) -> crate::chaos::slowest::SlowRequest {
+    crate::chaos::slowest::SlowRequest {
+        at: crate::observe::access_log::rfc3339_millis(SystemTime::now() - total),
+        total_ms: (ms(total) * 10.0).round() / 10.0,
+        status: outcome.status,
+        method: arrival.method.to_string(),
+        path: arrival.uri.path().to_owned(),
+        route: outcome.routed.as_ref().map(|r| r.route.name.to_string()),
+        endpoint: outcome.tries.last.as_ref().map(|t| t.endpoint),
+        tries: outcome.tries.count,
+        faults: outcome.tries.faults.clone(),
+        error: outcome
+            .error
+            .map(|e| e.code().to_owned())
+            .or_else(|| upstream_error.clone()),
     }
 }

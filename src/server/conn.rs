@@ -4,7 +4,6 @@
 //! client that never finishes its request head. Everything here is generic
 //! over the stream, so a TLS stream gets the same treatment as a TCP one.
 
-use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -204,7 +203,7 @@ async fn serve_hyper<S>(
     let service = service_fn(move |req| {
         let cx = service_cx.clone();
         let req = req.map(crate::server::client_body::ClientBody::Hyper);
-        async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
+        async move { crate::chaos::inject::unless_reset(proxy::handle(cx, req).await) }
     });
     let mut conn = http1::Builder::new()
         // Our own check answers 431 with a JSON body up to max_header_bytes;

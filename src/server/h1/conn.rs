@@ -393,6 +393,14 @@ where
 
     // The response, while the rest of the body (if any) is still read.
     let (parts, mut body) = response.into_parts();
+    // A route's reset fault (chaos): not a byte of the answer.
+    if parts
+        .extensions
+        .get::<crate::chaos::inject::ResetConnection>()
+        .is_some()
+    {
+        return Next::Close { linger: false };
+    }
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Only a WebSocket upgrade the pipeline asked for gets a 101 here.
         let Some(up) = body.upgraded() else {

@@ -19,7 +19,6 @@
 mod flood;
 mod streams;
 
-use std::convert::Infallible;
 use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,7 +64,7 @@ pub async fn serve<S>(
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let cx = service_cx.clone();
         let req = req.map(ClientBody::Hyper);
-        async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
+        async move { crate::chaos::inject::unless_reset(proxy::handle(cx, req).await) }
     });
     let now = Instant::now();
     let flooded = Arc::new(AtomicBool::new(false));
