@@ -26,8 +26,23 @@ pub fn reports(snapshot: &Snapshot, now: u64) -> serde_json::Value {
         .filter_map(|r| {
             let slo = r.slo.as_ref()?;
             let report = slo.tracker.peek(&slo.objective, now);
-            Some((r.name.to_string(), serde_json::to_value(report).ok()?))
+            let mut v = serde_json::to_value(report).ok()?;
+            if let (Some(on), Some(o)) = (&r.on_burn, v.as_object_mut()) {
+                o.insert("on_fast_burn".into(), on_fast_burn(on));
+            }
+            Some((r.name.to_string(), v))
         })
         .collect();
     serde_json::json!({ "routes": routes })
+}
+
+/// A route's fast-burn actions: configured, and whether they are on.
+fn on_fast_burn(on: &crate::slo::act::RouteActions) -> serde_json::Value {
+    let since = on.acting.since();
+    serde_json::json!({
+        "actions": on.actions.describe(),
+        "active": since.is_some(),
+        "since_unix": since,
+        "applied": on.acting.applied().map(|a| a.describe()),
+    })
 }

@@ -4,6 +4,7 @@
 //! names the file, line, column, the key and what would be valid. Levee never
 //! runs half-configured, and a refused reload leaves the running config alone.
 
+pub mod burn_actions;
 pub mod chaos;
 pub mod dns;
 pub mod http2;

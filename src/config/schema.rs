@@ -295,6 +295,10 @@ pub struct RouteConfig {
     /// The route's service level objective (`docs/slo.md`).
     #[serde(default)]
     pub slo: Option<super::slo::SloConfig>,
+    /// What Levee does while a fast-burn alert of the route's SLO fires
+    /// (`docs/slo.md`, "Acting on the budget").
+    #[serde(default)]
+    pub on_fast_burn: Option<super::burn_actions::OnFastBurn>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

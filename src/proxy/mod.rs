@@ -317,7 +317,9 @@ async fn forward<B: RequestBody>(
             trace: arrival.trace,
         };
         let adaptive = out.places.adaptive.as_ref();
-        let (tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
+        let on_burn = route.on_burn.as_deref().map(|a| &*a.acting);
+        let (tries, answer) =
+            send_with_retries(cx, cluster, policy, outbound, adaptive, on_burn).await;
         out.tries = tries;
         answer
     }
@@ -426,6 +428,7 @@ async fn send_with_retries<B: RequestBody>(
     policy: &RetryPolicy,
     mut out: Outbound<B>,
     adaptive: Option<&AdaptivePass>,
+    on_burn: Option<&crate::slo::act::Acting>,
 ) -> (Tries, Answer) {
     let mut tries = Tries::default();
     let token = out.token.take();
@@ -529,7 +532,14 @@ async fn send_with_retries<B: RequestBody>(
         // A retry with nowhere to go, one that could not finish before the
         // deadline, or one the budget refuses, is not made: the client gets
         // this answer.
-        if next.is_err() || now + wait >= out.deadline || !cluster.guard.withdraw(now) {
+        // A route burning its SLO fast may have tightened the budget.
+        let tighter = on_burn
+            .and_then(crate::slo::act::Acting::tight_budget)
+            .map(|t| (t.ratio, t.min_per_sec));
+        if next.is_err()
+            || now + wait >= out.deadline
+            || !cluster.guard.withdraw_within(now, tighter)
+        {
             let cookie = affinity_cookie(cluster, endpoint.address, token.as_deref());
             return settle(tries, result.map(|exchange| (exchange, cookie)));
         }

@@ -146,6 +146,8 @@ pub struct Route {
     pub own_metrics: Option<RouteMetrics>,
     /// The route's SLO: its objective and the counts it is judged by.
     pub slo: Option<Arc<crate::slo::registry::RouteSlo>>,
+    /// What the route does while its SLO burns fast (`on_fast_burn`).
+    pub on_burn: Option<Arc<crate::slo::act::RouteActions>>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -197,12 +199,26 @@ impl Route {
             rewrite: None,
             own_metrics: None,
             slo: None,
+            on_burn: None,
         }
     }
 
     pub fn with_slo(mut self, slo: Option<Arc<crate::slo::registry::RouteSlo>>) -> Route {
         self.slo = slo;
         self
+    }
+
+    pub fn with_burn_actions(mut self, on: Option<Arc<crate::slo::act::RouteActions>>) -> Route {
+        self.on_burn = on;
+        self
+    }
+
+    /// The split as (cluster, weight), in declared order.
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        self.targets
+            .iter()
+            .map(|t| (t.cluster.name.to_string(), t.weight))
+            .collect()
     }
 
     pub fn with_rate_limits(

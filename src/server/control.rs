@@ -79,7 +79,8 @@ pub async fn slos(shared: Arc<Shared>) {
 /// One evaluation at `now` (Unix seconds).
 pub fn evaluate_slos(shared: &Shared, now: u64) {
     let snapshot = shared.snapshot.load_full();
-    for route in crate::admin::slo::routes(&snapshot) {
+    let routes = crate::admin::slo::routes(&snapshot);
+    for route in &routes {
         let Some(slo) = &route.slo else { continue };
         let report = slo.tracker.evaluate(&slo.objective, now);
         shared.metrics.slos.publish(&route.name, &report);
@@ -105,7 +106,15 @@ pub fn evaluate_slos(shared: &Shared, now: u64) {
                 ),
             );
         }
+        // After the alert events, so that the reason follows them.
+        super::burn_actions::apply(shared, route, &report, now);
     }
+    let deciding: Vec<&str> = routes
+        .iter()
+        .filter(|r| r.on_burn.is_some())
+        .map(|r| &*r.name)
+        .collect();
+    super::burn_actions::sweep(shared, &deciding);
 }
 
 /// The SLO state file and how often to write it, from the current config.

@@ -7,6 +7,7 @@
 //! SIGHUP (reload), SIGUSR1 (reopen the access log, for logrotate) and
 //! SIGTERM/SIGINT (graceful shutdown).
 
+mod burn_actions;
 pub mod client_body;
 pub mod conn;
 mod control;
