@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod dns;
 pub mod http2;
 mod ignored;
+pub mod otlp;
 pub mod ratelimit;
 pub mod redis_url;
 pub mod resilience;

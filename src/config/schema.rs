@@ -46,6 +46,9 @@ pub struct Config {
     /// Where SLO counts are saved across restarts (`docs/slo.md`).
     #[serde(default)]
     pub slo: super::slo::SloStateConfig,
+    /// Span export to an OpenTelemetry collector (`docs/slo.md`).
+    #[serde(default)]
+    pub tracing: super::otlp::TracingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

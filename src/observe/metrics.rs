@@ -165,6 +165,7 @@ pub struct Metrics {
     pub dns_lookups: Family<DnsLabels, Counter>,
     pub dns_addresses: Family<DnsNameLabels, Gauge>,
     pub chaos: crate::observe::chaos::ChaosMetrics,
+    pub otlp: crate::observe::otlp::OtlpMetrics,
     /// Routes' SLO trackers and gauges (`slo::Registry`).
     pub slos: crate::slo::Registry,
     /// TLS termination (`crate::tls::metrics`).
@@ -382,6 +383,7 @@ impl Metrics {
         // TCP listeners' own metrics (`src/tcp/metrics.rs`).
         let tcp = super::tcp::TcpMetrics::register(&mut registry);
         let chaos = crate::observe::chaos::ChaosMetrics::register(&mut registry);
+        let otlp = crate::observe::otlp::OtlpMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
         let tls = crate::tls::metrics::TlsMetrics::register(&mut registry);
         let metrics = Metrics {
@@ -389,6 +391,7 @@ impl Metrics {
             registry,
             slos,
             chaos,
+            otlp,
             tcp,
             dns_lookups,
             dns_addresses,

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod chaos;
 pub mod known;
 pub mod metrics;
+pub mod otlp;
 pub mod tcp;
 pub mod trace;
 

@@ -32,10 +32,11 @@ pub mod grpc;
 pub mod headers;
 pub mod record;
 mod rewriting;
+pub mod spans;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -315,6 +316,12 @@ async fn forward<B: RequestBody>(
             pick,
             token,
             trace: arrival.trace,
+            span: 0,
+            spans: cx
+                .shared
+                .otlp
+                .as_ref()
+                .is_some_and(|o| o.samples(arrival.trace.trace_id)),
         };
         let adaptive = out.places.adaptive.as_ref();
         let on_burn = route.on_burn.as_deref().map(|a| &*a.acting);
@@ -415,6 +422,10 @@ struct Outbound<B> {
     token: Option<String>,
     /// Each try is a child span of this (`observe::trace`).
     trace: TraceContext,
+    /// The span id the current try sent in `traceparent`.
+    span: u64,
+    /// The request's spans are exported (`observe::otlp`): keep each try's.
+    spans: bool,
 }
 
 /// Step 6: tries until one is worth answering with. Each try goes to an
@@ -462,6 +473,18 @@ async fn send_with_retries<B: RequestBody>(
         let took = now - try_start;
         if result.is_ok() {
             cluster.head_time.observe(took.as_secs_f64());
+        }
+        if out.spans {
+            tries.spans.push(spans::TrySpan {
+                span_id: out.span,
+                endpoint: endpoint.address,
+                start: SystemTime::now().checked_sub(took).unwrap_or(UNIX_EPOCH),
+                took,
+                result: match &result {
+                    Ok(ex) => Ok(ex.head.status.as_u16()),
+                    Err(e) => Err(e.to_string()),
+                },
+            });
         }
         tries.last = Some(Try {
             endpoint: endpoint.address,
@@ -585,9 +608,10 @@ async fn try_once<B: RequestBody>(
     out: &mut Outbound<B>,
     start: Instant,
 ) -> Result<upstream::Exchange, upstream::Error> {
+    out.span = out.trace.new_span();
     out.parts
         .headers
-        .insert(&trace::TRACEPARENT, out.trace.child());
+        .insert(&trace::TRACEPARENT, out.trace.header(out.span));
     if let Some(name) = &cluster.deadline_header {
         let left = out.deadline.saturating_duration_since(start).as_millis();
         out.parts

@@ -99,6 +99,8 @@ pub struct Tries {
     pub last: Option<Try>,
     /// Why the last one failed, with its cause.
     pub error: Option<String>,
+    /// Each try, when the request's spans are exported (else empty).
+    pub spans: Vec<super::spans::TrySpan>,
 }
 
 /// How the pipeline ended for a request.
@@ -159,6 +161,17 @@ impl Completion {
             slo.record(outcome.status, total, crate::slo::unix_now());
         }
         let shared = &cx.shared;
+        if let Some(otlp) = &shared.otlp
+            && otlp.samples(arrival.trace.trace_id)
+        {
+            otlp.offer(super::spans::build(
+                &arrival,
+                &outcome,
+                upstream_error.as_deref(),
+                total,
+                cx.client.ip(),
+            ));
+        }
         if let Some(e) = outcome.error {
             shared.metrics.error(e.code());
         }

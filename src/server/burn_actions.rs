@@ -23,9 +23,11 @@ pub fn apply(shared: &Shared, route: &Route, report: &Report, now: u64) {
         Some(Decision::Start { alert, reason }) => {
             acting.start(now, &on.actions, route.weights());
             if let Some(level) = on.actions.level {
-                shared
-                    .service_level
-                    .raise(&route.name, Some(level), &format!("{alert} fires"));
+                shared.service_level.raise(
+                    &route.name,
+                    Some(crate::service_level::min_level(level)),
+                    &format!("{alert} fires"),
+                );
             }
             let mut why = format!("{reason}; {budget}");
             if on.actions.hold_split {

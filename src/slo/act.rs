@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::AlertState;
 use crate::config::burn_actions::OnFastBurn;
-use crate::resilience::degradation::Level;
+use crate::config::resilience::MinLevel;
 
 /// The alerts that start the actions: the two that page.
 pub const FAST: [&str; 2] = ["fast_burn_1h", "fast_burn_6h"];
@@ -46,7 +46,9 @@ pub struct Tight {
 /// What a route does while it burns fast (its `on_fast_burn`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Actions {
-    pub level: Option<Level>,
+    /// The level to raise the service level to (degraded or minimal; the
+    /// config's type, so that `slo` needs nothing of `resilience`).
+    pub level: Option<MinLevel>,
     pub retry: Option<Tight>,
     pub hold_split: bool,
 }
@@ -54,10 +56,13 @@ pub struct Actions {
 impl Actions {
     pub fn from_config(c: &OnFastBurn) -> Actions {
         Actions {
-            level: c
-                .service_level
-                .as_ref()
-                .and_then(|l| l.get_ref().parse().ok()),
+            level: c.service_level.as_ref().and_then(|l| {
+                match l.get_ref().to_ascii_lowercase().as_str() {
+                    "degraded" => Some(MinLevel::Degraded),
+                    "minimal" => Some(MinLevel::Minimal),
+                    _ => None,
+                }
+            }),
             retry: c.retry_budget.as_ref().map(|b| Tight {
                 ratio: *b.ratio.get_ref(),
                 min_per_sec: *b.min_per_sec.get_ref(),
@@ -71,7 +76,13 @@ impl Actions {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(l) = self.level {
-            parts.push(format!("service level raised to {l}"));
+            let name = match l {
+                MinLevel::Full => "full",
+                MinLevel::Degraded => "degraded",
+                MinLevel::Minimal => "minimal",
+                MinLevel::Maintenance => "maintenance",
+            };
+            parts.push(format!("service level raised to {name}"));
         }
         if let Some(t) = self.retry {
             parts.push(format!(
@@ -450,7 +461,7 @@ mod tests {
         )
         .expect("parses");
         let a = Actions::from_config(&c);
-        assert_eq!(a.level, Some(Level::Degraded));
+        assert_eq!(a.level, Some(MinLevel::Degraded));
         assert_eq!(
             a.retry,
             Some(Tight {
