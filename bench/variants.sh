@@ -16,6 +16,10 @@
 #                in the default redis_mode, "lease" (docs/rate-limiting.md, "Leases")
 #   redis-exact  + the same, with redis_mode = "exact": one Redis round trip per request
 #   adaptive     + adaptive concurrency
+#   slo          + an SLO on every route (availability and latency), with an open "dashboard"
+#                standing by: an SSE client on the admin API's /events/stream and a poller
+#                of /slo, /status, /degradation and /metrics once a second, both running
+#                for the whole measurement (docs/slo.md, "Cost")
 #
 # Knobs: ROUNDS=3 DURATION=10 CONNS=64 THREADS=1 WORKERS=1 BUILD=1 PAUSE=1
 #        REF=<repo>/../shared/bench-ref RUNDIR=/tmp/levee-variants
@@ -86,6 +90,8 @@ endpoint_circuit_breaker = { consecutive_failures = 5 }
 bulkhead = { max_concurrent = 1000, max_queue = 100, queue_timeout = "500ms" }
 retry = { max_attempts = 2, retry_on = ["connect_failure", "gateway_error"] }'
 RATELIMIT='rate_limits = ["per-ip"]'
+SLO='slo = { target = 99.9, window_days = 30, latency = "300ms" }'
+declare -A DASHBOARD=()
 RULE='[rate_limit]
 store = "STORE"
 redis_url = "redis://127.0.0.1:6391"
@@ -120,6 +126,8 @@ for v in $VARIANTS; do
             [ "$v" = redis-exact ] && rule=${rule/on_store_error = \"allow\"/on_store_error = \"allow\"$'\n'redis_mode = \"exact\"}
             cfg=$(config "$v" $port $admin "" "$RATELIMIT" "$rule") ;;
         adaptive)   cfg=$(config "$v" $port $admin 'adaptive_concurrency = { max_limit = 10000 }' "" "") ;;
+        slo)        cfg=$(config "$v" $port $admin "" "$SLO" "")
+                    DASHBOARD[$v]="http://127.0.0.1:$admin" ;;
         *) die "unknown variant '$v'" ;;
     esac
     "$LEVEE_BIN" check --config "$cfg" >/dev/null || die "variant $v: config refused ($cfg)"
@@ -131,6 +139,20 @@ done
 for v in $VARIANTS; do
     for _ in $(seq 1 100); do curl -s -o /dev/null "${URL[$v]}" && break; sleep 0.1; done
     curl -s -o /dev/null "${URL[$v]}" || die "variant $v does not answer (see $RUNDIR/levee-$v.log)"
+done
+
+# What an open dashboard asks of a variant's admin API, for the whole run: the event
+# stream held open, and the JSON and metrics read once a second.
+for v in "${!DASHBOARD[@]}"; do
+    a=${DASHBOARD[$v]}
+    curl -sN "$a/events/stream" >"$RUNDIR/sse-$v.log" 2>&1 &
+    PIDS+=($!)
+    ( while :; do
+          for p in /slo /status /degradation /metrics; do curl -s -o /dev/null "$a$p"; done
+          sleep 1
+      done ) >/dev/null 2>&1 &
+    PIDS+=($!)
+    log "variant $v: SSE client and admin poller on $a"
 done
 
 RESULTS="$RUNDIR/results.tsv"

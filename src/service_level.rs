@@ -24,6 +24,8 @@ pub struct ServiceLevel {
 struct State {
     machine: Degradation,
     last: Option<(SystemTime, String)>,
+    /// Routes acting on a fast SLO burn, and the level each asks for.
+    raised: std::collections::BTreeMap<String, Level>,
 }
 
 /// A route's `min_level` as a level.
@@ -54,6 +56,7 @@ impl ServiceLevel {
             state: Mutex::new(State {
                 machine: Degradation::new(machine_config(table), Instant::now()),
                 last: None,
+                raised: std::collections::BTreeMap::new(),
             }),
             current: AtomicU8::new(Level::Full as u8),
             requests: AtomicU64::new(0),
@@ -88,6 +91,29 @@ impl ServiceLevel {
         let change = state.machine.set_manual(level, Instant::now());
         self.publish(&mut state, change, "admin API");
         state.machine.level()
+    }
+
+    /// Route `route` raises the level to at least `level` while its SLO
+    /// burns fast (`None`: it no longer does); `why` says why, with the
+    /// numbers. The most severe raise counts.
+    pub fn raise(&self, route: &str, level: Option<Level>, why: &str) {
+        let mut state = self.lock();
+        match level {
+            Some(l) => state.raised.insert(route.to_owned(), l),
+            None => state.raised.remove(route),
+        };
+        let floor = state.raised.values().copied().max().unwrap_or_default();
+        let reason = match level {
+            Some(l) => format!("route {route} raised it to {l}: {why}"),
+            None => format!("route {route} no longer raises it: {why}"),
+        };
+        let change = state.machine.set_floor(floor, reason, Instant::now());
+        self.publish(&mut state, change, "SLO fast burn");
+    }
+
+    /// The routes raising the level now.
+    pub fn raised_by(&self) -> Vec<String> {
+        self.lock().raised.keys().cloned().collect()
     }
 
     /// One observation of the triggers (only when `auto` is on).
@@ -125,6 +151,7 @@ impl ServiceLevel {
             "level": state.machine.level().as_str(),
             "manual": state.machine.manual().map(Level::as_str),
             "auto": state.machine.auto_level().as_str(),
+            "raised_by_slo": state.raised.iter().map(|(r, l)| (r.clone(), l.as_str())).collect::<std::collections::BTreeMap<_, _>>(),
             "last_change": state.last.as_ref().map(|(at, reason)| serde_json::json!({
                 "time": crate::observe::access_log::rfc3339_millis(*at),
                 "unix_ms": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -149,7 +176,12 @@ impl ServiceLevel {
         if *state.machine.config() != cfg {
             // A new machine starts at FULL; a level set by hand stays.
             let manual = state.machine.manual();
+            let floor = state.machine.floor();
             state.machine = Degradation::new(cfg, Instant::now());
+            // Routes acting on an SLO burn keep their raise too.
+            state
+                .machine
+                .set_floor(floor, String::new(), Instant::now());
             let change = state.machine.set_manual(manual, Instant::now());
             self.publish(&mut state, change.filter(|_| manual.is_some()), "reload");
         }

@@ -35,6 +35,8 @@ pub struct Shared {
     /// TLS listeners' configurations, replaced on reload and when their
     /// files change.
     pub tls: crate::tls::Terminators,
+    /// Span export to an OpenTelemetry collector, when `[tracing]` asks.
+    pub otlp: Option<crate::observe::otlp::Exporter>,
 }
 
 /// What `/status` says about the last reload.
@@ -62,6 +64,7 @@ impl Shared {
         };
         let service_level = crate::service_level::ServiceLevel::new(&config.degradation);
         let rate_limits = crate::ratelimit::rules::Registry::default();
+        let otlp = crate::observe::otlp::Exporter::from_config(&config.tracing, &metrics.otlp);
         let faults = crate::chaos::live::Faults::default();
         faults.configure(&config, std::time::Instant::now(), &metrics.chaos);
         let snapshot = Snapshot::build(config, &live, &rate_limits, &metrics, true);
@@ -82,6 +85,7 @@ impl Shared {
             last_reload: std::sync::Mutex::new(None),
             faults,
             tls: crate::tls::Terminators::default(),
+            otlp,
         })
     }
 

@@ -104,7 +104,7 @@ impl Snapshot {
             .iter()
             .map(|r| {
                 let name: Arc<str> = r.name.get_ref().as_str().into();
-                let wanted: Vec<(&str, u32)> = match &r.cluster {
+                let mut wanted: Vec<(&str, u32)> = match &r.cluster {
                     Some(c) => vec![(c.get_ref().as_str(), 1)],
                     None => r
                         .split
@@ -112,6 +112,10 @@ impl Snapshot {
                         .map(|t| (t.cluster.get_ref().as_str(), *t.weight.get_ref()))
                         .collect(),
                 };
+                let on_burn = metrics.slos.acts.route(&name, r.on_fast_burn.as_ref());
+                if let Some(on) = &on_burn {
+                    hold_split(&name, on, &mut wanted);
+                }
                 // Validation guarantees every named cluster exists.
                 let targets = wanted
                     .into_iter()
@@ -152,7 +156,8 @@ impl Snapshot {
                             ),
                         )
                         .with_slo(metrics.slos.route(&name, r.slo.as_ref()))
-                        .with_stats(metrics.route_stats.route(&name)),
+                        .with_stats(metrics.route_stats.route(&name))
+                        .with_burn_actions(on_burn),
                     ),
                 )
             })
@@ -205,6 +210,25 @@ impl Snapshot {
 
     pub fn listener(&self, address: SocketAddr) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| l.address == address)
+    }
+}
+
+/// While a route's fast-burn actions hold its split, the weights in force
+/// when the burn started stay (`slo::act`); a shift the configuration asks
+/// for is told once, as an event, and applies when the burn ends.
+fn hold_split(route: &str, on: &crate::slo::act::RouteActions, wanted: &mut [(&str, u32)]) {
+    let configured: Vec<(String, u32)> = wanted.iter().map(|(c, w)| (c.to_string(), *w)).collect();
+    let (weights, refused) = on.acting.weights(&configured);
+    for (t, w) in wanted.iter_mut().zip(weights) {
+        t.1 = w;
+    }
+    if let Some(why) = refused {
+        crate::events::emit(
+            crate::events::Kind::SloAction,
+            format!("route {route}"),
+            "split weight shift held",
+            why,
+        );
     }
 }
 

@@ -135,7 +135,7 @@ listners = []
         1,
         "listners",
         "listners",
-        "unknown field `listners`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `clusters`, `degradation`, `rate_limit`, `dns`, `chaos`, `faults`, `slo`",
+        "unknown field `listners`, expected one of `server`, `admin`, `access_log`, `listeners`, `routes`, `clusters`, `degradation`, `rate_limit`, `dns`, `chaos`, `faults`, `slo`, `tracing`",
     );
 }
 

@@ -30,6 +30,9 @@ pub fn reports(snapshot: &Snapshot, now: u64) -> serde_json::Value {
             if let (Some(o), Some(stats)) = (v.as_object_mut(), &r.stats) {
                 o.insert("latency".into(), latency(stats, &slo.latency_targets, now));
             }
+            if let (Some(on), Some(o)) = (&r.on_burn, v.as_object_mut()) {
+                o.insert("on_fast_burn".into(), on_fast_burn(on));
+            }
             Some((r.name.to_string(), v))
         })
         .collect();
@@ -49,5 +52,16 @@ pub fn latency(
         "window": format!("{TARGET_MINUTES}m"),
         "percentiles": p,
         "targets": checks,
+    })
+}
+
+/// A route's fast-burn actions: configured, and whether they are on.
+fn on_fast_burn(on: &crate::slo::act::RouteActions) -> serde_json::Value {
+    let since = on.acting.since();
+    serde_json::json!({
+        "actions": on.actions.describe(),
+        "active": since.is_some(),
+        "since_unix": since,
+        "applied": on.acting.applied().map(|a| a.describe()),
     })
 }

@@ -60,21 +60,37 @@ impl ClusterGuard {
 
     /// Asks the budget for one retry; counts a refusal.
     pub fn withdraw(&self, now: Instant) -> bool {
+        self.withdraw_within(now, None)
+    }
+
+    /// As `withdraw`, the retry also fitting `tighter` (`ratio`,
+    /// `min_per_sec`): a route's tightened budget during a fast burn.
+    pub fn withdraw_within(&self, now: Instant, tighter: Option<(f64, f64)>) -> bool {
         let Some(b) = &self.budget else {
             return true;
         };
         let ok = b
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .try_withdraw(now);
+            .try_withdraw_within(now, tighter);
         if !ok {
             self.budget_exhausted.inc();
             if let Some(n) = self.budget_gate.pass(now, crate::events::gate::EVERY) {
+                let why = match tighter {
+                    Some((ratio, floor)) => format!(
+                        "retry budget exhausted (tightened to {} % of requests + {floor}/s by a \
+                         route's fast SLO burn): {n} retries refused since the last event",
+                        ratio * 100.0
+                    ),
+                    None => {
+                        format!("retry budget exhausted: {n} retries refused since the last event")
+                    }
+                };
                 crate::events::emit(
                     crate::events::Kind::RetryBudget,
                     self.subject.clone(),
                     "retries refused",
-                    format!("retry budget exhausted: {n} retries refused since the last event"),
+                    why,
                 );
             }
         }

@@ -4,11 +4,13 @@
 //! names the file, line, column, the key and what would be valid. Levee never
 //! runs half-configured, and a refused reload leaves the running config alone.
 
+pub mod burn_actions;
 pub mod chaos;
 pub mod dns;
 pub mod front;
 pub mod http2;
 mod ignored;
+pub mod otlp;
 pub mod ratelimit;
 pub mod redis_url;
 pub mod resilience;

@@ -46,6 +46,9 @@ pub struct Config {
     /// Where SLO counts are saved across restarts (`docs/slo.md`).
     #[serde(default)]
     pub slo: super::slo::SloStateConfig,
+    /// Span export to an OpenTelemetry collector (`docs/slo.md`).
+    #[serde(default)]
+    pub tracing: super::otlp::TracingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -307,6 +310,10 @@ pub struct RouteConfig {
     /// The route's service level objective (`docs/slo.md`).
     #[serde(default)]
     pub slo: Option<super::slo::SloConfig>,
+    /// What Levee does while a fast-burn alert of the route's SLO fires
+    /// (`docs/slo.md`, "Acting on the budget").
+    #[serde(default)]
+    pub on_fast_burn: Option<super::burn_actions::OnFastBurn>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -446,6 +446,8 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
     super::ignored::check(config)?;
     super::ratelimit::check(config)?;
     super::slo::check(config)?;
+    super::burn_actions::check(config)?;
+    super::otlp::check(config)?;
     // Last: a partial config written to show one mistake is judged on that
     // mistake first.
     check_serves_something(config)

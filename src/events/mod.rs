@@ -43,10 +43,11 @@ pub enum Kind {
     ServiceLevel,
     Reload,
     SloAlert,
+    SloAction,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Health,
         Kind::Ejection,
         Kind::EjectionEnd,
@@ -57,6 +58,7 @@ impl Kind {
         Kind::ServiceLevel,
         Kind::Reload,
         Kind::SloAlert,
+        Kind::SloAction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +73,7 @@ impl Kind {
             Kind::ServiceLevel => "service_level",
             Kind::Reload => "reload",
             Kind::SloAlert => "slo_alert",
+            Kind::SloAction => "slo_action",
         }
     }
 

@@ -168,6 +168,7 @@ pub struct Metrics {
     pub chaos: crate::observe::chaos::ChaosMetrics,
     /// HTTP/2 to endpoints and gRPC (`observe::grpc`).
     pub grpc: crate::observe::grpc::GrpcMetrics,
+    pub otlp: crate::observe::otlp::OtlpMetrics,
     /// Routes' SLO trackers and gauges (`slo::Registry`).
     pub slos: crate::slo::Registry,
     /// Every route's rates and latency percentiles (`observe::route_stats`).
@@ -389,6 +390,7 @@ impl Metrics {
         let websocket = super::websocket::WebSocketMetrics::register(&mut registry);
         let chaos = crate::observe::chaos::ChaosMetrics::register(&mut registry);
         let grpc = crate::observe::grpc::GrpcMetrics::register(&mut registry);
+        let otlp = crate::observe::otlp::OtlpMetrics::register(&mut registry);
         let slos = crate::slo::Registry::new(&mut registry);
         let route_stats = crate::observe::route_stats::Registry::new(&mut registry);
         let tls = crate::tls::metrics::TlsMetrics::register(&mut registry);
@@ -399,6 +401,7 @@ impl Metrics {
             route_stats,
             chaos,
             grpc,
+            otlp,
             tcp,
             websocket,
             dns_lookups,

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod known;
 pub mod latency;
 pub mod metrics;
+pub mod otlp;
 pub mod route_stats;
 pub mod tcp;
 pub mod trace;

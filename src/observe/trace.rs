@@ -5,9 +5,9 @@
 //! new span id, so two tries of one request can be told apart in the
 //! endpoint's traces. The trace id goes into the access log line.
 //!
-//! Levee records no spans itself, so a trace it starts is marked sampled
-//! (flag 01) for the services behind it to record; an incoming trace keeps
-//! its flags. `tracestate` is passed on untouched when `traceparent` was
+//! A trace Levee starts is marked sampled (flag 01) for the services behind
+//! it to record, whether or not Levee exports its own spans
+//! (`observe::otlp`, off by default); an incoming trace keeps its flags. `tracestate` is passed on untouched when `traceparent` was
 //! valid and dropped when it was not (the spec ties one to the other).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,12 +110,18 @@ impl TraceContext {
 
     /// `traceparent` for one try: this trace, a new span id.
     pub fn child(&self) -> HeaderValue {
-        let v = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            next_id(self.seed),
-            self.flags
-        );
+        self.header(self.new_span())
+    }
+
+    /// A new span id in this trace (a try's, or the request's own when its
+    /// spans are exported).
+    pub fn new_span(&self) -> u64 {
+        next_id(self.seed)
+    }
+
+    /// `traceparent` naming `span` as the caller's span.
+    pub fn header(&self, span: u64) -> HeaderValue {
+        let v = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, span, self.flags);
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 

@@ -32,10 +32,11 @@ pub mod grpc;
 pub mod headers;
 pub mod record;
 mod rewriting;
+pub mod spans;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -356,9 +357,17 @@ async fn forward<B: RequestBody>(
             pick,
             token,
             trace: arrival.trace,
+            span: 0,
+            spans: cx
+                .shared
+                .otlp
+                .as_ref()
+                .is_some_and(|o| o.samples(arrival.trace.trace_id)),
         };
         let adaptive = out.places.adaptive.as_ref();
-        let (mut tries, answer) = send_with_retries(cx, cluster, policy, outbound, adaptive).await;
+        let on_burn = route.on_burn.as_deref().map(|a| &*a.acting);
+        let (mut tries, answer) =
+            send_with_retries(cx, cluster, policy, outbound, adaptive, on_burn).await;
         if let Some(hit) = route_fault {
             tries.faults.insert(0, hit.fault.clone());
             tries.shape = hit.shape().or(tries.shape.take());
@@ -468,6 +477,10 @@ struct Outbound<B> {
     token: Option<String>,
     /// Each try is a child span of this (`observe::trace`).
     trace: TraceContext,
+    /// The span id the current try sent in `traceparent`.
+    span: u64,
+    /// The request's spans are exported (`observe::otlp`): keep each try's.
+    spans: bool,
 }
 
 /// Step 6: tries until one is worth answering with. Each try goes to an
@@ -481,6 +494,7 @@ async fn send_with_retries<B: RequestBody>(
     policy: &RetryPolicy,
     mut out: Outbound<B>,
     adaptive: Option<&AdaptivePass>,
+    on_burn: Option<&crate::slo::act::Acting>,
 ) -> (Tries, Answer) {
     let mut tries = Tries::default();
     let token = out.token.take();
@@ -544,6 +558,18 @@ async fn send_with_retries<B: RequestBody>(
         let took = now - try_start;
         if result.is_ok() {
             cluster.head_time.observe(took.as_secs_f64());
+        }
+        if out.spans {
+            tries.spans.push(spans::TrySpan {
+                span_id: out.span,
+                endpoint: endpoint.address,
+                start: SystemTime::now().checked_sub(took).unwrap_or(UNIX_EPOCH),
+                took,
+                result: match &result {
+                    Ok(ex) => Ok(ex.head.status.as_u16()),
+                    Err(e) => Err(e.to_string()),
+                },
+            });
         }
         tries.last = Some(Try {
             endpoint: endpoint.address,
@@ -647,7 +673,14 @@ async fn send_with_retries<B: RequestBody>(
         // A retry with nowhere to go, one that could not finish before the
         // deadline, or one the budget refuses, is not made: the client gets
         // this answer.
-        if next.is_err() || now + wait >= out.deadline || !cluster.guard.withdraw(now) {
+        // A route burning its SLO fast may have tightened the budget.
+        let tighter = on_burn
+            .and_then(crate::slo::act::Acting::tight_budget)
+            .map(|t| (t.ratio, t.min_per_sec));
+        if next.is_err()
+            || now + wait >= out.deadline
+            || !cluster.guard.withdraw_within(now, tighter)
+        {
             let cookie = affinity_cookie(cluster, endpoint.address, token.as_deref());
             return settle(tries, result.map(|exchange| (exchange, cookie)), call);
         }
@@ -698,9 +731,10 @@ async fn try_once<B: RequestBody>(
     Result<upstream::Exchange, upstream::Error>,
     Option<crate::chaos::live::Hit>,
 ) {
+    out.span = out.trace.new_span();
     out.parts
         .headers
-        .insert(&trace::TRACEPARENT, out.trace.child());
+        .insert(&trace::TRACEPARENT, out.trace.header(out.span));
     if let Some(name) = &cluster.deadline_header {
         let left = out.deadline.saturating_duration_since(start).as_millis();
         out.parts

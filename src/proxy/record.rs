@@ -105,6 +105,8 @@ pub struct Tries {
     /// How a fault shapes the response body (the route's, else the last
     /// try's).
     pub shape: Option<crate::chaos::shape::Shape>,
+    /// Each try, when the request's spans are exported (else empty).
+    pub spans: Vec<super::spans::TrySpan>,
 }
 
 /// A gRPC call's status: known from the answer's head (trailers-only, or
@@ -247,6 +249,17 @@ impl Completion {
             }
         }
         let shared = &cx.shared;
+        if let Some(otlp) = &shared.otlp
+            && otlp.samples(arrival.trace.trace_id)
+        {
+            otlp.offer(super::spans::build(
+                &arrival,
+                &outcome,
+                upstream_error.as_deref(),
+                total,
+                cx.client.ip(),
+            ));
+        }
         if let Some(e) = outcome.error {
             shared.metrics.error(e.code());
         }

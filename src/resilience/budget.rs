@@ -81,9 +81,21 @@ impl RetryBudget {
     /// Asks for one retry: true, and counted against the budget, when it
     /// fits; false when the budget is exhausted.
     pub fn try_withdraw(&mut self, now: Instant) -> bool {
+        self.try_withdraw_within(now, None)
+    }
+
+    /// As `try_withdraw`, and with `tighter` (`ratio`, `min_per_sec`) the
+    /// retry must also fit that budget over the same window and counts (a
+    /// route acting on its SLO's fast burn, `slo::act`).
+    pub fn try_withdraw_within(&mut self, now: Instant, tighter: Option<(f64, f64)>) -> bool {
         self.bucket(now);
         let (requests, retries) = self.totals();
-        let ok = (retries.saturating_add(1)) as f64 <= self.ratio * requests as f64 + self.floor;
+        let next = (retries.saturating_add(1)) as f64;
+        let mut ok = next <= self.ratio * requests as f64 + self.floor;
+        if let Some((ratio, min_per_sec)) = tighter {
+            let window = self.width.as_secs_f64() * BUCKETS as f64;
+            ok &= next <= ratio * requests as f64 + min_per_sec * window;
+        }
         if ok {
             let b = &mut self.buckets[self.slot(self.head)];
             b.retries = b.retries.saturating_add(1);
@@ -253,6 +265,32 @@ mod tests {
         assert_eq!((b.allowed(), b.refused()), expect);
         assert_eq!(b.allowed(), 50);
         assert_eq!(b.refused(), 150);
+    }
+
+    #[test]
+    fn a_tighter_budget_refuses_sooner_and_counts_as_refused() {
+        let t0 = Instant::now();
+        let mut b = RetryBudget::new(0.2, 0.0, 10 * SEC);
+        for _ in 0..100 {
+            b.deposit(t0);
+        }
+        // 5 % of 100 requests: 5 retries, where the budget alone gives 20.
+        let tight = Some((0.05, 0.0));
+        let allowed = (0..20).filter(|_| b.try_withdraw_within(t0, tight)).count();
+        assert_eq!(allowed, 5);
+        assert_eq!((b.allowed(), b.refused()), (5, 15));
+        // Without it, the rest of the budget is there.
+        let allowed = (0..20).filter(|_| b.try_withdraw(t0)).count();
+        assert_eq!(allowed, 15);
+        // A floor of 1/s over the 10 s window adds 10.
+        let mut b = RetryBudget::new(0.2, 0.0, 10 * SEC);
+        for _ in 0..100 {
+            b.deposit(t0);
+        }
+        let allowed = (0..40)
+            .filter(|_| b.try_withdraw_within(t0, Some((0.05, 1.0))))
+            .count();
+        assert_eq!(allowed, 15);
     }
 
     #[test]

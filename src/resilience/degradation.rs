@@ -196,6 +196,9 @@ pub struct Degradation {
     /// Why `auto` is what it is, from its last change.
     auto_reason: String,
     manual: Option<Level>,
+    /// The least the automatic level may be: raised by routes acting on a
+    /// fast SLO burn (`slo::act`), FULL when none does.
+    floor: Level,
     /// For DEGRADED and MINIMAL: the run of their triggers.
     runs: [Run; 2],
     /// When `auto` last changed: each step down waits `exit_after` from it.
@@ -222,6 +225,7 @@ impl Degradation {
             auto: Level::Full,
             auto_reason: String::new(),
             manual: None,
+            floor: Level::Full,
             runs: [Run {
                 holds: false,
                 since: now,
@@ -289,6 +293,19 @@ impl Degradation {
             ),
         };
         self.changed(from, reason, now)
+    }
+
+    /// Sets the floor under the automatic level (routes acting on a fast
+    /// SLO burn; FULL: none); returns the change of the effective level, if
+    /// any. Like the triggers, it gives way to a manual level.
+    pub fn set_floor(&mut self, floor: Level, reason: String, now: Instant) -> Option<Change> {
+        let from = self.level();
+        self.floor = floor;
+        self.changed(from, reason, now)
+    }
+
+    pub fn floor(&self) -> Level {
+        self.floor
     }
 
     fn changed(&mut self, from: Level, reason: String, now: Instant) -> Option<Change> {
@@ -362,9 +379,10 @@ impl Degradation {
         }
     }
 
-    /// The effective level: the manual one if set, else the automatic one.
+    /// The effective level: the manual one if set, else the automatic one
+    /// or the floor, whichever is more severe.
     pub fn level(&self) -> Level {
-        self.manual.unwrap_or(self.auto)
+        self.manual.unwrap_or(self.auto.max(self.floor))
     }
 
     /// The level the triggers ask for, whether or not overridden.
@@ -390,6 +408,41 @@ impl Degradation {
 mod tests {
     use super::*;
     use Level::{Degraded, Full, Maintenance, Minimal};
+
+    #[test]
+    fn a_floor_raises_the_level_until_lifted_and_gives_way_to_a_manual_one() {
+        let t0 = Instant::now();
+        let mut d = Degradation::new(DegradationConfig::default(), t0);
+        let c = d.set_floor(Degraded, "route api burns".into(), t0);
+        assert_eq!(
+            c,
+            Some(Change {
+                from: Full,
+                to: Degraded,
+                reason: "route api burns".into()
+            })
+        );
+        assert_eq!(
+            (d.level(), d.auto_level(), d.floor()),
+            (Degraded, Full, Degraded)
+        );
+        // The triggers asking for more win.
+        for i in 0..=5 {
+            d.observe(&healthy(1, 5), t0 + i * SEC);
+        }
+        assert_eq!(d.level(), Minimal);
+        // A manual level wins over both; cleared, the floor is back.
+        assert!(d.set_manual(Some(Full), t0).is_some());
+        assert_eq!(d.level(), Full);
+        d.set_manual(None, t0);
+        assert_eq!(d.level(), Minimal);
+        // Lifted while the triggers still hold: no change.
+        assert_eq!(d.set_floor(Full, "ended".into(), t0), None);
+        let mut d = Degradation::new(DegradationConfig::default(), t0);
+        d.set_floor(Minimal, "burn".into(), t0);
+        let c = d.set_floor(Full, "burn over".into(), t0).expect("lifted");
+        assert_eq!((c.from, c.to), (Minimal, Full));
+    }
 
     const SEC: Duration = Duration::from_secs(1);
 

@@ -148,6 +148,8 @@ pub struct Route {
     pub slo: Option<Arc<crate::slo::registry::RouteSlo>>,
     /// Rates and latency percentiles for the dashboard and `GET /stats`.
     pub stats: Option<Arc<crate::observe::route_stats::RouteStats>>,
+    /// What the route does while its SLO burns fast (`on_fast_burn`).
+    pub on_burn: Option<Arc<crate::slo::act::RouteActions>>,
 }
 
 /// A route's configured answer for when it will not forward.
@@ -200,6 +202,7 @@ impl Route {
             own_metrics: None,
             slo: None,
             stats: None,
+            on_burn: None,
         }
     }
 
@@ -211,6 +214,19 @@ impl Route {
     pub fn with_slo(mut self, slo: Option<Arc<crate::slo::registry::RouteSlo>>) -> Route {
         self.slo = slo;
         self
+    }
+
+    pub fn with_burn_actions(mut self, on: Option<Arc<crate::slo::act::RouteActions>>) -> Route {
+        self.on_burn = on;
+        self
+    }
+
+    /// The split as (cluster, weight), in declared order.
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        self.targets
+            .iter()
+            .map(|t| (t.cluster.name.to_string(), t.weight))
+            .collect()
     }
 
     pub fn with_rate_limits(

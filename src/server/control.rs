@@ -80,7 +80,8 @@ pub async fn slos(shared: Arc<Shared>) {
 pub fn evaluate_slos(shared: &Shared, now: u64) {
     let snapshot = shared.snapshot.load_full();
     crate::admin::stats::publish(shared, &snapshot, now);
-    for route in crate::admin::slo::routes(&snapshot) {
+    let routes = crate::admin::slo::routes(&snapshot);
+    for route in &routes {
         let Some(slo) = &route.slo else { continue };
         let report = slo.tracker.evaluate(&slo.objective, now);
         shared.metrics.slos.publish(&route.name, &report);
@@ -106,7 +107,15 @@ pub fn evaluate_slos(shared: &Shared, now: u64) {
                 ),
             );
         }
+        // After the alert events, so that the reason follows them.
+        super::burn_actions::apply(shared, route, &report, now);
     }
+    let deciding: Vec<&str> = routes
+        .iter()
+        .filter(|r| r.on_burn.is_some())
+        .map(|r| &*r.name)
+        .collect();
+    super::burn_actions::sweep(shared, &deciding);
 }
 
 /// The SLO state file and how often to write it, from the current config.

@@ -29,6 +29,7 @@ pub fn check(running: &Config, new: &Config) -> Result<(), String> {
             running.access_log.enabled.to_string(),
             new.access_log.enabled.to_string(),
         ),
+        ("tracing", tracing(running), tracing(new)),
     ];
     for (key, was, now) in fixed {
         if was != now {
@@ -39,6 +40,24 @@ pub fn check(running: &Config, new: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The exporter is started with the process: its endpoint, batching and
+/// sampling are read once.
+fn tracing(c: &Config) -> String {
+    let t = &c.tracing;
+    format!(
+        "otlp_endpoint {}, batch_size {}, interval {:?}, queue_size {}, sample_ratio {}, timeout {:?}, service_name {:?}",
+        t.otlp_endpoint
+            .as_ref()
+            .map_or("unset", |e| e.get_ref().as_str()),
+        t.batch_size.get_ref(),
+        t.interval.get(),
+        t.queue_size.get_ref(),
+        t.sample_ratio.get_ref(),
+        t.timeout.get(),
+        t.service_name
+    )
 }
 
 fn pid_file(c: &Config) -> String {

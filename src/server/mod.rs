@@ -7,6 +7,7 @@
 //! SIGHUP (reload), SIGUSR1 (reopen the access log, for logrotate) and
 //! SIGTERM/SIGINT (graceful shutdown).
 
+mod burn_actions;
 pub mod client_body;
 pub mod conn;
 mod control;
@@ -360,6 +361,9 @@ impl Server {
         tokio::spawn(control::fault_sweep(self.shared.clone()));
         tokio::spawn(control::slos(self.shared.clone()));
         tokio::spawn(control::watch_tls_files(self.shared.clone()));
+        if let Some(export) = self.shared.otlp.as_ref().and_then(|o| o.task()) {
+            tokio::spawn(export);
+        }
         tracing::info!(
             workers = self.worker_count(),
             listeners = ?self.addresses(),

@@ -15,6 +15,7 @@
 //! Memory per route with an SLO: 16 bytes per bucket, 4 321 minute buckets
 //! and 24 × `window_days` + 1 hour buckets: about 81 KB for a 30-day window.
 
+pub mod act;
 pub mod burn;
 pub mod registry;
 pub mod rules;

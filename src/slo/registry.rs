@@ -61,6 +61,8 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Registry {
     trackers: Mutex<HashMap<String, Weak<Tracker>>>,
+    /// The routes' fast-burn actions, on or off, by route name.
+    pub acts: super::act::Registry,
     target: Family<RouteLabels, FloatGauge>,
     availability: Family<RouteLabels, FloatGauge>,
     budget_remaining: Family<RouteLabels, FloatGauge>,
@@ -74,6 +76,7 @@ impl Registry {
     pub fn new(metrics: &mut prometheus_client::registry::Registry) -> Registry {
         let r = Registry {
             trackers: Mutex::default(),
+            acts: super::act::Registry::default(),
             target: Family::default(),
             availability: Family::default(),
             budget_remaining: Family::default(),

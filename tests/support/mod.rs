@@ -49,6 +49,7 @@ mod canned;
 mod config;
 mod http;
 mod levee;
+pub mod otlp;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
