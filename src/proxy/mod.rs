@@ -225,7 +225,14 @@ async fn forward<B: RequestBody>(
         if !cx.shared.service_level.current().serves(route.min_level) {
             return Err(ProxyError::Degraded.into());
         }
-        match rate_limit(cx, route, req.headers(), start).await {
+        // Boxed when there are limits: a rule's check (Redis included) is a
+        // large future that would otherwise be part of every request's,
+        // copied with it at each step.
+        let ruling = match &route.rate_limits {
+            None => Ok(None),
+            Some(_) => Box::pin(rate_limit(cx, route, req.headers(), start)).await,
+        };
+        match ruling {
             Ok(report) => out.rate_limit = report,
             Err(report) => {
                 out.rate_limit = Some(report);
@@ -494,13 +501,14 @@ async fn send_with_retries<B: RequestBody>(
             adaptive.record(took, dropped, now);
         }
 
+        // Only a 429 or 503 is waited on by its Retry-After.
         let retry_after = match &result {
-            Ok(ex) => ex
+            Ok(ex) if matches!(outcome, TryResult::Status(429 | 503)) => ex
                 .head
                 .headers
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()),
-            Err(_) => None,
+            _ => None,
         };
         let verdict = policy.verdict(
             tries.count,
@@ -610,9 +618,22 @@ async fn try_once<B: RequestBody>(
         next_random(),
         start,
     );
-    let exchange =
-        crate::chaos::inject::around_try(fault, upstream::send(&target, &out.parts, body));
-    match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
+    let until_tokio = tokio::time::Instant::from_std(until);
+    let timed = match fault {
+        // The common case awaits the exchange directly: wrapped, its large
+        // future would be moved once more, on every request.
+        None => {
+            tokio::time::timeout_at(until_tokio, upstream::send(&target, &out.parts, body)).await
+        }
+        Some(hit) => {
+            let exchange = crate::chaos::inject::around_try(
+                Some(hit),
+                upstream::send(&target, &out.parts, body),
+            );
+            tokio::time::timeout_at(until_tokio, Box::pin(exchange)).await
+        }
+    };
+    match timed {
         Ok(result) => result,
         Err(_) => Err(upstream::Error::TimedOut(
             until.saturating_duration_since(start),
@@ -705,9 +726,7 @@ fn respond(
             let upstream::Exchange { head, body, .. } = exchange;
             let mut headers = head.headers;
             headers::strip_hop_by_hop(&mut headers);
-            if !headers.contains_key(&headers::X_REQUEST_ID) {
-                headers.insert(headers::X_REQUEST_ID.clone(), request_id);
-            }
+            headers.entry(&headers::X_REQUEST_ID).or_insert(request_id);
             if let Some(cookie) = set_cookie {
                 headers.append(header::SET_COOKIE, cookie);
             }
