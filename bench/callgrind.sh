@@ -10,6 +10,8 @@
 # and shut-down cancelled out.  The backend is three nginx server blocks (one process),
 # round robin, as in the reference benchmark.
 #
+# Also prints heap allocations per request (calls of mimalloc's allocation functions).
+#
 # Knobs (environment): LEVEE_BIN (default target/release/levee), LOW=2000 HIGH=12000,
 #   HTTP1=levee|hyper (server.http1), PORT_BASE=18000 (listener PORT_BASE+90, admin
 #   PORT_BASE+91, backends PORT_BASE+1..3), OUT=/tmp/levee-callgrind (callgrind.out.* kept
@@ -133,6 +135,30 @@ measure() {
     awk '/^summary:|^totals:/ {print $2; exit}' "$file"
 }
 
+# Calls of mimalloc's allocation entry points recorded in a callgrind file:
+# heap allocations (reallocations included).
+allocations() {
+    python3 - "$1" <<'PY'
+import re, sys
+names, total, callee = {}, 0, None
+alloc = re.compile(r"^mi_(malloc|zalloc|realloc|calloc)(_aligned)?$")
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+    if m:
+        if m.group(3) is not None:
+            names[m.group(2)] = m.group(3)
+        callee = names.get(m.group(2), "") if m.group(1) == "cfn" else None
+    elif line.startswith("calls=") and callee is not None:
+        if alloc.match(callee):
+            total += int(line.split()[0][6:])
+        callee = None
+print(total)
+PY
+}
+
 low=$(measure "$LOW") || exit 1
 high=$(measure "$HIGH") || exit 1
-echo "http1=$HTTP1 Ir($LOW)=$low Ir($HIGH)=$high per_request=$(( (high - low) / (HIGH - LOW) ))"
+a_low=$(allocations "$OUT/callgrind.out.$HTTP1.$LOW")
+a_high=$(allocations "$OUT/callgrind.out.$HTTP1.$HIGH")
+echo "http1=$HTTP1 Ir($LOW)=$low Ir($HIGH)=$high per_request=$(( (high - low) / (HIGH - LOW) ))" \
+    "allocations_per_request=$(python3 -c "print(round(($a_high - $a_low) / ($HIGH - $LOW), 2))")"

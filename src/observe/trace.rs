@@ -121,8 +121,20 @@ impl TraceContext {
 
     /// `traceparent` naming `span` as the caller's span.
     pub fn header(&self, span: u64) -> HeaderValue {
-        let v = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, span, self.flags);
-        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+        // Written digit by digit: this runs on every try, and `format!`
+        // costs a String and several times the instructions.
+        fn put_hex(dst: &mut [u8], v: u128) {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let n = dst.len();
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = HEX[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+            }
+        }
+        let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        put_hex(&mut v[3..35], self.trace_id);
+        put_hex(&mut v[36..52], u128::from(span));
+        put_hex(&mut v[53..55], u128::from(self.flags));
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     pub fn trace_id_hex(&self) -> String {

@@ -229,7 +229,14 @@ async fn forward<B: RequestBody>(
         if !cx.shared.service_level.current().serves(route.min_level) {
             return Err(ProxyError::Degraded.into());
         }
-        match rate_limit(cx, route, req.headers(), start).await {
+        // Boxed when there are limits: a rule's check (Redis included) is a
+        // large future that would otherwise be part of every request's,
+        // copied with it at each step.
+        let ruling = match &route.rate_limits {
+            None => Ok(None),
+            Some(_) => Box::pin(rate_limit(cx, route, req.headers(), start)).await,
+        };
+        match ruling {
             Ok(report) => out.rate_limit = report,
             Err(report) => {
                 out.rate_limit = Some(report);
@@ -296,7 +303,7 @@ async fn forward<B: RequestBody>(
 
         let grpc = grpc::is_grpc(req.headers());
         let deadline = request_deadline(cluster, req.headers(), start, grpc);
-                // A WebSocket upgrade is asked of the endpoint only when the client
+        // A WebSocket upgrade is asked of the endpoint only when the client
         // connection can become a tunnel (`crate::tunnel`), and refused
         // otherwise; any other upgrade loses its headers as hop-by-hop.
         let websocket = listener.websocket.enabled
@@ -523,7 +530,8 @@ async fn send_with_retries<B: RequestBody>(
             cluster.wait_time.observe(wait.as_secs_f64());
         }
         let in_flight = endpoint.live.begin();
-        let (mut result, fault) = try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
+        let (mut result, fault) =
+            try_once(cx, cluster, endpoint, policy, &mut out, try_start).await;
         // A streamed body that went whole upstream can now be sent again.
         if out.kept.is_none()
             && let Some(tape) = &out.tape
@@ -627,13 +635,14 @@ async fn send_with_retries<B: RequestBody>(
             adaptive.record(took, dropped, now);
         }
 
+        // Only a 429 or 503 is waited on by its Retry-After.
         let retry_after = match &result {
-            Ok(ex) => ex
+            Ok(ex) if matches!(outcome, TryResult::Status(429 | 503)) => ex
                 .head
                 .headers
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()),
-            Err(_) => None,
+            _ => None,
         };
         // A gRPC status or an unprocessed request may go again whatever the
         // method (the gRPC retry policy's rule; nothing was done), as long
@@ -774,15 +783,27 @@ async fn try_once<B: RequestBody>(
         next_random(),
         start,
     );
-    let exchange =
-        crate::chaos::inject::around_try(fault.as_ref(), upstream::send(&target, &out.parts, body));
-    let result =
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(upstream::Error::TimedOut(
-                until.saturating_duration_since(start),
-            )),
-        };
+    let until_tokio = tokio::time::Instant::from_std(until);
+    let timed = match fault.as_ref() {
+        // The common case awaits the exchange directly: wrapped, its large
+        // future would be moved once more, on every request.
+        None => {
+            tokio::time::timeout_at(until_tokio, upstream::send(&target, &out.parts, body)).await
+        }
+        Some(hit) => {
+            let exchange = crate::chaos::inject::around_try(
+                Some(hit),
+                upstream::send(&target, &out.parts, body),
+            );
+            tokio::time::timeout_at(until_tokio, Box::pin(exchange)).await
+        }
+    };
+    let result = match timed {
+        Ok(result) => result,
+        Err(_) => Err(upstream::Error::TimedOut(
+            until.saturating_duration_since(start),
+        )),
+    };
     // A body handed to an HTTP/2 connection fails there; the client's
     // fault is told from the endpoint's by the tape.
     let failure = match (&result, &out.tape) {
@@ -923,9 +944,7 @@ fn respond(
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrade_headers(&mut headers);
             }
-            if !headers.contains_key(&headers::X_REQUEST_ID) {
-                headers.insert(headers::X_REQUEST_ID.clone(), request_id);
-            }
+            headers.entry(&headers::X_REQUEST_ID).or_insert(request_id);
             if let Some(cookie) = set_cookie {
                 headers.append(header::SET_COOKIE, cookie);
             }

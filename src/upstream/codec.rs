@@ -151,11 +151,25 @@ pub enum ParseError {
 }
 
 /// Parses a response head from the start of `buf`; `Ok(None)` when more
-/// bytes are needed.
+/// bytes are needed. Copies `buf`: a connection uses `take_response_head`.
 pub fn parse_response_head(buf: &[u8], max_len: usize) -> Result<Option<ResponseHead>, ParseError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
+    take_response_head(&mut BytesMut::from(buf), max_len)
+}
+
+/// `parse_response_head` that takes the head off the front of `buf` when it
+/// is complete. The header values are slices of the head's bytes, not
+/// copies: one shared buffer instead of an allocation per value.
+pub fn take_response_head(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<ResponseHead>, ParseError> {
+    use crate::server::h1::codec::Span;
+    // Uninitialised: 4 KiB of slots are not written before each parse.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max_len => {
             return Err(ParseError::TooLarge(max_len));
@@ -172,12 +186,27 @@ pub fn parse_response_head(buf: &[u8], max_len: usize) -> Result<Option<Response
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ParseError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| ParseError::Malformed("bad header value"))?;
+    let base = buf.as_ptr() as usize;
+    let count = res.headers.len();
+    // Sized to the head: a fixed array of MAX_HEADERS would be zeroed
+    // (4 KiB) on every parse, which costs more than this one allocation.
+    let spans: Vec<(Span, Span)> = res
+        .headers
+        .iter()
+        .map(|h| (Span::of(base, h.name.as_bytes()), Span::of(base, h.value)))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    // Room for what the pipeline adds (request id, cookie, rewriting).
+    let mut headers = HeaderMap::with_capacity(count + 4);
+    for (name, value) in &spans[..count] {
+        let name = name
+            .get(&head)
+            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .ok_or(ParseError::Malformed("bad header name"))?;
+        let value = value
+            .slice(&head)
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
+            .ok_or(ParseError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
     Ok(Some(ResponseHead {
@@ -199,12 +228,53 @@ pub enum ResponseBody {
     UntilClose,
 }
 
+/// The headers framing and persistence depend on, found in one pass over
+/// the head (a response has few headers; each hashed lookup costs more
+/// than comparing them all by their standard-name tags).
+struct Framing<'a> {
+    /// The first `Transfer-Encoding` line.
+    te: Option<&'a HeaderValue>,
+    /// The first `Content-Length` line...
+    length: Option<&'a HeaderValue>,
+    /// ...and whether a later one differs.
+    length_conflict: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
+}
+
+fn framing_headers(headers: &HeaderMap) -> Framing<'_> {
+    let mut f = Framing {
+        te: None,
+        length: None,
+        length_conflict: false,
+        connection_close: false,
+        connection_keep_alive: false,
+    };
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING {
+            f.te = f.te.or(Some(value));
+        } else if name == header::CONTENT_LENGTH {
+            match f.length {
+                None => f.length = Some(value),
+                Some(first) => f.length_conflict |= first != value,
+            }
+        } else if name == header::CONNECTION {
+            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                f.connection_close |= token.eq_ignore_ascii_case("close");
+                f.connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        }
+    }
+    f
+}
+
 pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBody, ParseError> {
     let s = head.status.as_u16();
     if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok(ResponseBody::None);
     }
-    if let Some(te) = head.headers.get(header::TRANSFER_ENCODING) {
+    let found = framing_headers(&head.headers);
+    if let Some(te) = found.te {
         // Chunked must be the final coding; anything else is read to close.
         let last = te
             .to_str()
@@ -216,8 +286,7 @@ pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBod
             _ => ResponseBody::UntilClose,
         });
     }
-    let mut lengths = head.headers.get_all(header::CONTENT_LENGTH).iter();
-    match lengths.next() {
+    match found.length {
         None => Ok(ResponseBody::UntilClose),
         Some(first) => {
             let n: u64 = first
@@ -225,7 +294,7 @@ pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBod
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .ok_or(ParseError::Malformed("bad content-length"))?;
-            if lengths.any(|v| v != first) {
+            if found.length_conflict {
                 return Err(ParseError::Malformed("conflicting content-length"));
             }
             Ok(ResponseBody::Length(n))
@@ -235,25 +304,16 @@ pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBod
 
 /// Whether the connection may carry another request after this response.
 pub fn keep_alive(head: &ResponseHead) -> bool {
+    let found = framing_headers(&head.headers);
     // Length and chunked together: the body was read as chunked, but the
     // endpoint's framing is suspect; do not trust the connection further.
-    if head.headers.contains_key(header::TRANSFER_ENCODING)
-        && head.headers.contains_key(header::CONTENT_LENGTH)
-    {
+    if found.te.is_some() && found.length.is_some() {
         return false;
     }
-    let mut close = head.version == Version::HTTP_10;
-    for v in head.headers.get_all(header::CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case("keep-alive") {
-                close = false;
-            }
-        }
+    if found.connection_close {
+        return false;
     }
-    !close
+    found.connection_keep_alive || head.version != Version::HTTP_10
 }
 
 #[cfg(test)]

@@ -88,7 +88,9 @@ where
     B::Error: Into<BoxError>,
 {
     if target.http2 {
-        return h2::send(target, parts, body).await;
+        // Boxed, as a new connection below: the HTTP/1.1 exchange's future
+        // is part of every request's, and is copied with it at each step.
+        return Box::pin(h2::send(target, parts, body)).await;
     }
     let pool = target.pool;
     let framing = request_body(&parts.headers, body);
@@ -124,7 +126,12 @@ where
         }
     }
     let started = Instant::now();
-    let conn = match Conn::connect(target.address, target.connect_timeout, target.tls).await {
+    let opening = Box::pin(Conn::connect(
+        target.address,
+        target.connect_timeout,
+        target.tls,
+    ));
+    let conn = match opening.await {
         Ok(c) => c,
         Err(e) => {
             pool.counters.connect_errors.inc();
@@ -306,16 +313,14 @@ where
 
 /// Reads until a final (non-1xx) response head is complete.
 async fn read_head(conn: &mut Conn, upgrade: bool) -> Result<ResponseHead, Failure> {
-    use bytes::Buf;
     let mut received_any = false;
     loop {
         let parsed = if conn.read.is_empty() {
             None
         } else {
-            codec::parse_response_head(&conn.read, MAX_RESPONSE_HEAD).map_err(Error::from)?
+            codec::take_response_head(&mut conn.read, MAX_RESPONSE_HEAD).map_err(Error::from)?
         };
         if let Some(head) = parsed {
-            conn.read.advance(head.len);
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 if upgrade {
                     return Ok(head);

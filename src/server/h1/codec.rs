@@ -61,11 +61,22 @@ pub enum HeadError {
 
 /// Parses a request head from the start of `buf`; `Ok(None)` when more
 /// bytes are needed. A head not complete within `max_len` bytes is
-/// `TooLarge`.
+/// `TooLarge`. Copies `buf`: the connection uses `take_request_head`.
 pub fn parse_request_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHead>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    take_request_head(&mut BytesMut::from(buf), max_len)
+}
+
+/// `parse_request_head` that takes the head off the front of `buf` when it
+/// is complete. The URI and the header values are slices of the head's
+/// bytes, not copies: one shared buffer instead of an allocation per value.
+pub fn take_request_head(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<RequestHead>, HeadError> {
+    // Uninitialised: 4 KiB of slots are not written before each parse.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len <= max_len => len,
         Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) if buf.len() >= max_len => return Err(HeadError::TooLarge),
@@ -75,27 +86,59 @@ pub fn parse_request_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHe
     };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed("bad method"))?;
-    let uri: Uri = req
-        .path
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| HeadError::Malformed("bad request target"))?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => return Err(HeadError::Malformed("unsupported HTTP version")),
     };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| HeadError::Malformed("bad header value"))?;
+    let path = req.path.ok_or(HeadError::Malformed("bad request target"))?;
+    let base = buf.as_ptr() as usize;
+    let path = Span::of(base, path.as_bytes());
+    let count = req.headers.len();
+    // Sized to the head: a fixed array of MAX_HEADERS would be zeroed
+    // (4 KiB) on every parse, which costs more than this one allocation.
+    let spans: Vec<(Span, Span)> = req
+        .headers
+        .iter()
+        .map(|h| (Span::of(base, h.name.as_bytes()), Span::of(base, h.value)))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let uri = path
+        .slice(&head)
+        .and_then(|p| Uri::from_maybe_shared(p).ok())
+        .ok_or(HeadError::Malformed("bad request target"))?;
+    // Room for what the pipeline adds (forwarding headers, request id,
+    // traceparent) without growing the map.
+    let mut headers = HeaderMap::with_capacity(count + 8);
+    // Which of the headers read below are present, noted while the names
+    // are at hand: most requests carry none, and their lookups are spared.
+    let (mut framed, mut connection, mut expect) = (false, false, false);
+    for (name, value) in &spans[..count] {
+        let name = name
+            .get(&head)
+            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .ok_or(HeadError::Malformed("bad header name"))?;
+        framed |= name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+        connection |= name == header::CONNECTION;
+        expect |= name == header::EXPECT;
+        let value = value
+            .slice(&head)
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
+            .ok_or(HeadError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(version, &headers)?;
-    let keep_alive = keep_alive(version, &headers);
-    let expect_continue = version == Version::HTTP_11
+    let framing = if framed {
+        framing(version, &headers)?
+    } else {
+        Framing::Empty
+    };
+    let keep_alive = if connection {
+        keep_alive(version, &headers)
+    } else {
+        version == Version::HTTP_11
+    };
+    let expect_continue = expect
+        && version == Version::HTTP_11
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -109,6 +152,41 @@ pub fn parse_request_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHe
         expect_continue,
         len,
     }))
+}
+
+/// Where a slice `httparse` returned lies in the buffer it parsed, kept
+/// across taking the head off that buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    pub(crate) const EMPTY: Span = Span { start: 0, len: 0 };
+
+    /// `part`, a slice of the buffer that starts at address `base`.
+    pub(crate) fn of(base: usize, part: &[u8]) -> Span {
+        if part.is_empty() {
+            return Span::EMPTY;
+        }
+        Span {
+            start: (part.as_ptr() as usize).wrapping_sub(base),
+            len: part.len(),
+        }
+    }
+
+    /// The same bytes in `head`; `None` if they are not within it (never,
+    /// for a slice of the parsed buffer).
+    pub(crate) fn get(self, head: &[u8]) -> Option<&[u8]> {
+        head.get(self.start..self.start.checked_add(self.len)?)
+    }
+
+    /// `get`, shared with `head`, not copied.
+    pub(crate) fn slice(self, head: &bytes::Bytes) -> Option<bytes::Bytes> {
+        let end = self.start.checked_add(self.len)?;
+        (end <= head.len()).then(|| head.slice(self.start..end))
+    }
 }
 
 fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> {
@@ -189,23 +267,53 @@ pub enum ResponseFraming {
     UntilClose,
 }
 
-/// How the response to a `method` request on `version`, with `headers`
-/// and a body of `exact` length if known, is framed.
+/// What a response's own headers say about its framing, its date and the
+/// connection, read in one pass: each `HeaderMap` lookup hashes the name,
+/// and a response head has few headers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseFacts {
+    /// The first `Content-Length`, if it is a number.
+    pub length: Option<u64>,
+    /// It carries `Date`.
+    pub date: bool,
+    /// A `Connection` line that is `close`.
+    pub close: bool,
+}
+
+pub fn response_facts(headers: &HeaderMap) -> ResponseFacts {
+    let mut facts = ResponseFacts::default();
+    let mut seen_length = false;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            if !seen_length {
+                seen_length = true;
+                facts.length = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.parse().ok());
+            }
+        } else if name == header::DATE {
+            facts.date = true;
+        } else if name == header::CONNECTION {
+            facts.close |= value.as_bytes().eq_ignore_ascii_case(b"close");
+        }
+    }
+    facts
+}
+
+/// How the response to a `method` request on `version`, with `facts` from
+/// its headers and a body of `exact` length if known, is framed.
 pub fn response_framing(
     method: &Method,
     version: Version,
     status: StatusCode,
-    headers: &HeaderMap,
+    facts: &ResponseFacts,
     exact: Option<u64>,
 ) -> ResponseFraming {
     let s = status.as_u16();
     if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
         return ResponseFraming::None;
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok());
-    match (declared.or(exact), version) {
+    match (facts.length.or(exact), version) {
         (Some(n), _) => ResponseFraming::Length(n),
         (None, Version::HTTP_11) => ResponseFraming::Chunked,
         (None, _) => ResponseFraming::UntilClose,
@@ -262,10 +370,12 @@ pub fn encode_response_head(
     dst.put_u8(b' ');
     dst.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     dst.put_slice(b"\r\n");
+    let mut has_length = false;
     for (name, value) in headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
+        has_length |= name == header::CONTENT_LENGTH;
         dst.put_slice(name.as_str().as_bytes());
         dst.put_slice(b": ");
         dst.put_slice(value.as_bytes());
@@ -277,7 +387,7 @@ pub fn encode_response_head(
         dst.put_slice(b"\r\n");
     }
     match framing {
-        ResponseFraming::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+        ResponseFraming::Length(n) if !has_length => {
             let mut digits = itoa_buf(n);
             dst.put_slice(b"content-length: ");
             dst.put_slice(digits.as_bytes_mut());

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, StatusCode, header};
+use http::{Method, Request, StatusCode};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -47,13 +47,22 @@ pub async fn serve<S>(
     cx: Arc<ConnCtx>,
     phase: Arc<Phase>,
     settings: Settings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send,
 {
     let hard_limit = (settings.max_header_bytes * 2).max(16 * 1024);
     let mut buf = BytesMut::new();
     let mut draining = *shutdown.borrow();
+    // One idle timer and one shutdown wait for the connection, not one per
+    // request: moving a registered timer to a later deadline only updates
+    // it, where a new one takes the timer wheel's lock to register and
+    // again to cancel (and a new wait registers with the channel).
+    let idle = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(idle);
+    let mut stop_rx = shutdown.clone();
+    let stop = stop_rx.changed();
+    tokio::pin!(stop);
     loop {
         if buf.is_empty() {
             // Idle: give the buffer back and wait for bytes without one.
@@ -61,10 +70,14 @@ pub async fn serve<S>(
             if draining {
                 return;
             }
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + settings.idle_timeout);
+            // `stop` is polled here only, and ends the connection when ready.
             let ready = tokio::select! {
+                biased;
                 r = poll_fn(|c| io.poll_read_ready(c)) => r.is_ok(),
-                _ = tokio::time::sleep(settings.idle_timeout) => false,
-                _ = shutdown.changed() => false,
+                _ = &mut idle => false,
+                _ = &mut stop => false,
             };
             if !ready {
                 return;
@@ -83,7 +96,6 @@ pub async fn serve<S>(
                 return;
             }
         };
-        buf.advance(head.len);
         draining = draining || *shutdown.borrow();
         // Boxed: the pipeline's future is large, and an idle connection's
         // task should not carry its room between requests.
@@ -95,6 +107,7 @@ pub async fn serve<S>(
                 // its head (if anything) is copied out for the tunnel.
                 let early = Bytes::copy_from_slice(&buf);
                 drop(buf);
+                let mut shutdown = shutdown.clone();
                 let ended = crate::tunnel::run(&mut io, &early, up, &mut shutdown).await;
                 body.tunnel_ended(&ended);
                 return;
@@ -151,7 +164,7 @@ async fn read_head<S: AsyncRead + Unpin>(
 ) -> Result<Option<RequestHead>, HeadFail> {
     loop {
         if !buf.is_empty() {
-            match codec::parse_request_head(buf, hard_limit) {
+            match codec::take_request_head(buf, hard_limit) {
                 Ok(Some(head)) => return Ok(Some(head)),
                 Ok(None) => {}
                 Err(e) => return Err(HeadFail::Parse(e)),
@@ -415,15 +428,11 @@ where
         }
         return Next::Tunnel(Box::new(Tunnel { up, body }));
     }
-    let says_close = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let facts = codec::response_facts(&parts.headers);
     let exact = body.size_hint().exact();
-    let framing = codec::response_framing(&method, version, parts.status, &parts.headers, exact);
+    let framing = codec::response_framing(&method, version, parts.status, &facts, exact);
     let mut close = !head.keep_alive
-        || says_close
+        || facts.close
         || draining
         || method == Method::CONNECT
         || framing == ResponseFraming::UntilClose
@@ -434,7 +443,7 @@ where
         (false, http::Version::HTTP_10) => Persist::KeepAlive,
         (false, _) => Persist::Default,
     };
-    if parts.headers.contains_key(header::DATE) {
+    if facts.date {
         codec::encode_response_head(
             &mut out,
             parts.status,
