@@ -15,7 +15,7 @@
 # Knobs (environment): LEVEE_BIN (default target/release/levee), LOW=2000 HIGH=12000,
 #   HTTP1=levee|hyper (server.http1), PORT_BASE=18000 (listener PORT_BASE+90, admin
 #   PORT_BASE+91, backends PORT_BASE+1..3), OUT=/tmp/levee-callgrind (callgrind.out.* kept
-#   there for callgrind_annotate).
+#   there for callgrind_annotate), ROUTE_EXTRA= lines added to the route (a feature's cost).
 set -u -o pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +26,9 @@ HIGH=${HIGH:-12000}
 HTTP1=${HTTP1:-levee}
 PORT_BASE=${PORT_BASE:-18000}
 OUT=${OUT:-/tmp/levee-callgrind}
+# Extra lines in the route (a feature's cost per request, deterministic), e.g.
+# ROUTE_EXTRA='slo = { target = 99.9, window_days = 30, latency = "300ms" }'
+ROUTE_EXTRA=${ROUTE_EXTRA:-}
 LISTEN=127.0.0.1:$((PORT_BASE + 90))
 ADMIN=127.0.0.1:$((PORT_BASE + 91))
 B1=127.0.0.1:$((PORT_BASE + 1))
@@ -91,6 +94,7 @@ address = "$LISTEN"
 name = "all"
 path_prefix = "/"
 cluster = "backends"
+$ROUTE_EXTRA
 
 [[clusters]]
 name = "backends"

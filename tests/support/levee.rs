@@ -73,6 +73,7 @@ impl Levee {
             .stderr(log_file(dir.path(), "stderr.log"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+        reap_at_exit(child.id());
         let facts = config_facts(config_toml);
         Levee {
             child,
@@ -350,6 +351,7 @@ impl Levee {
 
 impl Drop for Levee {
     fn drop(&mut self) {
+        forget_at_exit(self.child.id());
         if self.try_exit().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -398,6 +400,36 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
 
 fn log_file(dir: &Path, name: &str) -> File {
     File::create(dir.join(name)).unwrap_or_else(|e| panic!("create {name}: {e}"))
+}
+
+/// Levees that are never dropped (a test binary's shared one, in a
+/// `static`: Rust runs no destructor for those) would outlive the test
+/// process; their pids are killed when it exits.
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn reap_at_exit(pid: u32) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn kill_live() {
+        let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        for &pid in live.iter() {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) with a pid this process spawned and has
+                // not reaped (dropped Levees leave the list first).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain function that only locks and signals.
+        unsafe { libc::atexit(kill_live) };
+    });
+    LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+fn forget_at_exit(pid: u32) {
+    LIVE.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|&p| p != pid);
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
