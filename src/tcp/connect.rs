@@ -68,7 +68,7 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
     let mut pick = PickInput {
         now: Instant::now(),
         key: cluster.hash_key.as_ref().map_or(0, |_| client_key(client)),
-        random: crate::proxy::next_random(),
+        random: crate::cluster::balance::next_random(),
         avoid: Vec::new(),
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -135,7 +135,7 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
         out.result = Err(Refused::ConnectFailed);
         out.last_endpoint = Some(address);
         tried.push(address);
-        pick.random = crate::proxy::next_random();
+        pick.random = crate::cluster::balance::next_random();
     }
     out
 }

@@ -329,7 +329,7 @@ async fn close<C: Side>(
                 .await;
         }
         if !both.forth.is_done() && forth.frames.at_boundary() {
-            let key = crate::proxy::next_random().to_le_bytes();
+            let key = crate::cluster::balance::next_random().to_le_bytes();
             let key = [key[0], key[1], key[2], key[3]];
             let _ = upstream
                 .write_all(&frame::close_to_endpoint(frame::GOING_AWAY, key))

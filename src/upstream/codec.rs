@@ -163,7 +163,6 @@ pub fn take_response_head(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<ResponseHead>, ParseError> {
-    use crate::server::h1::codec::Span;
     // Uninitialised: 4 KiB of slots are not written before each parse.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
@@ -425,5 +424,40 @@ mod tests {
         let two = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
         let head = parse_response_head(two, 1024).unwrap().unwrap();
         assert!(response_body(&Method::GET, &head).is_err());
+    }
+}
+
+/// Where a slice `httparse` returned lies in the buffer it parsed, kept
+/// across taking the head off that buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    pub(crate) const EMPTY: Span = Span { start: 0, len: 0 };
+
+    /// `part`, a slice of the buffer that starts at address `base`.
+    pub(crate) fn of(base: usize, part: &[u8]) -> Span {
+        if part.is_empty() {
+            return Span::EMPTY;
+        }
+        Span {
+            start: (part.as_ptr() as usize).wrapping_sub(base),
+            len: part.len(),
+        }
+    }
+
+    /// The same bytes in `head`; `None` if they are not within it (never,
+    /// for a slice of the parsed buffer).
+    pub(crate) fn get(self, head: &[u8]) -> Option<&[u8]> {
+        head.get(self.start..self.start.checked_add(self.len)?)
+    }
+
+    /// `get`, shared with `head`, not copied.
+    pub(crate) fn slice(self, head: &bytes::Bytes) -> Option<bytes::Bytes> {
+        let end = self.start.checked_add(self.len)?;
+        (end <= head.len()).then(|| head.slice(self.start..end))
     }
 }

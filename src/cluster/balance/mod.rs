@@ -264,3 +264,26 @@ mod weight_tests {
         }
     }
 }
+
+thread_local! {
+    static RANDOM: std::cell::Cell<u64> = std::cell::Cell::new({
+        // Distinct per thread and per process run; quality needs are modest
+        // (spreading picks), so a seeded xorshift is enough.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        (t ^ (u64::from(std::process::id()) << 32)) | 1
+    });
+}
+
+/// A random number for balancers that draw (random, p2c, peak_ewma).
+pub fn next_random() -> u64 {
+    RANDOM.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}

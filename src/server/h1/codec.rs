@@ -18,6 +18,9 @@
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
+// `Span` lives in `upstream::codec`, which parses the endpoint's heads the
+// same way and imports nothing of Levee.
+use crate::upstream::codec::Span;
 
 /// Header slots for one parse. A request with more is refused with 431;
 /// the pipeline refuses more than 100 with its JSON 431 already.
@@ -152,41 +155,6 @@ pub fn take_request_head(
         expect_continue,
         len,
     }))
-}
-
-/// Where a slice `httparse` returned lies in the buffer it parsed, kept
-/// across taking the head off that buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct Span {
-    start: usize,
-    len: usize,
-}
-
-impl Span {
-    pub(crate) const EMPTY: Span = Span { start: 0, len: 0 };
-
-    /// `part`, a slice of the buffer that starts at address `base`.
-    pub(crate) fn of(base: usize, part: &[u8]) -> Span {
-        if part.is_empty() {
-            return Span::EMPTY;
-        }
-        Span {
-            start: (part.as_ptr() as usize).wrapping_sub(base),
-            len: part.len(),
-        }
-    }
-
-    /// The same bytes in `head`; `None` if they are not within it (never,
-    /// for a slice of the parsed buffer).
-    pub(crate) fn get(self, head: &[u8]) -> Option<&[u8]> {
-        head.get(self.start..self.start.checked_add(self.len)?)
-    }
-
-    /// `get`, shared with `head`, not copied.
-    pub(crate) fn slice(self, head: &bytes::Bytes) -> Option<bytes::Bytes> {
-        let end = self.start.checked_add(self.len)?;
-        (end <= head.len()).then(|| head.slice(self.start..end))
-    }
 }
 
 fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> {
