@@ -968,6 +968,9 @@ async fn a_replica_takes_over_a_dead_master_and_checks_resume() {
     }
     let redis_key = key_of(Algorithm::SlidingLog, key);
     let master = cluster.owner(&redis_key);
+    // Replication is asynchronous: the count is the replica's only once it
+    // has acknowledged the writes (WAIT), else a kill may lose the last ones.
+    cluster.nodes[master].query(&["WAIT", "1", "5000"]);
     cluster.nodes[master].kill();
     let killed = Instant::now();
     // While no replica has taken over, the checks fail within the timeout;
