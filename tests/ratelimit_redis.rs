@@ -953,6 +953,24 @@ async fn a_cluster_spreads_the_keys_and_outlives_a_dead_master() {
     assert_eq!((down, up), (1, 1), "{lines:#?}");
 }
 
+/// The master's `INFO replication` names a replica whose offset equals the
+/// master's own.
+fn replica_caught_up(master: &RedisServer) -> bool {
+    let Ok(redis_support::Value::Str(info)) = master.try_query(&["INFO", "replication"]) else {
+        return false;
+    };
+    let field = |line: &str, key: &str| -> Option<i64> {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(key)?.trim().parse().ok())
+    };
+    let Some(offset) = info.lines().find_map(|l| field(l, "master_repl_offset:")) else {
+        return false;
+    };
+    info.lines()
+        .filter(|l| l.starts_with("slave"))
+        .any(|l| field(l.split_once(':').map_or("", |(_, v)| v), "offset=") == Some(offset))
+}
+
 #[tokio::test]
 async fn a_replica_takes_over_a_dead_master_and_checks_resume() {
     // Three masters, one replica each; node timeout 1 s.
@@ -970,7 +988,18 @@ async fn a_replica_takes_over_a_dead_master_and_checks_resume() {
     let master = cluster.owner(&redis_key);
     // Replication is asynchronous: the count is the replica's only once it
     // has acknowledged the writes (WAIT), else a kill may lose the last ones.
-    cluster.nodes[master].query(&["WAIT", "1", "5000"]);
+    // WAIT answers how many replicas acknowledged: ask again until one has
+    // (under load a replica may be re-syncing), and also wait until its
+    // offset has caught up with the master's.
+    let node = &cluster.nodes[master];
+    assert!(
+        wait_until(20 * SEC, || {
+            matches!(node.try_query(&["WAIT", "1", "1000"]), Ok(redis_support::Value::Int(n)) if n >= 1)
+                && replica_caught_up(node)
+        }),
+        "no replica acknowledged the writes in 20 s: {:?}",
+        node.try_query(&["INFO", "replication"])
+    );
     cluster.nodes[master].kill();
     let killed = Instant::now();
     // While no replica has taken over, the checks fail within the timeout;
