@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::live::micros;
+use super::micros::micros;
 use crate::config::ClusterConfig;
 use crate::config::resilience::BreakerConfig as BreakerTable;
 use crate::config::resilience::{AdaptiveAlgorithm, AdaptiveConcurrencyConfig, BulkheadConfig};

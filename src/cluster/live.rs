@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +17,7 @@ use super::Cluster;
 use super::ewma;
 use super::health::outlier::{Ejection, End, Event, Outlier, OutlierConfig, may_eject};
 use super::health::state::{Check, Lifecycle, State, Thresholds, Transition};
+use super::micros::micros;
 use crate::observe::metrics::{
     EndpointLabels, EndpointReasonLabels, Metrics, StateLabels, UpstreamLabels,
 };
@@ -40,11 +41,11 @@ pub struct EndpointLive {
     /// Degraded endpoints take requests only when no healthy one can.
     degraded: AtomicBool,
     /// When the endpoint last started taking traffic again after being out
-    /// (microseconds after `epoch()`), for the slow-start ramp; `u64::MAX`:
+    /// (microseconds after the epoch of [`super::micros`]), for the slow-start ramp; `u64::MAX`:
     /// no ramp.
     ramp_from: AtomicU64,
     /// Outlier detection's verdict (`publish_ejection`): ejected until this
-    /// many microseconds after `epoch()`; 0 when not ejected.
+    /// many microseconds after the epoch of [`super::micros`]; 0 when not ejected.
     ejected_until: AtomicU64,
     /// After `ejected_until`: `NO_PROBE`, the endpoint is back; `PROBE_OPEN`,
     /// one probe request may be claimed (`take_probe`); later values, a
@@ -64,16 +65,6 @@ pub struct EndpointLive {
 
 const NO_PROBE: u64 = 0;
 const PROBE_OPEN: u64 = 1;
-
-/// The instant ejection deadlines are counted from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-pub(super) fn micros(now: Instant) -> u64 {
-    now.saturating_duration_since(epoch()).as_micros() as u64
-}
 
 const STATES: [State; 5] = [
     State::Warming,

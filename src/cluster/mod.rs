@@ -11,6 +11,7 @@ pub mod ewma;
 pub mod guard;
 pub mod health;
 mod live;
+mod micros;
 pub mod observed;
 mod tries;
 
