@@ -98,6 +98,7 @@ fn world() -> &'static World {
             .route_with("users", "shape", &[&path("users"), &strip("users")])
             .route_with("stall", "shape", &[&path("stall"), &strip("stall")])
             .route_with("jit", "shape", &[&path("jit")])
+            .route_with("subset", "shape", &[&path("subset")])
             .build();
         World {
             levee: Levee::start(&config),
@@ -989,6 +990,64 @@ fn jitter_and_a_distribution_spread_the_added_latency() {
     assert_eq!(
         w.levee
             .admin_request("DELETE", "/faults/jit", b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// The status of a GET of `path` sent from source address `from` (any
+/// address of 127.0.0.0/8 is this machine's).
+fn status_from(from: std::net::IpAddr, listen: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket
+        .connect_timeout(&listen.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {text:?}"))
+}
+
+#[test]
+fn a_client_subset_is_the_same_clients_on_every_request() {
+    let w = world();
+    let toml = "[[faults]]\nname = \"half-the-clients\"\nroute = \"subset\"\npercent = 100\nclients_percent = 50\nabort = 503\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    // The subset, as documented: the xxh3 of the client IP's bytes,
+    // seeded by the xxh3 of the fault's name, below half of the range.
+    let seed = xxhash_rust::xxh3::xxh3_64(b"half-the-clients");
+    let mut hit = 0;
+    for last in 10..50u8 {
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, last);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&ip.octets(), seed);
+        let want = if (h >> 11) < (1u64 << 52) { 503 } else { 200 };
+        // Every request of a client in the subset is hit; of one outside, none.
+        for _ in 0..3 {
+            assert_eq!(status_from(ip.into(), w.listen, "/subset/x"), want, "{ip}");
+        }
+        hit += usize::from(want == 503);
+    }
+    assert!(
+        (8..=32).contains(&hit),
+        "{hit} of 40 clients in a 50 % subset"
+    );
+    assert_eq!(
+        w.levee
+            .admin_request("DELETE", "/faults/half-the-clients", b"")
             .unwrap()
             .status,
         200
