@@ -437,6 +437,31 @@ mod tests {
     }
 
     #[test]
+    fn the_login_rush_demo_experiment_fits_the_demo() {
+        let path = Path::new("examples/chaos/demo-login-rush.toml");
+        let text = include_str!("../../examples/chaos/demo-login-rush.toml");
+        let plan = load(path, text).unwrap_or_else(|e| panic!("{e}"));
+        let routes: Vec<&str> = plan.hypotheses.iter().map(|h| h.route.as_str()).collect();
+        assert_eq!(routes, ["all", "limited"]);
+        let users = plan.load.as_ref().and_then(|l| l.users).expect("users");
+        assert_eq!(
+            (users.count, users.think_time),
+            (20, Duration::from_secs(1))
+        );
+        let names: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:910{i}")).collect();
+        let demo = crate::config::demo_text("127.0.0.1:8080", "127.0.0.1:9900", &names);
+        let config = crate::config::parse(Path::new("<demo>"), &demo).unwrap();
+        for route in routes {
+            assert!(
+                config.routes.iter().any(|r| r.name.get_ref() == route),
+                "{route}"
+            );
+        }
+        crate::config::chaos::parse_faults(Path::new("POST /faults"), &plan.faults, Some(&config))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn the_ramped_demo_experiment_fits_the_demo() {
         let path = Path::new("examples/chaos/demo-ramp.toml");
         let text = include_str!("../../examples/chaos/demo-ramp.toml");
