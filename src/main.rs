@@ -122,8 +122,9 @@ enum Command {
 #[derive(Subcommand)]
 enum ChaosCommand {
     /// Run an experiment file through the admin API: check the steady-state
-    /// hypothesis over a baseline (refuse if it does not hold, or if the
-    /// route's error budget is below min_error_budget), post the faults
+    /// hypothesis (one or several named routes, each with its own bounds)
+    /// over a baseline (refuse if it does not hold, or if a route's error
+    /// budget is below min_error_budget), post the faults
     /// (each with a ttl; with a ramp, at a growing blast radius while the
     /// hypothesis holds), check the hypothesis at every sample and remove
     /// the faults at once when it breaks, then check recovery. Prints a
@@ -134,7 +135,8 @@ enum ChaosCommand {
     /// fault needs `[chaos] enabled = true` in the Levee's configuration.
     Run {
         /// The experiment (TOML: name, duration, optional ramp,
-        /// [hypothesis], [[faults]], optional [load]).
+        /// [hypothesis] or [[hypothesis]] per route, [[faults]], optional
+        /// [load]: an open-loop rate, or virtual users with think time).
         file: PathBuf,
         /// The admin API of the Levee under test.
         #[arg(long, default_value = "http://127.0.0.1:9900", value_name = "URL")]
@@ -146,6 +148,10 @@ enum ChaosCommand {
         /// Also write the report as JSON to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Also write the report as one HTML page (plots of each route's
+        /// p99 and error rate, bounds drawn, the injection shaded).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -219,12 +225,16 @@ fn chaos(command: ChaosCommand) -> ExitCode {
         admin,
         token,
         report,
+        html,
     } = command;
     ExitCode::from(levee::chaos::run::cli(
         &file,
         &admin,
         token,
-        report.as_deref(),
+        levee::chaos::run::Outputs {
+            json: report.as_deref(),
+            html: html.as_deref(),
+        },
     ))
 }
 

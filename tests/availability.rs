@@ -265,10 +265,14 @@ fn the_command_reproduces_the_textbook_figures() {
 fn the_command_reports_single_points_of_failure_of_a_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("levee.toml");
+    // A Redis-backed limit that denies when Redis is down: Redis is a
+    // single point of failure for the route (read from the file; no Redis
+    // needs to run).
     let config = ConfigBuilder::new()
         .listener("main", free_addr())
         .cluster("solo", &[free_addr()])
-        .route("all", "solo")
+        .route_with("all", "solo", &["rate_limits = [\"strict\"]"])
+        .raw("[rate_limit]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\non_store_error = \"deny\"\n\n[[rate_limit.rules]]\nname = \"strict\"\nlimit = 10\n")
         .build();
     std::fs::write(&path, config).expect("write config");
     let path = path.to_string_lossy().into_owned();
@@ -279,6 +283,10 @@ fn the_command_reports_single_points_of_failure_of_a_config() {
         "{out}"
     );
     assert!(out.contains("single_instance"), "{out}");
+    assert!(
+        out.contains("redis_without_fallback: rate limit strict"),
+        "{out}"
+    );
 
     // A bad file is refused with its position.
     std::fs::write(dir.path().join("bad.toml"), "[[clusters]]\nname = 3\n").expect("write");

@@ -9,6 +9,9 @@
 //! One Levee serves every test, each on its own route and cluster over the
 //! same three backends, so the tests run side by side.
 
+#[path = "support/grpc.rs"]
+#[allow(dead_code)]
+mod grpc_kit;
 mod support;
 
 use std::net::SocketAddr;
@@ -90,6 +93,12 @@ fn world() -> &'static World {
             .route_with("rst", "shape", &[&path("rst")])
             .route_with("ramp", "shape", &[&path("ramp")])
             .route_with("budget", "shape", &[&path("budget"), slo])
+            .route_with("ma", "shape", &[&path("ma")])
+            .route_with("mb", "shape", &[&path("mb")])
+            .route_with("users", "shape", &[&path("users"), &strip("users")])
+            .route_with("stall", "shape", &[&path("stall"), &strip("stall")])
+            .route_with("jit", "shape", &[&path("jit")])
+            .route_with("subset", "shape", &[&path("subset")])
             .build();
         World {
             levee: Levee::start(&config),
@@ -329,16 +338,29 @@ fn the_admin_api_refuses_bad_faults_clearly() {
 
 /// Writes an experiment file and runs `levee chaos run` on it.
 fn run_experiment(w: &World, name: &str, body: &str) -> (i32, String, serde_json::Value) {
+    let (code, out, json, _) = run_experiment_html(w, name, body);
+    (code, out, json)
+}
+
+/// The same, with the HTML report too.
+fn run_experiment_html(
+    w: &World,
+    name: &str,
+    body: &str,
+) -> (i32, String, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{name}.toml"));
     std::fs::write(&file, body).unwrap();
     let report = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
     let out = Command::new(BIN)
         .args(["chaos", "run"])
         .arg(&file)
         .args(["--admin", &format!("http://{}", w.levee.admin_addr())])
         .arg("--report")
         .arg(&report)
+        .arg("--html")
+        .arg(&html)
         .env("LEVEE_LOG", "warn")
         .output()
         .unwrap();
@@ -348,10 +370,12 @@ fn run_experiment(w: &World, name: &str, body: &str) -> (i32, String, serde_json
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_else(|| panic!("no report; stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let html = std::fs::read_to_string(&html).unwrap_or_default();
     (
         out.status.code().unwrap_or(-1),
         format!("{stdout}\n{stderr}"),
         json,
+        html,
     )
 }
 
@@ -408,7 +432,7 @@ fn a_latency_aware_cluster_passes_the_slow_endpoint_experiment() {
     assert!(hit >= 1, "{report}");
     assert!(out.contains("slow-b3-aware`: "), "{out}");
     assert!(out.contains("delay 500ms"), "{out}");
-    let during = &report["slis"]["during"];
+    let during = &report["routes"][0]["slis"]["during"];
     assert!(during["requests"].as_u64().unwrap() >= 80, "{report}");
     assert!(during["p99"].as_f64().unwrap() <= 300.0, "{report}");
     assert!(
@@ -428,7 +452,10 @@ fn round_robin_fails_the_slow_endpoint_experiment() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(report["verdict"]["result"], "aborted", "{out}");
     let why = report["verdict"]["why"].as_str().unwrap();
-    assert!(why.starts_with("p99 ") && why.contains("> 300 ms"), "{why}");
+    assert!(
+        why.starts_with("route \"rr\": p99 ") && why.contains("> 300 ms"),
+        "{why}"
+    );
     assert!(out.contains("FAILED: aborted after"), "{out}");
     // A third of the requests went to the slow endpoint: the report names
     // the fault that slowed them.
@@ -518,7 +545,7 @@ abort = 500
         report["verdict"]["why"]
             .as_str()
             .unwrap()
-            .starts_with("error rate"),
+            .starts_with("route \"errs\": error rate"),
         "{report}"
     );
     let lived = watcher
@@ -622,7 +649,7 @@ abort = 500
     assert_eq!(report["verdict"]["result"], "refused", "{out}");
     let why = report["verdict"]["why"].as_str().unwrap();
     assert!(
-        why.starts_with("the steady state does not hold before any fault: p99"),
+        why.starts_with("the steady state does not hold before any fault: route \"trigger\": p99"),
         "{why}"
     );
     let started = w
@@ -837,7 +864,7 @@ delay = "50ms"
     assert_eq!(percents, [10.0, 50.0, 100.0], "{report}");
     for s in steps {
         assert!(
-            s["slis"]["requests"].as_u64().unwrap_or(0) >= 10,
+            s["slis"]["ramp"]["requests"].as_u64().unwrap_or(0) >= 10,
             "{report}"
         );
     }
@@ -925,4 +952,625 @@ delay = "10ms"
     );
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("has no SLO"), "{out}");
+}
+
+/// How long each of `n` requests to `path` took.
+fn timings(w: &World, path: &str, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(get(w, path, &[]).status, 200);
+            t.elapsed()
+        })
+        .collect()
+}
+
+#[test]
+fn jitter_and_a_distribution_spread_the_added_latency() {
+    let w = world();
+    let ms = Duration::from_millis;
+    let toml = "[[faults]]\nname = \"jit\"\nroute = \"jit\"\npercent = 100\ndelay = \"100ms\"\ndelay_jitter = \"200ms\"\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    let took = timings(w, "/jit/x", 12);
+    assert!(took.iter().all(|t| *t >= ms(100)), "{took:?}");
+    let (min, max) = (took.iter().min().unwrap(), took.iter().max().unwrap());
+    assert!(*max <= ms(100 + 200 + 700), "{took:?}");
+    assert!(
+        *max - *min >= ms(30),
+        "uniform jitter spreads them: {took:?}"
+    );
+    // By percentiles: half under 10 ms, a tenth over 300 ms.
+    let toml = "[[faults]]\nname = \"jit\"\nroute = \"jit\"\npercent = 100\ndelay_distribution = { p50 = \"10ms\", p90 = \"300ms\" }\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    let took = timings(w, "/jit/x", 20);
+    let fast = took.iter().filter(|t| **t < ms(100)).count();
+    let slow = took.iter().filter(|t| **t >= ms(150)).count();
+    assert!(fast >= 4 && slow >= 1, "{took:?}");
+    assert!(took.iter().all(|t| *t <= ms(300 + 700)), "{took:?}");
+    assert_eq!(
+        w.levee
+            .admin_request("DELETE", "/faults/jit", b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// The status of a GET of `path` sent from source address `from` (any
+/// address of 127.0.0.0/8 is this machine's).
+fn status_from(from: std::net::IpAddr, listen: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket
+        .connect_timeout(&listen.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {text:?}"))
+}
+
+#[test]
+fn a_client_subset_is_the_same_clients_on_every_request() {
+    let w = world();
+    let toml = "[[faults]]\nname = \"half-the-clients\"\nroute = \"subset\"\npercent = 100\nclients_percent = 50\nabort = 503\nttl = \"30s\"\n";
+    assert_eq!(post_faults(w, toml).status, 200);
+    // The subset, as documented: the xxh3 of the client IP's bytes,
+    // seeded by the xxh3 of the fault's name, below half of the range.
+    let seed = xxhash_rust::xxh3::xxh3_64(b"half-the-clients");
+    let mut hit = 0;
+    for last in 10..50u8 {
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, last);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&ip.octets(), seed);
+        let want = if (h >> 11) < (1u64 << 52) { 503 } else { 200 };
+        // Every request of a client in the subset is hit; of one outside, none.
+        for _ in 0..3 {
+            assert_eq!(status_from(ip.into(), w.listen, "/subset/x"), want, "{ip}");
+        }
+        hit += usize::from(want == 503);
+    }
+    assert!(
+        (8..=32).contains(&hit),
+        "{hit} of 40 clients in a 50 % subset"
+    );
+    assert_eq!(
+        w.levee
+            .admin_request("DELETE", "/faults/half-the-clients", b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// Two routes named by one experiment, with their own bounds; the load
+/// reaches both (its failing share goes to the second).
+fn two_route_experiment(w: &World, mb_max_error_rate: u32) -> String {
+    format!(
+        r#"
+name = "two-routes"
+baseline = "1s"
+duration = "2s"
+recovery = "1s"
+check_every = "200ms"
+
+[[hypothesis]]
+route = "ma"
+max_error_rate = 5
+max_p99 = "2s"
+window = "1s"
+min_requests = 5
+
+[[hypothesis]]
+route = "mb"
+max_error_rate = {mb_max_error_rate}
+window = "1s"
+min_requests = 5
+
+[load]
+url = "http://{listen}/ma/x"
+rate = 40
+fail_url = "http://{listen}/mb/x"
+fail_percent = 50
+
+[[faults]]
+name = "mb-errors"
+route = "mb"
+percent = 30
+abort = 503
+"#,
+        listen = w.listen
+    )
+}
+
+#[test]
+fn a_hypothesis_over_several_routes_judges_each_and_aborts_on_any() {
+    let w = world();
+    // mb may fail up to 60 %: the fault's 30 % holds; ma is untouched.
+    let (code, out, report) = run_experiment(w, "two-routes", &two_route_experiment(w, 60));
+    assert_eq!(report["verdict"]["result"], "passed", "{out}");
+    assert_eq!(code, 0, "{out}");
+    let routes = report["routes"].as_array().expect("routes");
+    let names: Vec<&str> = routes
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ma", "mb"], "{report}");
+    for r in routes {
+        for phase in ["before", "during", "after"] {
+            let slis = &r["slis"][phase];
+            assert!(slis["requests"].as_u64().unwrap_or(0) >= 5, "{phase}: {r}");
+        }
+        assert!(!r["timeline"].as_array().unwrap().is_empty(), "{r}");
+    }
+    assert_eq!(routes[0]["hypothesis"]["max_error_rate"], 5.0);
+    assert_eq!(routes[1]["hypothesis"]["max_error_rate"], 60.0);
+    assert_eq!(routes[0]["slis"]["during"]["error_rate"], 0.0, "{report}");
+    let mb = routes[1]["slis"]["during"]["error_rate"].as_f64().unwrap();
+    assert!(
+        (10.0..=50.0).contains(&mb),
+        "mb failed {mb} % during: {report}"
+    );
+    assert_eq!(routes[1]["slis"]["before"]["error_rate"], 0.0, "{report}");
+    // The summary has a row per route and phase.
+    for row in [
+        "| ma | before |",
+        "| ma | during |",
+        "| mb | during |",
+        "| mb | after |",
+    ] {
+        assert!(out.contains(row), "{row}: {out}");
+    }
+    assert!(out.contains("- route `mb`: error rate ≤ 60 %"), "{out}");
+
+    // mb's own bound at 10 %: the same fault breaks it (ma still holds)
+    // and the experiment is aborted, naming mb.
+    let (code, out, report, html) =
+        run_experiment_html(w, "two-routes", &two_route_experiment(w, 10));
+    assert_eq!(code, 1, "{out}");
+    // The HTML page: both routes, each with its table and two plots.
+    assert!(html.contains(r#"data-result="aborted""#), "{html}");
+    for route in ["ma", "mb"] {
+        assert!(
+            html.contains(&format!(r#"<section data-route="{route}">"#)),
+            "{html}"
+        );
+    }
+    assert_eq!(html.matches("<svg").count(), 4, "{html}");
+    assert_eq!(report["verdict"]["result"], "aborted", "{out}");
+    let why = report["verdict"]["why"].as_str().unwrap();
+    assert!(why.starts_with("route \"mb\": error rate"), "{why}");
+    let ma_during = &report["routes"][0]["slis"]["during"];
+    assert_eq!(ma_during["error_rate"], 0.0, "{report}");
+    assert!(
+        out.contains("| mb | during |") && out.contains("**no**: error rate"),
+        "{out}"
+    );
+    assert!(named(&faults(w), "mb-errors").is_none(), "the fault is out");
+}
+
+/// The login-rush load: virtual users, each a request per think time.
+fn users_experiment(w: &World, route: &str, fault: &str) -> String {
+    format!(
+        r#"
+name = "rush-{route}"
+baseline = "1s"
+duration = "2s"
+recovery = "1s"
+check_every = "200ms"
+
+[hypothesis]
+route = "{route}"
+max_p99 = "10s"
+min_requests = 3
+
+[load]
+url = "http://{listen}/{route}/login"
+users = 6
+think_time = "300ms"
+ramp_up = "600ms"
+fail_url = "http://{listen}/{route}/status/401"
+fail_percent = 20
+
+[[faults]]
+name = "rush-{route}"
+route = "{route}"
+{fault}
+"#,
+        listen = w.listen
+    )
+}
+
+#[test]
+fn virtual_users_honour_their_think_time_and_stalls_count_from_when_due() {
+    let w = world();
+    let t = Instant::now();
+    let (code, out, report) = run_experiment(
+        w,
+        "users",
+        &users_experiment(w, "users", "percent = 10\ndelay = \"10ms\""),
+    );
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{out}");
+    let load = &report["load"];
+    let sent = load["sent"].as_u64().unwrap() as f64;
+    // 6 users, one request each per 300 ms, over the run: at most what
+    // their schedule allows, and not far below it (the users start over
+    // 600 ms, and the run's end cuts the last ones).
+    let most = 6.0 * (took / 0.3 + 1.0);
+    assert!(
+        sent <= most,
+        "{sent} sent in {took:.1} s, at most {most}: {load}"
+    );
+    assert!(
+        sent >= 0.6 * 6.0 * (took - 1.5) / 0.3,
+        "{sent} sent in {took:.1} s: {load}"
+    );
+    // No second holds more than each user's ceil(1 s / 300 ms) = 4.
+    let per_second: Vec<u64> = load["sent_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert!(per_second.iter().all(|n| *n <= 24), "{per_second:?}");
+    assert!(
+        per_second.iter().skip(1).take(2).all(|n| *n >= 12),
+        "{per_second:?}"
+    );
+    // A fifth failed, as logins with bad credentials would.
+    assert!(out.contains("6 virtual users, think time 300ms"), "{out}");
+    let refused = load["by_status"]["401"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (0.1..=0.3).contains(&(refused / sent)),
+        "{refused} of {sent} refused: {load}"
+    );
+
+    // Every request stalled 900 ms: a user's next one is due 300 ms after
+    // the last was due, so it goes late; its latency counts from when it
+    // was due, well above the 900 ms any one exchange took.
+    let (code, out, report) = run_experiment(
+        w,
+        "stall",
+        &users_experiment(w, "stall", "percent = 100\ndelay = \"900ms\""),
+    );
+    assert_eq!(code, 0, "{out}");
+    let load = &report["load"];
+    let p99 = load["p99_ms"].as_f64().unwrap();
+    let max = load["max_ms"].as_f64().unwrap();
+    assert!(
+        max >= 1500.0 && p99 >= 1300.0,
+        "latency from when due: {load}"
+    );
+    let levee_p99 = report["routes"][0]["slis"]["during"]["p99"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        levee_p99 < max,
+        "Levee saw {levee_p99} ms per exchange: {load}"
+    );
+}
+
+/// Three consecutive free loopback ports for the demo backends.
+fn three_free_ports() -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if p < 65_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+/// Kills the child (a `levee demo`) when dropped, even on a failed assert.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The packaged first experiment, as a new user runs it against `levee
+/// demo` (only the ports moved to free ones, the duration shortened): the
+/// demo's round robin sends a third of the requests to the slowed backend,
+/// so the p99 bound breaks, the fault is removed and the verdict is FAILED.
+#[test]
+fn the_packaged_demo_experiment_runs_against_levee_demo() {
+    let (listen, admin, first) = (free_addr(), free_addr(), three_free_ports());
+    let mut demo = Command::new(BIN);
+    demo.args([
+        "demo",
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ])
+    .args(["--backend-port", &first.to_string()])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _demo = Killed(demo.spawn().expect("start levee demo"));
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(listen, "/hello")
+            .is_ok_and(|r| r.status == 200)),
+        "the demo answers on {listen}"
+    );
+    let packaged = include_str!("../examples/chaos/demo-slow-backend.toml");
+    let text = packaged
+        .replace("127.0.0.1:8080", &listen.to_string())
+        .replace("127.0.0.1:9103", &format!("127.0.0.1:{}", first + 2))
+        .replace("duration = \"10s\"", "duration = \"4s\"");
+    assert_ne!(text, packaged);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo-slow-backend.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["chaos", "run"])
+        .arg(&file)
+        .args(["--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(stdout.contains("**Verdict: FAILED: aborted after"), "{all}");
+    assert!(stdout.contains("route \"all\": p99"), "{all}");
+    assert!(stdout.contains("`demo-slow-3`: "), "{all}");
+    // The fault is gone from the demo.
+    let r = http_get(admin, "/faults").expect("GET /faults");
+    let v: serde_json::Value = r.json().expect("JSON");
+    assert_eq!(v["faults"].as_array().map(Vec::len), Some(0), "{v}");
+}
+
+/// A gRPC call to `listen` over a bare HTTP/2 connection: the response
+/// head, and how many DATA bytes and trailer fields followed it.
+async fn raw_grpc_call(
+    listen: SocketAddr,
+    headers: &[(&str, &str)],
+) -> (http::response::Parts, usize, usize) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(listen)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::post(format!("http://{listen}/levee.test.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    // One empty message: the 5-byte gRPC frame prefix, no payload.
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+    let resp = send
+        .send_request(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let (head, mut body) = resp.into_parts();
+    let (mut data, mut trailers) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("body frame");
+        if let Some(d) = frame.data_ref() {
+            data += d.len();
+        }
+        if let Some(t) = frame.trailers_ref() {
+            trailers += t.len();
+        }
+    }
+    (head, data, trailers)
+}
+
+fn grpc_request(message: &str, chaos: bool) -> tonic::Request<grpc_kit::EchoRequest> {
+    let mut req = tonic::Request::new(grpc_kit::EchoRequest::new(message));
+    if chaos {
+        req.metadata_mut()
+            .insert("x-chaos", tonic::metadata::MetadataValue::from_static("1"));
+    }
+    req
+}
+
+/// Whether `/status` shows endpoint `addr` of `cluster` ejected.
+fn ejected(levee: &Levee, cluster: &str, addr: SocketAddr) -> bool {
+    let status: serde_json::Value = levee.admin_get("/status").unwrap().json().unwrap();
+    status["clusters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == cluster))
+        .and_then(|c| c["endpoints"].as_array())
+        .and_then(|l| l.iter().find(|e| e["address"] == addr.to_string()))
+        .is_some_and(|e| e["ejected"] == true)
+}
+
+/// gRPC aborts: a route's (from the configuration, triggered by a header
+/// from a trusted source) answered by Levee as a gRPC server would, HTTP
+/// 200 trailers-only; a cluster's and one endpoint's (posted with a ttl)
+/// judged on each try as the endpoint's own `grpc-status`: retried by
+/// `retry_on = ["grpc:unavailable"]`, counted, and ejecting the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_abort_is_a_real_grpc_answer_and_judged_like_one_per_try() {
+    use grpc_kit::{EchoClient, GrpcBackend};
+    use tonic::Code;
+    let g: Vec<GrpcBackend> = (1..=5)
+        .map(|i| GrpcBackend::start(&format!("g{i}")))
+        .collect();
+    let (route_l, cluster_l, endpoint_l) = (free_addr(), free_addr(), free_addr());
+    let h2c = ["http2 = { enabled = true }"];
+    let judged = [
+        "protocol = \"h2c\"",
+        "balance = \"round_robin\"",
+        "retry = { max_attempts = 2, retry_on = [\"grpc:unavailable\"], backoff_base = \"1ms\", backoff_max = \"2ms\", budget = { ratio = 1.0 } }",
+        "outlier_detection = { consecutive_failures = 3, base_ejection = \"60s\", max_ejection_percent = 50 }",
+    ];
+    let on = |l: &str| format!("listeners = [{l:?}]");
+    let config = ConfigBuilder::new()
+        .set("chaos", "enabled = true")
+        .listener_with("gr", route_l, &h2c)
+        .listener_with("gc", cluster_l, &h2c)
+        .listener_with("ge", endpoint_l, &h2c)
+        .cluster_with("g-route", &[g[0].addr()], &["protocol = \"h2c\""])
+        .cluster_with("g-cluster", &[g[1].addr(), g[2].addr()], &judged)
+        .cluster_with("g-endpoint", &[g[3].addr(), g[4].addr()], &judged)
+        .route_with("g-route", "g-route", &[&on("gr")])
+        .route_with("g-cluster", "g-cluster", &[&on("gc")])
+        .route_with("g-endpoint", "g-endpoint", &[&on("ge")])
+        .raw(
+            "[[faults]]\nname = \"g-exhausted\"\nroute = \"g-route\"\npercent = 0\nheader = \"x-chaos\"\ntrusted_sources = [\"127.0.0.0/8\", \"::1\"]\ngrpc_abort = \"resource_exhausted\"\nttl = \"10m\"\n",
+        )
+        .build();
+    let levee = Levee::start(&config);
+
+    // The route's fault: only calls carrying the trigger header.
+    let mut client = EchoClient::connect(route_l).await;
+    let reply = client
+        .unary(grpc_request("plain", false))
+        .await
+        .expect("a call without the header passes");
+    assert_eq!(reply.into_inner().server, "g1");
+    let status = client
+        .unary(grpc_request("hit", true))
+        .await
+        .expect_err("aborted");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("fault injected"), "{status:?}");
+    assert_eq!(
+        g[0].calls(),
+        1,
+        "the aborted call never reached the endpoint"
+    );
+    // On the wire: HTTP 200, application/grpc, the status in the head and
+    // nothing after it (trailers-only).
+    let (head, data, trailers) = raw_grpc_call(route_l, &[("x-chaos", "1")]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-type"], "application/grpc");
+    assert_eq!(head.headers["grpc-status"], "8");
+    assert!(
+        head.headers.contains_key("grpc-message"),
+        "{:?}",
+        head.headers
+    );
+    assert_eq!((data, trailers), (0, 0), "trailers-only");
+    let counted = levee.metric(
+        "levee_grpc_calls_total",
+        &[("route", "g-route"), ("code", "resource_exhausted")],
+    );
+    assert_eq!(counted, Some(2.0));
+    let hits = levee.metric(
+        "levee_fault_injections_total",
+        &[("fault", "g-exhausted"), ("effect", "grpc_abort")],
+    );
+    assert_eq!(hits, Some(2.0));
+
+    // The whole cluster answers UNAVAILABLE on every try: retried once
+    // (retry_on grpc:unavailable), then the client gets UNAVAILABLE.
+    let posted = levee
+        .admin_request(
+            "POST",
+            "/faults",
+            b"[[faults]]\nname = \"gc-unavailable\"\ncluster = \"g-cluster\"\npercent = 100\ngrpc_abort = \"unavailable\"\nttl = \"60s\"\n",
+        )
+        .unwrap();
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    let listed: serde_json::Value = levee.admin_get("/faults").unwrap().json().unwrap();
+    let f = listed["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "gc-unavailable")
+        .cloned()
+        .expect("listed");
+    assert_eq!(f["effects"][0], "grpc abort, grpc-status 14", "{f}");
+    assert!(
+        f["ttl_remaining_seconds"]
+            .as_f64()
+            .is_some_and(|t| t > 50.0 && t <= 60.0),
+        "{f}"
+    );
+    let retries = |cluster: &str| {
+        levee
+            .metric("levee_upstream_retries_total", &[("cluster", cluster)])
+            .unwrap_or(0.0)
+    };
+    let mut client = EchoClient::connect(cluster_l).await;
+    let status = client
+        .unary(grpc_request("x", false))
+        .await
+        .expect_err("unavailable");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        retries("g-cluster"),
+        1.0,
+        "the injected UNAVAILABLE was retried once"
+    );
+    let hits = levee.metric(
+        "levee_fault_injections_total",
+        &[("fault", "gc-unavailable"), ("effect", "grpc_abort")],
+    );
+    assert_eq!(hits, Some(2.0), "one per try");
+    assert_eq!(g[1].calls() + g[2].calls(), 0);
+    assert_eq!(
+        levee
+            .admin_request("DELETE", "/faults/gc-unavailable", b"")
+            .unwrap()
+            .status,
+        200
+    );
+
+    // One sick endpoint: each try to it fails UNAVAILABLE and is retried
+    // on the other; outlier detection ejects it after 3 in a row.
+    let body = format!(
+        "[[faults]]\nname = \"g4-unavailable\"\ncluster = \"g-endpoint\"\nendpoint = \"{}\"\npercent = 100\ngrpc_abort = \"unavailable\"\nttl = \"60s\"\n",
+        g[3].addr()
+    );
+    assert_eq!(
+        levee
+            .admin_request("POST", "/faults", body.as_bytes())
+            .unwrap()
+            .status,
+        200
+    );
+    let mut client = EchoClient::connect(endpoint_l).await;
+    for i in 0..20 {
+        let reply = client
+            .unary(grpc_request(&format!("m{i}"), false))
+            .await
+            .expect("retried on g5");
+        assert_eq!(reply.into_inner().server, "g5");
+    }
+    assert_eq!(g[3].calls(), 0, "an aborted try never reaches the endpoint");
+    assert_eq!(g[4].calls(), 20);
+    let injected = levee
+        .metric(
+            "levee_fault_injections_total",
+            &[("fault", "g4-unavailable"), ("effect", "grpc_abort")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        (3.0..=6.0).contains(&injected),
+        "ejected after 3 failures: {injected} injections"
+    );
+    assert_eq!(
+        retries("g-endpoint"),
+        injected,
+        "every injected failure was retried"
+    );
+    assert!(
+        ejected(&levee, "g-endpoint", g[3].addr()),
+        "g4 ejected by outlier detection"
+    );
+    assert!(!ejected(&levee, "g-endpoint", g[4].addr()));
 }

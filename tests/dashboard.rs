@@ -197,6 +197,44 @@ async fn the_dashboard_shows_every_endpoint_and_a_killed_one_turning_unhealthy()
     })
     .await;
 
+    // Each route's availability composed from the live topology (GET
+    // /availability: the endpoints' observed tries through their
+    // clusters) is on the page, the same number as the API's.
+    let report: Value = levee
+        .admin_get("/availability")
+        .expect("GET /availability")
+        .json()
+        .expect("JSON");
+    for route in ["api", "all"] {
+        let r = report["routes"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["name"] == route))
+            .unwrap_or_else(|| panic!("route {route} in GET /availability: {report}"));
+        let a = &r["availability"];
+        let want = a["window"]
+            .as_f64()
+            .or_else(|| a["since_start"].as_f64())
+            .unwrap_or_else(|| panic!("route {route} has an availability: {r}"));
+        assert!((0.0..=1.0).contains(&want), "{r}");
+        let css = format!(r#"[data-route="{route}"] [data-availability]"#);
+        let (css, want_attr) = (&css, &format!("{want:.6}"));
+        wait_for("the route's availability on the page", || async move {
+            attr(c, css, "data-availability").await.as_deref() == Some(want_attr.as_str())
+        })
+        .await;
+        let text = c
+            .find(Locator::Css(css))
+            .await
+            .expect("availability cell")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            text.starts_with(&format!("{:.3} %", want * 100.0)),
+            "{route}: {text:?}, want {want}"
+        );
+    }
+
     // The service level control goes through PUT /degradation.
     assert_eq!(
         attr(c, "#level", "data-level").await.as_deref(),

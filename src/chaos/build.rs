@@ -3,7 +3,7 @@
 //! `chaos`.
 
 use super::fault::{Delay, Effects, Fault, Outcome, Selector, Subset, Target, Trigger};
-use crate::config::chaos::FaultConfig;
+use crate::config::chaos::{FaultConfig, grpc_code};
 
 /// The runtime fault of a checked configuration.
 pub fn fault(f: &FaultConfig) -> Fault {
@@ -31,6 +31,8 @@ pub fn fault(f: &FaultConfig) -> Fault {
     };
     let outcome = if let Some(a) = &f.abort {
         Outcome::Abort(*a.get_ref())
+    } else if let Some(code) = f.grpc_abort.as_ref().and_then(|g| grpc_code(g.get_ref())) {
+        Outcome::GrpcAbort(code)
     } else if f.reset.as_ref().is_some_and(|r| *r.get_ref()) {
         Outcome::Reset
     } else if let Some(t) = &f.truncate_after {

@@ -1,5 +1,6 @@
-//! A chaos experiment's core: the steady-state hypothesis checked on
-//! samples of Levee's counters, the phases, and the verdict. Synchronous,
+//! A chaos experiment's core: the steady-state hypothesis (one per named
+//! route, each with its own bounds) checked on samples of Levee's
+//! counters, the phases, and the verdict. Synchronous,
 //! with the clock passed in (`observe(now, sample)`), so a test walks an
 //! experiment through its life without waiting; `run` is the async shell
 //! that samples `GET /metrics`, posts and deletes the faults.
@@ -9,8 +10,8 @@
 //!    at least `min_requests` requests, or the experiment is refused and
 //!    nothing is injected;
 //! 2. **injecting** (`duration` long): the faults are in; at every sample
-//!    the hypothesis is checked over the last `window` (never before the
-//!    injection began). The first time it breaks, on at least
+//!    each route's hypothesis is checked over its last `window` (never
+//!    before the injection began). The first time any one breaks, on at least
 //!    `min_requests` requests, the experiment is aborted: the faults come
 //!    out at once. With a ramp, the duration is split into equal steps,
 //!    each raising the faults' blast radius, the next one taken only
@@ -29,7 +30,9 @@ use serde::Serialize;
 
 use super::sli::{Sample, Slis};
 
-/// The steady state, as numbers, on one route.
+/// The steady state, as numbers, on one route. An experiment may state
+/// one for each of several routes: each is judged on its own, and any one
+/// breaking aborts the experiment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hypothesis {
     pub route: String,
@@ -81,6 +84,23 @@ impl Hypothesis {
     }
 }
 
+/// The first of `hypotheses` the SLIs (one per route, in the same order)
+/// break, and why, naming the route.
+fn first_broken(hypotheses: &[Hypothesis], slis: &[Slis]) -> Option<String> {
+    hypotheses
+        .iter()
+        .zip(slis)
+        .find_map(|(h, s)| Some(format!("route {:?}: {}", h.route, h.broken(s)?)))
+}
+
+/// The SLIs of each route between two samples of every route.
+fn between(from: &[Sample], to: &[Sample]) -> Vec<Slis> {
+    to.iter()
+        .enumerate()
+        .map(|(i, t)| Slis::between(from.get(i).unwrap_or(t), t))
+        .collect()
+}
+
 /// How long each phase lasts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
@@ -126,42 +146,43 @@ pub enum Verdict {
     NotRecovered { why: String },
 }
 
-/// One point of the timeline: the SLIs over the window ending at `at`.
+/// One point of the timeline: each route's SLIs over its window ending at
+/// `at` (in the order of the hypotheses).
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
     /// Seconds since the experiment started.
     pub at: f64,
     pub phase: Phase,
-    #[serde(flatten)]
-    pub slis: Slis,
+    pub slis: Vec<Slis>,
 }
 
-/// One step of a ramp: its blast radius, when it began, and the SLIs over
-/// it (once it is over).
+/// One step of a ramp: its blast radius, when it began, and each route's
+/// SLIs over it (once it is over).
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub percent: f64,
     /// Seconds since the experiment started.
     pub at: f64,
-    pub slis: Option<Slis>,
+    pub slis: Option<Vec<Slis>>,
 }
 
 pub struct Experiment {
-    pub hypothesis: Hypothesis,
+    /// One per route, judged each on its own.
+    pub hypotheses: Vec<Hypothesis>,
     /// The blast radius of each step of the injection, which is split
     /// evenly between them; empty: one step at the faults' own percent.
     ramp: Vec<f64>,
-    /// The ramp's steps so far, and the sample the current one began at.
+    /// The ramp's steps so far, and the samples the current one began at.
     pub steps: Vec<Step>,
-    step_start: Option<Sample>,
+    step_start: Option<Vec<Sample>>,
     schedule: Schedule,
     started: Instant,
     phase: Phase,
-    phase_start: (Instant, Option<Sample>),
-    /// Recent samples, for the window.
-    samples: VecDeque<(Instant, Sample)>,
-    /// The SLIs of each phase as a whole: before, during, after.
-    pub phases: Vec<(Phase, Slis)>,
+    phase_start: (Instant, Option<Vec<Sample>>),
+    /// Recent samples (every route's), for the windows.
+    samples: VecDeque<(Instant, Vec<Sample>)>,
+    /// Each route's SLIs of each phase as a whole: before, during, after.
+    pub phases: Vec<(Phase, Vec<Slis>)>,
     pub timeline: Vec<Point>,
     pub verdict: Option<Verdict>,
     /// Whether the recovery's measurement has started (after settling).
@@ -172,9 +193,11 @@ pub struct Experiment {
 const SETTLE: Duration = Duration::from_secs(1);
 
 impl Experiment {
-    pub fn new(hypothesis: Hypothesis, schedule: Schedule, now: Instant) -> Experiment {
+    /// An experiment on `hypotheses` (at least one; each sample passed to
+    /// `observe` has one `Sample` per hypothesis, in their order).
+    pub fn new(hypotheses: Vec<Hypothesis>, schedule: Schedule, now: Instant) -> Experiment {
         Experiment {
-            hypothesis,
+            hypotheses,
             ramp: Vec::new(),
             steps: Vec::new(),
             step_start: None,
@@ -203,9 +226,9 @@ impl Experiment {
 
     /// Ends the current ramp step at `sample` (its SLIs) and, with
     /// `next`, starts the next one.
-    fn close_step(&mut self, now: Instant, sample: &Sample, next: Option<f64>) {
+    fn close_step(&mut self, now: Instant, sample: &[Sample], next: Option<f64>) {
         if let (Some(last), Some(from)) = (self.steps.last_mut(), self.step_start.as_ref()) {
-            last.slis = Some(Slis::between(from, sample));
+            last.slis = Some(between(from, sample));
         }
         if let Some(percent) = next {
             self.steps.push(Step {
@@ -213,7 +236,7 @@ impl Experiment {
                 at: now.saturating_duration_since(self.started).as_secs_f64(),
                 slis: None,
             });
-            self.step_start = Some(sample.clone());
+            self.step_start = Some(sample.to_vec());
         }
     }
 
@@ -229,10 +252,10 @@ impl Experiment {
         }
     }
 
-    /// A safety check outside the hypothesis broke (e.g. the route's error
+    /// A safety check outside the hypothesis broke (e.g. a route's error
     /// budget fell below its floor): refused before the faults go in,
     /// aborted while they are in; after that, nothing to stop.
-    pub fn abort(&mut self, now: Instant, sample: Sample, why: String) -> Action {
+    pub fn abort(&mut self, now: Instant, sample: Vec<Sample>, why: String) -> Action {
         match self.phase {
             Phase::Baseline => {
                 self.enter(Phase::Done, now, &sample);
@@ -254,42 +277,51 @@ impl Experiment {
         }
     }
 
-    /// The window while injecting; the whole phase otherwise.
-    fn window(&self) -> Duration {
+    /// A route's window while injecting; the whole phase otherwise.
+    fn window(&self, h: &Hypothesis) -> Duration {
         match self.phase {
-            Phase::Injecting => self.hypothesis.window.unwrap_or(self.schedule.duration),
+            Phase::Injecting => h.window.unwrap_or(self.schedule.duration),
             _ => Duration::MAX,
         }
     }
 
-    /// The SLIs from the start of the current phase, or from `window` ago
-    /// if that is later.
-    fn recent(&self, now: Instant, last: &Sample) -> Slis {
-        let since = now.checked_sub(self.window()).unwrap_or(self.started);
-        let from = self
-            .samples
+    /// Each route's SLIs from the start of the current phase, or from its
+    /// `window` ago if that is later.
+    fn recent(&self, now: Instant, last: &[Sample]) -> Vec<Slis> {
+        self.hypotheses
             .iter()
-            .find(|(at, _)| *at >= since && *at >= self.phase_start.0)
-            .map(|(_, s)| s)
-            .or(self.phase_start.1.as_ref())
-            .unwrap_or(last);
-        Slis::between(from, last)
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let to = last.get(i)?;
+                let since = now.checked_sub(self.window(h)).unwrap_or(self.started);
+                let from = self
+                    .samples
+                    .iter()
+                    .find(|(at, _)| *at >= since && *at >= self.phase_start.0)
+                    .map(|(_, s)| s)
+                    .or(self.phase_start.1.as_ref())
+                    .and_then(|s| s.get(i))
+                    .unwrap_or(to);
+                Some(Slis::between(from, to))
+            })
+            .collect()
     }
 
-    /// The SLIs of the whole current phase.
-    fn whole_phase(&self, last: &Sample) -> Slis {
-        Slis::between(self.phase_start.1.as_ref().unwrap_or(last), last)
+    /// Each route's SLIs over the whole current phase.
+    fn whole_phase(&self, last: &[Sample]) -> Vec<Slis> {
+        between(self.phase_start.1.as_deref().unwrap_or(last), last)
     }
 
-    fn enter(&mut self, phase: Phase, now: Instant, sample: &Sample) {
+    fn enter(&mut self, phase: Phase, now: Instant, sample: &[Sample]) {
         let slis = self.whole_phase(sample);
         self.phases.push((self.phase, slis));
         self.phase = phase;
-        self.phase_start = (now, Some(sample.clone()));
+        self.phase_start = (now, Some(sample.to_vec()));
     }
 
-    /// A sample of the route's counters at `now`: what to do next.
-    pub fn observe(&mut self, now: Instant, sample: Sample) -> Action {
+    /// A sample of every route's counters at `now` (one per hypothesis, in
+    /// their order): what to do next.
+    pub fn observe(&mut self, now: Instant, sample: Vec<Sample>) -> Action {
         if self.phase == Phase::Done {
             return Action::Finish;
         }
@@ -300,28 +332,40 @@ impl Experiment {
         self.timeline.push(Point {
             at: now.saturating_duration_since(self.started).as_secs_f64(),
             phase: self.phase,
-            slis,
+            slis: slis.clone(),
         });
         self.samples.push_back((now, sample.clone()));
-        while self.samples.front().is_some_and(|(at, _)| {
-            now.saturating_duration_since(*at) > self.window().min(Duration::from_secs(3600))
-        }) {
+        let keep = self
+            .hypotheses
+            .iter()
+            .map(|h| self.window(h))
+            .max()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(3600));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > keep)
+        {
             self.samples.pop_front();
         }
         let in_phase = now.saturating_duration_since(self.phase_start.0);
-        let h = &self.hypothesis;
         match self.phase {
             Phase::Baseline if in_phase >= self.schedule.baseline => {
                 let whole = self.whole_phase(&sample);
-                let why = if whole.requests < h.min_requests {
-                    Some(format!(
+                let quiet = self
+                    .hypotheses
+                    .iter()
+                    .zip(&whole)
+                    .find(|(h, s)| s.requests < h.min_requests);
+                let why = match quiet {
+                    Some((h, s)) => Some(format!(
                         "too little traffic to tell: {} requests on route {:?} in the baseline, min_requests is {}",
-                        whole.requests, h.route, h.min_requests
-                    ))
-                } else {
-                    h.broken(&whole).map(|why| {
+                        s.requests, h.route, h.min_requests
+                    )),
+                    None => first_broken(&self.hypotheses, &whole).map(|why| {
                         format!("the steady state does not hold before any fault: {why}")
-                    })
+                    }),
                 };
                 match why {
                     Some(why) => {
@@ -339,7 +383,7 @@ impl Experiment {
                 }
             }
             Phase::Injecting => {
-                if let Some(why) = h.broken(&slis) {
+                if let Some(why) = first_broken(&self.hypotheses, &slis) {
                     let why = format!("{why}{}", self.at_step());
                     self.verdict = Some(Verdict::Aborted {
                         why,
@@ -369,7 +413,7 @@ impl Experiment {
             Phase::Recovery
                 if !self.settled && in_phase >= SETTLE.min(self.schedule.recovery / 2) =>
             {
-                // From here on, what the route does is its recovery.
+                // From here on, what the routes do is their recovery.
                 self.settled = true;
                 self.phase_start.1 = Some(sample);
                 Action::Wait
@@ -377,7 +421,7 @@ impl Experiment {
             Phase::Recovery if in_phase >= self.schedule.recovery => {
                 let whole = self.whole_phase(&sample);
                 if self.verdict.is_none() {
-                    self.verdict = Some(match h.broken(&whole) {
+                    self.verdict = Some(match first_broken(&self.hypotheses, &whole) {
                         Some(why) => Verdict::NotRecovered { why },
                         None => Verdict::Passed,
                     });
@@ -443,7 +487,7 @@ mod tests {
             let t = i as f64 * 0.25;
             let (errors, latency) = shape(t);
             traffic(&mut s, 0.25, errors, latency);
-            let a = e.observe(t0 + Duration::from_secs_f64(t), s.clone());
+            let a = e.observe(t0 + Duration::from_secs_f64(t), vec![s.clone()]);
             if a != Action::Wait {
                 actions.push((t, a.clone()));
             }
@@ -457,7 +501,7 @@ mod tests {
     #[test]
     fn a_hypothesis_that_holds_passes() {
         let t0 = Instant::now();
-        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let mut e = Experiment::new(vec![hypothesis()], schedule(), t0);
         let actions = walk(&mut e, t0, |_| (0.0, 0.05));
         assert_eq!(
             actions,
@@ -470,7 +514,7 @@ mod tests {
         assert_eq!(e.verdict, Some(Verdict::Passed));
         let phases: Vec<Phase> = e.phases.iter().map(|p| p.0).collect();
         assert_eq!(phases, [Phase::Baseline, Phase::Injecting, Phase::Recovery]);
-        let requests: Vec<u64> = e.phases.iter().map(|p| p.1.requests).collect();
+        let requests: Vec<u64> = e.phases.iter().map(|p| p.1[0].requests).collect();
         // The recovery is measured after its first second (settling).
         assert!(
             requests[0] >= 175 && requests[1] >= 975 && (75..=125).contains(&requests[2]),
@@ -481,14 +525,17 @@ mod tests {
     #[test]
     fn a_broken_hypothesis_aborts_at_the_next_sample() {
         let t0 = Instant::now();
-        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let mut e = Experiment::new(vec![hypothesis()], schedule(), t0);
         // From 5 s, a fifth of the requests fail.
         let actions = walk(&mut e, t0, |t| (if t >= 5.0 { 0.2 } else { 0.0 }, 0.05));
         assert_eq!(actions[0], (2.0, Action::Inject));
         assert_eq!(actions[1], (5.0, Action::Remove));
         match &e.verdict {
             Some(Verdict::Aborted { why, after_seconds }) => {
-                assert!(why.starts_with("error rate 2.50 % > 1 %"), "{why}");
+                assert!(
+                    why.starts_with("route \"api\": error rate 2.50 % > 1 %"),
+                    "{why}"
+                );
                 assert_eq!(*after_seconds, 3.0);
             }
             v => panic!("{v:?}"),
@@ -498,12 +545,14 @@ mod tests {
     #[test]
     fn slow_answers_break_the_p99_bound() {
         let t0 = Instant::now();
-        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let mut e = Experiment::new(vec![hypothesis()], schedule(), t0);
         let actions = walk(&mut e, t0, |t| (0.0, if t > 2.0 { 0.7 } else { 0.05 }));
         assert_eq!(actions[1].1, Action::Remove);
         assert!(actions[1].0 <= 2.5, "{actions:?}");
         match &e.verdict {
-            Some(Verdict::Aborted { why, .. }) => assert!(why.starts_with("p99 "), "{why}"),
+            Some(Verdict::Aborted { why, .. }) => {
+                assert!(why.starts_with("route \"api\": p99 "), "{why}")
+            }
             v => panic!("{v:?}"),
         }
     }
@@ -512,7 +561,7 @@ mod tests {
     fn a_ramp_raises_the_blast_radius_while_the_hypothesis_holds() {
         let t0 = Instant::now();
         let mut e =
-            Experiment::new(hypothesis(), schedule(), t0).with_ramp(vec![10.0, 50.0, 100.0]);
+            Experiment::new(vec![hypothesis()], schedule(), t0).with_ramp(vec![10.0, 50.0, 100.0]);
         // Errors from 9 s on: in the third step (from 2 + 10 × 2/3 s, the
         // sample at 8.75 s).
         let actions = walk(&mut e, t0, |t| (if t >= 9.0 { 0.2 } else { 0.0 }, 0.05));
@@ -524,8 +573,8 @@ mod tests {
         assert_eq!(percents, [10.0, 50.0, 100.0]);
         assert_eq!(e.steps[1].at, 5.5);
         // Each step has its SLIs; the first two held, the last did not.
-        assert_eq!(e.steps[0].slis.unwrap().error_rate, 0.0);
-        assert!(e.steps[2].slis.unwrap().error_rate > 1.0);
+        assert_eq!(e.steps[0].slis.as_ref().unwrap()[0].error_rate, 0.0);
+        assert!(e.steps[2].slis.as_ref().unwrap()[0].error_rate > 1.0);
         match &e.verdict {
             Some(Verdict::Aborted { why, .. }) => {
                 assert!(why.ends_with("(ramp step 3 of 3, 100 %)"), "{why}")
@@ -537,8 +586,8 @@ mod tests {
     #[test]
     fn a_safety_check_refuses_before_and_aborts_during() {
         let t0 = Instant::now();
-        let mut e = Experiment::new(hypothesis(), schedule(), t0);
-        let a = e.abort(t0, Sample::default(), "budget spent".into());
+        let mut e = Experiment::new(vec![hypothesis()], schedule(), t0);
+        let a = e.abort(t0, vec![Sample::default()], "budget spent".into());
         assert_eq!(a, Action::Finish);
         assert_eq!(
             e.verdict,
@@ -546,12 +595,12 @@ mod tests {
                 why: "budget spent".into()
             })
         );
-        let mut e2 = Experiment::new(hypothesis(), schedule(), t0);
+        let mut e2 = Experiment::new(vec![hypothesis()], schedule(), t0);
         let mut s = Sample::default();
         traffic(&mut s, 2.0, 0.0, 0.05);
-        assert_eq!(e2.observe(t0, Sample::default()), Action::Wait);
-        assert_eq!(e2.observe(t0 + 2 * S, s.clone()), Action::Inject);
-        let a = e2.abort(t0 + 3 * S, s, "budget spent".into());
+        assert_eq!(e2.observe(t0, vec![Sample::default()]), Action::Wait);
+        assert_eq!(e2.observe(t0 + 2 * S, vec![s.clone()]), Action::Inject);
+        let a = e2.abort(t0 + 3 * S, vec![s], "budget spent".into());
         assert_eq!(a, Action::Remove);
         assert!(matches!(
             &e2.verdict,
@@ -562,16 +611,16 @@ mod tests {
     #[test]
     fn no_injection_without_a_steady_state_or_traffic() {
         let t0 = Instant::now();
-        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let mut e = Experiment::new(vec![hypothesis()], schedule(), t0);
         let actions = walk(&mut e, t0, |_| (0.5, 0.05));
         assert_eq!(actions, [(2.0, Action::Finish)]);
         assert!(
             matches!(&e.verdict, Some(Verdict::Refused { why }) if why.contains("does not hold before"))
         );
-        let mut quiet = Experiment::new(hypothesis(), schedule(), t0);
-        let a = quiet.observe(t0, Sample::default());
+        let mut quiet = Experiment::new(vec![hypothesis()], schedule(), t0);
+        let a = quiet.observe(t0, vec![Sample::default()]);
         assert_eq!(a, Action::Wait);
-        let a = quiet.observe(t0 + 3 * S, Sample::default());
+        let a = quiet.observe(t0 + 3 * S, vec![Sample::default()]);
         assert_eq!(a, Action::Finish);
         assert!(
             matches!(&quiet.verdict, Some(Verdict::Refused { why }) if why.contains("too little traffic"))
@@ -581,12 +630,93 @@ mod tests {
     #[test]
     fn not_recovering_is_a_failure() {
         let t0 = Instant::now();
-        let mut e = Experiment::new(hypothesis(), schedule(), t0);
+        let mut e = Experiment::new(vec![hypothesis()], schedule(), t0);
         // Holds while injecting (with too few errors to break the bound),
         // breaks once the faults are out.
         walk(&mut e, t0, |t| (if t > 12.0 { 0.5 } else { 0.0 }, 0.05));
         assert!(
             matches!(&e.verdict, Some(Verdict::NotRecovered { .. })),
+            "{:?}",
+            e.verdict
+        );
+    }
+
+    #[test]
+    fn each_named_route_is_judged_on_its_own_bounds() {
+        let t0 = Instant::now();
+        // "login" may fail 10 % and be slow; "api" may not.
+        let login = Hypothesis {
+            route: "login".into(),
+            max_error_rate: Some(10.0),
+            max_p99: Some(600 * MS),
+            window: Some(2 * S),
+            min_requests: 10,
+        };
+        let mut e = Experiment::new(vec![hypothesis(), login], schedule(), t0);
+        let (mut api, mut log) = (Sample::default(), Sample::default());
+        let mut actions = Vec::new();
+        for i in 0..100 {
+            let t = i as f64 * 0.25;
+            // login: 8 % errors, 300 ms throughout (p99 about 500 ms by
+            // the buckets: within its bounds, not within api's); api: fine
+            // until 6 s, then 20 % errors.
+            traffic(&mut log, 0.25, 0.08, 0.3);
+            traffic(&mut api, 0.25, if t >= 6.0 { 0.2 } else { 0.0 }, 0.05);
+            let a = e.observe(
+                t0 + Duration::from_secs_f64(t),
+                vec![api.clone(), log.clone()],
+            );
+            if a != Action::Wait {
+                actions.push((t, a.clone()));
+            }
+            if a == Action::Finish {
+                break;
+            }
+        }
+        // The baseline held on both, each by its own bounds; api's breach
+        // aborts, though login holds.
+        assert_eq!(actions[0], (2.0, Action::Inject));
+        assert_eq!(actions[1], (6.0, Action::Remove));
+        match &e.verdict {
+            Some(Verdict::Aborted { why, .. }) => {
+                assert!(why.starts_with("route \"api\": error rate"), "{why}")
+            }
+            v => panic!("{v:?}"),
+        }
+        // Every phase has both routes' SLIs, and so has every point.
+        for (phase, slis) in &e.phases {
+            assert_eq!(slis.len(), 2, "{phase:?}");
+        }
+        let before = &e.phases[0].1;
+        assert_eq!(before[1].error_rate, 8.0);
+        assert_eq!(before[0].error_rate, 0.0);
+        assert!(e.timeline.iter().all(|p| p.slis.len() == 2));
+
+        // A breach on the second route aborts just the same.
+        let login_strict = Hypothesis {
+            route: "login".into(),
+            max_error_rate: Some(1.0),
+            ..hypothesis()
+        };
+        let mut e = Experiment::new(vec![hypothesis(), login_strict], schedule(), t0);
+        let (mut api, mut log) = (Sample::default(), Sample::default());
+        let mut verdict_at = None;
+        for i in 0..100 {
+            let t = i as f64 * 0.25;
+            traffic(&mut api, 0.25, 0.0, 0.05);
+            traffic(&mut log, 0.25, if t >= 4.0 { 0.2 } else { 0.0 }, 0.05);
+            if e.observe(
+                t0 + Duration::from_secs_f64(t),
+                vec![api.clone(), log.clone()],
+            ) == Action::Remove
+            {
+                verdict_at = Some(t);
+                break;
+            }
+        }
+        assert_eq!(verdict_at, Some(4.0));
+        assert!(
+            matches!(&e.verdict, Some(Verdict::Aborted { why, .. }) if why.starts_with("route \"login\"")),
             "{:?}",
             e.verdict
         );

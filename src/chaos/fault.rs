@@ -8,7 +8,7 @@
 //!
 //! - effects: a delay before the request goes on (fixed, fixed plus uniform
 //!   jitter, or drawn from a distribution given as percentiles); then at
-//!   most one of an abort with a status, a connection reset, or a response
+//!   most one of an abort with a status (HTTP, or a gRPC status), a connection reset, or a response
 //!   truncated after so many body bytes; a bandwidth limit on the response
 //!   body; slow headers (the response head held back for a duration after
 //!   it arrived, as from an endpoint slow to send it: the time to first
@@ -121,6 +121,9 @@ pub enum Outcome {
     Forward,
     /// Levee answers this status instead of forwarding.
     Abort(u16),
+    /// Levee answers this gRPC status (HTTP 200, trailers-only) instead of
+    /// forwarding; on a try, it is judged as an endpoint's gRPC status.
+    GrpcAbort(u8),
     /// The connection is reset (a try fails as `Reset`).
     Reset,
     /// The response body stops after this many bytes and the connection

@@ -3,7 +3,8 @@
 //!
 //! A try's fault is applied inside the try's timeout, in place of the
 //! exchange: its delay counts against the per-try timeout, an abort comes
-//! back as `upstream::Error::Injected` (a try that answered that status),
+//! back as `upstream::Error::Injected` (a try that answered that status;
+//! `InjectedGrpc` for a gRPC status, judged as an endpoint's `grpc-status`),
 //! a reset as the error a reset connection gives, slow headers as a head
 //! that came late. So the breakers, retries, outlier detection and the
 //! latency estimate see an injected failure as they would see a real one.
@@ -115,6 +116,7 @@ where
     }
     match hit.outcome {
         Outcome::Abort(status) => Err(upstream::Error::Injected(status)),
+        Outcome::GrpcAbort(code) => Err(upstream::Error::InjectedGrpc(code)),
         Outcome::Reset => Err(upstream::Error::Receive(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             format!("reset by fault {}", hit.fault),

@@ -280,6 +280,7 @@ fn count(state: &mut State, hit: Hit, metrics: &ChaosMetrics) -> Hit {
     *state.hits.entry(hit.fault.clone()).or_default() += 1;
     let effect = match hit.outcome {
         Outcome::Abort(_) => "abort",
+        Outcome::GrpcAbort(_) => "grpc_abort",
         Outcome::Reset => "reset",
         Outcome::Truncate(_) => "truncate",
         Outcome::Forward if hit.bandwidth.is_some() => "bandwidth",
@@ -337,6 +338,7 @@ fn effects(f: &Fault) -> Vec<String> {
     }
     match f.effects.outcome {
         Outcome::Abort(s) => out.push(format!("abort {s}")),
+        Outcome::GrpcAbort(c) => out.push(format!("grpc abort, grpc-status {c}")),
         Outcome::Reset => out.push("reset".into()),
         Outcome::Truncate(n) => out.push(format!("truncate after {n} bytes")),
         Outcome::Forward => {}

@@ -8,6 +8,15 @@
 //! URL (`fail_url`: e.g. a login with bad credentials), so that the steady
 //! state is measured under a mix like production's. `Load::next_after` is
 //! the schedule's synchronous core.
+//!
+//! Or the load is a population of virtual users (`users`, the login-rush
+//! scenario): they start one after another over `ramp_up`, and each sends
+//! one request at a time, its next one due `think_time` after the last was
+//! due. A user waits for its answer, so a slow answer makes its next
+//! request late, but that request's latency still counts from when it was
+//! due: the stall shows in the latencies instead of thinning the schedule
+//! (no coordinated omission here either). `Users::start_of` and
+//! `Users::next_after` are that schedule's core.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +26,51 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 
+/// Virtual users, each pacing its requests by its think time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Users {
+    pub count: u32,
+    /// A user's next request is due this long after its last one was.
+    pub think_time: Duration,
+    /// The users start evenly spread over this (all at once if zero).
+    pub ramp_up: Duration,
+}
+
+impl Users {
+    /// When user `i` (from 0) sends its first request, since the start.
+    pub fn start_of(&self, i: u32) -> Duration {
+        self.ramp_up
+            .mul_f64(f64::from(i) / f64::from(self.count.max(1)))
+    }
+
+    /// When a user's request after the one due at `due` is due.
+    pub fn next_after(&self, due: Duration) -> Duration {
+        due + self.think_time
+    }
+
+    /// How many requests are due in the first `span` (all users, each
+    /// answered in time).
+    pub fn due_within(&self, span: Duration) -> u64 {
+        (0..self.count)
+            .map(|i| {
+                let start = self.start_of(i);
+                if start >= span {
+                    0
+                } else {
+                    let left = (span - start).as_secs_f64();
+                    (left / self.think_time.as_secs_f64()).ceil() as u64
+                }
+            })
+            .sum()
+    }
+}
+
 /// The load to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Load {
     pub uri: http::Uri,
+    /// Virtual users instead of an open-loop rate (`rate` is then unused).
+    pub users: Option<Users>,
     /// Requests per second, once the ramp is over.
     pub rate: f64,
     /// The rate at the start, rising linearly to `rate` over `ramp_up`.
@@ -47,7 +97,7 @@ impl Load {
 
     /// Whether the `n`-th request goes to `fail_url`: spread evenly, so
     /// that the share holds over any stretch of the load.
-    fn fails(&self, n: u64) -> Option<&http::Uri> {
+    pub fn fails(&self, n: u64) -> Option<&http::Uri> {
         let (uri, percent) = self.fail.as_ref()?;
         let before = (n as f64 * percent / 100.0).floor();
         let after = ((n + 1) as f64 * percent / 100.0).floor();
@@ -65,8 +115,85 @@ pub struct LoadStats {
     per_second: Vec<u64>,
 }
 
-/// The open-loop load until `stop`.
+/// The load until `stop`: open loop, or the virtual users.
 pub async fn generate(
+    load: Load,
+    stats: Arc<Mutex<LoadStats>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    match load.users {
+        Some(users) => crowd(load, users, stats, stop).await,
+        None => open_loop(load, stats, stop).await,
+    }
+}
+
+/// Counts a request due in second `second` of the load.
+fn scheduled(stats: &Mutex<LoadStats>, second: usize) {
+    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+    if s.per_second.len() <= second && second < 3600 {
+        s.per_second.resize(second + 1, 0);
+    }
+    if let Some(c) = s.per_second.get_mut(second) {
+        *c += 1;
+    }
+}
+
+/// Counts an answer (or failure) and its latency from when it was due.
+fn answered(stats: &Mutex<LoadStats>, label: String, latency: Duration) {
+    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+    s.sent += 1;
+    *s.by_status.entry(label).or_default() += 1;
+    s.latencies.push(latency);
+}
+
+/// One request, bounded in time, as the stats label it.
+async fn send(uri: &http::Uri) -> String {
+    match tokio::time::timeout(Duration::from_secs(30), get(uri)).await {
+        Ok(Ok(status)) => status.as_u16().to_string(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timeout (30s)".into(),
+    }
+}
+
+/// The virtual users until `stop`, each its own task.
+async fn crowd(
+    load: Load,
+    users: Users,
+    stats: Arc<Mutex<LoadStats>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let start = Instant::now();
+    let load = Arc::new(load);
+    // Which request of the whole crowd this is: the failing share is
+    // spread over all of them.
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..users.count {
+        let (load, stats, stop, counter) =
+            (load.clone(), stats.clone(), stop.clone(), counter.clone());
+        tasks.spawn(async move {
+            let mut due = users.start_of(i);
+            loop {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(start + due)).await;
+                if *stop.borrow() {
+                    return;
+                }
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let uri = load.fails(n).unwrap_or(&load.uri);
+                scheduled(&stats, due.as_secs() as usize);
+                let label = send(uri).await;
+                // From when it was due, not when it went: a late send is
+                // the system's delay too.
+                answered(&stats, label, (start + due).elapsed());
+                due = users.next_after(due);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The open-loop load until `stop`.
+async fn open_loop(
     load: Load,
     stats: Arc<Mutex<LoadStats>>,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -82,20 +209,11 @@ pub async fn generate(
         if *stop.borrow() {
             return;
         }
-        let scheduled = start + due;
-        let second = due.as_secs() as usize;
+        let when = start + due;
         let uri = load.fails(n).unwrap_or(&load.uri).clone();
         n += 1;
+        scheduled(&stats, due.as_secs() as usize);
         due = load.next_after(due);
-        {
-            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-            if s.per_second.len() <= second && second < 3600 {
-                s.per_second.resize(second + 1, 0);
-            }
-            if let Some(c) = s.per_second.get_mut(second) {
-                *c += 1;
-            }
-        }
         // A bound on open requests: beyond it, the request counts as failed
         // rather than piling up without end.
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -108,16 +226,8 @@ pub async fn generate(
         };
         let stats = stats.clone();
         tokio::spawn(async move {
-            let result = tokio::time::timeout(Duration::from_secs(30), get(&uri)).await;
-            let label = match result {
-                Ok(Ok(status)) => status.as_u16().to_string(),
-                Ok(Err(e)) => format!("error: {e}"),
-                Err(_) => "timeout (30s)".into(),
-            };
-            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-            s.sent += 1;
-            *s.by_status.entry(label).or_default() += 1;
-            s.latencies.push(scheduled.elapsed());
+            let label = send(&uri).await;
+            answered(&stats, label, when.elapsed());
             drop(permit);
         });
     }
@@ -174,6 +284,7 @@ mod tests {
     fn load(start_rate: f64, ramp_up: Duration, fail: Option<f64>) -> Load {
         Load {
             uri: "http://127.0.0.1:1/".parse().unwrap(),
+            users: None,
             rate: 100.0,
             start_rate,
             ramp_up,
@@ -212,5 +323,32 @@ mod tests {
         assert_eq!(failing.len(), 10);
         assert!(failing.windows(2).all(|w| w[1] - w[0] == 10), "{failing:?}");
         assert!(load(100.0, Duration::ZERO, None).fails(3).is_none());
+    }
+
+    #[test]
+    fn users_start_over_the_ramp_and_pace_by_their_think_time() {
+        let u = Users {
+            count: 10,
+            think_time: Duration::from_millis(500),
+            ramp_up: Duration::from_secs(2),
+        };
+        assert_eq!(u.start_of(0), Duration::ZERO);
+        assert_eq!(u.start_of(5), Duration::from_secs(1));
+        assert_eq!(u.start_of(9), Duration::from_millis(1800));
+        assert_eq!(
+            u.next_after(Duration::from_secs(3)),
+            Duration::from_millis(3500)
+        );
+        // Once all are in, 10 users every 500 ms: 20 requests a second.
+        let per_second = |s: u64| u.due_within(Duration::from_secs(s));
+        assert_eq!(per_second(10) - per_second(9), 20);
+        // During the ramp, fewer: user i has sent ceil((1 s - start) / 0.5 s).
+        assert_eq!(per_second(1), 2 + 2 + 2 + 1 + 1);
+        let at_once = Users {
+            ramp_up: Duration::ZERO,
+            ..u
+        };
+        assert_eq!(at_once.due_within(Duration::from_secs(3)), 60);
+        assert_eq!(at_once.due_within(Duration::ZERO), 0);
     }
 }

@@ -10,11 +10,13 @@
 //! hypothesis checked on samples, the phases, the verdict), `sli` reads the
 //! samples from Levee's `/metrics`, and `run` is the async shell behind
 //! `levee chaos run`, with the experiment file (`plan`), the open-loop load
-//! (`load`) and the report (`report`).
+//! (`load`) and the report (`report`, and `html`: the same as one page
+//! with plots).
 
 pub mod build;
 pub mod experiment;
 pub mod fault;
+pub mod html;
 pub mod inject;
 pub mod live;
 pub mod load;

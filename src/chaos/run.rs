@@ -4,6 +4,7 @@
 //! posts the faults (`POST /faults`) when the baseline holds, deletes them
 //! (`DELETE /faults/{name}`) when the duration is over or the hypothesis
 //! breaks, and reads `GET /faults` for how many requests each fault hit.
+//! Every route the hypothesis names is sampled and judged on its own bounds.
 //! With a ramp it posts the faults again at each step's blast radius; with
 //! `min_error_budget` it reads the route's budget (`GET /slo`) before
 //! starting and at every sample; it clears `GET /chaos/requests` when the
@@ -104,53 +105,56 @@ impl Admin {
 /// phase change as it happens.
 pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result<Report, String> {
     let metrics = admin.ok(Method::GET, "/metrics", "").await?;
-    if sli::parse(&metrics, &plan.hypothesis.route).is_none() {
+    let routes: Vec<String> = plan.hypotheses.iter().map(|h| h.route.clone()).collect();
+    if let Some(r) = routes.iter().find(|r| sli::parse(&metrics, r).is_none()) {
         return Err(format!(
-            "route {:?} has no series in GET /metrics: no such route on this Levee",
-            plan.hypothesis.route
+            "route {r:?} has no series in GET /metrics: no such route on this Levee"
         ));
     }
     let started_wall = std::time::SystemTime::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load_stats = Arc::new(Mutex::new(LoadStats::default()));
     if let Some(l) = &plan.load {
-        let ramp = if l.ramp_up.is_zero() {
-            String::new()
-        } else {
-            format!(", from {} over {:?}", l.start_rate, l.ramp_up)
-        };
         let fail = l
             .fail
             .as_ref()
             .map_or(String::new(), |(u, p)| format!(", {p} % to {u}"));
-        log(&format!(
-            "load: {} requests/s to {}{ramp}{fail} (open loop)",
-            l.rate, l.uri
-        ));
+        match &l.users {
+            Some(u) => log(&format!(
+                "load: {} virtual users to {}, a request each every {:?} (think time), starting over {:?}{fail}",
+                u.count, l.uri, u.think_time, u.ramp_up
+            )),
+            None => {
+                let ramp = if l.ramp_up.is_zero() {
+                    String::new()
+                } else {
+                    format!(", from {} over {:?}", l.start_rate, l.ramp_up)
+                };
+                log(&format!(
+                    "load: {} requests/s to {}{ramp}{fail} (open loop)",
+                    l.rate, l.uri
+                ));
+            }
+        }
         tokio::spawn(generate(l.clone(), load_stats.clone(), stop_rx));
     }
-    let mut exp = Experiment::new(plan.hypothesis.clone(), plan.schedule, Instant::now())
+    let mut exp = Experiment::new(plan.hypotheses.clone(), plan.schedule, Instant::now())
         .with_ramp(plan.ramp.clone());
-    // The error-budget floor: checked before anything else, so that an
+    // The error-budget floors: checked before anything else, so that an
     // experiment never spends a budget that is already short.
-    if let Some(floor) = plan.min_error_budget {
-        let why = match budget_left(admin, &plan.hypothesis.route).await {
-            Ok(left) if left < floor => Some(format!(
-                "the error budget of route {:?} is {left:.1} % left, below the floor min_error_budget = {floor} %",
-                plan.hypothesis.route
-            )),
-            Ok(_) => None,
-            Err(e) => Some(e),
-        };
-        if let Some(why) = why {
-            log(&format!("REFUSED: {why}"));
-            let sample = sli::parse(&metrics, &plan.hypothesis.route).unwrap_or_default();
-            exp.abort(Instant::now(), sample, why);
-        }
+    if let Some(why) = below_floor(admin, &plan.min_error_budget, "is").await {
+        log(&format!("REFUSED: {why}"));
+        exp.abort(Instant::now(), samples(&metrics, &routes), why);
     }
     log(&format!(
-        "baseline: {:?} of steady state on route {:?}",
-        plan.schedule.baseline, plan.hypothesis.route
+        "baseline: {:?} of steady state on route{} {}",
+        plan.schedule.baseline,
+        if routes.len() > 1 { "s" } else { "" },
+        routes
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let mut injected = false;
     let mut ever_injected = false;
@@ -189,29 +193,20 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
                 break;
             }
         };
-        let Some(sample) = sli::parse(&text, &plan.hypothesis.route) else {
-            failure = Some(format!(
-                "route {:?} left GET /metrics (reloaded away?)",
-                plan.hypothesis.route
-            ));
+        if let Some(r) = routes.iter().find(|r| sli::parse(&text, r).is_none()) {
+            failure = Some(format!("route {r:?} left GET /metrics (reloaded away?)"));
             break;
-        };
+        }
+        let sample = samples(&text, &routes);
         if injected {
             injections = fault_counts(admin, &plan.fault_names)
                 .await
                 .unwrap_or(injections);
         }
         let now = Instant::now();
-        let below_floor = match (plan.min_error_budget, exp.phase()) {
-            (Some(floor), Phase::Baseline | Phase::Injecting) => {
-                match budget_left(admin, &plan.hypothesis.route).await {
-                    Ok(left) if left < floor => Some(format!(
-                        "the error budget of route {:?} fell to {left:.1} % left, below the floor min_error_budget = {floor} %",
-                        plan.hypothesis.route
-                    )),
-                    Ok(_) => None,
-                    Err(e) => Some(e),
-                }
+        let below_floor = match exp.phase() {
+            Phase::Baseline | Phase::Injecting => {
+                below_floor(admin, &plan.min_error_budget, "fell to").await
             }
             _ => None,
         };
@@ -235,9 +230,9 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
             }
             Action::Inject => {
                 // The slowest requests from here on are the report's.
-                let _ = admin
-                    .ok(Method::DELETE, &requests_path(&plan.hypothesis.route), "")
-                    .await;
+                for r in &routes {
+                    let _ = admin.ok(Method::DELETE, &requests_path(r), "").await;
+                }
                 if let Err(e) = admin.ok(Method::POST, "/faults", &plan.faults).await {
                     failure = Some(format!("the faults were refused: {e}"));
                     break;
@@ -287,13 +282,12 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
             after_seconds: 0.0,
         },
     };
-    let slowest = if ever_injected {
-        slowest_requests(admin, &plan.hypothesis.route)
-            .await
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let mut slowest = Vec::new();
+    if ever_injected {
+        for r in &routes {
+            slowest.extend(slowest_requests(admin, r).await.unwrap_or_default());
+        }
+    }
     let load = plan.load.as_ref().map(|_| {
         load_stats
             .lock()
@@ -309,6 +303,32 @@ pub async fn run(plan: Plan, admin: &Admin, log: &mut dyn FnMut(&str)) -> Result
         slowest,
         started_wall,
     ))
+}
+
+/// Each route's sample from the text of `GET /metrics`, in `routes`'
+/// order (a route without series counts nothing).
+fn samples(metrics: &str, routes: &[String]) -> Vec<sli::Sample> {
+    routes
+        .iter()
+        .map(|r| sli::parse(metrics, r).unwrap_or_default())
+        .collect()
+}
+
+/// Why a route's error budget is below its floor (`min_error_budget`), if
+/// one is; `verb`: "is" before the start, "fell to" later.
+async fn below_floor(admin: &Admin, floors: &[(String, f64)], verb: &str) -> Option<String> {
+    for (route, floor) in floors {
+        match budget_left(admin, route).await {
+            Ok(left) if left < *floor => {
+                return Some(format!(
+                    "the error budget of route {route:?} {verb} {left:.1} % left, below the floor min_error_budget = {floor} %"
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(e),
+        }
+    }
+    None
 }
 
 /// The share (percent) of `route`'s error budget left, from `GET /slo`.
@@ -339,14 +359,20 @@ fn requests_path(route: &str) -> String {
 }
 
 /// The slowest requests of `route` since the faults went in
-/// (`GET /chaos/requests`).
+/// (`GET /chaos/requests`), each with its route.
 async fn slowest_requests(admin: &Admin, route: &str) -> Result<Vec<serde_json::Value>, String> {
     let text = admin.ok(Method::GET, &requests_path(route), "").await?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    Ok(v["routes"][route]["requests"]
+    let mut list = v["routes"][route]["requests"]
         .as_array()
         .cloned()
-        .unwrap_or_default())
+        .unwrap_or_default();
+    for r in &mut list {
+        if let Some(o) = r.as_object_mut() {
+            o.entry("route").or_insert_with(|| route.into());
+        }
+    }
+    Ok(list)
 }
 
 /// Each fault's injections and effects from `GET /faults`.
@@ -397,9 +423,16 @@ async fn remove(admin: &Admin, names: &[String]) {
     }
 }
 
+/// Where `levee chaos run` writes the report besides standard output.
+#[derive(Default, Clone, Copy)]
+pub struct Outputs<'a> {
+    pub json: Option<&'a Path>,
+    pub html: Option<&'a Path>,
+}
+
 /// `levee chaos run`: the exit code (0 passed, 1 failed, 2 could not run:
 /// nothing was injected).
-pub fn cli(file: &Path, admin: &str, token: Option<String>, report_to: Option<&Path>) -> u8 {
+pub fn cli(file: &Path, admin: &str, token: Option<String>, outputs: Outputs<'_>) -> u8 {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -433,9 +466,17 @@ pub fn cli(file: &Path, admin: &str, token: Option<String>, report_to: Option<&P
     match result {
         Ok(r) => {
             print!("{}", r.markdown);
-            if let Some(path) = report_to {
-                let text = serde_json::to_string_pretty(&r.json).unwrap_or_default();
-                if let Err(e) = std::fs::write(path, text + "\n") {
+            let files = [
+                (
+                    outputs.json,
+                    serde_json::to_string_pretty(&r.json).unwrap_or_default() + "\n",
+                ),
+                (outputs.html, super::html::render(&r.json)),
+            ];
+            for (path, text) in files {
+                if let Some(path) = path
+                    && let Err(e) = std::fs::write(path, text)
+                {
                     eprintln!("levee chaos: {}: {e}", path.display());
                     return 2;
                 }

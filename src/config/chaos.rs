@@ -15,7 +15,8 @@
 //! percent = 10                     # the blast radius, 0 to 100 (required)
 //! delay = "500ms"                  # or delay_distribution = { p50 = "20ms", p99 = "500ms" }
 //! delay_jitter = "100ms"           # up to this much more, uniformly
-//! abort = 503                      # or reset = true, or truncate_after = "1KiB"
+//! abort = 503                      # or reset = true, or truncate_after = "1KiB",
+//!                                  # or grpc_abort = "unavailable" (a gRPC status)
 //! bandwidth = "64KiB"              # response body bytes per second
 //! slow_headers = "2s"              # the response head held back this long
 //! header = "x-levee-fault"         # hits any request carrying it ...
@@ -76,6 +77,10 @@ pub struct FaultConfig {
     /// Answer this status (400 to 599) instead of forwarding.
     #[serde(default)]
     pub abort: Option<Spanned<u16>>,
+    /// Answer this gRPC status instead of forwarding: HTTP 200,
+    /// trailers-only, as a gRPC server that failed the call would.
+    #[serde(default)]
+    pub grpc_abort: Option<Spanned<String>>,
     #[serde(default)]
     pub reset: Option<Spanned<bool>>,
     #[serde(default)]
@@ -94,6 +99,37 @@ pub struct FaultConfig {
     /// Removes itself this long after it started. Required: a fault that
     /// outlives the experiment (or the operator's attention) is an outage.
     pub ttl: Spanned<Duration>,
+}
+
+/// The gRPC status codes by name (gRPC's `statuscodes.md`), from 0.
+const GRPC_CODES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
+/// The code of a gRPC status a fault may answer, by name; `None` for an
+/// unknown name and for `ok` (no failure to inject).
+pub fn grpc_code(name: &str) -> Option<u8> {
+    GRPC_CODES
+        .iter()
+        .position(|n| *n == name)
+        .filter(|c| *c > 0)
+        .and_then(|c| u8::try_from(c).ok())
 }
 
 /// A document of faults only (`[[faults]]` tables).
@@ -298,6 +334,20 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
         }
         outcomes.push(("abort", a.span()));
     }
+    if let Some(g) = &f.grpc_abort {
+        if grpc_code(g.get_ref()).is_none() {
+            return Err(invalid(
+                g.span(),
+                key("grpc_abort"),
+                format!(
+                    "{:?} is not a gRPC status to fail with; use one of {}",
+                    g.get_ref(),
+                    list(GRPC_CODES[1..].iter().copied())
+                ),
+            ));
+        }
+        outcomes.push(("grpc_abort", g.span()));
+    }
     if let Some(r) = &f.reset
         && *r.get_ref()
     {
@@ -334,7 +384,7 @@ fn check_effects(f: &FaultConfig, key: &dyn Fn(&str) -> String) -> Result<(), In
         return Err(invalid(
             f.name.span(),
             key("name"),
-            "the fault does nothing: set delay, delay_distribution, abort, reset, truncate_after, bandwidth or slow_headers",
+            "the fault does nothing: set delay, delay_distribution, abort, grpc_abort, reset, truncate_after, bandwidth or slow_headers",
         ));
     }
     Ok(())
@@ -491,6 +541,26 @@ ttl = "60s"
     }
 
     #[test]
+    fn a_grpc_abort_builds_with_its_code() {
+        for (name, code) in [
+            ("unavailable", 14),
+            ("resource_exhausted", 8),
+            ("cancelled", 1),
+            ("unauthenticated", 16),
+        ] {
+            let text = format!(
+                "[[faults]]\nname = \"g\"\nroute = \"api\"\npercent = 100\ngrpc_abort = \"{name}\"\nttl = \"1m\"\n"
+            );
+            let faults = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                build(&faults[0]).effects.outcome,
+                Outcome::GrpcAbort(code),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn distributions_and_other_outcomes() {
         let text = r#"
 [[faults]]
@@ -604,6 +674,18 @@ ttl = "60s"
             (
                 "abort = 503\nreset = true\n",
                 "faults[0].reset: a fault has one outcome: \"abort\", \"reset\"",
+            ),
+            (
+                "abort = 503\ngrpc_abort = \"unavailable\"\n",
+                "faults[0].grpc_abort: a fault has one outcome: \"abort\", \"grpc_abort\"",
+            ),
+            (
+                "grpc_abort = \"ok\"\n",
+                "faults[0].grpc_abort: \"ok\" is not a gRPC status to fail with; use one of \"cancelled\"",
+            ),
+            (
+                "grpc_abort = 14\n",
+                "faults[0].grpc_abort: invalid type: integer `14`, expected a string",
             ),
             (
                 "delay_jitter = \"5ms\"\n",

@@ -196,6 +196,7 @@ mod tests {
             | E::UpgradeUnsupported
             | E::RewriteFailed
             | E::FaultAbort(_)
+            | E::FaultGrpcAbort(_)
             | E::FaultReset => e.code(),
         };
         for e in [
@@ -220,6 +221,7 @@ mod tests {
             E::ConnectRefused,
             E::UpgradeUnsupported,
             E::FaultAbort(503),
+            E::FaultGrpcAbort(14),
             E::FaultReset,
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");

@@ -44,6 +44,9 @@ pub enum ProxyError {
     RewriteFailed,
     /// An injected fault (`chaos`) aborted the request with this status.
     FaultAbort(u16),
+    /// An injected fault (`chaos`) answered this gRPC status: a gRPC call
+    /// gets it trailers-only; anything else the HTTP status it maps to.
+    FaultGrpcAbort(u8),
     /// An injected fault (`chaos`) on the route: the client's connection
     /// is closed without an answer (the status is only logged).
     FaultReset,
@@ -95,6 +98,7 @@ impl ProxyError {
                 StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
             ProxyError::FaultReset => StatusCode::BAD_GATEWAY,
+            ProxyError::FaultGrpcAbort(code) => super::grpc::http_status(code),
         }
     }
 
@@ -120,7 +124,7 @@ impl ProxyError {
             ProxyError::ConnectRefused => "connect_refused",
             ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::RewriteFailed => "rewrite_failed",
-            ProxyError::FaultAbort(_) => "fault_injected",
+            ProxyError::FaultAbort(_) | ProxyError::FaultGrpcAbort(_) => "fault_injected",
             ProxyError::FaultReset => "fault_reset",
         }
     }
@@ -155,7 +159,9 @@ impl ProxyError {
             ProxyError::RewriteFailed => {
                 "the route's rewrite rules made no valid request from this one"
             }
-            ProxyError::FaultAbort(_) => "a fault injected by the operator (chaos) answered this",
+            ProxyError::FaultAbort(_) | ProxyError::FaultGrpcAbort(_) => {
+                "a fault injected by the operator (chaos) answered this"
+            }
             ProxyError::FaultReset => {
                 "a fault injected by the operator (chaos) closed the connection"
             }
@@ -188,6 +194,7 @@ impl From<&upstream::Error> for ProxyError {
             upstream::Error::TimedOut(_) => ProxyError::UpstreamTimeout,
             upstream::Error::RequestBody(b) => client_body(b),
             upstream::Error::Injected(s) => ProxyError::FaultAbort(*s),
+            upstream::Error::InjectedGrpc(c) => ProxyError::FaultGrpcAbort(*c),
             upstream::Error::Send(_)
             | upstream::Error::Receive(_)
             | upstream::Error::Closed

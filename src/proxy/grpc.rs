@@ -43,6 +43,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// anything else.
 pub fn code(err: ProxyError, status: StatusCode) -> u8 {
     match err {
+        ProxyError::FaultGrpcAbort(code) => code,
         ProxyError::NoRoute => UNIMPLEMENTED,
         ProxyError::RateLimited => RESOURCE_EXHAUSTED,
         ProxyError::UpstreamTimeout | ProxyError::QueueTimeout => DEADLINE_EXCEEDED,
@@ -63,6 +64,26 @@ pub fn code(err: ProxyError, status: StatusCode) -> u8 {
             413 | 431 => RESOURCE_EXHAUSTED,
             _ => UNKNOWN,
         },
+    }
+}
+
+/// The HTTP status a gRPC status stands for, answered to a client that is
+/// not speaking gRPC (as `google.rpc.Code` maps them).
+pub fn http_status(code: u8) -> StatusCode {
+    match code {
+        0 => StatusCode::OK,
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        16 => StatusCode::UNAUTHORIZED,
+        7 => StatusCode::FORBIDDEN,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        // CANCELLED is 499 (client closed request) in that mapping.
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -263,6 +263,9 @@ async fn forward<B: RequestBody>(
             out.tries.shape = hit.shape();
             match hit.outcome {
                 FaultOutcome::Abort(status) => return Err(ProxyError::FaultAbort(status).into()),
+                FaultOutcome::GrpcAbort(code) => {
+                    return Err(ProxyError::FaultGrpcAbort(code).into());
+                }
                 FaultOutcome::Reset => return Err(ProxyError::FaultReset.into()),
                 _ => {}
             }
@@ -648,6 +651,9 @@ async fn send_with_retries<B: RequestBody>(
         // method (the gRPC retry policy's rule; nothing was done), as long
         // as its body can be sent again.
         let repeatable = match outcome {
+            // An injected gRPC status took the place of the exchange: the
+            // body was never read, and goes whole to the next try.
+            TryResult::Grpc(_) if matches!(result, Err(upstream::Error::InjectedGrpc(_))) => true,
             TryResult::Grpc(_) => resendable,
             // HTTP/2 gives a body it did not read back untouched.
             TryResult::Unprocessed => resendable || !hyper::body::Body::is_end_stream(&out.body),
@@ -851,6 +857,8 @@ fn try_result(
         Err(upstream::Error::TimedOut(_)) => Some(TryResult::Timeout),
         Err(upstream::Error::RequestBody(_)) => None,
         Err(upstream::Error::Injected(status)) => Some(TryResult::Status(*status)),
+        // An injected gRPC status is judged as an endpoint's would be.
+        Err(upstream::Error::InjectedGrpc(code)) => Some(TryResult::Grpc(*code)),
         Err(_) => Some(TryResult::Reset),
     }
 }

@@ -48,6 +48,10 @@ pub enum Error {
     /// `chaos::inject`). Made by the caller, like `TimedOut`.
     #[error("fault injected: status {0}")]
     Injected(u16),
+    /// A fault injected in place of the exchange answered this gRPC status
+    /// (as a trailers-only answer would). Made by the caller.
+    #[error("fault injected: grpc-status {0}")]
+    InjectedGrpc(u8),
     /// An HTTP/2 endpoint provably did not process the request: it refused
     /// the stream (`REFUSED_STREAM`), or its graceful `GOAWAY` came before
     /// the stream (RFC 9113 §8.7), or the connection closed before the

@@ -1,5 +1,5 @@
-// Levee's dashboard: reads the admin API (GET /status, GET /stats, the SSE
-// stream GET /events/stream) and sets the service level (PUT /degradation).
+// Levee's dashboard: reads the admin API (GET /status, GET /stats,
+// GET /availability, the SSE stream GET /events/stream) and sets the service level (PUT /degradation).
 // No framework, no build step: this file is embedded in the binary as is.
 "use strict";
 
@@ -78,7 +78,22 @@ function gauge(slo) {
   return out;
 }
 
-function renderRoutes(status, stats) {
+// A route's availability composed from the live topology (GET
+// /availability): over the recent window when it saw tries, else since start.
+function availability(avail, name) {
+  const r = avail && avail.routes.find(x => x.name === name);
+  const a = r && (r.availability.window ?? r.availability.since_start);
+  if (a === null || a === undefined) return el("td", { class: "num muted", "data-availability": "" }, "–");
+  const nines = r.nines.window ?? r.nines.since_start;
+  const observed = r.observed.availability;
+  const title = "composed from the endpoints through their clusters (window " +
+    (r.availability.window ?? "–") + ", since start " + (r.availability.since_start ?? "–") +
+    "); answered without 5xx since start: " + (observed === null ? "–" : fmtPct(observed));
+  return el("td", { class: "num", "data-availability": a.toFixed(6), title },
+    (a * 100).toFixed(3) + " %" + (nines === null || nines === undefined ? "" : " · " + nines.toFixed(1) + " nines"));
+}
+
+function renderRoutes(status, stats, avail) {
   const body = document.querySelector("#routes tbody");
   const rows = [];
   for (const route of status.routes) {
@@ -97,7 +112,10 @@ function renderRoutes(status, stats) {
         el("td", {}, sparkline(s.series.errors, "var(--bad)")),
         el("td", {}, sparkline(s.latency_series.map(p => p.p99_ms), "var(--warn)")),
         el("td", {}, gauge(s.slo)));
+    } else {
+      for (let i = 0; i < 9; i++) tr.append(el("td", { class: "muted" }, "–"));
     }
+    tr.append(availability(avail, route.name));
     rows.push(tr);
   }
   body.replaceChildren(...rows);
@@ -205,10 +223,12 @@ async function pollEvents() {
 
 async function poll() {
   try {
-    const [status, stats] = await Promise.all([api("GET", "/status"), api("GET", "/stats?points=60")]);
+    // The availability column is a bonus: the rest renders without it.
+    const [status, stats, avail] = await Promise.all([api("GET", "/status"), api("GET", "/stats?points=60"),
+      api("GET", "/availability").catch(e => { console.warn(e.message); return null; })]);
     renderMeta(status);
     renderLevel(status.degradation);
-    renderRoutes(status, stats);
+    renderRoutes(status, stats, avail);
     renderClusters(status);
     document.body.dataset.updated = String(Date.now());
   } catch (e) {
