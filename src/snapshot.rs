@@ -34,9 +34,9 @@ pub struct Listener {
     pub routes: Vec<Arc<Route>>,
     /// `protocol = "tcp"`: where its connections are relayed (its routes
     /// are then unused): the listener's cluster, or one chosen by SNI.
-    pub tcp: Option<Arc<crate::tcp::sni::SniRoutes>>,
+    pub tcp: Option<Arc<crate::wire::sni::SniRoutes<TcpRelay>>>,
     /// `[listeners.proxy_protocol]`: the PROXY header required first.
-    pub proxy_protocol: Option<Arc<crate::server::proxy_protocol::Accept>>,
+    pub proxy_protocol: Option<Arc<crate::wire::proxy_protocol::Accept>>,
     /// WebSocket tunnels: whether upgrades are tunnelled, and their timeouts.
     pub websocket: crate::config::websocket::WebSocketConfig,
 }
@@ -189,7 +189,7 @@ impl Snapshot {
                     proxy_protocol: l
                         .proxy_protocol
                         .as_ref()
-                        .map(|p| Arc::new(crate::server::proxy_protocol::Accept::from_config(p))),
+                        .map(|p| Arc::new(crate::wire::proxy_protocol::Accept::from_config(p))),
                     websocket: l.websocket.clone(),
                 })
             })
@@ -238,7 +238,7 @@ fn tcp_routes(
     l: &crate::config::ListenerConfig,
     clusters: &HashMap<&str, &Arc<Cluster>>,
     config: &Config,
-) -> Option<Arc<crate::tcp::sni::SniRoutes>> {
+) -> Option<Arc<crate::wire::sni::SniRoutes<TcpRelay>>> {
     if l.protocol != crate::config::Protocol::Tcp {
         return None;
     }
@@ -261,7 +261,7 @@ fn tcp_routes(
             Some((names.collect(), relay(s.cluster.get_ref())?))
         })
         .collect();
-    Some(Arc::new(crate::tcp::sni::SniRoutes::new(
+    Some(Arc::new(crate::wire::sni::SniRoutes::new(
         names.iter().map(|(n, r)| (n.as_slice(), r.clone())),
         default,
     )))

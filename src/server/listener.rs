@@ -204,22 +204,24 @@ impl Accepted {
         // every check and log below sees that address, not the balancer's.
         let client = match &l.proxy_protocol {
             None => peer,
-            Some(accept) => match super::proxy_protocol::read(&mut stream, peer, accept).await {
-                Ok(client) => client,
-                Err(reason) => {
-                    self.shared
-                        .metrics
-                        .tcp
-                        .proxy_protocol_refused
-                        .get_or_create(&crate::observe::tcp::ReasonLabels {
-                            listener: l.name.to_string(),
-                            reason,
-                        })
-                        .inc();
-                    tracing::debug!(listener = %l.name, %peer, reason, "PROXY protocol header refused");
-                    return;
+            Some(accept) => {
+                match crate::wire::proxy_protocol::read(&mut stream, peer, accept).await {
+                    Ok(client) => client,
+                    Err(reason) => {
+                        self.shared
+                            .metrics
+                            .tcp
+                            .proxy_protocol_refused
+                            .get_or_create(&crate::observe::tcp::ReasonLabels {
+                                listener: l.name.to_string(),
+                                reason,
+                            })
+                            .inc();
+                        tracing::debug!(listener = %l.name, %peer, reason, "PROXY protocol header refused");
+                        return;
+                    }
                 }
-            },
+            }
         };
         if l.max_connections_per_ip > 0 {
             let ip = client.ip().to_canonical();

@@ -16,7 +16,6 @@ pub mod connect;
 pub mod log;
 pub mod proxy_header;
 pub mod relay;
-pub mod sni;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use tokio::net::TcpStream;
 use crate::observe::tcp as metrics;
 use crate::shared::Shared;
 pub use crate::snapshot::TcpRelay as Relay;
+use crate::wire::sni;
 use connect::Refused;
 use relay::End;
 
@@ -35,7 +35,7 @@ use relay::End;
 pub struct Front {
     pub listener: Arc<str>,
     /// The listener's cluster and SNI routes.
-    pub routes: Arc<sni::SniRoutes>,
+    pub routes: Arc<sni::SniRoutes<Relay>>,
     /// `[listeners.tls]`: TLS terminated here, the plain bytes relayed.
     pub tls: Option<Arc<crate::tls::Terminator>>,
     /// Time the ClientHello of a passthrough connection has to arrive.
@@ -52,7 +52,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
     } else {
         let peeked = tokio::time::timeout(
             front.hello_timeout,
-            crate::server::peek::peek_until(&stream, sni::MAX_HELLO, sni::client_hello),
+            crate::wire::peek::peek_until(&stream, sni::MAX_HELLO, sni::client_hello),
         )
         .await;
         let refused = match peeked {
@@ -60,10 +60,10 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
                 Some(r) => Err(r.clone()),
                 None => Ok("no_match"),
             },
-            Ok(Ok(sni::Hello::NotTls)) | Ok(Err(crate::server::peek::Undecided::TooLarge)) => {
+            Ok(Ok(sni::Hello::NotTls)) | Ok(Err(crate::wire::peek::Undecided::TooLarge)) => {
                 Ok("not_tls")
             }
-            Ok(Err(crate::server::peek::Undecided::Closed)) => Ok("closed"),
+            Ok(Err(crate::wire::peek::Undecided::Closed)) => Ok("closed"),
             Err(_) => Ok("timeout"),
         };
         match refused {
@@ -81,8 +81,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
                 if reason == "no_match" {
                     // A TLS client reports a handshake failure rather
                     // than an unexplained end of file.
-                    crate::server::conn::linger_close(stream, &crate::server::sniff::TLS_ALERT)
-                        .await;
+                    crate::wire::linger_close(stream, &crate::wire::sniff::TLS_ALERT).await;
                 }
                 return;
             }
@@ -98,7 +97,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
         None => serve(stream, client, local, relay, shared).await,
         Some(t) => {
             // Failures are counted by reason in the TLS metrics.
-            let shaken = crate::server::handshake::handshake(stream, &t, &shared.metrics.tls).await;
+            let shaken = crate::wire::handshake::handshake(stream, &t, &shared.metrics.tls).await;
             drop(t);
             if let Ok((tls, _)) = shaken {
                 serve(tls, client, local, relay, shared).await;
