@@ -51,6 +51,8 @@ pub struct TcpRelay {
     pub on_endpoint_down: crate::config::OnEndpointDown,
     /// The PROXY protocol header sent to endpoints, if any.
     pub send_proxy: Option<crate::config::ProxyVersion>,
+    /// The listener's `copy`.
+    pub copy: crate::config::TcpCopy,
 }
 
 impl TcpRelay {
@@ -67,6 +69,11 @@ impl TcpRelay {
             idle_timeout: listener.idle_timeout.get(),
             on_endpoint_down,
             send_proxy,
+            copy: listener
+                .copy
+                .as_ref()
+                .map(|c| *c.get_ref())
+                .unwrap_or_default(),
         }
     }
 }

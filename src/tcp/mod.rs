@@ -16,12 +16,12 @@ pub mod connect;
 pub mod log;
 pub mod proxy_header;
 pub mod relay;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::observe::tcp as metrics;
@@ -108,7 +108,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
 
 /// Relays one client connection of a TCP listener start to finish.
 /// `local`: the address it reached Levee at.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve<S: relay::Client>(
     client_stream: S,
     client: SocketAddr,
     local: SocketAddr,
@@ -185,6 +185,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let end = relay::run(
         client_stream,
         upstream.stream,
+        relay.copy,
         relay.idle_timeout,
         &counts,
         &watch,

@@ -5,11 +5,9 @@
 //! early: the idle timeout, the endpoint leaving service (with
 //! `on_endpoint_down = "shutdown_sessions"`), and an error.
 //!
-//! The copy is tokio's userspace one. splice(2) (socket → pipe → socket,
-//! no copy through userspace) is not used: it was not implemented and
-//! measured against this copy in a release build (issue 13 §2 asks for it
-//! only where it measures faster); `bench/tcp.sh` is the measurement to
-//! run against a change that adds it.
+//! The copy is tokio's userspace one, or splice(2) for a plain TCP client
+//! with `copy = "splice"` (`super::splice`); the ends above are the same
+//! for both.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::cluster::{Cluster, EndpointLive};
-use crate::config::OnEndpointDown;
+use crate::config::{OnEndpointDown, TcpCopy};
 use crate::observe::Metrics;
 use crate::observe::tcp::BytesLabels;
 use crate::shared::Shared;
@@ -208,14 +206,42 @@ impl EndpointWatch<'_> {
     }
 }
 
-/// Copies until the connection ends, and says how it ended.
-pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(
+/// A client connection as the relay sees it: plain TCP (which splice(2)
+/// can copy) or not.
+pub trait Client: AsyncRead + AsyncWrite + Unpin {
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Client for TcpStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Client for crate::wire::handshake::ServerStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// Copies (with `copy`'s way when the client is plain TCP) until the
+/// connection ends, and says how it ended.
+pub async fn run<C: Client>(
     client: C,
     endpoint: TcpStream,
+    copy: TcpCopy,
     idle_timeout: Duration,
     counts: &Counts,
     watch: &EndpointWatch<'_>,
 ) -> End {
+    if copy == TcpCopy::Splice
+        && let Some(plain) = client.plain_tcp()
+    {
+        let seen =
+            |from_client: bool, n| counts.read(if from_client { CLIENT } else { ENDPOINT }, n);
+        let spliced = super::splice::copy_both(plain, &endpoint, &seen);
+        return watched(spliced, idle_timeout, counts, watch).await;
+    }
     let mut a = Tap {
         stream: client,
         counts,
@@ -226,10 +252,25 @@ pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(
         counts,
         side: ENDPOINT,
     };
+    let copied = async {
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER)
+            .await
+            .map(|_| ())
+    };
+    watched(copied, idle_timeout, counts, watch).await
+}
+
+/// Runs `copy` until it ends, the idle timeout passes or the endpoint
+/// leaves service (`shutdown_sessions`).
+async fn watched(
+    copy: impl Future<Output = io::Result<()>>,
+    idle_timeout: Duration,
+    counts: &Counts,
+    watch: &EndpointWatch<'_>,
+) -> End {
     // An endpoint picked while out of service (the balancer's panic mode)
     // is not closed for being so.
     let watching = watch.on == OnEndpointDown::ShutdownSessions && !watch.down(Instant::now());
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
     tokio::pin!(copy);
     loop {
         let now = Instant::now();
