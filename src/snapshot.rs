@@ -53,6 +53,8 @@ pub struct TcpRelay {
     pub send_proxy: Option<crate::config::ProxyVersion>,
     /// The listener's `copy`.
     pub copy: crate::config::TcpCopy,
+    /// Its metric series, looked up once.
+    pub metrics: crate::observe::tcp::RelayHandles,
 }
 
 impl TcpRelay {
@@ -74,6 +76,7 @@ impl TcpRelay {
                 .as_ref()
                 .map(|c| *c.get_ref())
                 .unwrap_or_default(),
+            metrics: Default::default(),
         }
     }
 }

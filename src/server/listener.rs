@@ -179,7 +179,10 @@ impl AcceptLoop {
                 shutdown: self.shutdown.clone(),
                 per_ip_refused: per_ip_refused.clone(),
             };
-            tokio::spawn(conn.serve(stream, peer, guard));
+            // Boxed: the connection's future is large (every protocol's
+            // state), and the spawn would otherwise copy it several
+            // times (about 11 KB each) into its task.
+            tokio::spawn(Box::pin(conn.serve(stream, peer, guard)));
         }
     }
 }

@@ -89,8 +89,14 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
     };
     // Validation gives a listener without SNI routes a cluster.
     let Some(relay) = relay else { return };
-    let Ok(local) = stream.local_addr() else {
-        return;
+    // Only a PROXY header sent to the endpoint needs the address the
+    // client reached (a getsockname(2) per connection otherwise).
+    let local = match relay.send_proxy {
+        Some(_) => match stream.local_addr() {
+            Ok(a) => Some(a),
+            Err(_) => return,
+        },
+        None => None,
     };
     let _ = stream.set_nodelay(true);
     match front.tls {
@@ -107,11 +113,12 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
 }
 
 /// Relays one client connection of a TCP listener start to finish.
-/// `local`: the address it reached Levee at.
+/// `local`: the address it reached Levee at (known when the relay sends
+/// PROXY headers).
 pub async fn serve<S: relay::Client>(
     client_stream: S,
     client: SocketAddr,
-    local: SocketAddr,
+    local: Option<SocketAddr>,
     relay: Arc<Relay>,
     shared: Arc<Shared>,
 ) {
@@ -162,6 +169,7 @@ pub async fn serve<S: relay::Client>(
     if let Some(version) = relay.send_proxy {
         // Before any client byte: the endpoint reads it first.
         let sent = async {
+            let local = local.ok_or_else(|| std::io::Error::other("no local address"))?;
             let header = proxy_header::header(version, client, local)?;
             tokio::io::AsyncWriteExt::write_all(&mut upstream.stream, &header).await
         };
@@ -174,7 +182,7 @@ pub async fn serve<S: relay::Client>(
             return;
         }
     }
-    let counts = relay::Counts::new(&shared.metrics, &relay.listener);
+    let counts = relay::Counts::new(relay.metrics.bytes(&shared.metrics.tcp, &relay.listener));
     let watch = relay::EndpointWatch {
         shared: &shared,
         cluster: &relay.cluster,
@@ -203,17 +211,15 @@ pub async fn serve<S: relay::Client>(
 fn finish(shared: &Shared, relay: &Relay, mut line: log::Line, start: Instant) {
     line.duration = start.elapsed();
     let m = &shared.metrics.tcp;
-    m.connections
-        .get_or_create(&metrics::EndLabels {
-            listener: relay.listener.to_string(),
-            cluster: relay.cluster.name.to_string(),
-            end: line.end.as_str(),
-        })
+    let (listener, cluster) = (&relay.listener, &relay.cluster.name);
+    let end = line.end;
+    relay
+        .metrics
+        .end(m, listener, cluster, end as usize, end.as_str())
         .inc();
-    m.duration
-        .get_or_create(&metrics::ListenerLabels {
-            listener: relay.listener.to_string(),
-        })
+    relay
+        .metrics
+        .duration(m, listener)
         .observe(line.duration.as_secs_f64());
     if let Some(log) = &shared.access_log {
         log.log_line(line.to_json());
