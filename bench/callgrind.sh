@@ -12,6 +12,10 @@
 #
 # Also prints heap allocations per request (calls of mimalloc's allocation functions).
 #
+# MODE=tcp: the listener is a tcp listener (protocol = "tcp") over the same backends and
+# oha opens a new connection for every request (--disable-keepalive): the cost of one
+# short relayed TCP connection, accept → connect → relay → close.
+#
 # Knobs (environment): LEVEE_BIN (default target/release/levee), LOW=2000 HIGH=12000,
 #   HTTP1=levee|hyper (server.http1), PORT_BASE=18000 (listener PORT_BASE+90, admin
 #   PORT_BASE+91, backends PORT_BASE+1..3), OUT=/tmp/levee-callgrind (callgrind.out.* kept
@@ -24,6 +28,7 @@ LEVEE_BIN=${LEVEE_BIN:-$REPO/target/release/levee}
 LOW=${LOW:-2000}
 HIGH=${HIGH:-12000}
 HTTP1=${HTTP1:-levee}
+MODE=${MODE:-http}
 PORT_BASE=${PORT_BASE:-18000}
 OUT=${OUT:-/tmp/levee-callgrind}
 # Extra lines in the route (a feature's cost per request, deterministic), e.g.
@@ -75,6 +80,21 @@ nginx -p "$OUT" -c "$OUT/backend.conf" &
 BACKEND_PID=$!
 
 # bench/levee.toml with this script's ports.
+if [ "$MODE" = tcp ]; then
+    LISTENER_EXTRA='protocol = "tcp"
+cluster = "backends"
+max_connections = 8000'
+    ROUTE=""
+    KEEPALIVE=--disable-keepalive
+else
+    LISTENER_EXTRA=""
+    ROUTE="[[routes]]
+name = \"all\"
+path_prefix = \"/\"
+cluster = \"backends\"
+$ROUTE_EXTRA"
+    KEEPALIVE=""
+fi
 cat >"$OUT/levee.toml" <<EOF
 [server]
 workers = 1
@@ -89,12 +109,9 @@ enabled = false
 [[listeners]]
 name = "bench"
 address = "$LISTEN"
+$LISTENER_EXTRA
 
-[[routes]]
-name = "all"
-path_prefix = "/"
-cluster = "backends"
-$ROUTE_EXTRA
+$ROUTE
 
 [[clusters]]
 name = "backends"
@@ -121,7 +138,7 @@ wait_for() { # url
 
 # Ir of one run of Levee under callgrind that served $1 requests.
 measure() {
-    local n=$1 file=$OUT/callgrind.out.$HTTP1.$1
+    local n=$1 file=$OUT/callgrind.out.$MODE.$HTTP1.$1
     rm -f "$file"
     valgrind --tool=callgrind --callgrind-out-file="$file" \
         "$LEVEE_BIN" run --config "$OUT/levee.toml" >"$OUT/levee.$n.log" 2>&1 &
@@ -129,7 +146,7 @@ measure() {
     wait_for "http://$ADMIN/healthz" || die "Levee did not start (see $OUT/levee.$n.log)"
     wait_for "http://$B1/" || die "backend did not start"
     local ok
-    ok=$(oha -n "$n" -c 16 --no-tui --output-format json "http://$LISTEN/" |
+    ok=$(oha -n "$n" -c 16 $KEEPALIVE --no-tui --output-format json "http://$LISTEN/" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200",0))')
     kill -TERM "$LEVEE_PID"
     wait "$LEVEE_PID" 2>/dev/null
@@ -162,7 +179,7 @@ PY
 
 low=$(measure "$LOW") || exit 1
 high=$(measure "$HIGH") || exit 1
-a_low=$(allocations "$OUT/callgrind.out.$HTTP1.$LOW")
-a_high=$(allocations "$OUT/callgrind.out.$HTTP1.$HIGH")
-echo "http1=$HTTP1 Ir($LOW)=$low Ir($HIGH)=$high per_request=$(( (high - low) / (HIGH - LOW) ))" \
+a_low=$(allocations "$OUT/callgrind.out.$MODE.$HTTP1.$LOW")
+a_high=$(allocations "$OUT/callgrind.out.$MODE.$HTTP1.$HIGH")
+echo "mode=$MODE http1=$HTTP1 Ir($LOW)=$low Ir($HIGH)=$high per_request=$(( (high - low) / (HIGH - LOW) ))" \
     "allocations_per_request=$(python3 -c "print(round(($a_high - $a_low) / ($HIGH - $LOW), 2))")"

@@ -10,9 +10,13 @@
 #   connection, connect + one tiny HTTP exchange + close) through each proxy to an nginx
 #   that answers `return 200`, 64 concurrent clients, DURATION seconds; bounded in time.
 # Every measurement is taken ROUNDS times, interleaved; the table shows medians and the
-# ratios Levee / HAProxy and Levee / nginx (above 1: Levee is faster).
+# ratios Levee / HAProxy and Levee / nginx (above 1: Levee is faster). `levee` is
+# Levee's default copy; `splice` is the same Levee process's listeners with
+# copy = "splice" (its own column and the ratio splice / levee), so the two copies
+# are measured interleaved under the same load.
 #
-# Knobs: DURATION=10 ROUNDS=3 LEVEE_BIN (default <repo>/target/release/levee, not built
+# Knobs: DURATION=10 ROUNDS=3 PROXIES="levee splice haproxy nginx" (a subset, in that
+#   order) LEVEE_BIN (default <repo>/target/release/levee, not built
 #   here) PORT_BASE=29300 RUNDIR=/tmp/levee-bench-tcp  PIN=PROXY:LOAD (taskset CPU lists,
 #   empty = unpinned)
 set -u -o pipefail
@@ -36,10 +40,12 @@ for v in DURATION ROUNDS PORT_BASE; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must b
 
 # Ports: the iperf3 server, the HTTP backend, then per proxy an iperf port and an HTTP port.
 IPERF=$PORT_BASE; HTTP=$((PORT_BASE + 1))
-declare -A P_IPERF=([levee]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
-declare -A P_HTTP=([levee]=$((PORT_BASE + 11)) [haproxy]=$((PORT_BASE + 21)) [nginx]=$((PORT_BASE + 31)))
+declare -A P_IPERF=([levee]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30))
+    [splice]=$((PORT_BASE + 40)))
+declare -A P_HTTP=([levee]=$((PORT_BASE + 11)) [haproxy]=$((PORT_BASE + 21)) [nginx]=$((PORT_BASE + 31))
+    [splice]=$((PORT_BASE + 41)))
 ADMIN=$((PORT_BASE + 12))
-PROXIES="levee haproxy nginx"
+PROXIES=${PROXIES:-"levee splice haproxy nginx"}
 
 mkdir -p "$RUNDIR" || exit 1
 RUNDIR=$(cd "$RUNDIR" && pwd)
@@ -137,6 +143,20 @@ address = "127.0.0.1:${P_HTTP[levee]}"
 protocol = "tcp"
 cluster = "http"
 max_connections = 8000
+[[listeners]]
+name = "iperf-splice"
+address = "127.0.0.1:${P_IPERF[splice]}"
+protocol = "tcp"
+cluster = "iperf"
+max_connections = 8000
+copy = "splice"
+[[listeners]]
+name = "http-splice"
+address = "127.0.0.1:${P_HTTP[splice]}"
+protocol = "tcp"
+cluster = "http"
+max_connections = 8000
+copy = "splice"
 [[clusters]]
 name = "iperf"
 [[clusters.endpoints]]
@@ -194,13 +214,15 @@ med() { awk -F'\t' -v m="$1" -v p="$2" '$1==m && $2==p {print $3}' "$RESULTS" | 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || b==0) print "NA"; else printf "%.2fx", a/b }'; }
 echo
 echo "TCP relay, 127.0.0.1, 1 worker each, ${DURATION}s x $ROUNDS rounds (medians)"
-printf '%-28s %10s %10s %10s %14s %14s\n' metric levee haproxy nginx levee/haproxy levee/nginx
+printf '%-28s %10s %10s %10s %10s %14s %14s %14s\n' metric levee splice haproxy nginx \
+    levee/haproxy levee/nginx splice/levee
 for m in gbps_1 gbps_64 conns; do
     case $m in
         gbps_1) name="iperf3 1 conn (Gbit/s)" ;;
         gbps_64) name="iperf3 64 conns (Gbit/s)" ;;
         conns) name="new connections/s" ;;
     esac
-    l=$(med $m levee); h=$(med $m haproxy); n=$(med $m nginx)
-    printf '%-28s %10s %10s %10s %14s %14s\n' "$name" "$l" "$h" "$n" "$(ratio "$l" "$h")" "$(ratio "$l" "$n")"
+    l=$(med $m levee); s=$(med $m splice); h=$(med $m haproxy); n=$(med $m nginx)
+    printf '%-28s %10s %10s %10s %10s %14s %14s %14s\n' "$name" "$l" "$s" "$h" "$n" \
+        "$(ratio "$l" "$h")" "$(ratio "$l" "$n")" "$(ratio "$s" "$l")"
 done

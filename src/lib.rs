@@ -32,3 +32,4 @@ pub mod tcp;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod wire;

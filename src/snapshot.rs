@@ -34,9 +34,9 @@ pub struct Listener {
     pub routes: Vec<Arc<Route>>,
     /// `protocol = "tcp"`: where its connections are relayed (its routes
     /// are then unused): the listener's cluster, or one chosen by SNI.
-    pub tcp: Option<Arc<crate::tcp::sni::SniRoutes>>,
+    pub tcp: Option<Arc<crate::wire::sni::SniRoutes<TcpRelay>>>,
     /// `[listeners.proxy_protocol]`: the PROXY header required first.
-    pub proxy_protocol: Option<Arc<crate::server::proxy_protocol::Accept>>,
+    pub proxy_protocol: Option<Arc<crate::wire::proxy_protocol::Accept>>,
     /// WebSocket tunnels: whether upgrades are tunnelled, and their timeouts.
     pub websocket: crate::config::websocket::WebSocketConfig,
 }
@@ -51,6 +51,10 @@ pub struct TcpRelay {
     pub on_endpoint_down: crate::config::OnEndpointDown,
     /// The PROXY protocol header sent to endpoints, if any.
     pub send_proxy: Option<crate::config::ProxyVersion>,
+    /// The listener's `copy`.
+    pub copy: crate::config::TcpCopy,
+    /// Its metric series, looked up once.
+    pub metrics: crate::observe::tcp::RelayHandles,
 }
 
 impl TcpRelay {
@@ -67,6 +71,12 @@ impl TcpRelay {
             idle_timeout: listener.idle_timeout.get(),
             on_endpoint_down,
             send_proxy,
+            copy: listener
+                .copy
+                .as_ref()
+                .map(|c| *c.get_ref())
+                .unwrap_or_default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -189,7 +199,7 @@ impl Snapshot {
                     proxy_protocol: l
                         .proxy_protocol
                         .as_ref()
-                        .map(|p| Arc::new(crate::server::proxy_protocol::Accept::from_config(p))),
+                        .map(|p| Arc::new(crate::wire::proxy_protocol::Accept::from_config(p))),
                     websocket: l.websocket.clone(),
                 })
             })
@@ -238,7 +248,7 @@ fn tcp_routes(
     l: &crate::config::ListenerConfig,
     clusters: &HashMap<&str, &Arc<Cluster>>,
     config: &Config,
-) -> Option<Arc<crate::tcp::sni::SniRoutes>> {
+) -> Option<Arc<crate::wire::sni::SniRoutes<TcpRelay>>> {
     if l.protocol != crate::config::Protocol::Tcp {
         return None;
     }
@@ -261,7 +271,7 @@ fn tcp_routes(
             Some((names.collect(), relay(s.cluster.get_ref())?))
         })
         .collect();
-    Some(Arc::new(crate::tcp::sni::SniRoutes::new(
+    Some(Arc::new(crate::wire::sni::SniRoutes::new(
         names.iter().map(|(n, r)| (n.as_slice(), r.clone())),
         default,
     )))

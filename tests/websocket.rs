@@ -3,14 +3,16 @@
 //! echo through Levee, other upgrades not tunnelled, least_conn counting
 //! open tunnels, the close with 1001 (going away) after a reload's drain
 //! timeout, the idle timeout, an endpoint drained, and a shutdown;
-//! `/status`, metrics and the access-log line.
+//! `/status`, metrics and the access-log line; the same over a TLS
+//! listener (wss).
 
 mod support;
 
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use support::ws::{WsEnd, WsServer, ws_ask, ws_connect, ws_end};
+use support::tls::Pki;
+use support::ws::{WsEnd, WsServer, ws_ask, ws_connect, ws_end, wss_connect};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -378,4 +380,121 @@ async fn the_hyper_engine_refuses_websocket_upgrades_clearly() {
         other => panic!("expected a 501, got {:?}", other.map(|(_, r)| r.status())),
     }
     assert_eq!(server.accepted(), 0, "nothing reached the endpoint");
+}
+
+/// One TLS listener `secure` for `ws.example.com` with `ws` settings,
+/// cluster `app` over `server`.
+fn tls_config(pki: &Pki, listen: std::net::SocketAddr, server: &WsServer, ws: &str) -> String {
+    let cert = pki.server("ws", &["ws.example.com"], 30);
+    ConfigBuilder::new()
+        .set("server", "http1 = \"levee\"")
+        .listener_with(
+            "secure",
+            listen,
+            &[
+                &format!("tls = {{ certificates = [{{ {} }}] }}", cert.toml()),
+                &format!("websocket = {{ {ws} }}"),
+            ],
+        )
+        .cluster("app", &[server.addr()])
+        .route("all", "app")
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_through_a_tls_listener_echoes_and_an_idle_tunnel_gets_1001() {
+    let pki = Pki::new("wss CA");
+    let server = WsServer::start("w1");
+    let listen = free_addr();
+    let levee = Levee::start(&tls_config(&pki, listen, &server, "idle_timeout = \"1s\""));
+    let mut ws = wss_connect(listen, "ws.example.com", &pki.ca_pem, "/chat").await;
+    assert_eq!(ws_ask(&mut ws, "who").await, "w1");
+    // Larger than one copy buffer and than one TLS record, both ways.
+    let big = vec![b'q'; 300_000];
+    ws.send(Message::binary(big.clone())).await.expect("send");
+    let back = loop {
+        match tokio::time::timeout(T, futures_util::StreamExt::next(&mut ws)).await {
+            Ok(Some(Ok(Message::Binary(b)))) => break b,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    };
+    assert_eq!(back.len(), big.len());
+    assert!(back.iter().all(|&b| b == b'q'));
+    assert_eq!(
+        metric(
+            &levee,
+            "levee_websocket_tunnels_open",
+            &[("listener", "secure")]
+        ),
+        1.0
+    );
+    // Silence: the idle timeout closes it with a close frame inside TLS.
+    let quiet = std::time::Instant::now();
+    assert_eq!(ws_end(&mut ws, T).await, WsEnd::Close(Some(1001)));
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert!(
+        wait_until_async(T, || server.closes() == vec![Some(1001)]).await,
+        "{:?}",
+        server.closes()
+    );
+    assert!(
+        wait_until_async(T, || metric(
+            &levee,
+            "levee_websocket_tunnels_total",
+            &[("end", "idle_timeout")]
+        ) == 1.0)
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_tunnels_are_closed_with_1001_after_a_reload_drain_and_on_shutdown() {
+    let pki = Pki::new("wss CA");
+    let server = WsServer::start("w1");
+    let listen = free_addr();
+    let cfg = tls_config(&pki, listen, &server, "tunnel_drain_timeout = \"1s\"");
+    let mut levee = Levee::start(&cfg);
+    let mut ws = wss_connect(listen, "ws.example.com", &pki.ca_pem, "/").await;
+    assert_eq!(ws_ask(&mut ws, "one").await, "one");
+    let applied = |levee: &Levee| {
+        metric(
+            levee,
+            "levee_config_reloads_total",
+            &[("result", "applied")],
+        )
+    };
+    let before = applied(&levee);
+    assert!(levee.sighup());
+    assert!(wait_until_async(T, || applied(&levee) > before).await);
+    let reloaded = std::time::Instant::now();
+    // Kept on the old configuration until the drain timeout...
+    assert_eq!(ws_ask(&mut ws, "two").await, "two");
+    assert_eq!(ws_end(&mut ws, T).await, WsEnd::Close(Some(1001)));
+    assert!(
+        reloaded.elapsed() >= Duration::from_millis(700),
+        "closed {:?} after the reload",
+        reloaded.elapsed()
+    );
+    assert!(
+        wait_until_async(T, || server.closes() == vec![Some(1001)]).await,
+        "{:?}",
+        server.closes()
+    );
+    // ...and a shutdown closes a new one the same way, then Levee exits.
+    let mut again = wss_connect(listen, "ws.example.com", &pki.ca_pem, "/").await;
+    assert_eq!(ws_ask(&mut again, "three").await, "three");
+    assert!(levee.sigterm());
+    assert_eq!(ws_end(&mut again, T).await, WsEnd::Close(Some(1001)));
+    assert!(
+        wait_until_async(T, || server.closes() == vec![Some(1001), Some(1001)]).await,
+        "{:?}",
+        server.closes()
+    );
+    let status = levee.wait_exit(T).expect("levee exits");
+    assert!(status.success(), "{status:?}");
 }

@@ -216,6 +216,10 @@ pub struct ListenerConfig {
     /// WebSocket tunnels (`[listeners.websocket]`, `config::websocket`).
     #[serde(default)]
     pub websocket: super::websocket::WebSocketConfig,
+    /// `protocol = "tcp"`: how a connection's bytes are copied; unset:
+    /// `TcpCopy::default()`.
+    #[serde(default)]
+    pub copy: Option<Spanned<TcpCopy>>,
 }
 
 fn default_connect_attempts() -> Spanned<u32> {
@@ -546,6 +550,18 @@ pub enum Role {
     Replica,
     /// Either: the check only proves the server answers.
     Any,
+}
+
+/// How a tcp listener copies bytes (`tcp::splice` says why the default
+/// is what it is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpCopy {
+    /// Through a buffer in Levee's memory (tokio's copy).
+    #[default]
+    Userspace,
+    /// splice(2) through a pipe, inside the kernel (plain TCP only).
+    Splice,
 }
 
 /// A PROXY protocol version.

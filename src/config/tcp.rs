@@ -3,7 +3,9 @@
 //! served by no route; an HTTP listener names none; a setting that would
 //! be accepted and then do nothing is refused.
 
-use super::schema::{CheckKind, Config, HashKey, HealthCheckConfig, OnEndpointDown, Protocol};
+use super::schema::{
+    CheckKind, Config, HashKey, HealthCheckConfig, OnEndpointDown, Protocol, TcpCopy,
+};
 use super::validate::{Invalid, invalid, list};
 
 pub(super) fn check(config: &Config) -> Result<(), Invalid> {
@@ -58,6 +60,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
             }
             (Protocol::Http, None) => {}
         }
+        copy_setting(l, &key)?;
         if *l.connect_attempts.get_ref() == 0 {
             return Err(invalid(
                 l.connect_attempts.span(),
@@ -187,6 +190,29 @@ fn check_role(
     Ok(())
 }
 
+/// `copy` applies to a tcp listener's plain connections only: splice(2)
+/// cannot reach bytes that TLS terminated here decrypts in userspace.
+fn copy_setting(l: &super::schema::ListenerConfig, key: &str) -> Result<(), Invalid> {
+    let Some(copy) = &l.copy else {
+        return Ok(());
+    };
+    if l.protocol == Protocol::Http {
+        return Err(invalid(
+            copy.span(),
+            format!("{key}.copy"),
+            "only applies to protocol = \"tcp\"",
+        ));
+    }
+    if *copy.get_ref() == TcpCopy::Splice && l.tls.is_some() {
+        return Err(invalid(
+            copy.span(),
+            format!("{key}.copy"),
+            "\"splice\" cannot copy what [listeners.tls] decrypts in userspace: remove one",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     fn refused(text: &str) -> String {
@@ -213,6 +239,31 @@ mod tests {
         ));
         assert!(
             e.contains("t.toml:5:11") && e.contains("no cluster named \"nope\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn copy_is_for_plain_tcp_listeners() {
+        let tcp = "[[listeners]]\nname = \"pg\"\naddress = \"127.0.0.1:6432\"\nprotocol = \"tcp\"\ncluster = \"db\"\n";
+        for copy in ["splice", "userspace"] {
+            let ok = format!("{tcp}copy = \"{copy}\"\n{CLUSTER}");
+            crate::config::parse(std::path::Path::new("t.toml"), &ok).unwrap();
+        }
+        let e = refused(&format!("{tcp}copy = \"sendfile\"\n{CLUSTER}"));
+        assert!(e.contains("t.toml:6:8"), "{e}");
+        let e = refused(&format!(
+            "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\ncopy = \"splice\"\n{CLUSTER}"
+        ));
+        assert!(
+            e.contains("t.toml:4:8") && e.contains("listeners[0].copy"),
+            "{e}"
+        );
+        let e = refused(&format!(
+            "{tcp}copy = \"splice\"\n[listeners.tls]\ncertificates = [{{ cert = \"c.pem\", key = \"k.pem\" }}]\n{CLUSTER}"
+        ));
+        assert!(
+            e.contains("t.toml:6:8") && e.contains("listeners[0].copy"),
             "{e}"
         );
     }

@@ -2,6 +2,8 @@
 //! listeners' `levee_connections_active`, open connections per endpoint
 //! `levee_upstream_in_flight` (least_conn reads the same count).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -89,6 +91,68 @@ impl TcpMetrics {
             sni_refused,
             bytes,
             duration,
+        }
+    }
+}
+
+/// One tcp relay's (a listener's, to one cluster) metric handles, taken
+/// from the families when first used and then kept: a connection would
+/// otherwise allocate its label sets, take each family's lock and hash
+/// them, five times, for series that are the same for every connection.
+/// A series still appears when its first event happens, as before.
+#[derive(Default)]
+pub struct RelayHandles {
+    bytes: OnceLock<(Counter, Counter)>,
+    duration: OnceLock<Histogram>,
+    /// By the index of how the connection ended (`tcp::relay::End`).
+    ends: [OnceLock<Counter>; ENDS],
+}
+
+/// At least the number of ways a tcp connection ends.
+pub const ENDS: usize = 12;
+
+impl RelayHandles {
+    /// Bytes in (client → endpoint) and out.
+    pub fn bytes(&self, m: &TcpMetrics, listener: &str) -> &(Counter, Counter) {
+        self.bytes.get_or_init(|| {
+            let counter = |direction| {
+                m.bytes.get_or_create_owned(&BytesLabels {
+                    listener: listener.to_owned(),
+                    direction,
+                })
+            };
+            (counter("in"), counter("out"))
+        })
+    }
+
+    pub fn duration(&self, m: &TcpMetrics, listener: &str) -> &Histogram {
+        self.duration.get_or_init(|| {
+            m.duration.get_or_create_owned(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+        })
+    }
+
+    /// The count of connections that ended as `end` (`index`: its place
+    /// among the ways to end, below `ENDS`).
+    pub fn end(
+        &self,
+        m: &TcpMetrics,
+        listener: &str,
+        cluster: &str,
+        index: usize,
+        end: &'static str,
+    ) -> Counter {
+        let make = || {
+            m.connections.get_or_create_owned(&EndLabels {
+                listener: listener.to_owned(),
+                cluster: cluster.to_owned(),
+                end,
+            })
+        };
+        match self.ends.get(index) {
+            Some(cell) => cell.get_or_init(make).clone(),
+            None => make(),
         }
     }
 }

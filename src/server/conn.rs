@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::phase::{HeadScan, Phase, Verdict, Watch};
-use super::sniff::{self, Prefix, Prefixed, ReadReady, Speaks};
 use crate::proxy::{self, ConnCtx, error::json_body, headers};
+use crate::wire::linger_close;
+use crate::wire::sniff::{self, Prefix, Prefixed, ReadReady, Speaks};
 
 /// Connection settings taken from the listener when the connection is accepted.
 pub struct Settings {
@@ -155,7 +156,7 @@ pub async fn serve_tls(
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use super::handshake::{Refused, handshake};
+    use crate::wire::handshake::{Refused, handshake};
     let metrics = &cx.shared.metrics;
     let shaken = tokio::select! {
         r = handshake(stream, &terminator, &metrics.tls) => r,
@@ -312,28 +313,4 @@ pub async fn too_many_connections(stream: TcpStream, id_seed: u64) {
     let mut answer = head.into_bytes();
     answer.extend_from_slice(&body);
     linger_close(stream, &answer).await;
-}
-
-/// Writes `answer` (may be empty) and closes. What the client sends is read (up to 64 KiB,
-/// for at most a second) before closing, so that the close does not reset
-/// the connection and lose the answer. Bounded: a client that neither reads
-/// nor writes is dropped after a second.
-pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
-    let answer = async {
-        if !answer.is_empty() {
-            stream.write_all(answer).await?;
-        }
-        stream.shutdown().await?;
-        // On the heap: an array here would sit in every connection's future.
-        let mut buf = vec![0u8; 4096];
-        let mut read = 0;
-        while read < 64 * 1024 {
-            match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await? {
-                0 => break,
-                n => read += n,
-            }
-        }
-        Ok::<_, io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }

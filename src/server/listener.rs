@@ -179,7 +179,10 @@ impl AcceptLoop {
                 shutdown: self.shutdown.clone(),
                 per_ip_refused: per_ip_refused.clone(),
             };
-            tokio::spawn(conn.serve(stream, peer, guard));
+            // Boxed: the connection's future is large (every protocol's
+            // state), and the spawn would otherwise copy it several
+            // times (about 11 KB each) into its task.
+            tokio::spawn(Box::pin(conn.serve(stream, peer, guard)));
         }
     }
 }
@@ -204,22 +207,24 @@ impl Accepted {
         // every check and log below sees that address, not the balancer's.
         let client = match &l.proxy_protocol {
             None => peer,
-            Some(accept) => match super::proxy_protocol::read(&mut stream, peer, accept).await {
-                Ok(client) => client,
-                Err(reason) => {
-                    self.shared
-                        .metrics
-                        .tcp
-                        .proxy_protocol_refused
-                        .get_or_create(&crate::observe::tcp::ReasonLabels {
-                            listener: l.name.to_string(),
-                            reason,
-                        })
-                        .inc();
-                    tracing::debug!(listener = %l.name, %peer, reason, "PROXY protocol header refused");
-                    return;
+            Some(accept) => {
+                match crate::wire::proxy_protocol::read(&mut stream, peer, accept).await {
+                    Ok(client) => client,
+                    Err(reason) => {
+                        self.shared
+                            .metrics
+                            .tcp
+                            .proxy_protocol_refused
+                            .get_or_create(&crate::observe::tcp::ReasonLabels {
+                                listener: l.name.to_string(),
+                                reason,
+                            })
+                            .inc();
+                        tracing::debug!(listener = %l.name, %peer, reason, "PROXY protocol header refused");
+                        return;
+                    }
                 }
-            },
+            }
         };
         if l.max_connections_per_ip > 0 {
             let ip = client.ip().to_canonical();

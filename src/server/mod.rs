@@ -14,14 +14,10 @@ mod control;
 mod fixed;
 pub mod h1;
 pub mod h2;
-pub mod handshake;
 mod health_checks;
 pub mod listener;
-pub mod peek;
 pub mod phase;
 pub mod pid_file;
-pub mod proxy_protocol;
-pub mod sniff;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -16,18 +16,18 @@ pub mod connect;
 pub mod log;
 pub mod proxy_header;
 pub mod relay;
-pub mod sni;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::observe::tcp as metrics;
 use crate::shared::Shared;
 pub use crate::snapshot::TcpRelay as Relay;
+use crate::wire::sni;
 use connect::Refused;
 use relay::End;
 
@@ -35,7 +35,7 @@ use relay::End;
 pub struct Front {
     pub listener: Arc<str>,
     /// The listener's cluster and SNI routes.
-    pub routes: Arc<sni::SniRoutes>,
+    pub routes: Arc<sni::SniRoutes<Relay>>,
     /// `[listeners.tls]`: TLS terminated here, the plain bytes relayed.
     pub tls: Option<Arc<crate::tls::Terminator>>,
     /// Time the ClientHello of a passthrough connection has to arrive.
@@ -52,7 +52,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
     } else {
         let peeked = tokio::time::timeout(
             front.hello_timeout,
-            crate::server::peek::peek_until(&stream, sni::MAX_HELLO, sni::client_hello),
+            crate::wire::peek::peek_until(&stream, sni::MAX_HELLO, sni::client_hello),
         )
         .await;
         let refused = match peeked {
@@ -60,10 +60,10 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
                 Some(r) => Err(r.clone()),
                 None => Ok("no_match"),
             },
-            Ok(Ok(sni::Hello::NotTls)) | Ok(Err(crate::server::peek::Undecided::TooLarge)) => {
+            Ok(Ok(sni::Hello::NotTls)) | Ok(Err(crate::wire::peek::Undecided::TooLarge)) => {
                 Ok("not_tls")
             }
-            Ok(Err(crate::server::peek::Undecided::Closed)) => Ok("closed"),
+            Ok(Err(crate::wire::peek::Undecided::Closed)) => Ok("closed"),
             Err(_) => Ok("timeout"),
         };
         match refused {
@@ -81,8 +81,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
                 if reason == "no_match" {
                     // A TLS client reports a handshake failure rather
                     // than an unexplained end of file.
-                    crate::server::conn::linger_close(stream, &crate::server::sniff::TLS_ALERT)
-                        .await;
+                    crate::wire::linger_close(stream, &crate::wire::sniff::TLS_ALERT).await;
                 }
                 return;
             }
@@ -90,15 +89,21 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
     };
     // Validation gives a listener without SNI routes a cluster.
     let Some(relay) = relay else { return };
-    let Ok(local) = stream.local_addr() else {
-        return;
+    // Only a PROXY header sent to the endpoint needs the address the
+    // client reached (a getsockname(2) per connection otherwise).
+    let local = match relay.send_proxy {
+        Some(_) => match stream.local_addr() {
+            Ok(a) => Some(a),
+            Err(_) => return,
+        },
+        None => None,
     };
     let _ = stream.set_nodelay(true);
     match front.tls {
         None => serve(stream, client, local, relay, shared).await,
         Some(t) => {
             // Failures are counted by reason in the TLS metrics.
-            let shaken = crate::server::handshake::handshake(stream, &t, &shared.metrics.tls).await;
+            let shaken = crate::wire::handshake::handshake(stream, &t, &shared.metrics.tls).await;
             drop(t);
             if let Ok((tls, _)) = shaken {
                 serve(tls, client, local, relay, shared).await;
@@ -108,11 +113,12 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
 }
 
 /// Relays one client connection of a TCP listener start to finish.
-/// `local`: the address it reached Levee at.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+/// `local`: the address it reached Levee at (known when the relay sends
+/// PROXY headers).
+pub async fn serve<S: relay::Client>(
     client_stream: S,
     client: SocketAddr,
-    local: SocketAddr,
+    local: Option<SocketAddr>,
     relay: Arc<Relay>,
     shared: Arc<Shared>,
 ) {
@@ -163,6 +169,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(version) = relay.send_proxy {
         // Before any client byte: the endpoint reads it first.
         let sent = async {
+            let local = local.ok_or_else(|| std::io::Error::other("no local address"))?;
             let header = proxy_header::header(version, client, local)?;
             tokio::io::AsyncWriteExt::write_all(&mut upstream.stream, &header).await
         };
@@ -175,7 +182,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-    let counts = relay::Counts::new(&shared.metrics, &relay.listener);
+    let counts = relay::Counts::new(relay.metrics.bytes(&shared.metrics.tcp, &relay.listener));
     let watch = relay::EndpointWatch {
         shared: &shared,
         cluster: &relay.cluster,
@@ -186,6 +193,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let end = relay::run(
         client_stream,
         upstream.stream,
+        relay.copy,
         relay.idle_timeout,
         &counts,
         &watch,
@@ -203,17 +211,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 fn finish(shared: &Shared, relay: &Relay, mut line: log::Line, start: Instant) {
     line.duration = start.elapsed();
     let m = &shared.metrics.tcp;
-    m.connections
-        .get_or_create(&metrics::EndLabels {
-            listener: relay.listener.to_string(),
-            cluster: relay.cluster.name.to_string(),
-            end: line.end.as_str(),
-        })
+    let (listener, cluster) = (&relay.listener, &relay.cluster.name);
+    let end = line.end;
+    relay
+        .metrics
+        .end(m, listener, cluster, end as usize, end.as_str())
         .inc();
-    m.duration
-        .get_or_create(&metrics::ListenerLabels {
-            listener: relay.listener.to_string(),
-        })
+    relay
+        .metrics
+        .duration(m, listener)
         .observe(line.duration.as_secs_f64());
     if let Some(log) = &shared.access_log {
         log.log_line(line.to_json());

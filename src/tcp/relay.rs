@@ -5,32 +5,26 @@
 //! early: the idle timeout, the endpoint leaving service (with
 //! `on_endpoint_down = "shutdown_sessions"`), and an error.
 //!
-//! The copy is tokio's userspace one. splice(2) (socket → pipe → socket,
-//! no copy through userspace) is not used: it was not implemented and
-//! measured against this copy in a release build (issue 13 §2 asks for it
-//! only where it measures faster); `bench/tcp.sh` is the measurement to
-//! run against a change that adds it.
+//! The copy is `tunnel::copy`'s, as for WebSocket tunnels (16 KiB read at
+//! most per direction into a buffer taken only while bytes move, so an
+//! idle connection holds none, and never zeroed), or splice(2) for a plain
+//! TCP client with `copy = "splice"` (`super::splice`); the ends above are
+//! the same for both.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::cluster::{Cluster, EndpointLive};
-use crate::config::OnEndpointDown;
-use crate::observe::Metrics;
-use crate::observe::tcp::BytesLabels;
+use crate::config::{OnEndpointDown, TcpCopy};
 use crate::shared::Shared;
-
-/// Each direction's buffer: what one connection holds per direction.
-const BUFFER: usize = 16 * 1024;
+use crate::tunnel::copy::{Both, Side};
 
 /// How often an open connection looks whether its endpoint is still in
 /// service, with `shutdown_sessions` (a connection without it never looks).
@@ -91,20 +85,16 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn new(metrics: &Metrics, listener: &str) -> Counts {
-        let family = &metrics.tcp.bytes;
-        let labels = |direction| BytesLabels {
-            listener: listener.to_owned(),
-            direction,
-        };
+    /// `totals`: the listener's byte counters (in, out).
+    pub fn new(totals: &(Counter, Counter)) -> Counts {
         Counts {
             base: Instant::now(),
             last: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             first_eof: AtomicU8::new(NOBODY),
-            total_in: family.get_or_create_owned(&labels("in")),
-            total_out: family.get_or_create_owned(&labels("out")),
+            total_in: totals.0.clone(),
+            total_out: totals.1.clone(),
         }
     }
 
@@ -145,44 +135,6 @@ pub fn idle_expired(last: Instant, idle_timeout: Duration, now: Instant) -> bool
     now.saturating_duration_since(last) >= idle_timeout
 }
 
-/// One side of the copy: counts what it reads.
-struct Tap<'a, S> {
-    stream: S,
-    counts: &'a Counts,
-    side: u8,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tap<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            self.counts.read(self.side, buf.filled().len() - before);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 /// What tells a connection that its endpoint left service.
 pub struct EndpointWatch<'a> {
     pub shared: &'a Shared,
@@ -208,28 +160,69 @@ impl EndpointWatch<'_> {
     }
 }
 
-/// Copies until the connection ends, and says how it ended.
-pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(
+/// A client connection as the relay sees it: plain TCP (which splice(2)
+/// can copy) or not.
+pub trait Client: Side {
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Client for TcpStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Client for crate::wire::handshake::ServerStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// Copies (with `copy`'s way when the client is plain TCP) until the
+/// connection ends, and says how it ended.
+pub async fn run<C: Client>(
     client: C,
     endpoint: TcpStream,
+    copy: TcpCopy,
     idle_timeout: Duration,
     counts: &Counts,
     watch: &EndpointWatch<'_>,
 ) -> End {
-    let mut a = Tap {
-        stream: client,
-        counts,
-        side: CLIENT,
-    };
-    let mut b = Tap {
-        stream: endpoint,
-        counts,
-        side: ENDPOINT,
-    };
+    if copy == TcpCopy::Splice
+        && let Some(plain) = client.plain_tcp()
+    {
+        let seen =
+            |from_client: bool, n| counts.read(if from_client { CLIENT } else { ENDPOINT }, n);
+        let spliced = super::splice::copy_both(plain, &endpoint, &seen);
+        return watched(spliced, idle_timeout, counts, watch).await;
+    }
+    // Buffers taken only while bytes move (an idle connection holds
+    // none), never zeroed: `tunnel::copy`, as for WebSocket tunnels.
+    let (mut client, mut endpoint) = (client, endpoint);
+    let mut both = Both::default();
+    let copied = poll_fn(move |cx| {
+        both.poll_copy(
+            cx,
+            &mut client,
+            &mut endpoint,
+            &mut |b| counts.read(CLIENT, b.len()),
+            &mut |b| counts.read(ENDPOINT, b.len()),
+        )
+    });
+    watched(copied, idle_timeout, counts, watch).await
+}
+
+/// Runs `copy` until it ends, the idle timeout passes or the endpoint
+/// leaves service (`shutdown_sessions`).
+async fn watched(
+    copy: impl Future<Output = io::Result<()>>,
+    idle_timeout: Duration,
+    counts: &Counts,
+    watch: &EndpointWatch<'_>,
+) -> End {
     // An endpoint picked while out of service (the balancer's panic mode)
     // is not closed for being so.
     let watching = watch.on == OnEndpointDown::ShutdownSessions && !watch.down(Instant::now());
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
     tokio::pin!(copy);
     loop {
         let now = Instant::now();
@@ -261,6 +254,24 @@ pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_end_has_a_metric_handle() {
+        let ends = [
+            End::ClientClosed,
+            End::EndpointClosed,
+            End::IdleTimeout,
+            End::EndpointDown,
+            End::ConnectFailed,
+            End::NoEndpoint,
+            End::BreakerOpen,
+            End::BulkheadFull,
+            End::Error,
+        ];
+        for e in ends {
+            assert!((e as usize) < crate::observe::tcp::ENDS, "{e:?}");
+        }
+    }
 
     #[test]
     fn idle_counts_from_the_last_byte() {

@@ -9,7 +9,7 @@
 //!   files change (new handshakes take the new one, open connections keep
 //!   theirs);
 //! - `TlsInfo`: what a connection's handshake negotiated (the handshake
-//!   itself is `server::handshake`'s);
+//!   itself is `wire::handshake`'s);
 //! - `check`: the files of a configuration, checked by `load::load`;
 //! - `metrics`: handshakes, failures by reason, certificate expiry.
 

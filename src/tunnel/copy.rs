@@ -18,7 +18,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::server::sniff::ReadReady;
+use crate::wire::sniff::ReadReady;
 
 /// Most bytes read at once in one direction.
 pub const CHUNK: usize = 16 * 1024;

@@ -284,7 +284,10 @@ pub async fn run<C: Side>(
             life.endpoint(in_service(now), now);
         }
         if let Some(why) = life.due(now) {
-            close(client, &mut upstream, &mut both, &forth, &back).await;
+            // Boxed: its buffers and timers would otherwise be room in every
+            // connection's task (the task is as large as its largest
+            // state), open or idle, tunnel or not.
+            Box::pin(close(client, &mut upstream, &mut both, &forth, &back)).await;
             break End::Closed(why);
         }
     };

@@ -4,7 +4,8 @@
 //! on its own thread and runtime: it answers the text message `who` with
 //! its name and echoes every other data message; it counts the tunnels it
 //! holds open and keeps the status code of every close frame it received
-//! (`None`: the connection ended without one).
+//! (`None`: the connection ended without one). [`wss_connect`] opens a
+//! client over TLS (tokio-rustls) trusting a test CA.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,12 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type WsClient = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client over TLS.
+pub type WssClient = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 #[derive(Default)]
 struct Seen {
@@ -142,8 +146,46 @@ pub async fn ws_connect(listen: SocketAddr, path: &str) -> WsClient {
     }
 }
 
+/// Opens a WebSocket over TLS through `listen` (a TLS listener) to `path`,
+/// asking for server name `sni` and trusting `ca_pem`; panics if the TLS
+/// or the WebSocket handshake fails.
+pub async fn wss_connect(listen: SocketAddr, sni: &str, ca_pem: &str, path: &str) -> WssClient {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("server name");
+    let url = format!("wss://{sni}{path}");
+    let connect = async {
+        let tcp = TcpStream::connect(listen).await.expect("connect");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        tokio_tungstenite::client_async(url.as_str(), tls).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok((ws, response))) => {
+            assert_eq!(response.status(), 101, "{url}");
+            ws
+        }
+        Ok(Err(e)) => panic!("WebSocket handshake with {url} failed: {e}"),
+        Err(_) => panic!("WebSocket handshake with {url} timed out"),
+    }
+}
+
 /// Sends `text` and returns the next data message as text.
-pub async fn ws_ask(ws: &mut WsClient, text: &str) -> String {
+pub async fn ws_ask<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    text: &str,
+) -> String {
     ws.send(Message::text(text)).await.expect("send");
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
@@ -168,7 +210,10 @@ pub enum WsEnd {
 
 /// Reads (dropping data messages) until the connection ends or `within`
 /// passes.
-pub async fn ws_end(ws: &mut WsClient, within: Duration) -> WsEnd {
+pub async fn ws_end<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    within: Duration,
+) -> WsEnd {
     let ended = async {
         loop {
             match ws.next().await {

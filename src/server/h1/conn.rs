@@ -31,9 +31,10 @@ use super::chunked::{Decoder, Step};
 use super::codec::{self, Framing, HeadError, Persist, RequestHead, ResponseFraming};
 use crate::proxy::{self, ConnCtx};
 use crate::server::client_body::ClientBody;
-use crate::server::conn::{Settings, error_answer, linger_close};
+use crate::server::conn::{Settings, error_answer};
 use crate::server::phase::Phase;
-use crate::server::sniff::ReadReady;
+use crate::wire::linger_close;
+use crate::wire::sniff::ReadReady;
 
 /// First allocation for a request head; it grows up to the hard limit.
 const HEAD_BUF: usize = 4 * 1024;

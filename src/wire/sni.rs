@@ -13,8 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Relay;
-use crate::server::peek::Look;
+use super::peek::Look;
 
 /// The most of a connection peeked for its ClientHello: one TLS record's
 /// worth (a ClientHello with post-quantum key shares is about 2 KB).
@@ -54,20 +53,21 @@ pub fn client_hello(bytes: &[u8]) -> Look<Hello> {
     }
 }
 
-/// A listener's SNI routes, and its default relay.
-pub struct SniRoutes {
-    exact: HashMap<String, Arc<Relay>>,
+/// A listener's SNI routes, and its default relay (`R`: what a route
+/// leads to, the TCP listener's relay).
+pub struct SniRoutes<R> {
+    exact: HashMap<String, Arc<R>>,
     /// `*.example.com` stored under `example.com`.
-    wildcard: HashMap<String, Arc<Relay>>,
-    pub default: Option<Arc<Relay>>,
+    wildcard: HashMap<String, Arc<R>>,
+    pub default: Option<Arc<R>>,
 }
 
-impl SniRoutes {
+impl<R> SniRoutes<R> {
     /// `routes` in configured order: the first one naming a name wins it.
     pub fn new<'a>(
-        routes: impl IntoIterator<Item = (&'a [String], Arc<Relay>)>,
-        default: Option<Arc<Relay>>,
-    ) -> SniRoutes {
+        routes: impl IntoIterator<Item = (&'a [String], Arc<R>)>,
+        default: Option<Arc<R>>,
+    ) -> SniRoutes<R> {
         let mut r = SniRoutes {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
@@ -91,7 +91,7 @@ impl SniRoutes {
     }
 
     /// The relay for server name `sni` (`None`: the client sent none).
-    pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<Relay>> {
+    pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<R>> {
         let Some(name) = sni else {
             return self.default.as_ref();
         };
