@@ -8,6 +8,8 @@
 //! never opens its window holds bounded memory; idle connections and a
 //! shutdown end with GOAWAY after open streams finish.
 
+#[path = "support/h2_endpoint.rs"]
+mod h2_endpoint;
 mod support;
 
 use std::net::SocketAddr;
@@ -614,6 +616,19 @@ fn bad_http2_settings_are_refused_with_their_place() {
     let (code, _, err) = Levee::check(&cfg.build());
     assert_ne!(code, 0);
     assert!(err.contains("listeners[0].http2.max_frame_size"), "{err}");
+    // The HTTP/2 pool's caps to endpoints: refused with their place.
+    let cfg = ConfigBuilder::new()
+        .listener("main", free_addr())
+        .cluster_with(
+            "app",
+            &[free_addr()],
+            &["protocol = \"h2c\"", "http2 = { max_connections = 0 }"],
+        )
+        .route("all", "app");
+    let (code, _, err) = Levee::check(&cfg.build());
+    assert_ne!(code, 0);
+    assert!(err.contains("clusters[0].http2.max_connections"), "{err}");
+    assert!(err.contains(".toml:"), "file:line:column: {err}");
 }
 
 /// `protocol = "h2c"`: requests go to the endpoints over HTTP/2,
@@ -715,14 +730,33 @@ async fn h2_on_both_sides_passes_statuses_and_streams_bodies() {
 }
 
 #[tokio::test]
-async fn levees_own_errors_to_grpc_calls_are_grpc_statuses() {
+async fn levees_own_errors_to_grpc_calls_are_grpc_statuses_and_counted() {
     let (_refusing, refusing) = refusing_addr();
     let listen = free_addr();
     let cfg = ConfigBuilder::new()
         .listener_with("main", listen, &[ENABLED])
-        .cluster("app", &[refusing])
-        .route_with("grpc", "app", &["path_prefix = \"/svc.Greeter\""]);
-    let _levee = Levee::start(&cfg.build());
+        .cluster_with(
+            "app",
+            &[refusing],
+            &[
+                "retry = { max_attempts = 1 }",
+                "outlier_detection = { enabled = false }",
+                r#"circuit_breaker = { consecutive_failures = 2, open_duration = "60s" }"#,
+            ],
+        )
+        .cluster("empty", &[])
+        .route_with(
+            "limited",
+            "app",
+            &["path_prefix = \"/svc.Limited\"", "rate_limits = [\"one\"]"],
+        )
+        .route_with("none", "empty", &["path_prefix = \"/svc.Nowhere\""])
+        .route_with("grpc", "app", &["path_prefix = \"/svc.Greeter\""])
+        .raw(
+            "[[rate_limit.rules]]\nname = \"one\"\nkey = [\"client_ip\"]\n\
+             algorithm = \"sliding_log\"\nlimit = 1\nperiod = \"60s\"\n",
+        );
+    let levee = Levee::start(&cfg.build());
     let client = h2_client();
     let call = |path: &str, content_type: &str| {
         client
@@ -733,25 +767,213 @@ async fn levees_own_errors_to_grpc_calls_are_grpc_statuses() {
             .body(vec![0u8; 5])
             .send()
     };
-    // The endpoint refuses connections: UNAVAILABLE, trailers-only.
+    let calls = |route: &str, code: &str| {
+        levee
+            .metric(
+                "levee_grpc_calls_total",
+                &[("route", route), ("code", code)],
+            )
+            .unwrap_or(0.0)
+    };
+    // The endpoint refuses connections: UNAVAILABLE, trailers-only; twice,
+    // and the cluster's breaker opens.
+    for _ in 0..2 {
+        let r = call("/svc.Greeter/SayHello", "application/grpc")
+            .await
+            .expect("an answer");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "could not connect to the upstream endpoint"
+        );
+        assert!(r.bytes().await.expect("body").is_empty());
+    }
+    // Breaker open: UNAVAILABLE too, with its own message.
     let r = call("/svc.Greeter/SayHello", "application/grpc")
         .await
         .expect("an answer");
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.headers()["content-type"], "application/grpc");
     assert_eq!(r.headers()["grpc-status"], "14");
-    assert!(r.headers().contains_key("grpc-message"));
-    assert!(r.bytes().await.expect("body").is_empty());
+    assert!(
+        r.headers()["grpc-message"]
+            .to_str()
+            .is_ok_and(|m| m.contains("circuit breaker is open")),
+        "{:?}",
+        r.headers()
+    );
+    // No endpoint at all: UNAVAILABLE.
+    let r = call("/svc.Nowhere/Call", "application/grpc")
+        .await
+        .expect("an answer");
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert_eq!(
+        r.headers()["grpc-message"],
+        "no endpoint is available for this route"
+    );
+    // Rate limited: the first call goes through (to the open breaker),
+    // the second is RESOURCE_EXHAUSTED.
+    call("/svc.Limited/Call", "application/grpc")
+        .await
+        .expect("an answer");
+    let r = call("/svc.Limited/Call", "application/grpc")
+        .await
+        .expect("an answer");
+    assert_eq!(r.headers()["grpc-status"], "8");
     // No route: UNIMPLEMENTED.
     let r = call("/other.Service/Method", "application/grpc+proto")
         .await
         .expect("an answer");
     assert_eq!(r.headers()["grpc-status"], "12");
-    // Not gRPC: Levee's JSON error, as before.
+    // Not gRPC: Levee's JSON error, as before, and not a gRPC call.
     let r = call("/svc.Greeter/SayHello", "application/octet-stream")
         .await
         .expect("an answer");
-    assert_eq!(r.status().as_u16(), 502);
+    assert_eq!(r.status().as_u16(), 503);
     assert_eq!(r.headers()["content-type"], "application/json");
     assert!(!r.headers().contains_key("grpc-status"));
+
+    // Every one of Levee's own gRPC answers is a counted call, the one no
+    // route took under route "".
+    assert!(
+        wait_until_async(Duration::from_secs(5), || calls("", "unimplemented") == 1.0).await,
+        "no route: {}",
+        calls("", "unimplemented")
+    );
+    assert_eq!(calls("grpc", "unavailable"), 3.0);
+    assert_eq!(calls("none", "unavailable"), 1.0);
+    assert_eq!(calls("limited", "unavailable"), 1.0);
+    assert_eq!(calls("limited", "resource_exhausted"), 1.0);
+}
+
+/// Levee in front of one `h2_endpoint` over h2c, with `http2` as the
+/// cluster's `[clusters.http2]` table; one worker.
+fn before_h2_endpoint(endpoint: SocketAddr, listen: SocketAddr, http2: &str) -> Levee {
+    let cfg = ConfigBuilder::new()
+        .listener("main", listen)
+        .cluster_with(
+            "app",
+            &[endpoint],
+            &[
+                "protocol = \"h2c\"",
+                "response_timeout = \"30s\"",
+                &format!("http2 = {http2}"),
+            ],
+        )
+        .route("all", "app")
+        .set("server", "workers = 1");
+    Levee::start(&cfg.build())
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_on_another_connection_whatever_its_method() {
+    let endpoint = h2_endpoint::H2Endpoint::start();
+    let listen = free_addr();
+    let levee = before_h2_endpoint(endpoint.addr(), listen, "{ max_connections = 4 }");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    // A first request opens the connection.
+    let r = client
+        .post(format!("http://{listen}/first"))
+        .body("warm")
+        .send()
+        .await
+        .expect("first request");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-connection"], "1");
+
+    // The endpoint refuses the next stream: it provably did not process
+    // it, so the POST (not idempotent, no retry_on would allow it) is
+    // sent again, on another connection, body and all.
+    endpoint.refuse_next(1);
+    let r = client
+        .post(format!("http://{listen}/order"))
+        .body("one order, exactly once")
+        .send()
+        .await
+        .expect("refused request");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-connection"], "2");
+    assert_eq!(
+        r.bytes().await.expect("body").as_ref(),
+        b"one order, exactly once"
+    );
+    assert_eq!(endpoint.refused(), 1);
+    assert_eq!(endpoint.served(), 2, "processed once");
+    assert_eq!(endpoint.connections(), 2);
+    let unprocessed = levee
+        .metric("levee_upstream_retries_total", &[("kind", "unprocessed")])
+        .unwrap_or(0.0);
+    assert_eq!(unprocessed, 1.0);
+
+    // The connection that refused is retired; the new one serves on.
+    let r = client
+        .post(format!("http://{listen}/next"))
+        .body("x")
+        .send()
+        .await
+        .expect("next request");
+    assert_eq!(r.headers()["x-connection"], "2");
+    assert_eq!(endpoint.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_silent_endpoint_connection_is_found_by_ping_and_replaced() {
+    let endpoint = h2_endpoint::H2Endpoint::start();
+    let listen = free_addr();
+    let levee = before_h2_endpoint(
+        endpoint.addr(),
+        listen,
+        "{ keepalive_interval = \"200ms\", keepalive_timeout = \"500ms\" }",
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let r = client
+        .get(format!("http://{listen}/"))
+        .send()
+        .await
+        .expect("first request");
+    assert_eq!(r.headers()["x-connection"], "1");
+
+    // The endpoint's host dies for this connection: the socket stays open,
+    // nothing comes back. Levee's PING goes unanswered and it closes the
+    // connection, idle as it is.
+    endpoint.silence_open_connections();
+    let started = Instant::now();
+    assert!(
+        wait_until_async(Duration::from_secs(15), || endpoint.closed() == 1).await,
+        "the silent connection was not closed"
+    );
+    let found = started.elapsed();
+    assert!(
+        found >= Duration::from_millis(400),
+        "closed after {found:?}: before a PING could time out"
+    );
+    let closed = levee
+        .metric(
+            "levee_upstream_h2_streams_per_connection_count",
+            &[("cluster", "app")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(closed, 1.0);
+
+    // The next request opens a new connection at once instead of waiting
+    // out the 30s response timeout on the dead one.
+    let started = Instant::now();
+    let r = client
+        .get(format!("http://{listen}/"))
+        .send()
+        .await
+        .expect("request after the silence");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-connection"], "2");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 }

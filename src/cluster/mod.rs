@@ -57,6 +57,7 @@ impl Endpoint {
             },
             tls: self.tls.as_ref(),
             http2: cluster.http2,
+            h2: cluster.h2,
         }
     }
 
@@ -75,6 +76,8 @@ pub struct Cluster {
     /// HTTP/2 to the endpoints: with prior knowledge (`protocol = "h2c"`)
     /// or over the cluster's TLS (`"h2"`).
     pub http2: bool,
+    /// The HTTP/2 pool's limits and PINGs (`[clusters.http2]`).
+    pub h2: upstream::h2::H2Limits,
     pub balance: crate::config::Balance,
     /// What to hash, for hash-based balancers only.
     pub hash_key: Option<crate::config::HashKey>,
@@ -208,6 +211,7 @@ impl Cluster {
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout.get(),
             http2: config.protocol != crate::config::http2::UpstreamProtocol::Http1,
+            h2: h2_limits(config),
             balance: config.balance,
             hash_key: config
                 .balance
@@ -366,6 +370,20 @@ impl Cluster {
             .map(|i| (i, false))
             .or_else(|| balancer.pick(&ctx(&panic)).map(|i| (i, true)))?;
         Some((self.endpoints.get(chosen.0)?, chosen.1))
+    }
+}
+
+/// The cluster's `[clusters.http2]` table (or its defaults) as the pool
+/// reads it.
+fn h2_limits(config: &ClusterConfig) -> upstream::h2::H2Limits {
+    let d = crate::config::upstream_http2::UpstreamHttp2Config::default();
+    let h = config.http2.as_ref().map_or(&d, |t| t.get_ref());
+    let interval = h.keepalive_interval.get_ref().get();
+    upstream::h2::H2Limits {
+        streams_per_connection: *h.max_streams_per_connection.get_ref(),
+        max_connections: *h.max_connections.get_ref(),
+        ping_interval: (!interval.is_zero()).then_some(interval),
+        ping_timeout: h.keepalive_timeout.get_ref().get(),
     }
 }
 

@@ -223,7 +223,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
             _ => {}
         }
     }
-    Ok(())
+    super::upstream_http2::check(config)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod schema;
 pub mod slo;
 mod tcp;
 pub mod tls;
+pub mod upstream_http2;
 pub mod upstream_tls;
 pub(crate) mod validate;
 pub mod value;

@@ -513,6 +513,10 @@ pub struct ClusterConfig {
     /// TLS to the endpoints (`[clusters.tls]`). Unset: plain TCP.
     #[serde(default)]
     pub tls: Option<Spanned<super::upstream_tls::UpstreamTlsConfig>>,
+    /// The HTTP/2 pool's limits and PING keep-alive (`config::upstream_http2`);
+    /// unset: the defaults. Only for `protocol = "h2c"` or `"h2"`.
+    #[serde(default)]
+    pub http2: Option<Spanned<super::upstream_http2::UpstreamHttp2Config>>,
     /// TCP listeners: what happens to the open connections of an
     /// endpoint that leaves service.
     #[serde(default)]

@@ -217,9 +217,15 @@ impl Completion {
             grpc.judge(None, body_error.is_some(), &cx.shared.metrics);
         }
         let grpc_status = outcome.grpc.as_ref().and_then(|g| g.status);
-        if let (Some(code), Some(routed)) = (grpc_status, &outcome.routed) {
+        // A call no route took (Levee's own UNIMPLEMENTED, or a refusal
+        // before routing) is counted too, under route "" as in
+        // `levee_requests_total`.
+        if let Some(code) = grpc_status {
             let labels = crate::observe::grpc::GrpcLabels {
-                route: routed.route.name.to_string(),
+                route: outcome
+                    .routed
+                    .as_ref()
+                    .map_or_else(String::new, |r| r.route.name.to_string()),
                 code: super::grpc::code_name(code),
             };
             cx.shared.metrics.grpc.calls.get_or_create(&labels).inc();

@@ -4,7 +4,8 @@
 //! the fewest streams in flight; another connection is opened only when
 //! every one is saturated: it carries as many streams as the endpoint
 //! allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`, read by `h2_settings`),
-//! or `STREAMS_PER_CONN` if that is fewer, up to `MAX_CONNS`. So requests
+//! or the cluster's `streams_per_connection` if that is fewer, up to its
+//! `max_connections` (`H2Limits`, from `config::upstream_http2`). So requests
 //! spread instead of piling onto one connection while a single one suffices
 //! for light traffic.
 //!
@@ -40,16 +41,33 @@ use super::h2_settings::{UNLIMITED, Watched};
 use super::tls::Handshake;
 use super::{BoxError, Error, Exchange, Target};
 
-/// Streams one connection carries at most before another is opened beside
-/// it, however many the endpoint allows.
-const STREAMS_PER_CONN: usize = 100;
-/// Connections per endpoint and worker at most; beyond, the least loaded
-/// one takes the stream (hyper queues it until the endpoint allows it).
-const MAX_CONNS: usize = 4;
-/// PING an idle-looking connection this often; unanswered for
-/// `PING_TIMEOUT`, it is closed and the next request opens another.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a cluster's HTTP/2 pool uses each endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Limits {
+    /// Streams one connection carries at most before another is opened
+    /// beside it, however many the endpoint allows.
+    pub streams_per_connection: usize,
+    /// Connections per endpoint and worker at most; beyond, the least
+    /// loaded one takes the stream (hyper queues it until the endpoint
+    /// allows it).
+    pub max_connections: usize,
+    /// PING every connection this often, idle or not (`None`: never);
+    /// unanswered for `ping_timeout`, it is closed and the next request
+    /// opens another instead of waiting on a dead endpoint.
+    pub ping_interval: Option<Duration>,
+    pub ping_timeout: Duration,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            streams_per_connection: 100,
+            max_connections: 4,
+            ping_interval: Some(Duration::from_secs(30)),
+            ping_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The request body as hyper's connection reads it.
 type OutBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -65,6 +83,8 @@ struct Shared {
     retired: Arc<AtomicBool>,
     /// Streams it carried, for `streams_per_connection`.
     carried: Arc<AtomicUsize>,
+    /// The cluster's streams per connection when it was opened.
+    cap: usize,
 }
 
 impl Shared {
@@ -73,7 +93,7 @@ impl Shared {
     }
 
     fn saturated(&self) -> bool {
-        let limit = self.limit.load(Ordering::Relaxed).min(STREAMS_PER_CONN);
+        let limit = self.limit.load(Ordering::Relaxed).min(self.cap);
         self.in_flight.load(Ordering::Relaxed) >= limit.max(1)
     }
 }
@@ -101,14 +121,14 @@ impl H2Pool {
 
     /// The usable connection with the fewest streams, unless all are
     /// saturated and another may be opened.
-    fn pick(&self, worker: usize) -> Option<Shared> {
+    fn pick(&self, worker: usize, max_conns: usize) -> Option<Shared> {
         let slot = self.slots.get(worker)?;
         let mut conns = slot.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(Shared::usable);
         let best = conns
             .iter()
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))?;
-        if best.saturated() && conns.len() < MAX_CONNS {
+        if best.saturated() && conns.len() < max_conns {
             return None;
         }
         Some(best.clone())
@@ -148,11 +168,12 @@ where
     B::Error: Into<BoxError>,
 {
     let pool = target.pool;
-    let mut picked = pool.h2.pick(target.worker);
+    let max_conns = target.h2.max_connections;
+    let mut picked = pool.h2.pick(target.worker, max_conns);
     let opening = match (&picked, pool.h2.opening.get(target.worker)) {
         (None, Some(lock)) => {
             let held = lock.lock().await;
-            picked = pool.h2.pick(target.worker);
+            picked = pool.h2.pick(target.worker, max_conns);
             Some(held)
         }
         _ => None,
@@ -269,8 +290,8 @@ async fn open(target: &Target<'_>) -> Result<Shared, Error> {
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_interval(target.h2.ping_interval)
+        .keep_alive_timeout(target.h2.ping_timeout)
         .keep_alive_while_idle(true);
     let carried = Arc::new(AtomicUsize::new(0));
     let histogram = target.pool.counters.streams_per_connection.clone();
@@ -305,6 +326,7 @@ async fn open(target: &Target<'_>) -> Result<Shared, Error> {
         limit,
         retired: Arc::new(AtomicBool::new(false)),
         carried,
+        cap: target.h2.streams_per_connection.max(1),
     })
 }
 

@@ -55,6 +55,8 @@ pub struct Target<'a> {
     /// HTTP/2 (`upstream::h2`) instead of HTTP/1.1: with prior knowledge,
     /// or over `tls` with ALPN `h2`.
     pub http2: bool,
+    /// How the HTTP/2 pool uses the endpoint (`http2` only).
+    pub h2: h2::H2Limits,
 }
 
 /// A response head and the body still to be read.

@@ -18,6 +18,9 @@
 //!   of a [`Backend`], for TLS to endpoints.
 //! - [`ws`] — a WebSocket server (echo, `who` answers its name, close
 //!   codes kept) and client helpers, with tokio-tungstenite.
+//! - `h2_endpoint.rs` (included by path where needed, like `grpc.rs`) — an
+//!   HTTP/2 endpoint on the `h2` crate that refuses streams (REFUSED_STREAM)
+//!   or goes silent on its open connections, on request.
 //! - [`http_get`] / [`http_request`] — a tiny blocking HTTP/1.1 client, usable
 //!   from plain `#[test]` functions without a runtime.
 //!
