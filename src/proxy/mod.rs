@@ -193,7 +193,7 @@ pub async fn handle<B: RequestBody>(
     } else if let Some(location) = edge::https_location(&cx, &snapshot, &req) {
         return edge::redirect(cx, snapshot, arrival, location);
     } else {
-        forward(&cx, &snapshot, &arrival, req).await
+        forward(&cx, &snapshot, &arrival, req, grpc).await
     };
     respond(cx, snapshot, arrival, forwarded, grpc)
 }
@@ -205,6 +205,7 @@ async fn forward<B: RequestBody>(
     snapshot: &Snapshot,
     arrival: &Arrival,
     req: Request<B>,
+    grpc: bool,
 ) -> Forwarded {
     let mut out = Forwarded::refused(ProxyError::NoRoute);
     let start = arrival.start;
@@ -306,7 +307,6 @@ async fn forward<B: RequestBody>(
             .and_then(|name| cookie(req.headers(), name))
             .map(str::to_owned);
 
-        let grpc = grpc::is_grpc(req.headers());
         let deadline = request_deadline(cluster, req.headers(), start, grpc);
         // A WebSocket upgrade is asked of the endpoint only when the client
         // connection can become a tunnel (`crate::tunnel`), and refused

@@ -378,8 +378,12 @@ where
     *req.uri_mut() = head.uri;
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers;
-    // This server can turn the connection into a WebSocket tunnel.
-    req.extensions_mut().insert(crate::tunnel::CanTunnel);
+    // This server can turn the connection into a WebSocket tunnel: said
+    // only to a request that may ask for one (the pipeline looks no further
+    // without `Upgrade`), as an extension costs a map and two allocations.
+    if head.upgrade {
+        req.extensions_mut().insert(crate::tunnel::CanTunnel);
+    }
 
     // Until the response head: run the pipeline and feed it the body.
     let mut handle = pin!(proxy::handle(cx.clone(), req));
