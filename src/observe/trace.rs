@@ -123,17 +123,19 @@ impl TraceContext {
     pub fn header(&self, span: u64) -> HeaderValue {
         // Written digit by digit: this runs on every try, and `format!`
         // costs a String and several times the instructions.
-        fn put_hex(dst: &mut [u8], v: u128) {
+        // Two digits per byte of the value: shifting a u128 per digit cost
+        // several times as much.
+        fn put_hex(dst: &mut [u8], bytes: &[u8]) {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            let n = dst.len();
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = HEX[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+            for (pair, b) in dst.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = HEX[usize::from(b >> 4)];
+                pair[1] = HEX[usize::from(b & 0xf)];
             }
         }
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        put_hex(&mut v[3..35], self.trace_id);
-        put_hex(&mut v[36..52], u128::from(span));
-        put_hex(&mut v[53..55], u128::from(self.flags));
+        put_hex(&mut v[3..35], &self.trace_id.to_be_bytes());
+        put_hex(&mut v[36..52], &span.to_be_bytes());
+        put_hex(&mut v[53..55], &[self.flags]);
         HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 

@@ -268,11 +268,27 @@ fn framing_headers(headers: &HeaderMap) -> Framing<'_> {
 }
 
 pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBody, ParseError> {
+    body_framing(method, head, &framing_headers(&head.headers))
+}
+
+/// `response_body` and `keep_alive` from one pass over the headers.
+pub fn response_body_and_keep_alive(
+    method: &Method,
+    head: &ResponseHead,
+) -> Result<(ResponseBody, bool), ParseError> {
+    let found = framing_headers(&head.headers);
+    Ok((body_framing(method, head, &found)?, persists(head, &found)))
+}
+
+fn body_framing(
+    method: &Method,
+    head: &ResponseHead,
+    found: &Framing<'_>,
+) -> Result<ResponseBody, ParseError> {
     let s = head.status.as_u16();
     if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok(ResponseBody::None);
     }
-    let found = framing_headers(&head.headers);
     if let Some(te) = found.te {
         // Chunked must be the final coding; anything else is read to close.
         let last = te
@@ -303,7 +319,10 @@ pub fn response_body(method: &Method, head: &ResponseHead) -> Result<ResponseBod
 
 /// Whether the connection may carry another request after this response.
 pub fn keep_alive(head: &ResponseHead) -> bool {
-    let found = framing_headers(&head.headers);
+    persists(head, &framing_headers(&head.headers))
+}
+
+fn persists(head: &ResponseHead, found: &Framing<'_>) -> bool {
     // Length and chunked together: the body was read as chunked, but the
     // endpoint's framing is suspect; do not trust the connection further.
     if found.te.is_some() && found.length.is_some() {

@@ -250,10 +250,10 @@ where
         }
         other => other?,
     };
-    let framing = codec::response_body(method, &head).map_err(Error::from)?;
+    let (framing, keep_alive) =
+        codec::response_body_and_keep_alive(method, &head).map_err(Error::from)?;
     // After a 101 the connection is the tunnel's, never the pool's.
-    let keep_alive =
-        codec::keep_alive(&head) && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
+    let keep_alive = keep_alive && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
     let checkin = Checkin {
         pool: target.pool.clone(),
         worker: target.worker,

@@ -50,6 +50,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`: answer `100 Continue` before reading the body.
     pub expect_continue: bool,
+    /// It carries an `Upgrade` header (it may ask for a WebSocket tunnel).
+    pub upgrade: bool,
     /// Bytes of the buffer the head took.
     pub len: usize,
 }
@@ -115,7 +117,7 @@ pub fn take_request_head(
     let mut headers = HeaderMap::with_capacity(count + 8);
     // Which of the headers read below are present, noted while the names
     // are at hand: most requests carry none, and their lookups are spared.
-    let (mut framed, mut connection, mut expect) = (false, false, false);
+    let (mut framed, mut connection, mut expect, mut upgrade) = (false, false, false, false);
     for (name, value) in &spans[..count] {
         let name = name
             .get(&head)
@@ -124,6 +126,7 @@ pub fn take_request_head(
         framed |= name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
         connection |= name == header::CONNECTION;
         expect |= name == header::EXPECT;
+        upgrade |= name == header::UPGRADE;
         let value = value
             .slice(&head)
             .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
@@ -153,6 +156,7 @@ pub fn take_request_head(
         framing,
         keep_alive,
         expect_continue,
+        upgrade,
         len,
     }))
 }
