@@ -251,7 +251,11 @@ impl Accepted {
                 tls: self.tls,
                 hello_timeout: l.header_timeout,
             };
-            crate::tcp::accept(stream, client, front, self.shared).await;
+            // Boxed, as the TLS branch below: only the plain HTTP branch
+            // stays inline, so a plain connection's task is a third of
+            // the size (an idle keep-alive connection or WebSocket tunnel
+            // holds it for its whole life).
+            Box::pin(crate::tcp::accept(stream, client, front, self.shared)).await;
             drop(guard);
             return;
         }
@@ -273,7 +277,17 @@ impl Accepted {
         };
         match self.tls {
             None => conn::serve(stream, Arc::new(cx), phase, settings, self.shutdown).await,
-            Some(t) => conn::serve_tls(stream, t, cx, phase, settings, self.shutdown).await,
+            Some(t) => {
+                Box::pin(conn::serve_tls(
+                    stream,
+                    t,
+                    cx,
+                    phase,
+                    settings,
+                    self.shutdown,
+                ))
+                .await
+            }
         }
         drop(guard);
     }

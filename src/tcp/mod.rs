@@ -101,13 +101,19 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
     let _ = stream.set_nodelay(true);
     match front.tls {
         None => serve(stream, client, local, relay, shared).await,
+        // Boxed: the handshake and a TLS stream are most of this future's
+        // size, which every plain connection's task would otherwise carry.
         Some(t) => {
-            // Failures are counted by reason in the TLS metrics.
-            let shaken = crate::wire::handshake::handshake(stream, &t, &shared.metrics.tls).await;
-            drop(t);
-            if let Ok((tls, _)) = shaken {
-                serve(tls, client, local, relay, shared).await;
-            }
+            Box::pin(async move {
+                // Failures are counted by reason in the TLS metrics.
+                let shaken =
+                    crate::wire::handshake::handshake(stream, &t, &shared.metrics.tls).await;
+                drop(t);
+                if let Ok((tls, _)) = shaken {
+                    serve(tls, client, local, relay, shared).await;
+                }
+            })
+            .await
         }
     }
 }
