@@ -256,6 +256,8 @@ impl Accepted {
             max_header_bytes: l.max_header_bytes,
             engine: self.engine,
             http2: l.http2.clone(),
+            // Dropped when the connection ends, by whichever task serves it.
+            hold: Some(Box::new(guard)),
         };
         let phase = Arc::new(Phase::default());
         let cx = ConnCtx {
@@ -270,6 +272,5 @@ impl Accepted {
             None => conn::serve(stream, Arc::new(cx), phase, settings, self.shutdown).await,
             Some(t) => conn::serve_tls(stream, t, cx, phase, settings, self.shutdown).await,
         }
-        drop(guard);
     }
 }
