@@ -121,7 +121,7 @@ fn an_idle_http2_connection_holds_little_heap() {
         "heap per idle HTTP/2 connection: {per_conn} bytes ({N} connections, {before} -> {after} bytes live)"
     );
     assert!(
-        per_conn < 56_000,
+        per_conn < 44_000,
         "an idle HTTP/2 connection holds {per_conn} bytes"
     );
     drop(clients);

@@ -31,6 +31,10 @@ pub struct Settings {
     /// HTTP/2 from clients: whether h2c with prior knowledge is served, and
     /// the limits of an HTTP/2 connection.
     pub http2: Arc<crate::config::http2::Http2Config>,
+    /// What must live as long as the connection (its place in the
+    /// listener's counts), carried along when an HTTP/2 connection moves
+    /// to a task of its own.
+    pub hold: Option<Box<dyn Send>>,
 }
 
 /// The client socket, telling `Phase` when a new request starts arriving and
@@ -117,8 +121,13 @@ pub async fn serve<S>(
         Ok(Some(Speaks::Http1)) => {}
         Ok(Some(Speaks::Http2)) if settings.http2.enabled => {
             let stream = Prefixed::new(prefix, stream);
-            // Boxed like hyper's HTTP/1 connection, for the same reason.
-            return Box::pin(super::h2::serve(stream, cx, settings, shutdown)).await;
+            // A task of its own, sized to HTTP/2's state alone: this task's
+            // future is sized by every protocol's (a TLS handshake, the
+            // HTTP/1 engine, the TCP relay) and an idle HTTP/2 connection
+            // would hold it for its whole life (`tests/h2_idle_memory.rs`).
+            // It ends here; `settings.hold` goes along.
+            tokio::spawn(super::h2::serve(stream, cx, settings, shutdown));
+            return;
         }
         Ok(Some(other)) => {
             let (protocol, answer) = match other {

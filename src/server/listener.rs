@@ -265,6 +265,8 @@ impl Accepted {
             max_header_bytes: l.max_header_bytes,
             engine: self.engine,
             http2: l.http2.clone(),
+            // Dropped when the connection ends, by whichever task serves it.
+            hold: Some(Box::new(guard)),
         };
         let phase = Arc::new(Phase::default());
         let cx = ConnCtx {
@@ -289,6 +291,5 @@ impl Accepted {
                 .await
             }
         }
-        drop(guard);
     }
 }
