@@ -94,3 +94,22 @@ fn becomes_connection_info() {
         &::redis::ConnectionAddr::Unix("/x.sock".into())
     );
 }
+
+#[test]
+fn a_cluster_config_becomes_a_cluster_target() {
+    let c = crate::config::parse(
+        std::path::Path::new("l.toml"),
+        "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:8080\"\n[[clusters]]\nname = \"app\"\n\
+         [[routes]]\nname = \"api\"\ncluster = \"app\"\n[rate_limit]\nstore = \"redis\"\n\
+         redis_cluster = [\"rediss://a:7000\", \"rediss://b:7001\"]\n[[rate_limit.rules]]\nname = \"x\"\nlimit = 1\n",
+    )
+    .unwrap();
+    let (target, options, id) = target_of(&c.rate_limit).unwrap();
+    assert_eq!(options.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(options.tls_ca_file, None);
+    assert!(matches!(target, Target::Cluster(ref n) if n.len() == 2));
+    assert!(
+        id.starts_with("cluster rediss://a:7000,rediss://b:7001"),
+        "{id}"
+    );
+}
