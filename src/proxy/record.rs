@@ -93,6 +93,10 @@ pub struct Try {
 #[derive(Default)]
 pub struct Tries {
     pub count: u32,
+    /// Of those, tries the endpoint provably did not process that did not
+    /// use up an attempt (gRFC A6's transparent retry; at most
+    /// `tries::TRANSPARENT_RETRIES`).
+    pub transparent: u32,
     /// When the first one started.
     pub first: Option<Instant>,
     /// The one whose result the client gets.

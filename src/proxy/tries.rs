@@ -105,7 +105,7 @@ pub(super) async fn send_with_retries<B: RequestBody>(
         if let Ok(ex) = &mut result
             && out.grpc
             && resendable
-            && tries.count < policy.max_attempts
+            && tries.count - tries.transparent < policy.max_attempts
             && ex.head.status == http::StatusCode::OK
             && grpc::status(&ex.head.headers).is_none()
         {
@@ -215,8 +215,19 @@ pub(super) async fn send_with_retries<B: RequestBody>(
             TryResult::Unprocessed => resendable || !hyper::body::Body::is_end_stream(&out.body),
             _ => out.repeatable,
         };
+        // A try the endpoint provably did not process (REFUSED_STREAM, a
+        // GOAWAY before the stream) does not use up an attempt, a few times
+        // per request: a burst of GOAWAYs from endpoints closing their
+        // connections must not exhaust the retries (gRFC A6's transparent
+        // retry). Only where retries are on at all.
+        if outcome == TryResult::Unprocessed
+            && policy.max_attempts > 1
+            && tries.transparent < TRANSPARENT_RETRIES
+        {
+            tries.transparent += 1;
+        }
         let verdict = policy.verdict(
-            tries.count,
+            tries.count - tries.transparent,
             outcome,
             repeatable,
             retry_after,
@@ -378,6 +389,9 @@ async fn try_once<B: RequestBody>(
     };
     (result, fault)
 }
+
+/// Unprocessed tries per request that do not use up an attempt.
+const TRANSPARENT_RETRIES: u32 = 3;
 
 /// How long a gRPC answer's first frame is waited for, to tell a bare
 /// status in trailers (retried like a trailers-only answer) from a message.
