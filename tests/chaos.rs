@@ -1118,8 +1118,10 @@ abort = 503
 #[test]
 fn a_hypothesis_over_several_routes_judges_each_and_aborts_on_any() {
     let w = world();
-    // mb may fail up to 60 %: the fault's 30 % holds; ma is untouched.
-    let (code, out, report) = run_experiment(w, "two-routes", &two_route_experiment(w, 60));
+    // mb may fail up to 90 %: the fault's 30 % holds (it would break ma's
+    // 5 %); ma is untouched. (A bound near 30 % would be crossed by chance
+    // in some 1-second window of ~10 requests.)
+    let (code, out, report) = run_experiment(w, "two-routes", &two_route_experiment(w, 90));
     assert_eq!(report["verdict"]["result"], "passed", "{out}");
     assert_eq!(code, 0, "{out}");
     let routes = report["routes"].as_array().expect("routes");
@@ -1136,11 +1138,11 @@ fn a_hypothesis_over_several_routes_judges_each_and_aborts_on_any() {
         assert!(!r["timeline"].as_array().unwrap().is_empty(), "{r}");
     }
     assert_eq!(routes[0]["hypothesis"]["max_error_rate"], 5.0);
-    assert_eq!(routes[1]["hypothesis"]["max_error_rate"], 60.0);
+    assert_eq!(routes[1]["hypothesis"]["max_error_rate"], 90.0);
     assert_eq!(routes[0]["slis"]["during"]["error_rate"], 0.0, "{report}");
     let mb = routes[1]["slis"]["during"]["error_rate"].as_f64().unwrap();
     assert!(
-        (10.0..=50.0).contains(&mb),
+        (5.0..=70.0).contains(&mb),
         "mb failed {mb} % during: {report}"
     );
     assert_eq!(routes[1]["slis"]["before"]["error_rate"], 0.0, "{report}");
@@ -1153,7 +1155,7 @@ fn a_hypothesis_over_several_routes_judges_each_and_aborts_on_any() {
     ] {
         assert!(out.contains(row), "{row}: {out}");
     }
-    assert!(out.contains("- route `mb`: error rate ≤ 60 %"), "{out}");
+    assert!(out.contains("- route `mb`: error rate ≤ 90 %"), "{out}");
 
     // mb's own bound at 10 %: the same fault breaks it (ma still holds)
     // and the experiment is aborted, naming mb.
