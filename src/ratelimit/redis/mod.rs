@@ -61,7 +61,9 @@
 //! once they have stopped, however the failing and the working slots
 //! interleave.
 
+mod client;
 pub mod scripts;
+mod state;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -69,11 +71,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, MultiplexedConnection};
-use ::redis::cluster::ClusterClientBuilder;
-use ::redis::cluster_async::ClusterConnection;
-use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, TlsCertificates};
+use ::redis::TlsCertificates;
 use tokio::sync::{mpsc, oneshot};
+
+use client::{Cmd, Request};
+use state::Shared;
 
 pub use crate::config::redis_url::{Addr, RedisUrl, UrlError};
 pub use ::redis::Value as Reply;
@@ -94,8 +96,6 @@ pub const CLUSTER_QUIET: Duration = Duration::from_secs(1);
 /// Commands waiting for the client thread; beyond, callers wait (within
 /// their timeout) for room.
 const QUEUE: usize = 4096;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A connection whose reply is older than this (and than 4 × the timeout)
 /// is taken for dead.
 const STALL_MIN: Duration = Duration::from_millis(500);
@@ -176,109 +176,6 @@ pub struct Options {
 pub struct RedisStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
-}
-
-struct Shared {
-    target: Target,
-    /// `target` as logs show it (no credentials).
-    name: String,
-    tls: Option<TlsCertificates>,
-    timeout: Duration,
-    stall: Duration,
-    up: AtomicBool,
-    errors: AtomicU64,
-    /// The start of the clock `retry_at` and `failed_at` count in.
-    base: std::time::Instant,
-    /// Microseconds since `base` before which no reconnect is tried; 0 when
-    /// not backing off.
-    retry_at: AtomicU64,
-    /// Cluster only: microseconds since `base` of the last failed call.
-    failed_at: AtomicU64,
-}
-
-impl Shared {
-    fn cluster(&self) -> bool {
-        matches!(self.target, Target::Cluster(_))
-    }
-
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    /// How long the backoff still lasts, if it does.
-    fn backoff_left(&self) -> Option<Duration> {
-        let at = self.retry_at.load(Ordering::Acquire);
-        if at == 0 {
-            return None;
-        }
-        let now = self.now_us();
-        (now < at).then(|| Duration::from_micros(at - now))
-    }
-
-    fn back_off(&self, wait: Duration) {
-        let at = self
-            .now_us()
-            .saturating_add(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX))
-            .max(1);
-        self.retry_at.store(at, Ordering::Release);
-    }
-
-    fn down_error(&self, left: Duration) -> StoreError {
-        StoreError::Unavailable(format!(
-            "{} is down, next reconnect in {} ms",
-            self.name,
-            left.as_millis().max(1)
-        ))
-    }
-
-    fn mark_down(&self, reason: &str) {
-        if self.cluster() {
-            self.failed_at
-                .store(self.now_us().max(1), Ordering::Release);
-        }
-        if self.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(
-                store = %self.name,
-                "rate-limit store {} unreachable: {reason}",
-                self.name
-            );
-        } else {
-            tracing::debug!(store = %self.name, "rate-limit store still unreachable: {reason}");
-        }
-    }
-
-    fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!(store = %self.name, "rate-limit store {} reachable again", self.name);
-        }
-    }
-
-    /// A cluster call succeeded: up again once no call has failed for
-    /// `CLUSTER_QUIET`.
-    fn cluster_ok(&self) {
-        if self.up.load(Ordering::Acquire) {
-            return;
-        }
-        let failed = self.failed_at.load(Ordering::Acquire);
-        let quiet = u64::try_from(CLUSTER_QUIET.as_micros()).unwrap_or(u64::MAX);
-        if self.now_us().saturating_sub(failed) >= quiet {
-            self.mark_up();
-        }
-    }
-}
-
-struct Request {
-    cmd: Cmd,
-    reply: oneshot::Sender<Result<Reply, StoreError>>,
-}
-
-enum Cmd {
-    Script {
-        algorithm: Algorithm,
-        key: Vec<u8>,
-        args: [u64; 5],
-    },
-    Raw(Vec<Vec<u8>>),
 }
 
 impl RedisStore {
@@ -362,7 +259,7 @@ impl RedisStore {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                runtime.block_on(run(thread_shared, rx));
+                runtime.block_on(client::run(thread_shared, rx));
             })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(RedisStore { shared, tx }),
@@ -559,222 +456,6 @@ fn decision(reply: Reply, limit: &Limit) -> Result<Decision, StoreError> {
     })
 }
 
-// ---------------------------------------------------------------------------
-// The client thread.
-
-/// A connection made by the client thread; clones share it.
-#[derive(Clone)]
-enum Conn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn run(&mut self, cmd: &Cmd) -> Result<Reply, RedisError> {
-        match self {
-            Conn::Single(c) => run_on(c, cmd).await,
-            Conn::Cluster(c) => run_on(c, cmd).await,
-        }
-    }
-}
-
-async fn run_on(conn: &mut impl ConnectionLike, cmd: &Cmd) -> Result<Reply, RedisError> {
-    match cmd {
-        Cmd::Script {
-            algorithm,
-            key,
-            args,
-        } => {
-            let mut call = scripts::script(*algorithm).key(key.as_slice());
-            for a in args {
-                call.arg(*a);
-            }
-            call.invoke_async(conn).await
-        }
-        Cmd::Raw(args) => {
-            let Some((name, rest)) = args.split_first() else {
-                return Ok(Reply::Nil);
-            };
-            let mut c = ::redis::cmd(&String::from_utf8_lossy(name));
-            for a in rest {
-                c.arg(a.as_slice());
-            }
-            c.query_async(conn).await
-        }
-    }
-}
-
-/// Whether an error means the connection is unusable (rather than one
-/// command failing on a working connection).
-fn fatal(e: &RedisError) -> bool {
-    !matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
-}
-
-/// A connection or its handshake failed: why, in words for the log (auth
-/// failures say so).
-fn connect_error(e: &RedisError) -> String {
-    let text = e.to_string();
-    if e.kind() == ErrorKind::AuthenticationFailed
-        || text.contains("WRONGPASS")
-        || text.contains("NOAUTH")
-    {
-        format!("AUTH failed: {text}")
-    } else {
-        text
-    }
-}
-
-/// The client thread's loop: connect when a request comes, run each
-/// request as a task on the shared connection, drop a connection that
-/// failed, back off after failed connects.
-async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
-    let mut backoff = BACKOFF_MIN;
-    let mut conn: Option<(u64, Conn)> = None;
-    let mut generation = 0u64;
-    // Tasks report a connection they found dead, by generation.
-    let (dead_tx, mut dead_rx) = mpsc::unbounded_channel::<u64>();
-    loop {
-        let request = tokio::select! {
-            biased;
-            Some(dead) = dead_rx.recv() => {
-                if conn.as_ref().is_some_and(|(g, _)| *g == dead) {
-                    conn = None;
-                }
-                continue;
-            }
-            request = rx.recv() => match request {
-                Some(request) => request,
-                None => return,
-            },
-        };
-        if request.reply.is_closed() {
-            continue; // the caller gave up while it was queued
-        }
-        if conn.is_none() {
-            if let Some(left) = shared.backoff_left() {
-                let _ = request.reply.send(Err(shared.down_error(left)));
-                continue;
-            }
-            let attempt = match tokio::time::timeout(shared.timeout, connect(&shared)).await {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "no connection within {} ms",
-                    shared.timeout.as_millis()
-                )),
-            };
-            match attempt {
-                Err(reason) => {
-                    shared.mark_down(&reason);
-                    shared.back_off(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    let _ = request.reply.send(Err(StoreError::Unavailable(format!(
-                        "{}: {reason}",
-                        shared.name
-                    ))));
-                    continue;
-                }
-                Ok(c) => {
-                    shared.retry_at.store(0, Ordering::Release);
-                    backoff = BACKOFF_MIN;
-                    if !shared.cluster() {
-                        shared.mark_up();
-                    }
-                    generation += 1;
-                    conn = Some((generation, c));
-                }
-            }
-        }
-        let Some((generation, c)) = &conn else {
-            continue;
-        };
-        let (generation, mut c) = (*generation, c.clone());
-        let shared = shared.clone();
-        let dead_tx = dead_tx.clone();
-        tokio::spawn(async move {
-            let Request { cmd, reply } = request;
-            let result = match tokio::time::timeout(shared.stall, c.run(&cmd)).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) if !fatal(&e) => Err(StoreError::Protocol(e.to_string())),
-                Ok(Err(e)) => Err(StoreError::Unavailable(format!("{}: {e}", shared.name))),
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "{}: no reply for {} ms",
-                    shared.name,
-                    shared.stall.as_millis()
-                ))),
-            };
-            match (&result, shared.cluster()) {
-                (Err(StoreError::Unavailable(reason)), false) => {
-                    // Before the caller hears of it, so that it sees
-                    // `is_up` false.
-                    shared.mark_down(reason);
-                    let _ = dead_tx.send(generation);
-                }
-                (Err(StoreError::Unavailable(reason)), true) => shared.mark_down(reason),
-                (_, true) => shared.cluster_ok(),
-                (_, false) => {}
-            }
-            let _ = reply.send(result);
-        });
-    }
-}
-
-/// Connects and checks the connection: for one server, `SCRIPT LOAD` of
-/// every script (which also proves that Redis answers, and that AUTH and
-/// SELECT worked); for a cluster, the slot map and a `PING`.
-async fn connect(shared: &Shared) -> Result<Conn, String> {
-    let err = |e: RedisError| connect_error(&e);
-    match &shared.target {
-        Target::Single(url) => {
-            let info = connection_info(url).map_err(err)?;
-            let client = match &shared.tls {
-                Some(certs) if url.tls() => Client::build_with_tls(info, certs.clone()),
-                _ => Client::open(info),
-            }
-            .map_err(err)?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(shared.timeout))
-                .set_response_timeout(None);
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(err)?;
-            let mut load = ::redis::pipe();
-            for text in scripts::texts() {
-                load.cmd("SCRIPT").arg("LOAD").arg(text.as_str());
-            }
-            let _: Vec<String> = load.query_async(&mut conn).await.map_err(err)?;
-            Ok(Conn::Single(conn))
-        }
-        Target::Cluster(nodes) => {
-            let infos = nodes
-                .iter()
-                .map(connection_info)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
-            let mut builder = ClusterClientBuilder::new(infos)
-                .connection_timeout(shared.timeout)
-                .response_timeout(shared.stall)
-                // A call meets a dead node at most twice; the caller's
-                // timeout bounds it anyway.
-                .retries(1)
-                .min_retry_wait(10)
-                .max_retry_wait(100);
-            if let Some(certs) = &shared.tls
-                && nodes.iter().any(RedisUrl::tls)
-            {
-                builder = builder.certs(certs.clone());
-            }
-            let client = builder.build().map_err(err)?;
-            let mut conn = client.get_async_connection().await.map_err(err)?;
-            let _: String = ::redis::cmd("PING")
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
-            Ok(Conn::Cluster(conn))
-        }
-    }
-}
-
 /// The Redis the rules share (`redis_url` or `redis_cluster`), how to
 /// reach it, and an id that changes whenever either does (to keep a store
 /// across reloads while it stays the same). `None` when neither is set,
@@ -810,40 +491,6 @@ pub fn target_of(config: &RateLimitConfig) -> Option<(Target, Options, String)> 
     };
     id.push_str(&format!("\0{options:?}"));
     Some((target, options, id))
-}
-
-/// What redis-rs connects with: the address, database and credentials,
-/// RESP2, and no `CLIENT SETINFO` (one round trip less, and Redis
-/// before 7.2 does not know it).
-fn connection_info(url: &RedisUrl) -> Result<::redis::ConnectionInfo, RedisError> {
-    let addr = match &url.addr {
-        Addr::Tcp {
-            host,
-            port,
-            tls: false,
-        } => ::redis::ConnectionAddr::Tcp(host.clone(), *port),
-        Addr::Tcp {
-            host,
-            port,
-            tls: true,
-        } => ::redis::ConnectionAddr::TcpTls {
-            host: host.clone(),
-            port: *port,
-            insecure: false,
-            tls_params: None,
-        },
-        Addr::Unix(path) => ::redis::ConnectionAddr::Unix(path.clone()),
-    };
-    let mut redis = ::redis::RedisConnectionInfo::default()
-        .set_db(i64::from(url.db))
-        .set_skip_set_lib_name();
-    if let Some(user) = &url.username {
-        redis = redis.set_username(user);
-    }
-    if let Some(pass) = &url.password {
-        redis = redis.set_password(pass);
-    }
-    Ok(::redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(redis))
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ async fn zero_limit_is_answered_locally() {
 #[test]
 fn becomes_connection_info() {
     let info = RedisUrl::parse("redis://u:pw@h:7/3")
-        .map(|u| connection_info(&u))
+        .map(|u| client::connection_info(&u))
         .unwrap()
         .unwrap();
     assert_eq!(info.addr(), &::redis::ConnectionAddr::Tcp("h".into(), 7));
@@ -75,7 +75,7 @@ fn becomes_connection_info() {
         (3, Some("u"), Some("pw"))
     );
     let info = RedisUrl::parse("rediss://h")
-        .map(|u| connection_info(&u))
+        .map(|u| client::connection_info(&u))
         .unwrap()
         .unwrap();
     assert!(matches!(
@@ -86,7 +86,7 @@ fn becomes_connection_info() {
         }
     ));
     let info = RedisUrl::parse("unix:///x.sock")
-        .map(|u| connection_info(&u))
+        .map(|u| client::connection_info(&u))
         .unwrap()
         .unwrap();
     assert_eq!(
