@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod events;
+pub mod http1;
 pub mod load;
 pub mod observe;
 pub mod proxy;

@@ -11,10 +11,10 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-use super::chunked::{Decoder, Step};
 use super::codec;
 use super::conn::{Conn, READ_CHUNK};
 use super::pool::{Limits, Pool};
+use crate::http1::chunked::{Decoder, Step};
 
 /// Where the connection goes back to.
 pub(super) struct Checkin {
@@ -28,7 +28,7 @@ pub enum BodyError {
     #[error("the endpoint closed the connection before the end of the body")]
     Truncated,
     #[error(transparent)]
-    Chunked(#[from] super::chunked::ChunkError),
+    Chunked(#[from] crate::http1::chunked::ChunkError),
     #[error("reading the response body: {0}")]
     Io(#[from] std::io::Error),
     #[error("reading the HTTP/2 response body: {0}")]
@@ -62,7 +62,7 @@ impl Body {
         let framing = match framing {
             codec::ResponseBody::None | codec::ResponseBody::Length(0) => Framing::Done,
             codec::ResponseBody::Length(n) => Framing::Length(n),
-            codec::ResponseBody::Chunked => Framing::Chunked(Decoder::default()),
+            codec::ResponseBody::Chunked => Framing::Chunked(Decoder::response()),
             codec::ResponseBody::UntilClose => Framing::UntilClose,
         };
         let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);

@@ -11,7 +11,6 @@
 //! `[clusters.tls]`); everything above `conn.rs` is the same for both.
 
 pub mod body;
-pub mod chunked;
 pub mod codec;
 pub mod conn;
 pub mod error;

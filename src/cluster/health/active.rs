@@ -16,8 +16,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::http1::chunked::{Decoder, Step};
 use crate::upstream::Conn;
-use crate::upstream::chunked::{Decoder, Step};
 use crate::upstream::codec::{self, RequestBody, ResponseBody, ResponseHead};
 use crate::upstream::conn::{self, ConnectError};
 use crate::upstream::tls::EndpointTls;
@@ -241,7 +241,7 @@ async fn read_body(conn: &mut Conn, framing: ResponseBody) -> Result<Option<Vec<
 }
 
 async fn read_chunked(conn: &mut Conn) -> Result<Option<Vec<u8>>, String> {
-    let mut decoder = Decoder::default();
+    let mut decoder = Decoder::response();
     let mut body = Vec::new();
     loop {
         let step = decoder

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
 
 use super::body::{self, Demand, Feeder};
-use super::chunked::{Decoder, Step};
 use super::codec::{self, Framing, HeadError, Persist, RequestHead, ResponseFraming};
+use crate::http1::chunked::{Decoder, Step};
 use crate::proxy::{self, ConnCtx};
 use crate::server::client_body::ClientBody;
 use crate::server::conn::{Settings, error_answer};
@@ -358,7 +358,7 @@ where
             let (body, feeder) = body::channel(None);
             let inbound = Inbound {
                 feeder,
-                kind: Kind::Chunked(Decoder::default()),
+                kind: Kind::Chunked(Decoder::request()),
                 expect_continue: head.expect_continue,
             };
             (ClientBody::Levee(body), Some(inbound))

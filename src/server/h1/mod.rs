@@ -4,7 +4,6 @@
 //! while a request is being read or answered.
 
 pub mod body;
-pub mod chunked;
 pub mod codec;
 pub mod conn;
 pub mod date;

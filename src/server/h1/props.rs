@@ -1,5 +1,6 @@
 //! Property tests (a bounded fuzz run in every `cargo test`) for the request
-//! head parser and the chunked decoder: whatever the bytes, no panic and no
+//! head parser and the chunked decoder (`crate::http1::chunked`, as requests
+//! and as responses read it): whatever the bytes, no panic and no
 //! accepted ambiguity (1,500 cases per property; `PROPTEST_CASES` for more).
 //! Failing cases proptest finds are kept in
 //! `proptest-regressions/server/h1/props.txt` and replayed first.
@@ -7,8 +8,8 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 
-use super::chunked::{self, Decoder, Step};
 use super::codec::{Framing, RequestHead, parse_request_head};
+use crate::http1::chunked::{Decoder, Step};
 
 const LIMIT: usize = 4096;
 
@@ -173,8 +174,13 @@ fn check_head(bytes: &[u8]) -> Result<(), TestCaseError> {
 /// Decodes `bytes` fed in pieces cut at `cuts`: data, end, trailers.
 type Decoded = (Vec<u8>, bool, Option<http::HeaderMap>);
 
-fn decode_cut(bytes: &[u8], cuts: &[usize]) -> Result<Decoded, ()> {
-    let mut d = Decoder::default();
+/// `strict`: as a request body (else as a response body).
+fn decode_cut(strict: bool, bytes: &[u8], cuts: &[usize]) -> Result<Decoded, ()> {
+    let mut d = if strict {
+        Decoder::request()
+    } else {
+        Decoder::response()
+    };
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
@@ -254,9 +260,11 @@ proptest! {
     ) {
         // However the bytes arrive, the result is the same: a body cannot be
         // read two ways depending on how an attacker splits its packets.
-        let whole = decode_cut(&bytes, &[]);
-        let split = decode_cut(&bytes, &cuts);
-        prop_assert_eq!(whole, split);
+        for strict in [true, false] {
+            let whole = decode_cut(strict, &bytes, &[]);
+            let split = decode_cut(strict, &bytes, &cuts);
+            prop_assert_eq!(whole, split);
+        }
     }
 
     #[test]
@@ -265,23 +273,26 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..4),
     ) {
         let bytes = encode_chunked(&chunks, &trailers, ext);
-        let (data, done, t) = decode_cut(&bytes, &cuts).map_err(|_| TestCaseError::fail("refused"))?;
-        prop_assert!(done);
-        prop_assert_eq!(data, chunks.concat());
-        let mut got: Vec<(String, String)> = t
-            .iter()
-            .flatten()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
-            .collect();
         let mut want = trailers;
-        got.sort();
         want.sort();
-        prop_assert_eq!(got, want);
+        for strict in [true, false] {
+            let (data, done, t) = decode_cut(strict, &bytes, &cuts)
+                .map_err(|_| TestCaseError::fail("refused"))?;
+            prop_assert!(done);
+            prop_assert_eq!(data, chunks.concat());
+            let mut got: Vec<(String, String)> = t
+                .iter()
+                .flatten()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+                .collect();
+            got.sort();
+            prop_assert_eq!(&got, &want);
+        }
     }
 
     #[test]
     fn chunked_decoder_never_panics_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = decode_cut(&bytes, &[7, 31]);
-        let _ = chunked::MAX_TRAILERS;
+        let _ = decode_cut(true, &bytes, &[7, 31]);
+        let _ = decode_cut(false, &bytes, &[7, 31]);
     }
 }
