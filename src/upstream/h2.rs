@@ -363,6 +363,7 @@ where
 /// `Host` header, else the endpoint's address) and no `Host` line.
 fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> Request<OutBody> {
     let mut headers = parts.headers.clone();
+    unindexed(&mut headers);
     // gRPC servers want `te: trailers` (hop-by-hop, so stripped on the way
     // in): it says the client understands the trailers carrying the status.
     let grpc = headers
@@ -401,6 +402,25 @@ fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> 
     *req.headers_mut() = headers;
     req
 }
+
+/// Headers whose value is new on every request (the request id, the try's
+/// trace span, the time left) are sent as never indexed: HPACK would
+/// otherwise insert each into the connection's dynamic table, evicting the
+/// entries that do repeat, and search an ever longer chain of same-named
+/// entries on every request.
+fn unindexed(headers: &mut http::HeaderMap) {
+    for name in [
+        &crate::proxy::headers::X_REQUEST_ID,
+        &crate::observe::trace::TRACEPARENT,
+        &GRPC_TIMEOUT,
+    ] {
+        if let Some(v) = headers.get_mut(name) {
+            v.set_sensitive(true);
+        }
+    }
+}
+
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// The caller's body while hyper's connection reads it; given back when
 /// the request turns out unprocessed before a frame of it was read.
