@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -372,29 +373,27 @@ fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> 
     if grpc {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
+    // The URI from parts: the authority parsed from the Host value's bytes,
+    // the path shared with the client's request, no text built in between.
     let authority = headers
         .remove(header::HOST)
-        .and_then(|h| h.to_str().ok().map(str::to_owned))
-        .unwrap_or_else(|| target.address.to_string());
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let scheme = if target.tls.is_some() {
-        "https"
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| Authority::try_from(target.address.to_string()).ok());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if target.tls.is_some() {
+        Scheme::HTTPS
     } else {
-        "http"
-    };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority.as_str())
-        .path_and_query(path)
-        .build()
-        .or_else(|_| {
-            Uri::builder()
-                .scheme(scheme)
-                .authority(target.address.to_string().as_str())
-                .path_and_query(path)
-                .build()
-        })
-        .unwrap_or_else(|_| Uri::from_static("/"));
+        Scheme::HTTP
+    });
+    uri.authority = authority;
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -412,15 +411,13 @@ fn unindexed(headers: &mut http::HeaderMap) {
     for name in [
         &crate::proxy::headers::X_REQUEST_ID,
         &crate::observe::trace::TRACEPARENT,
-        &GRPC_TIMEOUT,
+        &crate::proxy::grpc::GRPC_TIMEOUT,
     ] {
         if let Some(v) = headers.get_mut(name) {
             v.set_sensitive(true);
         }
     }
 }
-
-const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// The caller's body while hyper's connection reads it; given back when
 /// the request turns out unprocessed before a frame of it was read.
