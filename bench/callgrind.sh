@@ -16,10 +16,20 @@
 # oha opens a new connection for every request (--disable-keepalive): the cost of one
 # short relayed TCP connection, accept → connect → relay → close.
 #
+# MODE=h2c: the listener serves HTTP/2 with prior knowledge (http2 = { enabled = true });
+# `h2load -n N -c CONNS -m STREAMS` sends GETs over it, proxied to the same HTTP/1.1
+# backends: the cost of one h2c stream.
+# MODE=grpc: gRPC unary calls, as bench/h2.sh's grpc test makes them (h2load POSTs a 5-byte
+# message, content-type application/grpc, te: trailers), over h2c to a cluster with
+# protocol = "h2c" whose endpoints are a gRPC-shaped nginx (HTTP/2, answers 200,
+# application/grpc, an empty message and the trailer grpc-status: 0); every call must be
+# counted by Levee as grpc-status ok.  The cost of one call, both sides HTTP/2.
+#
 # Knobs (environment): LEVEE_BIN (default target/release/levee), LOW=2000 HIGH=12000,
 #   HTTP1=levee|hyper (server.http1), PORT_BASE=18000 (listener PORT_BASE+90, admin
 #   PORT_BASE+91, backends PORT_BASE+1..3), OUT=/tmp/levee-callgrind (callgrind.out.* kept
-#   there for callgrind_annotate), ROUTE_EXTRA= lines added to the route (a feature's cost).
+#   there for callgrind_annotate), ROUTE_EXTRA= lines added to the route (a feature's cost),
+#   CONNS=16 STREAMS=10 (h2load's connections and streams per connection, MODE=h2c|grpc).
 set -u -o pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +41,9 @@ HTTP1=${HTTP1:-levee}
 MODE=${MODE:-http}
 PORT_BASE=${PORT_BASE:-18000}
 OUT=${OUT:-/tmp/levee-callgrind}
+CONNS=${CONNS:-16}
+STREAMS=${STREAMS:-10}
+GRPC_PATH=/bench.Bench/Unary
 # Extra lines in the route (a feature's cost per request, deterministic), e.g.
 # ROUTE_EXTRA='slo = { target = 99.9, window_days = 30, latency = "300ms" }'
 ROUTE_EXTRA=${ROUTE_EXTRA:-}
@@ -41,7 +54,12 @@ B2=127.0.0.1:$((PORT_BASE + 2))
 B3=127.0.0.1:$((PORT_BASE + 3))
 
 die() { echo "ERROR: $*" >&2; exit 1; }
-for tool in valgrind oha nginx curl; do
+case $MODE in
+    http|tcp) LOAD=oha ;;
+    h2c|grpc) LOAD=h2load ;;
+    *) die "unknown MODE '$MODE' (http, tcp, h2c, grpc)" ;;
+esac
+for tool in valgrind "$LOAD" nginx curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 [ -x "$LEVEE_BIN" ] || die "no Levee binary at $LEVEE_BIN (cargo build --release)"
@@ -57,6 +75,47 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$MODE" = grpc ]; then
+    # bench/h2.sh's gRPC-shaped backend: nginx reads the request body (mirror), answers the
+    # POST 405, which error_page turns into an internal GET of /msg with status 200: an
+    # empty gRPC message and the trailer grpc-status: 0.
+    mkdir -p "$OUT/www" || exit 1
+    printf '\0\0\0\0\0' >"$OUT/www/msg"
+    printf '\0\0\0\0\0' >"$OUT/grpc-request.bin"
+    {
+        cat <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $OUT/backend.pid;
+error_log $OUT/backend-error.log warn;
+events { worker_connections 4096; use epoll; }
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    http2_max_concurrent_streams 1000;
+    root $OUT/www;
+EOF
+        for b in "$B1" "$B2" "$B3"; do
+            cat <<EOF
+    server {
+        listen $b http2;
+        location / { mirror /read-body; mirror_request_body on; error_page 405 =200 /msg; return 405; }
+        location = /read-body { internal; return 204; }
+        location = /msg {
+            internal;
+            default_type application/grpc;
+            add_trailer grpc-status 0 always;
+            add_trailer grpc-message "" always;
+        }
+    }
+EOF
+        done
+        echo "}"
+    } >"$OUT/backend.conf"
+else
 cat >"$OUT/backend.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -76,6 +135,7 @@ http {
     server { listen $B3; location / { add_header X-Backend b3; return 200 "hello\n"; } }
 }
 EOF
+fi
 nginx -p "$OUT" -c "$OUT/backend.conf" &
 BACKEND_PID=$!
 
@@ -88,6 +148,7 @@ max_connections = 8000'
     KEEPALIVE=--disable-keepalive
 else
     LISTENER_EXTRA=""
+    case $MODE in h2c|grpc) LISTENER_EXTRA='http2 = { enabled = true }' ;; esac
     ROUTE="[[routes]]
 name = \"all\"
 path_prefix = \"/\"
@@ -95,6 +156,9 @@ cluster = \"backends\"
 $ROUTE_EXTRA"
     KEEPALIVE=""
 fi
+CLUSTER_EXTRA=""
+[ "$MODE" = grpc ] && CLUSTER_EXTRA='protocol = "h2c"'
+
 cat >"$OUT/levee.toml" <<EOF
 [server]
 workers = 1
@@ -117,6 +181,7 @@ $ROUTE
 name = "backends"
 balance = "round_robin"
 pool_max_idle = 256
+$CLUSTER_EXTRA
 
 [[clusters.endpoints]]
 address = "$B1"
@@ -128,9 +193,9 @@ address = "$B2"
 address = "$B3"
 EOF
 
-wait_for() { # url
+wait_for() { # url [curl option]
     for _ in $(seq 1 600); do
-        curl -fs -o /dev/null "$1" && return 0
+        curl -fs -o /dev/null ${2:-} "$1" && return 0
         sleep 0.1
     done
     return 1
@@ -144,10 +209,32 @@ measure() {
         "$LEVEE_BIN" run --config "$OUT/levee.toml" >"$OUT/levee.$n.log" 2>&1 &
     LEVEE_PID=$!
     wait_for "http://$ADMIN/healthz" || die "Levee did not start (see $OUT/levee.$n.log)"
-    wait_for "http://$B1/" || die "backend did not start"
-    local ok
-    ok=$(oha -n "$n" -c 16 $KEEPALIVE --no-tui --output-format json "http://$LISTEN/" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200",0))')
+    if [ "$MODE" = grpc ]; then
+        # The gRPC backend answers a GET 405 (it is a POST's answer turned 200).
+        for _ in $(seq 1 600); do
+            curl -s -o /dev/null --http2-prior-knowledge "http://$B1/" && break
+            sleep 0.1
+        done
+    else
+        wait_for "http://$B1/" || die "backend did not start"
+    fi
+    local ok grpc_ok
+    case $MODE in
+        http|tcp)
+            ok=$(oha -n "$n" -c 16 $KEEPALIVE --no-tui --output-format json "http://$LISTEN/" |
+                python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200",0))') ;;
+        h2c)
+            ok=$(h2load -n "$n" -c "$CONNS" -m "$STREAMS" "http://$LISTEN/" |
+                awk '/^status codes:/ {print $3}') ;;
+        grpc)
+            ok=$(h2load -n "$n" -c "$CONNS" -m "$STREAMS" -d "$OUT/grpc-request.bin" \
+                    -H 'content-type: application/grpc' -H 'te: trailers' "http://$LISTEN$GRPC_PATH" |
+                awk '/^status codes:/ {print $3}')
+            # A 200 is not enough: a call succeeded when its trailers said grpc-status 0.
+            grpc_ok=$(curl -fs "http://$ADMIN/metrics" |
+                awk '/^levee_grpc_calls_total[{].*code="ok"/ {s += $NF} END {print s + 0}')
+            [ "$grpc_ok" = "$n" ] || ok="$ok (grpc-status ok: $grpc_ok)" ;;
+    esac
     kill -TERM "$LEVEE_PID"
     wait "$LEVEE_PID" 2>/dev/null
     LEVEE_PID=""
@@ -181,5 +268,6 @@ low=$(measure "$LOW") || exit 1
 high=$(measure "$HIGH") || exit 1
 a_low=$(allocations "$OUT/callgrind.out.$MODE.$HTTP1.$LOW")
 a_high=$(allocations "$OUT/callgrind.out.$MODE.$HTTP1.$HIGH")
+case $MODE in h2c|grpc) HTTP1="- conns=$CONNS streams=$STREAMS" ;; esac
 echo "mode=$MODE http1=$HTTP1 Ir($LOW)=$low Ir($HIGH)=$high per_request=$(( (high - low) / (HIGH - LOW) ))" \
     "allocations_per_request=$(python3 -c "print(round(($a_high - $a_low) / ($HIGH - $LOW), 2))")"

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
@@ -25,6 +25,12 @@ pub const UNIMPLEMENTED: u8 = 12;
 pub const INTERNAL: u8 = 13;
 pub const UNAVAILABLE: u8 = 14;
 pub const UNAUTHENTICATED: u8 = 16;
+
+/// The headers gRPC's status and deadline travel in. Looked up by these
+/// names, not by text: a `&str` name is parsed and checked on every lookup.
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether the request is a gRPC call (`application/grpc`, `+proto`, `+json`...).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -90,7 +96,7 @@ pub fn http_status(code: u8) -> StatusCode {
 /// The `grpc-status` in `headers` (a trailers-only answer's head, or the
 /// trailers); `None` when absent or not a code.
 pub fn status(headers: &HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?.to_str().ok()?.trim();
+    let v = headers.get(&GRPC_STATUS)?.to_str().ok()?.trim();
     v.parse::<u8>().ok()
 }
 
@@ -121,7 +127,7 @@ pub fn code_name(code: u8) -> &'static str {
 /// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8
 /// digits and a unit, H M S m u n); `None` when absent or malformed.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    let v = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -142,14 +148,28 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 /// eight digits (and are not zero), else the coarsest unit that does.
 pub fn timeout_value(left: Duration) -> HeaderValue {
     let ms = left.as_millis();
-    let text = if ms == 0 {
-        format!("{}u", left.as_micros().max(1))
+    let (n, unit) = if ms == 0 {
+        (left.as_micros().max(1), b'u')
     } else if ms < 100_000_000 {
-        format!("{ms}m")
+        (ms, b'm')
     } else {
-        format!("{}S", left.as_secs().min(99_999_999))
+        (u128::from(left.as_secs().min(99_999_999)), b'S')
     };
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("1m"))
+    // At most eight digits and the unit, written without the formatting
+    // machinery (this is on every gRPC call's every try).
+    let mut buf = [0u8; 9];
+    let mut at = 8;
+    let mut n = n.min(99_999_999);
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[8] = unit;
+    HeaderValue::from_bytes(&buf[at..]).unwrap_or(HeaderValue::from_static("1m"))
 }
 
 /// A trailers-only gRPC answer: HTTP 200, `grpc-status`, `grpc-message`
@@ -170,10 +190,13 @@ pub fn response(
         HeaderValue::from_static("application/grpc"),
     );
     h.insert(
-        "grpc-status",
+        GRPC_STATUS.clone(),
         HeaderValue::from(u16::from(code(err, status))),
     );
-    h.insert("grpc-message", HeaderValue::from_static(err.message()));
+    h.insert(
+        GRPC_MESSAGE.clone(),
+        HeaderValue::from_static(err.message()),
+    );
     h.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
     if let Some(wait) = retry_after {
         h.insert(header::RETRY_AFTER, super::error::retry_after_value(wait));

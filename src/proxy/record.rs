@@ -229,7 +229,7 @@ impl Completion {
                 route: outcome
                     .routed
                     .as_ref()
-                    .map_or_else(String::new, |r| r.route.name.to_string()),
+                    .map_or_else(|| Arc::from(""), |r| r.route.name.clone()),
                 code: super::grpc::code_name(code),
             };
             cx.shared.metrics.grpc.calls.get_or_create(&labels).inc();

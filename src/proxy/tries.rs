@@ -101,13 +101,20 @@ pub(super) async fn send_with_retries<B: RequestBody>(
         // A gRPC answer with no status in its head, to a call whose
         // request is over: its first frame tells whether it is a bare
         // status (trailers, no message), which retries may act on.
+        // The status in the answer's head (trailers-only), read once.
+        let head_status = match &result {
+            Ok(ex) if out.grpc && ex.head.status == http::StatusCode::OK => {
+                grpc::status(&ex.head.headers)
+            }
+            _ => None,
+        };
         let mut trailers_first = None;
         if let Ok(ex) = &mut result
             && out.grpc
             && resendable
             && tries.count - tries.transparent < policy.max_attempts
             && ex.head.status == http::StatusCode::OK
-            && grpc::status(&ex.head.headers).is_none()
+            && head_status.is_none()
         {
             // A bare status follows its head at once; a stream that is
             // slow to send its first message is not held up for long.
@@ -158,7 +165,8 @@ pub(super) async fn send_with_retries<B: RequestBody>(
         }
         // The client's side failed (body too large, went away): nothing to
         // judge the endpoint by, nothing to retry.
-        let Some(outcome) = try_result(&result, out.grpc, trailers_first.as_ref()) else {
+        let Some(outcome) = try_result(&result, out.grpc, head_status, trailers_first.as_ref())
+        else {
             return settle(tries, result.map(|exchange| (exchange, None)), None);
         };
         // A gRPC answer whose status is still to come in its trailers is
@@ -166,13 +174,12 @@ pub(super) async fn send_with_retries<B: RequestBody>(
         let mut call = out.grpc.then(GrpcCall::default);
         let awaited = matches!(&result, Ok(ex) if out.grpc
             && ex.head.status == http::StatusCode::OK
-            && grpc::status(&ex.head.headers).is_none()
+            && head_status.is_none()
             && trailers_first.is_none());
         if let Some(call) = call.as_mut() {
-            call.status = match (&result, &trailers_first) {
-                (_, Some(t)) => grpc::status(t),
-                (Ok(ex), None) => grpc::status(&ex.head.headers),
-                (Err(_), None) => None,
+            call.status = match &trailers_first {
+                Some(t) => grpc::status(t),
+                None => head_status,
             };
         }
         if let (true, Some(call)) = (awaited, call.as_mut()) {
@@ -331,7 +338,7 @@ async fn try_once<B: RequestBody>(
         let left = until.saturating_duration_since(start);
         out.parts
             .headers
-            .insert(GRPC_TIMEOUT, grpc::timeout_value(left));
+            .insert(&grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
     }
     let target = endpoint.target(cluster, cx.worker);
     let mut replay;
@@ -397,14 +404,12 @@ const TRANSPARENT_RETRIES: u32 = 3;
 /// status in trailers (retried like a trailers-only answer) from a message.
 const PEEK_WAIT: Duration = Duration::from_secs(1);
 
-/// The header carrying a gRPC call's deadline.
-const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
-
 /// What a try's result means for the breakers and the retry policy; `None`
 /// when the client, not the endpoint, failed.
 fn try_result(
     result: &Result<upstream::Exchange, upstream::Error>,
     grpc: bool,
+    head_status: Option<u8>,
     trailers_first: Option<&http::HeaderMap>,
 ) -> Option<TryResult> {
     match result {
@@ -414,7 +419,7 @@ fn try_result(
         Ok(ex) if grpc && ex.head.status == http::StatusCode::OK => {
             let code = match trailers_first {
                 Some(t) => grpc::status(t),
-                None => grpc::status(&ex.head.headers),
+                None => head_status,
             };
             Some(match code {
                 Some(0) | None => TryResult::Status(200),

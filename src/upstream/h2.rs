@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -363,6 +364,7 @@ where
 /// `Host` header, else the endpoint's address) and no `Host` line.
 fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> Request<OutBody> {
     let mut headers = parts.headers.clone();
+    unindexed(&mut headers);
     // gRPC servers want `te: trailers` (hop-by-hop, so stripped on the way
     // in): it says the client understands the trailers carrying the status.
     let grpc = headers
@@ -371,35 +373,50 @@ fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> 
     if grpc {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
+    // The URI from parts: the authority parsed from the Host value's bytes,
+    // the path shared with the client's request, no text built in between.
     let authority = headers
         .remove(header::HOST)
-        .and_then(|h| h.to_str().ok().map(str::to_owned))
-        .unwrap_or_else(|| target.address.to_string());
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let scheme = if target.tls.is_some() {
-        "https"
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| Authority::try_from(target.address.to_string()).ok());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if target.tls.is_some() {
+        Scheme::HTTPS
     } else {
-        "http"
-    };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority.as_str())
-        .path_and_query(path)
-        .build()
-        .or_else(|_| {
-            Uri::builder()
-                .scheme(scheme)
-                .authority(target.address.to_string().as_str())
-                .path_and_query(path)
-                .build()
-        })
-        .unwrap_or_else(|_| Uri::from_static("/"));
+        Scheme::HTTP
+    });
+    uri.authority = authority;
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;
     *req.headers_mut() = headers;
     req
+}
+
+/// Headers whose value is new on every request (the request id, the try's
+/// trace span, the time left) are sent as never indexed: HPACK would
+/// otherwise insert each into the connection's dynamic table, evicting the
+/// entries that do repeat, and search an ever longer chain of same-named
+/// entries on every request.
+fn unindexed(headers: &mut http::HeaderMap) {
+    for name in [
+        &crate::proxy::headers::X_REQUEST_ID,
+        &crate::observe::trace::TRACEPARENT,
+        &crate::proxy::grpc::GRPC_TIMEOUT,
+    ] {
+        if let Some(v) = headers.get_mut(name) {
+            v.set_sensitive(true);
+        }
+    }
 }
 
 /// The caller's body while hyper's connection reads it; given back when

@@ -64,7 +64,14 @@ pub async fn serve<S>(
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let cx = service_cx.clone();
         let req = req.map(ClientBody::Hyper);
-        async move { crate::chaos::inject::unless_reset(proxy::handle(cx, req).await) }
+        // hyper spawns a task per stream holding this future: boxed, the
+        // task is small, and the pipeline's large future is not copied
+        // into it (and again in and out of the task's stages).
+        boxed_in_place(move || async move {
+            let mut response = crate::chaos::inject::unless_reset(proxy::handle(cx, req).await)?;
+            unindexed(response.headers_mut());
+            Ok::<_, crate::chaos::inject::ResetByFault>(response)
+        })
     });
     let now = Instant::now();
     let flooded = Arc::new(AtomicBool::new(false));
@@ -120,6 +127,23 @@ pub async fn serve<S>(
                 }
             }
         }
+    }
+}
+
+/// `Box::pin(make())` with the value written straight into its box: the
+/// allocation comes first, so the compiler can build the value there
+/// instead of on the stack and then copying it over.
+fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
+/// Marks the response headers whose value is new on every response (the
+/// request id) as never to be indexed: HPACK would otherwise insert each
+/// into the connection's dynamic table, evicting the entries that do
+/// repeat, and search an ever longer chain of same-named entries.
+fn unindexed(headers: &mut http::HeaderMap) {
+    if let Some(v) = headers.get_mut(&crate::proxy::headers::X_REQUEST_ID) {
+        v.set_sensitive(true);
     }
 }
 
