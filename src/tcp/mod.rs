@@ -203,6 +203,7 @@ pub async fn serve<S: relay::Client>(
         relay.idle_timeout,
         &counts,
         &watch,
+        &shared.metrics.tcp.pipes,
     )
     .await;
     drop(upstream.in_flight);
