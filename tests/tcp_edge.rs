@@ -791,7 +791,7 @@ fn auto_copies_in_userspace_then_splices_and_a_short_connection_makes_no_pipe() 
             .cluster("sink", &[backend])
             .cluster("echo", &[echo]),
     );
-    let pipes = || levee.metric("levee_tcp_pipes", &[]);
+    let pipes = || levee.metric("levee_splice_pipes", &[]);
     assert_eq!(pipes(), Some(0.0));
 
     // Two at once; both directions pass the switch while the connection

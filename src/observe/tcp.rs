@@ -46,8 +46,8 @@ pub struct TcpMetrics {
     pub sni_refused: Family<ReasonLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
-    /// Pipes held by spliced connections (`tcp::splice`), two file
-    /// descriptors each.
+    /// Pipes held by spliced connections (`wire::pipe`: tcp listeners and
+    /// WebSocket tunnels), two file descriptors each.
     pub pipes: Gauge,
 }
 
@@ -91,8 +91,8 @@ impl TcpMetrics {
         );
         let pipes = Gauge::default();
         registry.register(
-            "tcp_pipes",
-            "Pipes in use by the splice(2) copy of tcp listeners (copy = \"splice\", or \"auto\" once a direction carried 128 KiB), one per spliced direction, two file descriptors each",
+            "splice_pipes",
+            "Pipes in use by splice(2) copies, one per spliced direction, two file descriptors each: tcp listeners (copy = \"splice\", or \"auto\" once a direction carried 128 KiB) and WebSocket tunnels (the rest of a frame of 64 KiB or more)",
             pipes.clone(),
         );
         TcpMetrics {

@@ -165,17 +165,17 @@ impl EndpointWatch<'_> {
 /// A client connection as the relay sees it: plain TCP (which splice(2)
 /// can copy) or not.
 pub trait Client: Side {
-    fn plain_tcp(&mut self) -> Option<&mut TcpStream>;
+    fn plain_tcp_mut(&mut self) -> Option<&mut TcpStream>;
 }
 
 impl Client for TcpStream {
-    fn plain_tcp(&mut self) -> Option<&mut TcpStream> {
+    fn plain_tcp_mut(&mut self) -> Option<&mut TcpStream> {
         Some(self)
     }
 }
 
 impl Client for crate::wire::handshake::ServerStream {
-    fn plain_tcp(&mut self) -> Option<&mut TcpStream> {
+    fn plain_tcp_mut(&mut self) -> Option<&mut TcpStream> {
         None
     }
 }
@@ -198,7 +198,7 @@ pub async fn run<C: Client>(
         TcpCopy::Userspace => None,
     };
     if let Some(first) = userspace_first
-        && let Some(plain) = client.plain_tcp()
+        && let Some(plain) = client.plain_tcp_mut()
     {
         let seen =
             |from_client: bool, n| counts.read(if from_client { CLIENT } else { ENDPOINT }, n);
@@ -214,8 +214,8 @@ pub async fn run<C: Client>(
             cx,
             &mut client,
             &mut endpoint,
-            &mut |b| counts.read(CLIENT, b.len()),
-            &mut |b| counts.read(ENDPOINT, b.len()),
+            &mut |b: &[u8]| counts.read(CLIENT, b.len()),
+            &mut |b: &[u8]| counts.read(ENDPOINT, b.len()),
         )
     });
     watched(copied, idle_timeout, counts, watch).await

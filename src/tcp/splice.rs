@@ -12,7 +12,7 @@
 //! made when its first spliced bytes arrive: an idle connection holds
 //! none (two file descriptors per direction once bytes moved). An end of
 //! file is passed on as a half-close, as by the userspace copy. Pipes in
-//! use are counted (`levee_tcp_pipes`).
+//! use are counted (`levee_splice_pipes`).
 //!
 //! Why `auto` is the default: measured on 2026-12-03 (`bench/tcp.sh`),
 //! splice moved 1.75× the userspace copy's bytes with one connection and
@@ -30,21 +30,18 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::ready;
 
 use bytes::BytesMut;
 use prometheus_client::metrics::gauge::Gauge;
-use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
+use rustix::pipe::splice;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-/// Most bytes moved by one splice: one pipe's default capacity (16 pages),
-/// so a read fills the pipe at most once.
-pub const CHUNK: usize = 64 * 1024;
+use crate::wire::pipe::{CHUNK, Pipe, flags};
 
 /// Bytes a direction carries in userspace before `auto` splices it. A
 /// pipe costs three syscalls (pipe2, and a close per end) and two file
@@ -164,31 +161,4 @@ impl<F: Fn(usize)> Way<'_, F> {
         }
         socket2::SockRef::from(to).shutdown(Shutdown::Write)
     }
-}
-
-/// A pipe, counted in the gauge of pipes in use while it is open.
-struct Pipe<'g> {
-    out: OwnedFd,
-    into: OwnedFd,
-    gauge: &'g Gauge,
-}
-
-impl<'g> Pipe<'g> {
-    fn new(gauge: &'g Gauge) -> io::Result<Pipe<'g>> {
-        let (out, into) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        gauge.inc();
-        Ok(Pipe { out, into, gauge })
-    }
-}
-
-impl Drop for Pipe<'_> {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-fn flags() -> SpliceFlags {
-    // MOVE: pages are moved rather than copied where the kernel can;
-    // NONBLOCK: a full socket or an empty one returns at once (tokio waits).
-    SpliceFlags::MOVE | SpliceFlags::NONBLOCK
 }
