@@ -8,7 +8,9 @@
 //! front of a TCP echo cluster; and bad input: half-open connections, a
 //! client that never reads, a connection flood above the cap; and the
 //! splice(2) copy (`copy = "splice"`): bytes intact both ways, the
-//! half-close passed on, the idle timeout.
+//! half-close passed on, the idle timeout; and the default `copy = "auto"`:
+//! the same across its switch from userspace to splice, and no pipe for a
+//! short connection.
 
 mod support;
 
@@ -732,4 +734,166 @@ fn splice_copies_bytes_intact_both_ways_through_a_half_close() {
         levee.metric("levee_tcp_connections_total", &[("end", "idle_timeout")]) == Some(1.0)
     }));
     assert!(wait_until(T, || pipes() == before), "{} pipes", pipes());
+}
+
+/// Reads exactly `len` bytes of `pattern(seed, _)`; whether all matched.
+fn read_pattern_exact(s: &mut TcpStream, seed: u64, len: u64) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut at, mut intact) = (0u64, true);
+    while at < len {
+        let want = (len - at).min(buf.len() as u64) as usize;
+        match s.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                for &b in &buf[..n] {
+                    intact &= b == pattern(seed, at);
+                    at += 1;
+                }
+            }
+        }
+    }
+    intact
+}
+
+#[test]
+fn auto_copies_in_userspace_then_splices_and_a_short_connection_makes_no_pipe() {
+    // Past the 128 KiB switch each way, odd sizes so the last chunk of
+    // each phase is a partial one.
+    const UP: u64 = 1_234_567;
+    const DOWN: u64 = 777_777;
+    // Reads the client's stream, answers a line saying whether it was
+    // intact, sends its own stream, then waits for the client's end of
+    // file and closes.
+    let backend = server(|mut s| {
+        let _ = s.set_read_timeout(Some(T));
+        let intact = read_pattern_exact(&mut s, 3, UP);
+        if s.write_all(format!("{intact}\n").as_bytes()).is_ok() {
+            let _ = write_pattern(&mut s, 4, DOWN);
+            let (rest, _) = read_pattern(&mut s, 0);
+            let _ = s.write_all(format!("{rest}\n").as_bytes());
+        }
+    });
+    let echo = echo_server("e");
+    let (at, short_at) = (free_addr(), free_addr());
+    // No `copy` key: "auto" is the default.
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("auto", at, &["protocol = \"tcp\"", "cluster = \"sink\""])
+            .listener_with(
+                "short",
+                short_at,
+                &[
+                    "protocol = \"tcp\"",
+                    "cluster = \"echo\"",
+                    "idle_timeout = \"500ms\"",
+                ],
+            )
+            .cluster("sink", &[backend])
+            .cluster("echo", &[echo]),
+    );
+    let pipes = || levee.metric("levee_splice_pipes", &[]);
+    assert_eq!(pipes(), Some(0.0));
+
+    // Two at once; both directions pass the switch while the connection
+    // is open, so each holds two pipes until it ends.
+    let barrier = Arc::new(std::sync::Barrier::new(3));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(at).expect("connect");
+                c.set_read_timeout(Some(T)).expect("timeout");
+                let mut w = c.try_clone().expect("clone");
+                let writer = std::thread::spawn(move || write_pattern(&mut w, 3, UP));
+                let line = read_line(&mut c);
+                let down = read_pattern_exact(&mut c, 4, DOWN);
+                writer.join().expect("writer").expect("upload");
+                barrier.wait();
+                barrier.wait();
+                // The half-close after the switch reaches the endpoint,
+                // whose answer (no byte after the stream) comes back.
+                c.shutdown(Shutdown::Write).expect("half-close");
+                let after = read_line(&mut c);
+                let (tail, _) = read_pattern(&mut c, 0);
+                (line, down, after, tail)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let open = pipes();
+    barrier.wait();
+    for c in clients {
+        let (line, down, after, tail) = c.join().expect("client");
+        assert_eq!(line, "true", "what the endpoint received");
+        assert!(down, "what the client received");
+        assert_eq!(after, "0", "bytes the endpoint saw after the stream");
+        assert_eq!(tail, 0, "the endpoint's end of file");
+    }
+    assert_eq!(open, Some(4.0), "a pipe per spliced direction");
+    assert!(wait_until(T, || pipes() == Some(0.0)), "{:?}", pipes());
+    let bytes = |direction| {
+        levee
+            .metric(
+                "levee_tcp_bytes_total",
+                &[("listener", "auto"), ("direction", direction)],
+            )
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(T, || bytes("in") == (2 * UP) as f64),
+        "{}",
+        bytes("in")
+    );
+    assert_eq!(bytes("out"), (2 * (DOWN + "true\n0\n".len() as u64)) as f64);
+
+    // A short exchange stays in userspace: no pipe, no pipe descriptor;
+    // the idle timeout and the half-close hold as for any copy.
+    let fd_pipes = || {
+        std::fs::read_dir(format!("/proc/{}/fd", levee.pid()))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = fd_pipes();
+    let mut c = TcpStream::connect(short_at).expect("connect");
+    assert_eq!(read_line(&mut c), "e");
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        c.write_all(format!("{i}\n").as_bytes()).expect("write");
+        assert_eq!(read_line(&mut c), i.to_string());
+    }
+    assert_eq!(pipes(), Some(0.0));
+    assert_eq!(fd_pipes(), before);
+    let quiet = Instant::now();
+    assert!(closed(&mut c));
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert!(wait_until(T, || {
+        levee.metric(
+            "levee_tcp_connections_total",
+            &[("listener", "short"), ("end", "idle_timeout")],
+        ) == Some(1.0)
+    }));
+    let mut c = TcpStream::connect(short_at).expect("connect");
+    assert_eq!(read_line(&mut c), "e");
+    c.write_all(b"last\n").expect("write");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(read_line(&mut c), "last");
+    assert!(closed(&mut c), "the endpoint's close passed on");
+    assert!(wait_until(T, || {
+        levee.metric(
+            "levee_tcp_connections_total",
+            &[("listener", "short"), ("end", "client_closed")],
+        ) == Some(1.0)
+    }));
+    assert_eq!(pipes(), Some(0.0));
 }

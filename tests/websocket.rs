@@ -498,3 +498,78 @@ async fn wss_tunnels_are_closed_with_1001_after_a_reload_drain_and_on_shutdown()
     let status = levee.wait_exit(T).expect("levee exits");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_are_spliced_intact_and_a_shutdown_still_closes_with_1001() {
+    let server = WsServer::start("w1");
+    let listen = free_addr();
+    let cfg = config(listen, &[&server], &["tunnel_drain_timeout = \"1s\""])
+        .set("server", "drain_timeout = \"10s\"")
+        .build();
+    let mut levee = Levee::start(&cfg);
+    let pipes = || metric(&levee, "levee_splice_pipes", &[]);
+    let mut ws = ws_connect(listen, "/").await;
+    // Small frames are read, never spliced: no pipe.
+    assert_eq!(ws_ask(&mut ws, "hi").await, "hi");
+    assert_eq!(pipes(), 0.0);
+    // Odd sizes around the 64 KiB splice floor, with small frames between,
+    // each echoed byte for byte.
+    for (i, len) in [1_000_003usize, 65_537, 300_001, 70_000]
+        .into_iter()
+        .enumerate()
+    {
+        let body: Vec<u8> = (0..len).map(|k| (k * 7 + k / 251 + i) as u8).collect();
+        ws.send(Message::binary(body.clone())).await.expect("send");
+        let back = loop {
+            match tokio::time::timeout(T, futures_util::StreamExt::next(&mut ws)).await {
+                Ok(Some(Ok(Message::Binary(b)))) => break b,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no echo of {len}: {other:?}"),
+            }
+        };
+        assert!(back[..] == body[..], "echo of {len} bytes differs");
+        assert_eq!(
+            ws_ask(&mut ws, &format!("after {len}")).await,
+            format!("after {len}")
+        );
+    }
+    // One pipe per direction, kept while the tunnel is open.
+    assert_eq!(pipes(), 2.0);
+    assert!(
+        metric(
+            &levee,
+            "levee_websocket_bytes_total",
+            &[("direction", "in")]
+        ) > 1_435_000.0,
+        "spliced bytes are counted"
+    );
+    // The close frame still finds its place between two frames.
+    assert!(levee.sigterm());
+    assert_eq!(ws_end(&mut ws, T).await, WsEnd::Close(Some(1001)));
+    assert!(
+        wait_until_async(T, || server.closes() == vec![Some(1001)]).await,
+        "{:?}",
+        server.closes()
+    );
+    let status = levee.wait_exit(T).expect("levee exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_off_reads_every_byte() {
+    let server = WsServer::start("w1");
+    let listen = free_addr();
+    let levee = Levee::start(&config(listen, &[&server], &["splice = false"]).build());
+    let mut ws = ws_connect(listen, "/").await;
+    let body = vec![b'q'; 500_001];
+    ws.send(Message::binary(body.clone())).await.expect("send");
+    let back = loop {
+        match tokio::time::timeout(T, futures_util::StreamExt::next(&mut ws)).await {
+            Ok(Some(Ok(Message::Binary(b)))) => break b,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    };
+    assert!(back[..] == body[..]);
+    assert_eq!(metric(&levee, "levee_splice_pipes", &[]), 0.0);
+}

@@ -561,8 +561,11 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TcpCopy {
-    /// Through a buffer in Levee's memory (tokio's copy).
+    /// Userspace until a direction carried `tcp::splice::AUTO_AFTER`
+    /// bytes, then splice(2) (plain TCP; TLS clients: userspace).
     #[default]
+    Auto,
+    /// Through a buffer in Levee's memory.
     Userspace,
     /// splice(2) through a pipe, inside the kernel (plain TCP only).
     Splice,

@@ -23,6 +23,11 @@ pub struct WebSocketConfig {
     /// drained or removed from its cluster), the tunnel is closed (1001)
     /// this long after.
     pub endpoint_down_grace: Duration,
+    /// When the client and the endpoint are both plain TCP, the rest of a
+    /// frame's payload of 64 KiB or more moves by splice(2), inside the
+    /// kernel (`tunnel::copy`); frame headers are still read, so a close
+    /// frame can still be put between two frames.
+    pub splice: bool,
 }
 
 impl Default for WebSocketConfig {
@@ -32,6 +37,7 @@ impl Default for WebSocketConfig {
             idle_timeout: Duration::from_secs(300),
             tunnel_drain_timeout: Duration::from_secs(60),
             endpoint_down_grace: Duration::from_secs(5),
+            splice: true,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -45,6 +46,9 @@ pub struct TcpMetrics {
     pub sni_refused: Family<ReasonLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    /// Pipes held by spliced connections (`wire::pipe`: tcp listeners and
+    /// WebSocket tunnels), two file descriptors each.
+    pub pipes: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -85,8 +89,15 @@ impl TcpMetrics {
             "TLS passthrough connections closed before a cluster was chosen, by listener and reason (no_match: no SNI route and no default cluster; not_tls: not a ClientHello; timeout; closed)",
             sni_refused.clone(),
         );
+        let pipes = Gauge::default();
+        registry.register(
+            "splice_pipes",
+            "Pipes in use by splice(2) copies, one per spliced direction, two file descriptors each: tcp listeners (copy = \"splice\", or \"auto\" once a direction carried 128 KiB) and WebSocket tunnels (the rest of a frame of 64 KiB or more)",
+            pipes.clone(),
+        );
         TcpMetrics {
             connections,
+            pipes,
             proxy_protocol_refused,
             sni_refused,
             bytes,

@@ -35,6 +35,10 @@ pub fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Inherited by every accepted connection (Linux copies the listening
+    // socket's options into each one it accepts): one setsockopt(2) here
+    // rather than one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -168,7 +172,6 @@ impl AcceptLoop {
             accepted.inc();
             active.inc();
             let guard = Counted(self.count.clone(), active.clone(), None);
-            let _ = stream.set_nodelay(true);
             let conn = Accepted {
                 listener: l.clone(),
                 engine: snapshot.config.server.http1,
@@ -291,5 +294,21 @@ impl Accepted {
                 .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Accepted connections get TCP_NODELAY from the listening socket,
+    /// which is why the accept loop does not set it on each.
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let listener = super::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        listener.set_nonblocking(false).expect("blocking");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"));
+        assert!(!client.nodelay().expect("getsockopt"));
     }
 }

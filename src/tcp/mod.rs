@@ -98,7 +98,7 @@ pub async fn accept(stream: TcpStream, client: SocketAddr, front: Front, shared:
         },
         None => None,
     };
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY: inherited from the listening socket (`server::listener::bind`).
     match front.tls {
         None => serve(stream, client, local, relay, shared).await,
         // Boxed: the handshake and a TLS stream are most of this future's
@@ -203,6 +203,7 @@ pub async fn serve<S: relay::Client>(
         relay.idle_timeout,
         &counts,
         &watch,
+        &shared.metrics.tcp.pipes,
     )
     .await;
     drop(upstream.in_flight);

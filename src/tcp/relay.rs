@@ -5,11 +5,12 @@
 //! early: the idle timeout, the endpoint leaving service (with
 //! `on_endpoint_down = "shutdown_sessions"`), and an error.
 //!
-//! The copy is `tunnel::copy`'s, as for WebSocket tunnels (16 KiB read at
-//! most per direction into a buffer taken only while bytes move, so an
-//! idle connection holds none, and never zeroed), or splice(2) for a plain
-//! TCP client with `copy = "splice"` (`super::splice`); the ends above are
-//! the same for both.
+//! For a plain TCP client, `copy = "auto"` (the default) and `"splice"`
+//! use `super::splice` (userspace first then splice(2), or splice(2) from
+//! the start); `"userspace"`, and every TLS client, `tunnel::copy`'s copy
+//! as for WebSocket tunnels (16 KiB read at most per direction into a
+//! buffer taken only while bytes move, so an idle connection holds none,
+//! and never zeroed). The ends above are the same for all.
 
 use std::future::poll_fn;
 use std::io;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
 use crate::cluster::{Cluster, EndpointLive};
@@ -163,37 +165,44 @@ impl EndpointWatch<'_> {
 /// A client connection as the relay sees it: plain TCP (which splice(2)
 /// can copy) or not.
 pub trait Client: Side {
-    fn plain_tcp(&self) -> Option<&TcpStream>;
+    fn plain_tcp_mut(&mut self) -> Option<&mut TcpStream>;
 }
 
 impl Client for TcpStream {
-    fn plain_tcp(&self) -> Option<&TcpStream> {
+    fn plain_tcp_mut(&mut self) -> Option<&mut TcpStream> {
         Some(self)
     }
 }
 
 impl Client for crate::wire::handshake::ServerStream {
-    fn plain_tcp(&self) -> Option<&TcpStream> {
+    fn plain_tcp_mut(&mut self) -> Option<&mut TcpStream> {
         None
     }
 }
 
 /// Copies (with `copy`'s way when the client is plain TCP) until the
-/// connection ends, and says how it ended.
+/// connection ends, and says how it ended. `pipes`: the gauge of pipes
+/// in use by splice(2).
 pub async fn run<C: Client>(
-    client: C,
-    endpoint: TcpStream,
+    mut client: C,
+    mut endpoint: TcpStream,
     copy: TcpCopy,
     idle_timeout: Duration,
     counts: &Counts,
     watch: &EndpointWatch<'_>,
+    pipes: &Gauge,
 ) -> End {
-    if copy == TcpCopy::Splice
-        && let Some(plain) = client.plain_tcp()
+    let userspace_first = match copy {
+        TcpCopy::Splice => Some(0),
+        TcpCopy::Auto => Some(super::splice::AUTO_AFTER),
+        TcpCopy::Userspace => None,
+    };
+    if let Some(first) = userspace_first
+        && let Some(plain) = client.plain_tcp_mut()
     {
         let seen =
             |from_client: bool, n| counts.read(if from_client { CLIENT } else { ENDPOINT }, n);
-        let spliced = super::splice::copy_both(plain, &endpoint, &seen);
+        let spliced = super::splice::copy_both(plain, &mut endpoint, first, &seen, pipes);
         return watched(spliced, idle_timeout, counts, watch).await;
     }
     // Buffers taken only while bytes move (an idle connection holds
@@ -205,8 +214,8 @@ pub async fn run<C: Client>(
             cx,
             &mut client,
             &mut endpoint,
-            &mut |b| counts.read(CLIENT, b.len()),
-            &mut |b| counts.read(ENDPOINT, b.len()),
+            &mut |b: &[u8]| counts.read(CLIENT, b.len()),
+            &mut |b: &[u8]| counts.read(ENDPOINT, b.len()),
         )
     });
     watched(copied, idle_timeout, counts, watch).await

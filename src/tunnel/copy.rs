@@ -10,14 +10,25 @@
 //! and this small state, not 2 × 16 KiB of buffers as tokio's
 //! `copy_bidirectional` would. The end of file of one side is passed on as
 //! a shutdown of the other's write side (half-close).
+//!
+//! When both sides are plain TCP, the owner may let bytes whose content it
+//! does not need move by splice(2) instead (`Seen::splice_room`: a
+//! WebSocket tunnel lets the rest of a large frame's payload go, since it
+//! only needs to see frame headers). They go socket → pipe → socket, at
+//! most `wire::pipe::CHUNK` at a time and all written before the next
+//! read, like a buffer; the pipe is made at the first such bytes and kept
+//! until the direction ends.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use prometheus_client::metrics::gauge::Gauge;
+use rustix::pipe::splice;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 
+use crate::wire::pipe::{self, Pipe};
 use crate::wire::sniff::ReadReady;
 
 /// Most bytes read at once in one direction.
@@ -27,11 +38,38 @@ pub const CHUNK: usize = 16 * 1024;
 pub trait Side: AsyncRead + AsyncWrite + ReadReady + Unpin {}
 impl<T: AsyncRead + AsyncWrite + ReadReady + Unpin> Side for T {}
 
+/// What a direction's copy tells its owner, and asks it.
+pub trait Seen {
+    /// Bytes read (empty: the end of file), before they are written.
+    fn bytes(&mut self, bytes: &[u8]);
+    /// `n` bytes were moved by splice(2), unseen.
+    fn spliced(&mut self, _n: usize) {}
+    /// How many of the next bytes may move unseen by splice(2), and the
+    /// gauge of pipes in use; `None`: every byte is read.
+    fn splice_room(&self) -> Option<(u64, &Gauge)> {
+        None
+    }
+}
+
+impl<F: FnMut(&[u8])> Seen for F {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self(bytes)
+    }
+}
+
+/// Fewest bytes worth a splice: less is read in userspace, where one read
+/// of `CHUNK` moves it with two syscalls, as two splices would.
+pub const SPLICE_AT_LEAST: u64 = pipe::CHUNK as u64;
+
 /// One direction of the copy.
 #[derive(Default)]
 pub struct Half {
     /// Read and not yet written; no capacity while the direction idles.
     buf: BytesMut,
+    /// The pipe of spliced bytes, once there were some, and how many of
+    /// them it holds (not yet written).
+    pipe: Option<Pipe>,
+    piped: usize,
     unflushed: bool,
     /// The source reached its end of file.
     eof: bool,
@@ -56,18 +94,19 @@ impl Half {
 
     /// Whether nothing read is waiting to be written.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty() && !self.unflushed
+        self.buf.is_empty() && self.piped == 0 && !self.unflushed
     }
 
     /// Copies from `src` to `dst` until `src` ends (`Ready(Ok)`), an error,
     /// or neither side can move (`Pending`). `seen` is told each read's
-    /// bytes (empty at end of file) before they are written.
+    /// bytes (empty at end of file) before they are written, and says
+    /// which bytes may be spliced.
     pub fn poll_copy<R: Side, W: Side>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut R,
         dst: &mut W,
-        seen: &mut dyn FnMut(&[u8]),
+        seen: &mut dyn Seen,
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_write_out(cx, dst))?;
@@ -77,6 +116,34 @@ impl Half {
                     self.done = true;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if let Some((room, gauge)) = seen.splice_room()
+                && room >= SPLICE_AT_LEAST
+                && let (Some(from), Some(_)) = (src.plain_tcp(), dst.plain_tcp())
+            {
+                ready!(from.poll_read_ready(cx))?;
+                let p = match &self.pipe {
+                    Some(p) => p,
+                    None => self.pipe.insert(Pipe::new(gauge)?),
+                };
+                let most = room.min(pipe::CHUNK as u64) as usize;
+                // The pipe is empty (all written above): a would-block is
+                // the socket's, and clears its readiness.
+                match from.try_io(Interest::READABLE, || {
+                    Ok(splice(from, None, &p.into, None, most, pipe::flags())?)
+                }) {
+                    Ok(0) => {
+                        self.eof = true;
+                        seen.bytes(&[]);
+                    }
+                    Ok(n) => {
+                        self.piped = n;
+                        seen.spliced(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
             }
             // Idle: wait for bytes without a buffer.
             ready!(src.poll_read_ready(cx))?;
@@ -92,19 +159,36 @@ impl Half {
                 Poll::Ready(Ok(0)) => {
                     self.buf = BytesMut::new();
                     self.eof = true;
-                    seen(&[]);
+                    seen.bytes(&[]);
                 }
-                Poll::Ready(Ok(_)) => seen(&self.buf),
+                Poll::Ready(Ok(_)) => seen.bytes(&self.buf),
             }
         }
     }
 
-    /// Writes and flushes what is buffered, then gives the buffer back.
+    /// Writes and flushes what is buffered (or piped), then gives the
+    /// buffer back.
     pub fn poll_write_out<W: Side>(
         &mut self,
         cx: &mut Context<'_>,
         dst: &mut W,
     ) -> Poll<io::Result<()>> {
+        while self.piped > 0 {
+            let (Some(p), Some(to)) = (&self.pipe, dst.plain_tcp()) else {
+                return Poll::Ready(Err(io::Error::other("spliced bytes without a pipe")));
+            };
+            ready!(to.poll_write_ready(cx))?;
+            let held = self.piped;
+            // The pipe holds bytes: a would-block is the socket's.
+            match to.try_io(Interest::WRITABLE, || {
+                Ok(splice(&p.out, None, to, None, held, pipe::flags())?)
+            }) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.piped -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
         while !self.buf.is_empty() {
             let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf))?;
             if n == 0 {
@@ -150,8 +234,8 @@ impl Both {
         cx: &mut Context<'_>,
         a: &mut A,
         b: &mut B,
-        seen_forth: &mut dyn FnMut(&[u8]),
-        seen_back: &mut dyn FnMut(&[u8]),
+        seen_forth: &mut dyn Seen,
+        seen_back: &mut dyn Seen,
     ) -> Poll<Result<(), io::Error>> {
         let forth = self.forth.poll_copy(cx, a, b, seen_forth)?;
         let back = self.back.poll_copy(cx, b, a, seen_back)?;
@@ -176,6 +260,13 @@ impl ReadReady for crate::upstream::conn::Stream {
                 }
                 io.poll_read_ready(cx)
             }
+        }
+    }
+
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        match self {
+            crate::upstream::conn::Stream::Plain(tcp) => Some(tcp),
+            crate::upstream::conn::Stream::Tls(_) => None,
         }
     }
 }
@@ -205,9 +296,13 @@ mod tests {
         let (mut up, mut down) = (0usize, 0usize);
         let copy = async {
             poll_fn(|cx| {
-                both.poll_copy(cx, &mut a, &mut b, &mut |s| up += s.len(), &mut |s| {
-                    down += s.len()
-                })
+                both.poll_copy(
+                    cx,
+                    &mut a,
+                    &mut b,
+                    &mut |s: &[u8]| up += s.len(),
+                    &mut |s: &[u8]| down += s.len(),
+                )
             })
             .await
         };

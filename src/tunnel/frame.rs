@@ -38,6 +38,19 @@ impl Frames {
     pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.payload == 0
     }
+
+    /// Payload bytes of the current frame still to come: they may pass
+    /// unseen (`skip`), the next frame header may not.
+    pub fn payload_left(&self) -> u64 {
+        self.payload
+    }
+
+    /// `n` bytes of the current frame's payload passed unseen (at most
+    /// `payload_left`).
+    pub fn skip(&mut self, n: u64) {
+        debug_assert!(n <= self.payload, "skipped past the payload");
+        self.payload = self.payload.saturating_sub(n);
+    }
 }
 
 /// The payload length once `head` holds a whole frame header; `None` while
@@ -134,6 +147,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_payload_skipped_unseen_keeps_the_boundaries() {
+        let mut stream = frame(true, 70_000);
+        let end = stream.len();
+        let head = end - 70_000;
+        stream.extend(frame(true, 3));
+        let mut f = Frames::default();
+        // The header and a few payload bytes are seen...
+        f.feed(&stream[..100]);
+        assert_eq!(f.payload_left(), 70_000 - (100 - head) as u64);
+        // ...the rest of the payload but 10 bytes passes unseen...
+        f.skip(f.payload_left() - 10);
+        assert!(!f.at_boundary());
+        f.feed(&stream[end - 10..end]);
+        assert!(f.at_boundary());
+        assert_eq!(f.payload_left(), 0);
+        // ...and the next frame is followed again.
+        f.feed(&stream[end..end + 3]);
+        assert!(!f.at_boundary());
+        f.feed(&stream[end + 3..]);
+        assert!(f.at_boundary());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! until it closes, and the access log gets one line when it ends.
 //!
 //! `copy` moves the bytes both ways with buffers held only while bytes
-//! move; `life` decides, with the clock passed in, when Levee closes a
+//! move (and, between two plain TCP sockets, the rest of each frame of
+//! 64 KiB or more by splice(2), which keeps every frame header in view);
+//! `life` decides, with the clock passed in, when Levee closes a
 //! tunnel (idle timeout, reload, shutdown, endpoint out of service);
 //! `frame` knows where WebSocket frames begin, so that such a close sends
 //! each side a close frame with status 1001 (going away) between two frames
@@ -21,11 +23,12 @@ pub mod life;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -34,7 +37,7 @@ use crate::config::websocket::WebSocketConfig;
 use crate::observe::websocket::{BytesLabels, EndLabels, ListenerLabels};
 use crate::shared::Shared;
 use crate::upstream::conn::Stream;
-use copy::{Both, Half, Side};
+use copy::{Both, Half, Seen, Side};
 use frame::Frames;
 use life::{Close, Life, Timeouts};
 
@@ -143,6 +146,39 @@ impl Flow {
     }
 }
 
+/// One direction's `Seen`: its flow, and the side it reads from (1: the
+/// client, 2: the endpoint) for the first end of file.
+struct Seeing<'a> {
+    flow: &'a mut Flow,
+    side: u8,
+    first_eof: &'a AtomicU8,
+    /// Set when the rest of a large frame may be spliced.
+    pipes: Option<&'a Gauge>,
+}
+
+impl Seen for Seeing<'_> {
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            let _ = self
+                .first_eof
+                .compare_exchange(0, self.side, Relaxed, Relaxed);
+        }
+        self.flow.seen(bytes);
+    }
+
+    fn spliced(&mut self, n: usize) {
+        self.flow.frames.skip(n as u64);
+        self.flow.bytes += n as u64;
+        self.flow.total.inc_by(n as u64);
+    }
+
+    /// Only a frame's payload may pass unseen: every header is read, so
+    /// the tunnel always knows where a close frame may go.
+    fn splice_room(&self) -> Option<(u64, &Gauge)> {
+        self.pipes.map(|g| (self.flow.frames.payload_left(), g))
+    }
+}
+
 /// Holds the listener's open-tunnel gauge up while the tunnel is open.
 struct OpenGauge(prometheus_client::metrics::gauge::Gauge);
 
@@ -233,10 +269,9 @@ pub async fn run<C: Side>(
     // Which side sent its end of file first.
     // (An atomic only because the closures below share it and the task
     // must be `Send`; 0: nobody yet, 1: the client, 2: the endpoint.)
-    let first_eof = std::sync::atomic::AtomicU8::new(0);
-    let eof = |side| {
-        let _ = first_eof.compare_exchange(0, side, Relaxed, Relaxed);
-    };
+    let first_eof = AtomicU8::new(0);
+    // Splicing the rest of large frames (`copy`), unless turned off.
+    let pipes = settings.splice.then_some(&shared.metrics.tcp.pipes);
     let end = loop {
         let wake = life.next().min(Instant::now() + WATCH_PERIOD);
         let (in_before, out_before) = (forth.bytes, back.bytes);
@@ -245,18 +280,8 @@ pub async fn run<C: Side>(
                 cx,
                 client,
                 &mut upstream,
-                &mut |b| {
-                    if b.is_empty() {
-                        eof(1);
-                    }
-                    forth.seen(b);
-                },
-                &mut |b| {
-                    if b.is_empty() {
-                        eof(2);
-                    }
-                    back.seen(b);
-                },
+                &mut Seeing { flow: &mut forth, side: 1, first_eof: &first_eof, pipes },
+                &mut Seeing { flow: &mut back, side: 2, first_eof: &first_eof, pipes },
             )) => Some(r),
             _ = tokio::time::sleep_until(wake.into()) => None,
             _ = shutdown.changed(), if !shutting => {

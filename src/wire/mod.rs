@@ -4,12 +4,13 @@
 //! speaks (`sniff`, with `ReadReady` for the streams that carry it), the
 //! PROXY protocol header from a trusted load balancer (`proxy_protocol`),
 //! a ClientHello's server name and the SNI routes it picks from (`sni`),
-//! a TLS listener's handshake (`handshake`), and closing with a last
-//! answer without a reset (`linger`).
+//! a TLS listener's handshake (`handshake`), closing with a last answer
+//! without a reset (`linger`), and the pipe of a splice(2) copy (`pipe`).
 
 pub mod handshake;
 mod linger;
 pub mod peek;
+pub mod pipe;
 pub mod proxy_protocol;
 pub mod sni;
 pub mod sniff;

@@ -138,11 +138,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// when it holds decrypted bytes or its socket is readable.
 pub trait ReadReady {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The TCP socket beneath when nothing sits between it and the reader
+    /// (no TLS, no bytes read ahead): what splice(2) may copy from and to.
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
 }
 
 impl ReadReady for tokio::net::TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
     }
 }
 
@@ -152,6 +162,13 @@ impl<S: ReadReady> ReadReady for Prefixed<S> {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_read_ready(cx)
+    }
+
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        if self.at < self.prefix.len {
+            return None;
+        }
+        self.inner.plain_tcp()
     }
 }
 
