@@ -407,12 +407,15 @@ fn request(parts: &http::request::Parts, target: &Target<'_>, body: OutBody) -> 
 /// otherwise insert each into the connection's dynamic table, evicting the
 /// entries that do repeat, and search an ever longer chain of same-named
 /// entries on every request.
+/// Named here rather than imported from `proxy` and `observe`, which sit
+/// above this module.
 fn unindexed(headers: &mut http::HeaderMap) {
-    for name in [
-        &crate::proxy::headers::X_REQUEST_ID,
-        &crate::observe::trace::TRACEPARENT,
-        &crate::proxy::grpc::GRPC_TIMEOUT,
-    ] {
+    static PER_REQUEST: [http::HeaderName; 3] = [
+        http::HeaderName::from_static("x-request-id"),
+        http::HeaderName::from_static("traceparent"),
+        http::HeaderName::from_static("grpc-timeout"),
+    ];
+    for name in &PER_REQUEST {
         if let Some(v) = headers.get_mut(name) {
             v.set_sensitive(true);
         }
