@@ -139,7 +139,9 @@ pub async fn serve<S>(
                 .wrong_protocol
                 .get_or_create(&crate::observe::metrics::ProtocolLabels { protocol })
                 .inc();
-            linger_close(stream, &answer).await;
+            // Boxed: a rare end whose room every connection's task would
+            // otherwise carry.
+            Box::pin(linger_close(stream, &answer)).await;
             return;
         }
         Ok(None) | Err(_) => return,

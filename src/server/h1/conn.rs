@@ -92,7 +92,10 @@ pub async fn serve<S>(
                 if let Some((status, code, message)) = fail.answer() {
                     cx.shared.metrics.error(code);
                     let answer = error_answer(status, code, message, &cx);
-                    linger_close(io, &answer).await;
+                    // Boxed, as the tunnel and the lingering close below:
+                    // rare ends whose room every idle connection's task
+                    // would otherwise carry.
+                    Box::pin(linger_close(io, &answer)).await;
                 }
                 return;
             }
@@ -112,13 +115,13 @@ pub async fn serve<S>(
                 let early = Bytes::copy_from_slice(&buf);
                 drop(buf);
                 let mut shutdown = shutdown.clone();
-                let ended = crate::tunnel::run(&mut io, &early, up, &mut shutdown).await;
+                let ended = Box::pin(crate::tunnel::run(&mut io, &early, up, &mut shutdown)).await;
                 body.tunnel_ended(&ended);
                 return;
             }
             Next::Close { linger } => {
                 if linger {
-                    linger_close(io, b"").await;
+                    Box::pin(linger_close(io, b"")).await;
                 } else {
                     let _ = io.shutdown().await;
                 }
