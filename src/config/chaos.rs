@@ -101,8 +101,10 @@ pub struct FaultConfig {
     pub ttl: Spanned<Duration>,
 }
 
-/// The gRPC status codes by name (gRPC's `statuscodes.md`), from 0.
-const GRPC_CODES: [&str; 17] = [
+/// The gRPC status codes by name (gRPC's `statuscodes.md`), from 0: as a
+/// fault names them here, and as metrics and the access log spell them
+/// (`proxy::grpc::code_name`).
+pub const GRPC_CODES: [&str; 17] = [
     "ok",
     "cancelled",
     "unknown",

@@ -102,26 +102,10 @@ pub fn status(headers: &HeaderMap) -> Option<u8> {
 
 /// The status code's name, as metrics and the access log spell it.
 pub fn code_name(code: u8) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "ok",
-        "cancelled",
-        "unknown",
-        "invalid_argument",
-        "deadline_exceeded",
-        "not_found",
-        "already_exists",
-        "permission_denied",
-        "resource_exhausted",
-        "failed_precondition",
-        "aborted",
-        "out_of_range",
-        "unimplemented",
-        "internal",
-        "unavailable",
-        "data_loss",
-        "unauthenticated",
-    ];
-    NAMES.get(usize::from(code)).copied().unwrap_or("other")
+    crate::config::chaos::GRPC_CODES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("other")
 }
 
 /// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8
