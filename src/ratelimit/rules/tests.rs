@@ -189,31 +189,3 @@ redis_mode = "exact"
     let errors = |rule: &str| l.rules[rule].store_errors.get();
     assert_eq!((errors("open"), errors("closed")), (4, 4));
 }
-
-/// The cost of a check on the hot path: a never-refusing per-IP rule
-/// plus its headers. `cargo test --release --lib check_cost --
-/// --ignored --nocapture`.
-#[test]
-#[ignore]
-fn check_cost() {
-    let l = limits("[[rate_limit.rules]]\nname = \"ip\"\nlimit = 100000000\nperiod = \"1s\"\n");
-    let route = l.for_route("api", &["ip".into()]).unwrap();
-    let h = headers(&[("host", "example.com"), ("user-agent", "wrk")]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let n = 2_000_000u32;
-    rt.block_on(async {
-        let start = Instant::now();
-        for i in 0..n {
-            let peer = IpAddr::from([10, 0, (i >> 8) as u8 & 3, i as u8]);
-            let Ruling::Pass { report, .. } = route.check(&h, peer, Instant::now()).await else {
-                panic!("refused");
-            };
-            let mut out = HeaderMap::new();
-            report.unwrap().apply(&mut out);
-        }
-        let per = start.elapsed() / n;
-        println!("check + headers: {per:?} per request (1024 client IPs)");
-    });
-}
