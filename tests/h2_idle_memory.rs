@@ -120,8 +120,10 @@ fn an_idle_http2_connection_holds_little_heap() {
     println!(
         "heap per idle HTTP/2 connection: {per_conn} bytes ({N} connections, {before} -> {after} bytes live)"
     );
+    // ~7,500 in a debug build with the patched `h2` (vendor/h2: codec
+    // buffers and stream slabs released when idle); ~40,000 without.
     assert!(
-        per_conn < 44_000,
+        per_conn < 12_000,
         "an idle HTTP/2 connection holds {per_conn} bytes"
     );
     drop(clients);
