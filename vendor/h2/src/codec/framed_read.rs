@@ -72,6 +72,17 @@ impl<T> FramedRead<T> {
         self.inner.get_ref()
     }
 
+    /// Levee: when nothing is half-read, gives the read buffer back to the
+    /// allocator, and the HPACK scratch: an idle connection holds no 8 KiB
+    /// buffer (Go's HTTP/2 framer does the same while blocked on a frame
+    /// header). Frames already split from the buffer keep their bytes.
+    pub fn release_idle(&mut self) {
+        if self.inner.read_buffer().is_empty() {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+        }
+        self.decoder.hpack.release();
+    }
+
     pub fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut()
     }
@@ -425,22 +436,12 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            // Levee: the read buffer exists only while bytes are expected
-            // (see below).
+            // Levee: the read buffer is released while the connection is
+            // idle (`release_idle`).
             if self.inner.read_buffer().capacity() == 0 {
                 self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
             }
-            let polled = Pin::new(&mut self.inner).poll_next(cx);
-            if polled.is_pending() && self.inner.read_buffer().is_empty() {
-                // Levee: nothing is half-read, so give the buffer back to
-                // the allocator while the connection waits: an idle
-                // connection holds no 8 KiB buffer (Go's HTTP/2 framer
-                // does the same while blocked on a frame header). The
-                // frames already split from it keep their bytes.
-                *self.inner.read_buffer_mut() = BytesMut::new();
-                self.decoder.hpack.release();
-            }
-            let bytes = match ready!(polled) {
+            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),

@@ -170,13 +170,17 @@ where
                 ControlFlow::Break => break,
             }
         }
-        self.encoder.release();
 
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
 
         Poll::Ready(Ok(()))
+    }
+
+    /// Levee: see `Encoder::release`.
+    pub fn release_idle(&mut self) {
+        self.encoder.release();
     }
 
     /// Close the codec
@@ -223,7 +227,7 @@ where
         }
     }
 
-    /// Levee: gives the write buffer back to the allocator once everything
+    /// Levee: gives the write buffer back to the allocator when everything
     /// in it is written, so that an idle connection holds no 16 KiB buffer
     /// (as nginx frees its buffers between requests, and Go's HTTP/2 framer
     /// since golang/go#80735). `buffer` allocates it again.

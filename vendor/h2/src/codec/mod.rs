@@ -131,6 +131,14 @@ where
     T: AsyncWrite + Unpin,
     B: Buf,
 {
+    /// Levee: gives back the read, write and HPACK scratch buffers that
+    /// hold no bytes; they are allocated again when bytes move. Called when
+    /// the connection has no stream and waits.
+    pub fn release_idle(&mut self) {
+        self.inner.release_idle();
+        self.inner.get_mut().release_idle();
+    }
+
     /// Returns `Ready` when the codec can buffer a frame
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         self.framed_write().poll_ready(cx)

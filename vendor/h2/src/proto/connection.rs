@@ -332,6 +332,12 @@ where
                                 continue;
                             }
 
+                            // Levee: everything is flushed and the peer has
+                            // nothing for us; with no stream open, the
+                            // connection holds no buffers while it waits.
+                            if self.inner.streams.release_if_idle() {
+                                self.codec.release_idle();
+                            }
                             return Poll::Pending;
                         }
                     };

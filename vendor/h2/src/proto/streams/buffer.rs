@@ -33,6 +33,14 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// Levee: gives the slab's room back when nothing is queued (called
+    /// when the connection is idle). No deque refers to an empty slab.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() {
+            self.slab = Slab::new();
+        }
+    }
 }
 
 impl Deque {
@@ -82,12 +90,6 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
-                if buf.slab.is_empty() {
-                    // Levee: no frame is queued on any stream; give the
-                    // room back rather than keep it for the connection's
-                    // life. No deque refers to an empty slab.
-                    buf.slab = Slab::new();
-                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

@@ -438,6 +438,11 @@ impl Recv {
         Ok(())
     }
 
+    /// Levee: see `Buffer::release_if_empty`.
+    pub fn release_if_empty(&mut self) {
+        self.buffer.release_if_empty();
+    }
+
     /// Releases capacity of the connection
     pub fn release_connection_capacity(&mut self, capacity: WindowSize, task: &mut Option<Waker>) {
         tracing::trace!(

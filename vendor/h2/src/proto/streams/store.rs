@@ -206,6 +206,16 @@ impl ops::IndexMut<Key> for Store {
 }
 
 impl Store {
+    /// Levee: gives the room of past streams back (a `Stream` is ~300
+    /// bytes) when none is left (called when the connection is idle). No
+    /// key refers to an empty slab.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.slab.is_empty() {
+            self.slab = slab::Slab::new();
+            self.ids = IndexMap::new();
+        }
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_active_streams(&self) -> usize {
         self.ids.len()
@@ -406,13 +416,6 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
-        if self.store.slab.is_empty() {
-            // Levee: the last stream is gone; give the slab's and the map's
-            // room back (a `Stream` is ~300 bytes) rather than keep it for
-            // the connection's life. No key refers to an empty slab.
-            self.store.slab = slab::Slab::new();
-            self.store.ids = IndexMap::new();
-        }
         stream.id
     }
 

@@ -1144,6 +1144,20 @@ where
         me.counts.has_streams()
     }
 
+    /// Levee: when no stream is open, gives back the room the stream
+    /// store and the frame queues grew to; returns whether it was idle.
+    pub fn release_if_idle(&self) -> bool {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() {
+            return false;
+        }
+        let me = &mut *me;
+        me.store.release_if_empty();
+        me.actions.recv.release_if_empty();
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        true
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
