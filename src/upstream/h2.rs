@@ -203,7 +203,9 @@ where
         }
         None => {
             let started = Instant::now();
-            let conn = match open(target).await {
+            // Boxed: its TCP and TLS handshakes would otherwise size the
+            // future of every request, and be copied with it.
+            let conn = match Box::pin(open(target)).await {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
                     pool.counters.connect_errors.inc();
