@@ -32,7 +32,7 @@ pub enum BodyError {
     #[error("reading the response body: {0}")]
     Io(#[from] std::io::Error),
     #[error("reading the HTTP/2 response body: {0}")]
-    Http2(#[from] hyper::Error),
+    Http2(#[from] h2::Error),
 }
 
 enum Framing {
@@ -49,7 +49,7 @@ pub struct Body {
     /// `None` for an HTTP/2 stream: its connection is shared, not lent.
     checkin: Option<Checkin>,
     /// The response of an HTTP/2 stream (`upstream::h2`), read instead.
-    h2: Option<Box<super::h2::H2Body>>,
+    h2: Option<Box<super::h2_body::H2Body>>,
 }
 
 impl Body {
@@ -76,7 +76,7 @@ impl Body {
     }
 
     /// The body of an HTTP/2 stream.
-    pub(super) fn h2(body: super::h2::H2Body) -> Body {
+    pub(super) fn h2(body: super::h2_body::H2Body) -> Body {
         Body {
             conn: None,
             framing: Framing::Done,

@@ -1,7 +1,9 @@
 //! The endpoint's `SETTINGS_MAX_CONCURRENT_STREAMS`, read off the bytes of
-//! an HTTP/2 connection as they are read: hyper's client keeps the peer's
-//! settings to itself, and the pool needs the limit to know when a
-//! connection is saturated and another one should be opened.
+//! an HTTP/2 connection as they are read, into an atomic the pool reads
+//! when it picks a connection: it needs the limit to know when a connection
+//! is saturated and another one should be opened. (h2's own copy,
+//! `SendRequest::current_max_send_streams`, sits behind the lock of the
+//! connection's stream state.)
 //!
 //! `Frames` is a small synchronous parser of the frame layer (RFC 9113 §4.1,
 //! §6.5) fed with whatever each read returned; `Watched` wraps the stream

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod conn;
 pub mod error;
 pub mod h2;
+mod h2_body;
 pub mod h2_settings;
 pub mod pool;
 pub mod tls;
