@@ -33,6 +33,12 @@ case $MODE in
     *) echo "MODE must be plain, tls, h2c or h2 (got $MODE)" >&2; exit 1 ;;
 esac
 case $CERT in ecdsa | rsa) ;; *) echo "CERT must be ecdsa or rsa" >&2; exit 1 ;; esac
+# A peer that is not installed would only show up later as "nothing answers".
+for t in $TARGETS; do
+    case $t in nginx | haproxy)
+        command -v "$t" >/dev/null || { echo "$t is not installed (bench/README.md, Setup)" >&2; exit 1; } ;;
+    esac
+done
 LEVEE=${LEVEE_BIN:-${LEVEE:-target/release/levee}}
 REF=${REF:-/work/shared/bench-ref}
 OUT=${OUT:-/tmp/levee-idle-memory}
