@@ -16,6 +16,10 @@
 # oha opens a new connection for every request (--disable-keepalive): the cost of one
 # short relayed TCP connection, accept → connect → relay → close.
 #
+# MODE=tls: the listener terminates TLS (an ECDSA P-256 certificate made with openssl; oha
+# speaks TLS 1.3 over keep-alive, --insecure): the cost of one HTTPS request, the 16
+# handshakes cancelled out like start-up.
+#
 # MODE=h2c: the listener serves HTTP/2 with prior knowledge (http2 = { enabled = true });
 # `h2load -n N -c CONNS -m STREAMS` sends GETs over it, proxied to the same HTTP/1.1
 # backends: the cost of one h2c stream.
@@ -55,9 +59,9 @@ B3=127.0.0.1:$((PORT_BASE + 3))
 
 die() { echo "ERROR: $*" >&2; exit 1; }
 case $MODE in
-    http|tcp) LOAD=oha ;;
+    http|tcp|tls) LOAD=oha ;;
     h2c|grpc) LOAD=h2load ;;
-    *) die "unknown MODE '$MODE' (http, tcp, h2c, grpc)" ;;
+    *) die "unknown MODE '$MODE' (http, tcp, tls, h2c, grpc)" ;;
 esac
 for tool in valgrind "$LOAD" nginx curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
@@ -148,7 +152,14 @@ max_connections = 8000'
     KEEPALIVE=--disable-keepalive
 else
     LISTENER_EXTRA=""
-    case $MODE in h2c|grpc) LISTENER_EXTRA='http2 = { enabled = true }' ;; esac
+    case $MODE in
+        h2c|grpc) LISTENER_EXTRA='http2 = { enabled = true }' ;;
+        tls)
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout "$OUT/bench.key" -out "$OUT/bench.pem" -days 30 -subj /CN=bench.test \
+                >"$OUT/openssl.log" 2>&1 || die "openssl req failed (see $OUT/openssl.log)"
+            LISTENER_EXTRA="tls = { certificates = [{ cert = \"$OUT/bench.pem\", key = \"$OUT/bench.key\" }] }" ;;
+    esac
     ROUTE="[[routes]]
 name = \"all\"
 path_prefix = \"/\"
@@ -220,8 +231,10 @@ measure() {
     fi
     local ok grpc_ok
     case $MODE in
-        http|tcp)
-            ok=$(oha -n "$n" -c 16 $KEEPALIVE --no-tui --output-format json "http://$LISTEN/" |
+        http|tcp|tls)
+            local scheme=http insecure=""
+            [ "$MODE" = tls ] && scheme=https insecure=--insecure
+            ok=$(oha -n "$n" -c 16 $KEEPALIVE $insecure --no-tui --output-format json "$scheme://$LISTEN/" |
                 python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200",0))') ;;
         h2c)
             ok=$(h2load -n "$n" -c "$CONNS" -m "$STREAMS" "http://$LISTEN/" |

@@ -136,4 +136,15 @@ impl<S: ReadReady + AsyncRead + AsyncWrite + Unpin> ReadReady for TlsStream<S> {
         }
         io.poll_read_ready(cx)
     }
+
+    fn keeps_buffers(&self) -> bool {
+        true
+    }
+
+    /// rustls keeps a 4 KiB buffer of received records for the life of a
+    /// connection; the patched rustls (vendor/rustls) lets it go when no
+    /// record is in it, and takes one again at the next read.
+    fn release_idle(&mut self) {
+        self.get_mut().1.release_idle_buffers();
+    }
 }

@@ -144,6 +144,17 @@ pub trait ReadReady {
     fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
         None
     }
+
+    /// Whether `release_idle` may have something to give back (a TLS
+    /// stream), so that a caller need not arrange a release for a socket.
+    fn keeps_buffers(&self) -> bool {
+        false
+    }
+
+    /// Gives back what the stream buffers while it holds no bytes, for a
+    /// wait that may be long (a keep-alive connection between requests):
+    /// a TLS stream's buffer of received records. Nothing for a socket.
+    fn release_idle(&mut self) {}
 }
 
 impl ReadReady for tokio::net::TcpStream {
@@ -153,6 +164,26 @@ impl ReadReady for tokio::net::TcpStream {
 
     fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
         Some(self)
+    }
+}
+
+/// A stream kept on the heap (a TLS connection's: `server::conn::serve_tls`)
+/// is read the same way.
+impl<S: ReadReady + ?Sized> ReadReady for Box<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_read_ready(cx)
+    }
+
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        (**self).plain_tcp()
+    }
+
+    fn keeps_buffers(&self) -> bool {
+        (**self).keeps_buffers()
+    }
+
+    fn release_idle(&mut self) {
+        (**self).release_idle();
     }
 }
 
@@ -169,6 +200,14 @@ impl<S: ReadReady> ReadReady for Prefixed<S> {
             return None;
         }
         self.inner.plain_tcp()
+    }
+
+    fn keeps_buffers(&self) -> bool {
+        self.inner.keeps_buffers()
+    }
+
+    fn release_idle(&mut self) {
+        self.inner.release_idle();
     }
 }
 
