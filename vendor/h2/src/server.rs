@@ -388,6 +388,12 @@ where
         // Create the codec.
         let mut codec = Codec::new(io);
 
+        // Levee: response header fields are not indexed (literals without
+        // indexing, as nginx and HAProxy send them): an indexed response
+        // header stays in the connection's dynamic table for its life, ~1 KB
+        // per idle connection, and the table costs upkeep per response.
+        codec.limit_send_header_table_size(0);
+
         if let Some(max) = builder.settings.max_frame_size() {
             codec.set_max_recv_frame_size(max as usize);
         }

@@ -365,6 +365,12 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
+    /// Levee: caps the header table this side encodes with (see
+    /// `hpack::Encoder::limit_max_size`).
+    pub fn limit_header_table_size(&mut self, val: usize) {
+        self.encoder.hpack.limit_max_size(val);
+    }
+
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()

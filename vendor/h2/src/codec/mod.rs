@@ -95,6 +95,12 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_header_table_size(val)
     }
 
+    /// Levee: caps the header table this side encodes with, whatever the
+    /// peer's SETTINGS allow.
+    pub fn limit_send_header_table_size(&mut self, val: usize) {
+        self.framed_write().limit_header_table_size(val)
+    }
+
     /// Set the decoder header table size size.
     pub fn set_recv_header_table_size(&mut self, val: usize) {
         self.inner.set_header_table_size(val)

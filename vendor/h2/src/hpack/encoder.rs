@@ -62,6 +62,15 @@ impl Encoder {
         self.scratch = scratch;
     }
 
+    /// Levee: caps the dynamic table this encoder uses, whatever the peer
+    /// allows; 0: no header field is indexed (literals without indexing,
+    /// as nginx's and HAProxy's HTTP/2 servers send them). The peer learns
+    /// it from a size update at the start of the next header block.
+    pub fn limit_max_size(&mut self, max: usize) {
+        self.max_allowed_size = max;
+        self.update_max_size(max);
+    }
+
     /// Queues a max size update.
     ///
     /// The next call to `encode` will include a dynamic size update frame.
