@@ -74,7 +74,8 @@ pub async fn serve<S>(
             if draining {
                 return;
             }
-            let until = tokio::time::Instant::now() + settings.idle_timeout;
+            let now = tokio::time::Instant::now();
+            let until = now + settings.idle_timeout;
             // A TLS stream's record buffer goes back too, once the wait
             // has lasted RELEASE_AFTER: at once, rustls would allocate and
             // zero 4 KiB again for nearly every request of a busy
@@ -82,7 +83,7 @@ pub async fn serve<S>(
             // `MODE=tls bench/callgrind.sh`).
             let mut keeps = io.keeps_buffers();
             idle.as_mut().reset(if keeps {
-                until.min(tokio::time::Instant::now() + RELEASE_AFTER)
+                until.min(now + RELEASE_AFTER)
             } else {
                 until
             });
