@@ -14,13 +14,25 @@
 //! let levee = Levee::start(&cfg.build());
 //! ```
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
 
 /// A port that was free a moment ago on 127.0.0.1 (bind port 0, read it,
 /// close). Another process could take it before you do; that is rare enough.
+/// The kernel may hand the same port to two binds in a row once the first is
+/// closed (CI once got one port for a listener and the admin address), so a
+/// port this process was already given is never given again.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `127.0.0.1:{free_port()}`.
