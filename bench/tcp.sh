@@ -9,6 +9,8 @@
 # - New connections per second: oha with --disable-keepalive (every request a new TCP
 #   connection, connect + one tiny HTTP exchange + close) through each proxy to an nginx
 #   that answers `return 200`, 64 concurrent clients, DURATION seconds; bounded in time.
+#   Reported twice: per second, and per CPU-second of the proxy (utime+stime from /proc
+#   of the proxy and its children) since oha and the backend share the machine's cores.
 # Every measurement is taken ROUNDS times, interleaved; the table shows medians and the
 # ratios Levee / HAProxy and Levee / nginx (above 1: Levee is faster). `levee` is
 # Levee's default copy; `splice` is the same Levee process's listeners with
@@ -174,9 +176,13 @@ for p in $IPERF $HTTP "${P_IPERF[@]}" "${P_HTTP[@]}" $ADMIN; do
 done
 iperf3 -s -p "$IPERF" >iperf3-server.log 2>&1 & STARTED+=($!)
 nginx -c "$RUNDIR/backend-nginx.conf" -p "$RUNDIR" >/dev/null 2>&1 & STARTED+=($!)
+declare -A PID_OF=()
 $(pin "$CPU_PROXY") "$LEVEE_BIN" run --config levee.toml >levee.log 2>&1 & STARTED+=($!)
+PID_OF[levee]=$!; PID_OF[splice]=$!
 $(pin "$CPU_PROXY") haproxy -f haproxy.cfg >haproxy.log 2>&1 & STARTED+=($!)
+PID_OF[haproxy]=$!
 $(pin "$CPU_PROXY") nginx -c "$RUNDIR/proxy-nginx.conf" -p "$RUNDIR" >/dev/null 2>&1 & STARTED+=($!)
+PID_OF[nginx]=$!
 for p in $IPERF $HTTP "${P_IPERF[@]}" "${P_HTTP[@]}"; do wait_port "$p"; done
 log "all listening; DURATION=${DURATION}s ROUNDS=$ROUNDS, results in $RUNDIR"
 
@@ -189,12 +195,27 @@ gbps() {   # PROXY PARALLEL -> receiver Gbit/s
         -t "$DURATION" -P "$2" -J 2>/dev/null) || { echo NA; return; }
     jq -r '.end.sum_received.bits_per_second / 1e9' <<<"$out" 2>/dev/null || echo NA
 }
-conns() {  # PROXY -> new connections (requests, one per connection) per second
-    local out
+ticks() {  # PID -> utime+stime of the process and its children (nginx's worker), in ticks
+    local p t=0 v
+    for p in "$1" $(pgrep -P "$1"); do
+        v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12+$13}'); t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+conns() {  # PROXY -> "new connections per second <TAB> per CPU-second of the proxy"
+    local out rate t0 t1
+    t0=$(ticks "${PID_OF[$1]}")
     out=$(timeout $((DURATION + 30)) $(pin "$CPU_LOAD") oha --no-tui --output-format json --disable-keepalive \
-        -c 64 -z "${DURATION}s" "http://127.0.0.1:${P_HTTP[$1]}/" 2>/dev/null) || { echo NA; return; }
-    jq -r 'if .summary.successRate > 0.99 then .summary.requestsPerSec else "NA" end' <<<"$out" \
-        2>/dev/null || echo NA
+        -c 64 -z "${DURATION}s" "http://127.0.0.1:${P_HTTP[$1]}/" 2>/dev/null) || { printf 'NA\tNA\n'; return; }
+    t1=$(ticks "${PID_OF[$1]}")
+    rate=$(jq -r 'if .summary.successRate > 0.99 then .summary.requestsPerSec else "NA" end' <<<"$out" \
+        2>/dev/null) || rate=NA
+    # The connections per second of the proxy's own CPU time: with the load generator and
+    # the backend on the same 2 cores the rate above is mostly theirs, this is the proxy's.
+    awk -v r="$rate" -v d="$DURATION" -v t=$((t1 - t0)) -v hz="$HZ" 'BEGIN{
+        if (r=="NA" || t<=0) { printf "%s\tNA\n", r; exit }
+        printf "%s\t%.0f\n", r, r*d/(t/hz) }'
 }
 for r in $(seq 1 "$ROUNDS"); do
     for p in $PROXIES; do
@@ -202,8 +223,10 @@ for r in $(seq 1 "$ROUNDS"); do
             v=$(gbps "$p" "$par"); printf 'gbps_%s\t%s\t%s\n' "$par" "$p" "$v" >>"$RESULTS"
             log "round $r $p iperf3 -P $par: $v Gbit/s"
         done
-        v=$(conns "$p"); printf 'conns\t%s\t%s\n' "$p" "$v" >>"$RESULTS"
-        log "round $r $p new connections: $v /s"
+        IFS=$'\t' read -r v c <<<"$(conns "$p")"
+        printf 'conns\t%s\t%s\n' "$p" "$v" >>"$RESULTS"
+        printf 'conns_cpu\t%s\t%s\n' "$p" "$c" >>"$RESULTS"
+        log "round $r $p new connections: $v /s, $c per CPU-second of the proxy"
     done
 done
 
@@ -216,11 +239,12 @@ echo
 echo "TCP relay, 127.0.0.1, 1 worker each, ${DURATION}s x $ROUNDS rounds (medians)"
 printf '%-28s %10s %10s %10s %10s %14s %14s %14s\n' metric levee splice haproxy nginx \
     levee/haproxy levee/nginx splice/levee
-for m in gbps_1 gbps_64 conns; do
+for m in gbps_1 gbps_64 conns conns_cpu; do
     case $m in
         gbps_1) name="iperf3 1 conn (Gbit/s)" ;;
         gbps_64) name="iperf3 64 conns (Gbit/s)" ;;
         conns) name="new connections/s" ;;
+        conns_cpu) name="new conns per proxy CPU-s" ;;
     esac
     l=$(med $m levee); s=$(med $m splice); h=$(med $m haproxy); n=$(med $m nginx)
     printf '%-28s %10s %10s %10s %10s %14s %14s %14s\n' "$name" "$l" "$s" "$h" "$n" \
