@@ -14,10 +14,12 @@
 # Every measurement is taken ROUNDS times, interleaved; the table shows medians and the
 # ratios Levee / HAProxy and Levee / nginx (above 1: Levee is faster). `levee` is
 # Levee's default copy; `splice` is the same Levee process's listeners with
-# copy = "splice" (its own column and the ratio splice / levee), so the two copies
-# are measured interleaved under the same load.
+# copy = "splice" (its own column and the ratio splice / levee), and `close` its
+# listeners with half_close = false (nginx's default: the first end of file ends the
+# connection; the ratio close / levee), so the variants are measured interleaved under
+# the same load.
 #
-# Knobs: DURATION=10 ROUNDS=3 PROXIES="levee splice haproxy nginx" (a subset, in that
+# Knobs: DURATION=10 ROUNDS=3 PROXIES="levee splice close haproxy nginx" (a subset, in that
 #   order) LEVEE_BIN (default <repo>/target/release/levee, not built
 #   here) PORT_BASE=29300 RUNDIR=/tmp/levee-bench-tcp  PIN=PROXY:LOAD (taskset CPU lists,
 #   empty = unpinned)
@@ -43,11 +45,11 @@ for v in DURATION ROUNDS PORT_BASE; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must b
 # Ports: the iperf3 server, the HTTP backend, then per proxy an iperf port and an HTTP port.
 IPERF=$PORT_BASE; HTTP=$((PORT_BASE + 1))
 declare -A P_IPERF=([levee]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30))
-    [splice]=$((PORT_BASE + 40)))
+    [splice]=$((PORT_BASE + 40)) [close]=$((PORT_BASE + 50)))
 declare -A P_HTTP=([levee]=$((PORT_BASE + 11)) [haproxy]=$((PORT_BASE + 21)) [nginx]=$((PORT_BASE + 31))
-    [splice]=$((PORT_BASE + 41)))
+    [splice]=$((PORT_BASE + 41)) [close]=$((PORT_BASE + 51)))
 ADMIN=$((PORT_BASE + 12))
-PROXIES=${PROXIES:-"levee splice haproxy nginx"}
+PROXIES=${PROXIES:-"levee splice close haproxy nginx"}
 
 mkdir -p "$RUNDIR" || exit 1
 RUNDIR=$(cd "$RUNDIR" && pwd)
@@ -159,6 +161,20 @@ protocol = "tcp"
 cluster = "http"
 max_connections = 8000
 copy = "splice"
+[[listeners]]
+name = "iperf-close"
+address = "127.0.0.1:${P_IPERF[close]}"
+protocol = "tcp"
+cluster = "iperf"
+max_connections = 8000
+half_close = false
+[[listeners]]
+name = "http-close"
+address = "127.0.0.1:${P_HTTP[close]}"
+protocol = "tcp"
+cluster = "http"
+max_connections = 8000
+half_close = false
 [[clusters]]
 name = "iperf"
 [[clusters.endpoints]]
@@ -178,7 +194,7 @@ iperf3 -s -p "$IPERF" >iperf3-server.log 2>&1 & STARTED+=($!)
 nginx -c "$RUNDIR/backend-nginx.conf" -p "$RUNDIR" >/dev/null 2>&1 & STARTED+=($!)
 declare -A PID_OF=()
 $(pin "$CPU_PROXY") "$LEVEE_BIN" run --config levee.toml >levee.log 2>&1 & STARTED+=($!)
-PID_OF[levee]=$!; PID_OF[splice]=$!
+PID_OF[levee]=$!; PID_OF[splice]=$!; PID_OF[close]=$!
 $(pin "$CPU_PROXY") haproxy -f haproxy.cfg >haproxy.log 2>&1 & STARTED+=($!)
 PID_OF[haproxy]=$!
 $(pin "$CPU_PROXY") nginx -c "$RUNDIR/proxy-nginx.conf" -p "$RUNDIR" >/dev/null 2>&1 & STARTED+=($!)
@@ -237,8 +253,8 @@ med() { awk -F'\t' -v m="$1" -v p="$2" '$1==m && $2==p {print $3}' "$RESULTS" | 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || b==0) print "NA"; else printf "%.2fx", a/b }'; }
 echo
 echo "TCP relay, 127.0.0.1, 1 worker each, ${DURATION}s x $ROUNDS rounds (medians)"
-printf '%-28s %10s %10s %10s %10s %14s %14s %14s\n' metric levee splice haproxy nginx \
-    levee/haproxy levee/nginx splice/levee
+printf '%-28s %10s %10s %10s %10s %10s %14s %14s %14s %14s %14s\n' metric levee splice close \
+    haproxy nginx levee/haproxy levee/nginx splice/levee close/haproxy close/nginx
 for m in gbps_1 gbps_64 conns conns_cpu; do
     case $m in
         gbps_1) name="iperf3 1 conn (Gbit/s)" ;;
@@ -246,7 +262,7 @@ for m in gbps_1 gbps_64 conns conns_cpu; do
         conns) name="new connections/s" ;;
         conns_cpu) name="new conns per proxy CPU-s" ;;
     esac
-    l=$(med $m levee); s=$(med $m splice); h=$(med $m haproxy); n=$(med $m nginx)
-    printf '%-28s %10s %10s %10s %10s %14s %14s %14s\n' "$name" "$l" "$s" "$h" "$n" \
-        "$(ratio "$l" "$h")" "$(ratio "$l" "$n")" "$(ratio "$s" "$l")"
+    l=$(med $m levee); s=$(med $m splice); c=$(med $m close); h=$(med $m haproxy); n=$(med $m nginx)
+    printf '%-28s %10s %10s %10s %10s %10s %14s %14s %14s %14s %14s\n' "$name" "$l" "$s" "$c" "$h" "$n" \
+        "$(ratio "$l" "$h")" "$(ratio "$l" "$n")" "$(ratio "$s" "$l")" "$(ratio "$c" "$h")" "$(ratio "$c" "$n")"
 done

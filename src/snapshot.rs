@@ -53,6 +53,8 @@ pub struct TcpRelay {
     pub send_proxy: Option<crate::config::ProxyVersion>,
     /// The listener's `copy`.
     pub copy: crate::config::TcpCopy,
+    /// The listener's `half_close` (unset: true).
+    pub half_close: bool,
     /// Its metric series, looked up once.
     pub metrics: crate::observe::tcp::RelayHandles,
 }
@@ -76,6 +78,7 @@ impl TcpRelay {
                 .as_ref()
                 .map(|c| *c.get_ref())
                 .unwrap_or_default(),
+            half_close: listener.half_close.as_ref().is_none_or(|h| *h.get_ref()),
             metrics: Default::default(),
         }
     }

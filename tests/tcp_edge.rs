@@ -10,7 +10,8 @@
 //! splice(2) copy (`copy = "splice"`): bytes intact both ways, the
 //! half-close passed on, the idle timeout; and the default `copy = "auto"`:
 //! the same across its switch from userspace to splice, and no pipe for a
-//! short connection.
+//! short connection; and `half_close = false`: the first end of file ends
+//! the connection.
 
 mod support;
 
@@ -580,6 +581,71 @@ fn half_open_slow_readers_and_floods_are_bounded() {
         let mut c = TcpStream::connect(flood).expect("connect");
         read_line(&mut c) == "e"
     }));
+}
+
+#[test]
+fn half_close_false_ends_the_connection_at_the_first_end_of_file() {
+    // Says "bye", shuts its write side, then reads until the end of file
+    // and hands over what it got: what the client sent after the "bye".
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<Vec<u8>>>();
+    let tx = std::sync::Mutex::new(tx);
+    let leaver = server(move |mut s| {
+        if s.write_all(b"bye\n").is_err() || s.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let _ = s.set_read_timeout(Some(T));
+        let mut got = Vec::new();
+        // A timeout is an error, not an end of file.
+        let read = s.read_to_end(&mut got).map(|_| got);
+        let _ = tx.lock().map(|t| t.send(read));
+    });
+    let (half, whole, whole_user) = (free_addr(), free_addr(), free_addr());
+    let tcp = ["protocol = \"tcp\"", "cluster = \"leaver\""];
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("half", half, &tcp)
+            .listener_with("whole", whole, &[tcp[0], tcp[1], "half_close = false"])
+            .listener_with(
+                "whole-user",
+                whole_user,
+                &[tcp[0], tcp[1], "half_close = false", "copy = \"userspace\""],
+            )
+            .cluster("leaver", &[leaver]),
+    );
+    let ended = |listener: &str| {
+        wait_until(T, || {
+            levee.metric(
+                "levee_tcp_connections_total",
+                &[("listener", listener), ("end", "endpoint_closed")],
+            ) == Some(1.0)
+        })
+    };
+
+    // Default: the endpoint's end of file is passed on, and the client
+    // can still send it bytes until it shuts its own side.
+    let mut c = TcpStream::connect(half).expect("connect");
+    assert_eq!(read_line(&mut c), "bye");
+    assert!(closed(&mut c), "the endpoint's half-close passed on");
+    c.write_all(b"more\n")
+        .expect("write after the endpoint's end of file");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let got = rx.recv_timeout(T).expect("the endpoint's read");
+    assert_eq!(got.expect("an end of file"), b"more\n");
+    assert!(ended("half"));
+
+    // half_close = false, both copies: the endpoint's end of file ends
+    // the connection, what it sent first delivered, while the client
+    // still holds its side open: the endpoint reads its end of file.
+    for (name, at) in [("whole", whole), ("whole-user", whole_user)] {
+        let mut c = TcpStream::connect(at).expect("connect");
+        assert_eq!(read_line(&mut c), "bye", "{name}");
+        assert!(closed(&mut c), "{name}");
+        let got = rx.recv_timeout(T).expect("the endpoint's read ended");
+        let got = got.expect("an end of file, not a timeout");
+        assert!(got.is_empty(), "{name}: {got:?}");
+        assert!(ended(name), "{name}");
+        drop(c);
+    }
 }
 
 /// The byte at `i` of a test stream `seed`: not periodic at any small

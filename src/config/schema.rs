@@ -220,6 +220,13 @@ pub struct ListenerConfig {
     /// `TcpCopy::default()`.
     #[serde(default)]
     pub copy: Option<Spanned<TcpCopy>>,
+    /// `protocol = "tcp"`: `true` (unset) passes one side's end of file on
+    /// as a half-close and relays the other way until that side ends too
+    /// (HAProxy's way); `false` ends the connection at the first end of
+    /// file, once what that side sent has been written (nginx's
+    /// `proxy_half_close off`).
+    #[serde(default)]
+    pub half_close: Option<Spanned<bool>>,
 }
 
 fn default_connect_attempts() -> Spanned<u32> {

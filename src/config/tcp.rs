@@ -192,7 +192,18 @@ fn check_role(
 
 /// `copy` applies to a tcp listener's plain connections only: splice(2)
 /// cannot reach bytes that TLS terminated here decrypts in userspace.
+/// `half_close` applies to tcp listeners only.
 fn copy_setting(l: &super::schema::ListenerConfig, key: &str) -> Result<(), Invalid> {
+    if let Some(h) = &l.half_close
+        && l.protocol == Protocol::Http
+    {
+        return Err(invalid(
+            h.span(),
+            format!("{key}.half_close"),
+            "only applies to protocol = \"tcp\" (a WebSocket tunnel always passes a \
+             half-close on)",
+        ));
+    }
     let Some(copy) = &l.copy else {
         return Ok(());
     };
@@ -301,5 +312,12 @@ mod tests {
             "{http}{CLUSTER}[clusters.health_check]\ntype = \"postgres\"\nrole = \"primary\"\nmax_replication_lag = \"5s\"\n"
         ));
         assert!(e.contains("max_replication_lag"), "{e}");
+        let e = refused(&format!(
+            "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\nhalf_close = false\n[[routes]]\nname = \"r\"\ncluster = \"db\"\n{CLUSTER}"
+        ));
+        assert!(
+            e.contains("listeners[0].half_close") && e.contains("only applies"),
+            "{e}"
+        );
     }
 }

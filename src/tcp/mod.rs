@@ -199,8 +199,11 @@ pub async fn serve<S: relay::Client>(
     let end = relay::run(
         client_stream,
         upstream.stream,
-        relay.copy,
-        relay.idle_timeout,
+        relay::Copying {
+            copy: relay.copy,
+            idle_timeout: relay.idle_timeout,
+            half_close: relay.half_close,
+        },
         &counts,
         &watch,
         &shared.metrics.tcp.pipes,

@@ -1,7 +1,10 @@
 //! The copy of a TCP connection's bytes both ways, with bounded buffers
 //! (a side that does not read stops the other side's reads: back-pressure,
 //! not buffering), a half-close passed on (a client that shuts down its
-//! write side still gets the rest of the answer), and three ways to end
+//! write side still gets the rest of the answer; with `half_close =
+//! false`, the first end of file ends the connection instead, as nginx's
+//! `stream` does: no shutdown(2), and no wait for the other side's end of
+//! file, whose bytes still in flight are dropped), and three ways to end
 //! early: the idle timeout, the endpoint leaving service (with
 //! `on_endpoint_down = "shutdown_sessions"`), and an error.
 //!
@@ -17,6 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -180,18 +184,32 @@ impl Client for crate::wire::handshake::ServerStream {
     }
 }
 
+/// How a listener's connections are copied: its `copy`, `idle_timeout`
+/// and `half_close`.
+#[derive(Debug, Clone, Copy)]
+pub struct Copying {
+    pub copy: TcpCopy,
+    pub idle_timeout: Duration,
+    /// `false`: the connection ends at the first end of file.
+    pub half_close: bool,
+}
+
 /// Copies (with `copy`'s way when the client is plain TCP) until the
 /// connection ends, and says how it ended. `pipes`: the gauge of pipes
 /// in use by splice(2).
 pub async fn run<C: Client>(
     mut client: C,
     mut endpoint: TcpStream,
-    copy: TcpCopy,
-    idle_timeout: Duration,
+    how: Copying,
     counts: &Counts,
     watch: &EndpointWatch<'_>,
     pipes: &Gauge,
 ) -> End {
+    let Copying {
+        copy,
+        idle_timeout,
+        half_close,
+    } = how;
     let userspace_first = match copy {
         TcpCopy::Splice => Some(0),
         TcpCopy::Auto => Some(super::splice::AUTO_AFTER),
@@ -202,7 +220,8 @@ pub async fn run<C: Client>(
     {
         let seen =
             |from_client: bool, n| counts.read(if from_client { CLIENT } else { ENDPOINT }, n);
-        let spliced = super::splice::copy_both(plain, &mut endpoint, first, &seen, pipes);
+        let spliced =
+            super::splice::copy_both(plain, &mut endpoint, first, half_close, &seen, pipes);
         return watched(spliced, idle_timeout, counts, watch).await;
     }
     // Buffers taken only while bytes move (an idle connection holds
@@ -210,13 +229,20 @@ pub async fn run<C: Client>(
     let (mut client, mut endpoint) = (client, endpoint);
     let mut both = Both::default();
     let copied = poll_fn(move |cx| {
-        both.poll_copy(
+        let copied = both.poll_copy(
             cx,
             &mut client,
             &mut endpoint,
             &mut |b: &[u8]| counts.read(CLIENT, b.len()),
             &mut |b: &[u8]| counts.read(ENDPOINT, b.len()),
-        )
+        );
+        // Without half-close, the first end of file passed on (its
+        // side's bytes all written: a TLS client gets its close_notify)
+        // ends the connection.
+        if !half_close && (both.forth.is_done() || both.back.is_done()) {
+            return Poll::Ready(Ok(()));
+        }
+        copied
     });
     watched(copied, idle_timeout, counts, watch).await
 }

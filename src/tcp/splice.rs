@@ -57,21 +57,27 @@ pub const AUTO_AFTER: u64 = 128 * 1024;
 const USER_CHUNK: usize = crate::tunnel::copy::CHUNK;
 
 /// Copies both ways until both sides have sent their end of file (passed
-/// on as a half-close), or either fails. `userspace_first`: bytes each
-/// direction copies in userspace before it splices (0: splice from the
-/// start). `seen(from_client, n)`: `n` bytes read from the client
+/// on as a half-close), or either fails; without `half_close`, until the
+/// first end of file (what came before it written; the other direction's
+/// bytes still in flight are dropped, as nginx's `stream` drops them), and
+/// no shutdown(2): the caller's close sends both FINs. `userspace_first`:
+/// bytes each direction copies in userspace before it splices (0: splice
+/// from the start). `seen(from_client, n)`: `n` bytes read from the client
 /// (`true`) or the endpoint; `n == 0` is its end of file. `pipes`: the
 /// gauge of pipes in use.
 pub async fn copy_both(
     client: &mut TcpStream,
     endpoint: &mut TcpStream,
     userspace_first: u64,
+    half_close: bool,
     seen: &(impl Fn(bool, usize) + Sync),
     pipes: &Gauge,
 ) -> io::Result<()> {
     let (client_in, client_out) = client.split();
     let (endpoint_in, endpoint_out) = endpoint.split();
-    let one_done = AtomicBool::new(false);
+    // Without half-close, as if the other direction had already ended:
+    // an end of file shuts nothing down.
+    let one_done = AtomicBool::new(!half_close);
     let way = |from_client| Way {
         userspace_first,
         seen: move |n| seen(from_client, n),
@@ -80,7 +86,13 @@ pub async fn copy_both(
     };
     let forth = way(true).copy(client_in, endpoint_out);
     let back = way(false).copy(endpoint_in, client_out);
-    tokio::try_join!(forth, back).map(|_| ())
+    if half_close {
+        return tokio::try_join!(forth, back).map(|_| ());
+    }
+    tokio::select! {
+        done = forth => done,
+        done = back => done,
+    }
 }
 
 /// One direction of the copy.
