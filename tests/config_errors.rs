@@ -152,7 +152,7 @@ max_conections = 10
         1,
         "max_conections",
         "listeners[0].max_conections",
-        "unknown field `max_conections`, expected one of `name`, `address`, `protocol`, `max_connections`, `header_timeout`, `idle_timeout`, `max_header_bytes`, `max_body_bytes`, `max_connections_per_ip`, `http2`, `cluster`, `connect_attempts`, `tls`, `proxy_protocol`, `sni`, `redirect_https`, `https_port`, `websocket`, `copy`",
+        "unknown field `max_conections`, expected one of `name`, `address`, `protocol`, `max_connections`, `header_timeout`, `idle_timeout`, `max_header_bytes`, `max_body_bytes`, `max_connections_per_ip`, `http2`, `cluster`, `connect_attempts`, `tls`, `proxy_protocol`, `sni`, `redirect_https`, `https_port`, `websocket`, `copy`, `half_close`",
     );
 }
 
