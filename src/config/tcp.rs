@@ -61,6 +61,7 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
             (Protocol::Http, None) => {}
         }
         copy_setting(l, &key)?;
+        half_close_setting(l, &key)?;
         if *l.connect_attempts.get_ref() == 0 {
             return Err(invalid(
                 l.connect_attempts.span(),
@@ -190,20 +191,22 @@ fn check_role(
     Ok(())
 }
 
-/// `copy` applies to a tcp listener's plain connections only: splice(2)
-/// cannot reach bytes that TLS terminated here decrypts in userspace.
 /// `half_close` applies to tcp listeners only.
-fn copy_setting(l: &super::schema::ListenerConfig, key: &str) -> Result<(), Invalid> {
-    if let Some(h) = &l.half_close
-        && l.protocol == Protocol::Http
-    {
-        return Err(invalid(
+fn half_close_setting(l: &super::schema::ListenerConfig, key: &str) -> Result<(), Invalid> {
+    match &l.half_close {
+        Some(h) if l.protocol == Protocol::Http => Err(invalid(
             h.span(),
             format!("{key}.half_close"),
             "only applies to protocol = \"tcp\" (a WebSocket tunnel always passes a \
              half-close on)",
-        ));
+        )),
+        _ => Ok(()),
     }
+}
+
+/// `copy` applies to a tcp listener's plain connections only: splice(2)
+/// cannot reach bytes that TLS terminated here decrypts in userspace.
+fn copy_setting(l: &super::schema::ListenerConfig, key: &str) -> Result<(), Invalid> {
     let Some(copy) = &l.copy else {
         return Ok(());
     };

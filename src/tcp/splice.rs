@@ -116,7 +116,6 @@ impl<F: Fn(usize)> Way<'_, F> {
             // the connection's own until it is written.
             let mut held = BytesMut::new();
             let n = poll_fn(|cx| {
-                ready!(from.as_ref().poll_read_ready(cx))?;
                 // Read onto the stack, not into a heap buffer: most reads
                 // of a short exchange are written on at once, and a
                 // 16 KiB allocation per read was a fifth of a short
