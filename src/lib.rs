@@ -27,6 +27,7 @@ pub mod route;
 pub mod server;
 pub mod service_level;
 pub mod shared;
+pub mod shortage;
 pub mod slo;
 pub mod snapshot;
 pub mod tcp;

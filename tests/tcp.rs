@@ -3,7 +3,8 @@
 //! client address), a refused connect retried on another endpoint and the
 //! endpoint ejected, the idle timeout, the per-IP cap, the bulkhead as a
 //! connection cap, `on_endpoint_down = "shutdown_sessions"`, `/status`,
-//! metrics and the access-log line.
+//! metrics and the access-log line; and Levee short of file descriptors:
+//! the connections it cannot make are refused, not charged to the endpoints.
 
 mod support;
 
@@ -511,4 +512,154 @@ fn the_client_address_reaches_the_endpoint_in_a_proxy_header() {
     let expected = ppp::v2::Addresses::from((client, v2_at));
     assert_eq!(line, format!("v2 {expected:?}"));
     assert!(line.contains("127.0.0.6"), "{line}");
+}
+
+/// The numbers of the file descriptors `pid` has open.
+fn open_fds(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Sets the soft limit of `pid`'s open files (util-linux `prlimit`).
+fn set_open_files(pid: u32, soft: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --nofile={soft}: {status}");
+}
+
+/// `pid`'s soft limit of open files, as /proc shows it.
+fn open_files_limit(pid: u32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("Max open files")
+        .to_owned()
+}
+
+#[test]
+fn a_shortage_of_file_descriptors_is_not_charged_to_the_endpoints() {
+    // Levee runs out of file descriptors with one left: each client it
+    // accepts takes that one and its connect upstream fails with EMFILE.
+    // That is Levee's shortage, not the endpoints' failure: with outlier
+    // detection ejecting at the first failed connect, charging it to them
+    // would eject both, and the service would stay down after the
+    // shortage. Instead the clients are refused (TCP: closed; HTTP: 503
+    // local_shortage), counted by cause, and once descriptors are free
+    // again both endpoints of each cluster serve at once.
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let (h1, h2) = (Backend::start("h1"), Backend::start("h2"));
+    let (tcp, http) = (free_addr(), free_addr());
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let eject = "outlier_detection = { consecutive_failures = 1, base_ejection = \"60s\" }";
+    let check = "health_check = { interval = \"200ms\", jitter = \"0s\", timeout = \"200ms\", unhealthy_threshold = 2 }";
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("pg", tcp, &extra)
+            .listener("web", http)
+            .cluster_with(
+                "db",
+                &[a.addr, b.addr],
+                &["balance = \"round_robin\"", eject],
+            )
+            .cluster_with(
+                "web",
+                &[h1.addr(), h2.addr()],
+                &["balance = \"round_robin\"", eject, check],
+            )
+            .route("all", "web"),
+    );
+    let pid = levee.pid();
+    let limit = open_files_limit(pid);
+    // The lowest free descriptor number is left for the accept; the next
+    // one, the connect's socket, is over the limit.
+    let used = open_fds(pid);
+    let free = |skip: usize| (0..).filter(|n| !used.contains(n)).nth(skip);
+    let ceiling = free(1).expect("a second free descriptor");
+    set_open_files(pid, &ceiling.to_string());
+    for i in 0..3 {
+        let mut c = BufReader::new(TcpStream::connect(tcp).expect("connect to levee"));
+        assert!(
+            closed_within(&mut c, T),
+            "tcp connection {i} closed at once"
+        );
+    }
+    // Three requests on one connection (a new one would need a second
+    // descriptor): the pool is empty, each needs a connect.
+    let mut web = RawConn::connect_timeout(http, T).expect("connect to levee");
+    for i in 0..3 {
+        web.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .expect("write");
+        let r = web.read_response(T).expect("an answer");
+        assert_eq!(r.status, 503, "request {i}: {}", r.text());
+        assert!(r.text().contains("local_shortage"), "{}", r.text());
+    }
+    // While `web` holds the last descriptor, the health checks of `web`'s
+    // endpoints cannot connect either: no verdict, not a failed check.
+    let not_made = || levee.stderr_text().matches("health check not made").count();
+    assert!(wait_until(T, || not_made() >= 4), "{}", levee.logs());
+    drop(web);
+    set_open_files(pid, &limit);
+
+    let shortages = levee.metric(
+        "levee_local_shortage_total",
+        &[("cause", "file_descriptors"), ("at", "connect")],
+    );
+    assert_eq!(shortages, Some(6.0), "{}", levee.metrics_text());
+    assert_eq!(
+        levee
+            .metric("levee_outlier_ejections_total", &[])
+            .unwrap_or(0.0),
+        0.0,
+        "{}",
+        levee.metrics_text()
+    );
+    assert_eq!(
+        levee
+            .metric("levee_upstream_connect_errors_total", &[])
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        wait_until(T, || levee.metric(
+            "levee_tcp_connections_total",
+            &[("end", "local_shortage")]
+        ) == Some(3.0)),
+        "{}",
+        levee.metrics_text()
+    );
+    let checks = levee.metric(
+        "levee_local_shortage_total",
+        &[("cause", "file_descriptors"), ("at", "health_check")],
+    );
+    assert!(checks.is_some_and(|n| n >= 4.0), "{checks:?}");
+    let status = levee.status_json();
+    let web = status["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "web"))
+        .expect("cluster web in /status");
+    for ep in web["endpoints"].as_array().expect("endpoints") {
+        assert_eq!(ep["state"], "healthy", "{ep}");
+    }
+    // Both endpoints of each cluster serve at once.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..4 {
+        let (mut conn, name) = connect(tcp);
+        assert_eq!(echo(&mut conn, &format!("after {i}")), format!("after {i}"));
+        seen.insert(name);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = http_get(http, "/").expect("a request after the shortage");
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(r.header("x-backend").unwrap_or_default().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
 }

@@ -10,8 +10,8 @@
 //! reload keeps their counts.
 
 use super::metrics::{
-    ClusterKindLabels, ClusterLabels, EndpointLabels, KindLabels, Metrics, ResultLabels,
-    TransitionLabels,
+    CauseLabels, ClusterKindLabels, ClusterLabels, EndpointLabels, KindLabels, Metrics,
+    ResultLabels, TransitionLabels,
 };
 use crate::config::Config;
 
@@ -52,6 +52,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "http2_keepalive_timeout",
     "fault_injected",
     "fault_reset",
+    "local_shortage",
 ];
 
 /// Every `kind` of `levee_upstream_retries_total`
@@ -106,6 +107,14 @@ pub fn process(metrics: &Metrics) {
         let _ = metrics
             .reloads
             .get_or_create_owned(&ResultLabels { result });
+    }
+    for cause in crate::shortage::Shortage::ALL {
+        for at in crate::shortage::PLACES {
+            let _ = metrics.local_shortage.get_or_create_owned(&CauseLabels {
+                cause: cause.as_str(),
+                at,
+            });
+        }
     }
 }
 
@@ -197,7 +206,8 @@ mod tests {
             | E::RewriteFailed
             | E::FaultAbort(_)
             | E::FaultGrpcAbort(_)
-            | E::FaultReset => e.code(),
+            | E::FaultReset
+            | E::LocalShortage => e.code(),
         };
         for e in [
             E::NoRoute,
@@ -223,6 +233,7 @@ mod tests {
             E::FaultAbort(503),
             E::FaultGrpcAbort(14),
             E::FaultReset,
+            E::LocalShortage,
         ] {
             assert!(ERROR_KINDS.contains(&listed(e)), "{e:?}");
         }

@@ -28,6 +28,13 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+    /// Where it was met: `accept`, `connect`, `health_check`.
+    pub at: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub cluster: String,
     pub endpoint: String,
@@ -141,6 +148,7 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_connect_errors: Family<EndpointLabels, Counter>,
+    pub local_shortage: Family<CauseLabels, Counter>,
     pub upstream_tls_handshakes: Family<EndpointResultLabels, Counter>,
     pub upstream_in_flight: Family<EndpointLabels, Gauge>,
     pub connections_active: Family<ListenerLabels, Gauge>,
@@ -236,6 +244,12 @@ impl Metrics {
             "upstream_connect_errors",
             "Failed or timed-out connection attempts to an endpoint",
             upstream_connect_errors.clone(),
+        );
+        let local_shortage = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "local_shortage",
+            "Accepts, connects and health checks refused for want of Levee's own resources, by cause (file_descriptors, local_ports, memory) and where (accept, connect, health_check); not charged to any endpoint",
+            local_shortage.clone(),
         );
         let upstream_tls_handshakes = Family::<EndpointResultLabels, Counter>::default();
         registry.register(
@@ -429,6 +443,7 @@ impl Metrics {
             errors,
             upstream_requests,
             upstream_connect_errors,
+            local_shortage,
             upstream_tls_handshakes,
             upstream_in_flight,
             connections_active,
@@ -499,6 +514,17 @@ impl Metrics {
     pub fn reloads_refused(&self) {
         self.reloads
             .get_or_create(&ResultLabels { result: "refused" })
+            .inc();
+    }
+
+    /// One accept, connect or health check refused for want of Levee's
+    /// own resources; `at` is one of `crate::shortage::PLACES`.
+    pub fn local_shortage(&self, cause: crate::shortage::Shortage, at: &'static str) {
+        self.local_shortage
+            .get_or_create(&CauseLabels {
+                cause: cause.as_str(),
+                at,
+            })
             .inc();
     }
 }

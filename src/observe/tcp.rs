@@ -60,7 +60,7 @@ impl TcpMetrics {
         let connections = Family::<EndLabels, Counter>::default();
         registry.register(
             "tcp_connections",
-            "Connections of tcp listeners, counted when they end, by listener, cluster and how they ended (client_closed, endpoint_closed, idle_timeout, endpoint_down, connect_failed, no_endpoint, breaker_open, bulkhead_full, error)",
+            "Connections of tcp listeners, counted when they end, by listener, cluster and how they ended (client_closed, endpoint_closed, idle_timeout, endpoint_down, connect_failed, local_shortage, no_endpoint, breaker_open, bulkhead_full, error)",
             connections.clone(),
         );
         let bytes = Family::<BytesLabels, Counter>::default();

@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// An injected fault (`chaos`) on the route: the client's connection
     /// is closed without an answer (the status is only logged).
     FaultReset,
+    /// Levee was out of file descriptors, local ports or memory to
+    /// connect (`crate::shortage`); no endpoint is to blame.
+    LocalShortage,
 }
 
 impl ProxyError {
@@ -92,7 +95,8 @@ impl ProxyError {
             | ProxyError::BulkheadFull
             | ProxyError::QueueTimeout
             | ProxyError::Shed
-            | ProxyError::Degraded => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Degraded
+            | ProxyError::LocalShortage => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultAbort(s) => {
                 StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -126,6 +130,7 @@ impl ProxyError {
             ProxyError::RewriteFailed => "rewrite_failed",
             ProxyError::FaultAbort(_) | ProxyError::FaultGrpcAbort(_) => "fault_injected",
             ProxyError::FaultReset => "fault_reset",
+            ProxyError::LocalShortage => "local_shortage",
         }
     }
 
@@ -165,6 +170,9 @@ impl ProxyError {
             ProxyError::FaultReset => {
                 "a fault injected by the operator (chaos) closed the connection"
             }
+            ProxyError::LocalShortage => {
+                "the proxy is short of file descriptors, ports or memory to connect upstream"
+            }
         }
     }
 
@@ -191,6 +199,7 @@ impl From<&upstream::Error> for ProxyError {
         match e {
             upstream::Error::ConnectTimeout(_) => ProxyError::UpstreamConnectTimeout,
             upstream::Error::Connect(_) => ProxyError::UpstreamConnect,
+            upstream::Error::Shortage(..) => ProxyError::LocalShortage,
             upstream::Error::TimedOut(_) => ProxyError::UpstreamTimeout,
             upstream::Error::RequestBody(b) => client_body(b),
             upstream::Error::Injected(s) => ProxyError::FaultAbort(*s),
@@ -311,6 +320,11 @@ mod tests {
                 502,
             ),
             (upstream::Error::Closed, ProxyError::UpstreamFailed, 502),
+            (
+                upstream::Error::connect(io::Error::from_raw_os_error(24)),
+                ProxyError::LocalShortage,
+                503,
+            ),
             (
                 upstream::Error::RequestBody(Box::new(TooLarge)),
                 ProxyError::BodyTooLarge,

@@ -163,10 +163,14 @@ pub(super) async fn send_with_retries<B: RequestBody>(
                 tries.count
             );
         }
-        // The client's side failed (body too large, went away): nothing to
-        // judge the endpoint by, nothing to retry.
+        // The client's side failed (body too large, went away), or Levee's
+        // own resources (`crate::shortage`): nothing to judge the endpoint
+        // by, nothing another endpoint would do better.
         let Some(outcome) = try_result(&result, out.grpc, head_status, trailers_first.as_ref())
         else {
+            if let Err(upstream::Error::Shortage(cause, _)) = &result {
+                cx.shared.metrics.local_shortage(*cause, "connect");
+            }
             return settle(tries, result.map(|exchange| (exchange, None)), None);
         };
         // A gRPC answer whose status is still to come in its trailers is
@@ -405,7 +409,7 @@ const TRANSPARENT_RETRIES: u32 = 3;
 const PEEK_WAIT: Duration = Duration::from_secs(1);
 
 /// What a try's result means for the breakers and the retry policy; `None`
-/// when the client, not the endpoint, failed.
+/// when the client or Levee itself, not the endpoint, failed.
 fn try_result(
     result: &Result<upstream::Exchange, upstream::Error>,
     grpc: bool,
@@ -428,6 +432,7 @@ fn try_result(
         }
         Ok(ex) => Some(TryResult::Status(ex.head.status.as_u16())),
         Err(upstream::Error::Unprocessed(_)) => Some(TryResult::Unprocessed),
+        Err(upstream::Error::Shortage(..)) => None,
         Err(e) if e.is_connect() => Some(TryResult::ConnectFailure),
         Err(upstream::Error::TimedOut(_)) => Some(TryResult::Timeout),
         Err(upstream::Error::RequestBody(_)) => None,

@@ -100,6 +100,14 @@ impl Checker {
                 Outcome::Pass => (Check::Pass, "passed"),
                 Outcome::Degraded(why) => (Check::Degraded, why.as_str()),
                 Outcome::Fail(why) => (Check::Fail, why.as_str()),
+                // Levee's own shortage: no verdict on the endpoint, its
+                // state and counts stay as they are until the next check.
+                Outcome::Shortage(cause, why) => {
+                    self.shared.metrics.local_shortage(*cause, "health_check");
+                    tracing::warn!(cluster = %self.cluster, endpoint = %self.live.address, "health check not made: {why}");
+                    wait = self.next_wait();
+                    continue;
+                }
             };
             if let Some(t) = self.live.record_check(check, &thresholds, Instant::now()) {
                 let message = format!(
@@ -127,15 +135,21 @@ impl Checker {
                     format!("{} (last check: {detail})", t.reason),
                 );
             }
-            let interval = match self.live.state() {
-                State::Unhealthy => self
-                    .config
-                    .unhealthy_interval
-                    .unwrap_or(self.config.interval),
-                _ => self.config.interval,
-            };
-            wait = interval.get() + self.jitter();
+            wait = self.next_wait();
         }
+    }
+
+    /// The wait before the next check: an unhealthy endpoint's interval
+    /// may differ.
+    fn next_wait(&mut self) -> Duration {
+        let interval = match self.live.state() {
+            State::Unhealthy => self
+                .config
+                .unhealthy_interval
+                .unwrap_or(self.config.interval),
+            _ => self.config.interval,
+        };
+        interval.get() + self.jitter()
     }
 
     /// A random share of the configured jitter (xorshift; quality needs are

@@ -145,6 +145,9 @@ impl AcceptLoop {
                         // Out of file descriptors or similar: back off
                         // instead of spinning, keep serving what is open.
                         tracing::warn!(address = %self.address, error = %e, "accept failed");
+                        if let Some(shortage) = crate::shortage::Shortage::of(&e) {
+                            metrics.local_shortage(shortage, "accept");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

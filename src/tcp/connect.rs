@@ -2,7 +2,9 @@
 //! cluster's balancer, admitted by its breakers, connected within the
 //! cluster's `connect_timeout`; a failed connect is recorded (outlier
 //! detection and breakers see it) and tried again on another endpoint,
-//! up to the listener's `connect_attempts`.
+//! up to the listener's `connect_attempts`. A connect that Levee's own
+//! shortage of file descriptors, ports or memory stopped is neither
+//! recorded nor tried again (`crate::shortage`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use crate::config::{CheckKind, Role};
 use crate::observe::Metrics;
 use crate::observe::metrics::EndpointLabels;
 use crate::resilience::policy::TryResult;
+use crate::shortage::Shortage;
 
 /// A connect that succeeded counts for the cluster as a 2xx answer does.
 const CONNECTED: TryResult = TryResult::Status(200);
@@ -25,6 +28,8 @@ pub enum Refused {
     BreakerOpen,
     NoEndpoint,
     ConnectFailed,
+    /// Levee ran out of its own resources: no endpoint is to blame.
+    Shortage(Shortage),
 }
 
 pub struct Upstream {
@@ -113,7 +118,23 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
                 });
                 return out;
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => {
+                if let Some(shortage) = Shortage::of(&e) {
+                    metrics.local_shortage(shortage, "connect");
+                    tracing::warn!(
+                        listener = %relay.listener,
+                        cluster = %cluster.name,
+                        endpoint = %endpoint.address,
+                        "tcp connect not made, Levee is short of {}: {e}",
+                        shortage.as_str()
+                    );
+                    // Nothing recorded against the endpoint: `in_flight`
+                    // is dropped, as after any try.
+                    out.result = Err(Refused::Shortage(shortage));
+                    return out;
+                }
+                e.to_string()
+            }
             Err(_) => format!("no connection within {:?}", cluster.connect_timeout),
         };
         let address = endpoint.address;

@@ -162,6 +162,7 @@ pub async fn serve<S: relay::Client>(
                 Refused::BreakerOpen => End::BreakerOpen,
                 Refused::NoEndpoint => End::NoEndpoint,
                 Refused::ConnectFailed => End::ConnectFailed,
+                Refused::Shortage(_) => End::LocalShortage,
             };
             line.endpoint = connected.last_endpoint;
             finish(&shared, &relay, line, start);

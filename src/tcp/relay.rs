@@ -48,6 +48,8 @@ pub enum End {
     EndpointDown,
     /// Every connect failed.
     ConnectFailed,
+    /// Levee was short of file descriptors, ports or memory to connect.
+    LocalShortage,
     /// No endpoint may take a connection.
     NoEndpoint,
     BreakerOpen,
@@ -64,6 +66,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::EndpointDown => "endpoint_down",
             End::ConnectFailed => "connect_failed",
+            End::LocalShortage => "local_shortage",
             End::NoEndpoint => "no_endpoint",
             End::BreakerOpen => "breaker_open",
             End::BulkheadFull => "bulkhead_full",

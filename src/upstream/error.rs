@@ -12,6 +12,7 @@ use std::io;
 use std::time::Duration;
 
 use super::codec::ParseError;
+use crate::shortage::Shortage;
 
 /// The request body's own error, boxed: only made when a body fails.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -21,9 +22,14 @@ pub enum Error {
     /// The connection was not made within `connect_timeout`.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    /// The connection was not made: refused, unreachable, out of ports.
+    /// The connection was not made: refused, unreachable.
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
+    /// The connection was not made for want of Levee's own file
+    /// descriptors, local ports or memory: no endpoint is to blame
+    /// (`crate::shortage`).
+    #[error("connect not made, Levee is short of {cause}: {1}", cause = .0.as_str())]
+    Shortage(Shortage, #[source] io::Error),
     /// Writing the request head or body failed.
     #[error("sending the request failed: {0}")]
     Send(#[source] io::Error),
@@ -64,7 +70,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the request never reached the endpoint (no connection).
+    /// A failed connect: Levee's own shortage, or the endpoint's failure.
+    pub fn connect(e: io::Error) -> Error {
+        match Shortage::of(&e) {
+            Some(shortage) => Error::Shortage(shortage, e),
+            None => Error::Connect(e),
+        }
+    }
+
+    /// Whether the request never reached the endpoint (no connection)
+    /// through the endpoint's fault or the network's; a shortage of
+    /// Levee's own is not one.
     pub fn is_connect(&self) -> bool {
         matches!(self, Error::Connect(_) | Error::ConnectTimeout(_))
     }
@@ -72,7 +88,9 @@ impl Error {
     /// The kind of the io error behind this one, if there is one.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
-            Error::Connect(e) | Error::Send(e) | Error::Receive(e) => Some(e.kind()),
+            Error::Connect(e) | Error::Shortage(_, e) | Error::Send(e) | Error::Receive(e) => {
+                Some(e.kind())
+            }
             Error::ConnectTimeout(_) | Error::TimedOut(_) => Some(io::ErrorKind::TimedOut),
             _ => None,
         }
@@ -93,5 +111,12 @@ mod tests {
         let e = Error::Receive(io::Error::from(io::ErrorKind::ConnectionReset));
         assert!(!e.is_connect());
         assert!(e.to_string().contains("reset"), "{e}");
+        // Out of file descriptors: Levee's shortage, not a failed connect.
+        let e = Error::connect(io::Error::from_raw_os_error(24));
+        assert!(matches!(e, Error::Shortage(Shortage::FileDescriptors, _)));
+        assert!(!e.is_connect());
+        assert!(e.to_string().contains("short of file_descriptors"), "{e}");
+        let e = Error::connect(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(e.is_connect());
     }
 }

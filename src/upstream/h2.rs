@@ -208,7 +208,10 @@ where
             let conn = match Box::pin(open(target)).await {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
-                    pool.counters.connect_errors.inc();
+                    // Levee's own shortage is not the endpoint's error.
+                    if !matches!(e, Error::Shortage(..)) {
+                        pool.counters.connect_errors.inc();
+                    }
                     return Err(e);
                 }
             };
@@ -311,7 +314,7 @@ async fn open(target: &Target<'_>) -> Result<Shared, Error> {
     let deadline = tokio::time::Instant::now() + timeout;
     let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(target.address)).await {
         Err(_) => return Err(Error::ConnectTimeout(timeout)),
-        Ok(Err(e)) => return Err(Error::Connect(e)),
+        Ok(Err(e)) => return Err(Error::connect(e)),
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);

@@ -136,15 +136,18 @@ where
     let conn = match opening.await {
         Ok(c) => c,
         Err(e) => {
-            pool.counters.connect_errors.inc();
             // A failed TLS handshake is a failed connect: nothing was sent,
             // and another endpoint may take the request.
-            return Err(match e {
+            let e = match e {
                 conn::ConnectError::TimedOut => Error::ConnectTimeout(target.connect_timeout),
-                conn::ConnectError::Refused(e) | conn::ConnectError::Handshake(e) => {
-                    Error::Connect(e)
-                }
-            });
+                conn::ConnectError::Refused(e) => Error::connect(e),
+                conn::ConnectError::Handshake(e) => Error::Connect(e),
+            };
+            // Levee's own shortage is not the endpoint's connect error.
+            if !matches!(e, Error::Shortage(..)) {
+                pool.counters.connect_errors.inc();
+            }
+            return Err(e);
         }
     };
     let connect = started.elapsed();

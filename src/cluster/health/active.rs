@@ -17,6 +17,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http1::chunked::{Decoder, Step};
+use crate::shortage::Shortage;
 use crate::upstream::Conn;
 use crate::upstream::codec::{self, RequestBody, ResponseBody, ResponseHead};
 use crate::upstream::conn::{self, ConnectError};
@@ -53,6 +54,9 @@ pub enum Outcome {
     Pass,
     Degraded(String),
     Fail(String),
+    /// Not checked: Levee was short of file descriptors, ports or memory to
+    /// connect (`crate::shortage`). Says nothing about the endpoint.
+    Shortage(Shortage, String),
 }
 
 /// Runs `probe` against `address`, over TLS when `tls` says so (then a TCP
@@ -78,9 +82,13 @@ pub async fn check(
                 .await
                 .map(|()| Outcome::Pass);
         }
-        let mut conn = Conn::connect(address, timeout, tls)
-            .await
-            .map_err(|e| connect_error(e, timeout))?;
+        let mut conn = match Conn::connect(address, timeout, tls).await {
+            Ok(conn) => conn,
+            Err(ConnectError::Refused(e)) if let Some(s) = Shortage::of(&e) => {
+                return Ok(Outcome::Shortage(s, format!("connect not made: {e}")));
+            }
+            Err(e) => return Err(connect_error(e, timeout)),
+        };
         match probe {
             Probe::Tcp | Probe::Role(_) | Probe::Grpc { .. } => Ok(Outcome::Pass),
             Probe::Http {
