@@ -15,7 +15,9 @@
 //! no endpoint's record changes. HAProxy keeps the same line (its `R`
 //! termination state: "a resource on the proxy has been exhausted").
 
+use std::error::Error;
 use std::io;
+use std::sync::Arc;
 
 use rustix::io::Errno;
 
@@ -49,6 +51,26 @@ impl Shortage {
             Errno::NOBUFS | Errno::NOMEM => Some(Shortage::Memory),
             _ => None,
         }
+    }
+
+    /// The shortage `e` or one of its sources reports: for the errors of
+    /// client libraries (tokio-postgres, redis-rs) that keep the io error
+    /// of their connect as a source.
+    pub fn in_chain(e: &(dyn Error + 'static)) -> Option<Shortage> {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            // redis-rs gives its io error as an `Arc<dyn Error>`, whose own
+            // `source` skips the io error inside.
+            let inner = match e.downcast_ref::<Arc<dyn Error + Send + Sync>>() {
+                Some(arc) => &**arc as &(dyn Error + 'static),
+                None => e,
+            };
+            if let Some(s) = inner.downcast_ref::<io::Error>().and_then(Shortage::of) {
+                return Some(s);
+            }
+            next = inner.source();
+        }
+        None
     }
 
     /// The `cause` label.
@@ -89,5 +111,24 @@ mod tests {
             assert_eq!(Shortage::of(&os(e.raw_os_error())), None, "{e:?}");
         }
         assert_eq!(Shortage::of(&io::Error::other("no errno")), None);
+    }
+
+    #[test]
+    fn finds_a_shortage_among_an_errors_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("client: {0}")]
+        struct Client(#[source] io::Error);
+        let wrapped = Client(io::Error::from_raw_os_error(Errno::MFILE.raw_os_error()));
+        assert_eq!(
+            Shortage::in_chain(&wrapped),
+            Some(Shortage::FileDescriptors)
+        );
+        let refused = Client(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(Shortage::in_chain(&refused), None);
+        // redis-rs keeps it behind an Arc.
+        let redis = ::redis::RedisError::from(io::Error::from_raw_os_error(
+            Errno::ADDRNOTAVAIL.raw_os_error(),
+        ));
+        assert_eq!(Shortage::in_chain(&redis), Some(Shortage::LocalPorts));
     }
 }

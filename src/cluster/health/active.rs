@@ -15,7 +15,9 @@ use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
+use super::NotPassed;
 use crate::http1::chunked::{Decoder, Step};
 use crate::shortage::Shortage;
 use crate::upstream::Conn;
@@ -74,20 +76,26 @@ pub async fn check(
         if let Probe::Role(role) = probe {
             // Its client makes its own connection.
             let seen = super::role::ask(address, role, timeout).await?;
-            return super::role::judge(role, seen).map(|()| Outcome::Pass);
+            return super::role::judge(role, seen)
+                .map(|()| Outcome::Pass)
+                .map_err(NotPassed::Failed);
         }
         if let Probe::Grpc { service } = probe {
             // HTTP/2 on a connection of its own.
-            return super::grpc::check(address, service, tls)
+            let tcp = TcpStream::connect(address)
                 .await
-                .map(|()| Outcome::Pass);
+                .map_err(|e| NotPassed::connecting("connect failed", &e))?;
+            return super::grpc::check(tcp, address, service, tls)
+                .await
+                .map(|()| Outcome::Pass)
+                .map_err(NotPassed::Failed);
         }
         let mut conn = match Conn::connect(address, timeout, tls).await {
             Ok(conn) => conn,
             Err(ConnectError::Refused(e)) if let Some(s) = Shortage::of(&e) => {
-                return Ok(Outcome::Shortage(s, format!("connect not made: {e}")));
+                return Err(NotPassed::Shortage(s, format!("connect failed: {e}")));
             }
-            Err(e) => return Err(connect_error(e, timeout)),
+            Err(e) => return Err(connect_error(e, timeout).into()),
         };
         match probe {
             Probe::Tcp | Probe::Role(_) | Probe::Grpc { .. } => Ok(Outcome::Pass),
@@ -96,12 +104,15 @@ pub async fn check(
                 path,
                 host,
                 expect,
-            } => http_check(&mut conn, address, method, path, host.as_deref(), expect).await,
+            } => http_check(&mut conn, address, method, path, host.as_deref(), expect)
+                .await
+                .map_err(NotPassed::Failed),
         }
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(why)) => Outcome::Fail(why),
+        Ok(Err(NotPassed::Failed(why))) => Outcome::Fail(why),
+        Ok(Err(NotPassed::Shortage(s, why))) => Outcome::Shortage(s, why),
         Err(_) => Outcome::Fail(timed_out(timeout)),
     }
 }

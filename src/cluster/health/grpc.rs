@@ -24,16 +24,14 @@ const PATH: &str = "/grpc.health.v1.Health/Check";
 /// `HealthCheckResponse.ServingStatus`.
 const SERVING: u64 = 1;
 
-/// Asks `address` whether `service` ("" for the whole server) is serving.
-/// The caller bounds the time.
+/// Asks `address`, over `tcp` (connected by the caller), whether `service`
+/// ("" for the whole server) is serving. The caller bounds the time.
 pub async fn check(
+    tcp: TcpStream,
     address: SocketAddr,
     service: &str,
     tls: Option<&EndpointTls>,
 ) -> Result<(), String> {
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let authority = address.to_string();
     let (status, headers, trailers, body) = match tls {

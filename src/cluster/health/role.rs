@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::NotPassed;
 use crate::config::Role;
 
 /// What a role check asks, and of whom.
@@ -62,7 +63,7 @@ pub async fn ask(
     address: SocketAddr,
     probe: &RoleProbe,
     timeout: Duration,
-) -> Result<Seen, String> {
+) -> Result<Seen, NotPassed> {
     match probe.server {
         Server::Postgres => postgres(address, probe, timeout).await,
         Server::Redis => redis(address, probe, timeout).await,
@@ -73,7 +74,7 @@ async fn postgres(
     address: SocketAddr,
     probe: &RoleProbe,
     timeout: Duration,
-) -> Result<Seen, String> {
+) -> Result<Seen, NotPassed> {
     let user = probe.user.as_deref().unwrap_or("postgres");
     let mut config = tokio_postgres::Config::new();
     config
@@ -89,7 +90,7 @@ async fn postgres(
     let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("postgres: {e}"))?;
+        .map_err(|e| NotPassed::connecting("postgres", &e))?;
     // The connection is driven beside the query and dropped with it.
     let driver = tokio::spawn(async move {
         let _ = connection.await;
@@ -114,7 +115,11 @@ async fn postgres(
     })
 }
 
-async fn redis(address: SocketAddr, probe: &RoleProbe, timeout: Duration) -> Result<Seen, String> {
+async fn redis(
+    address: SocketAddr,
+    probe: &RoleProbe,
+    timeout: Duration,
+) -> Result<Seen, NotPassed> {
     use ::redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
     let err = |e: ::redis::RedisError| format!("redis: {e}");
     let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
@@ -135,7 +140,7 @@ async fn redis(address: SocketAddr, probe: &RoleProbe, timeout: Duration) -> Res
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(err)?;
+        .map_err(|e| NotPassed::connecting("redis", &e))?;
     let role: ::redis::Value = ::redis::cmd("ROLE")
         .query_async(&mut conn)
         .await
@@ -148,7 +153,11 @@ async fn redis(address: SocketAddr, probe: &RoleProbe, timeout: Duration) -> Res
     let name = match first {
         Some(::redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(::redis::Value::SimpleString(s)) => s.clone(),
-        _ => return Err("redis: ROLE answered something else than a role".into()),
+        _ => {
+            return Err(NotPassed::Failed(
+                "redis: ROLE answered something else than a role".into(),
+            ));
+        }
     };
     match name.as_str() {
         "master" => Ok(Seen {
@@ -159,9 +168,9 @@ async fn redis(address: SocketAddr, probe: &RoleProbe, timeout: Duration) -> Res
             primary: false,
             lag: None,
         }),
-        other => Err(format!(
+        other => Err(NotPassed::Failed(format!(
             "redis: role {other:?} is neither master nor replica"
-        )),
+        ))),
     }
 }
 
