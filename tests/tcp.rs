@@ -663,3 +663,35 @@ fn a_shortage_of_file_descriptors_is_not_charged_to_the_endpoints() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+#[test]
+fn the_limit_of_open_files_is_raised_at_start_and_a_short_one_is_named() {
+    // Started as a service manager would (a soft limit of 512 under a hard
+    // one of 4096), Levee lifts its soft limit to the hard one, and says
+    // that even 4096 is short of what its caps may hold open (one
+    // listener of 10,000 connections by default, two descriptors each).
+    let a = Echo::start("a");
+    let listen = free_addr();
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let config = ConfigBuilder::new()
+        .listener_with("pg", listen, &extra)
+        .cluster("db", &[a.addr])
+        .set("server", "workers = 1")
+        .build();
+    let mut levee = Levee::spawn_wrapped(&config, &[], &["prlimit", "--nofile=512:4096"]);
+    levee.wait_ready(T).expect("levee starts");
+    assert_eq!(open_files_limit(levee.pid()), "4096");
+    let log = levee.stderr_text();
+    assert!(
+        log.contains("limit of open files raised from=512 to=4096"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the limit of open files (4096) is below the 20256"),
+        "{log}"
+    );
+    let (mut conn, name) = connect(listen);
+    assert_eq!(name, "a");
+    assert_eq!(echo(&mut conn, "hello"), "hello");
+}

@@ -16,6 +16,7 @@ pub mod h1;
 pub mod h2;
 mod health_checks;
 pub mod listener;
+mod open_files;
 pub mod phase;
 pub mod pid_file;
 
@@ -92,6 +93,14 @@ impl Server {
     /// Binds every listener and starts the workers. Fails without serving
     /// anything if a socket cannot be bound.
     pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Server, StartError> {
+        match open_files::raise() {
+            Ok(Some((from, to))) => tracing::info!(from, to, "limit of open files raised"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot raise the limit of open files: {e}"),
+        }
+        if let Some(warning) = open_files::short_of(&config, open_files::current()) {
+            tracing::warn!("{warning}");
+        }
         let workers = match config.server.workers {
             0 => default_workers(),
             n => n,
@@ -403,6 +412,12 @@ impl Server {
     fn reload_by(&mut self, trigger: &'static str) -> Result<String, String> {
         let result = self.reload();
         log_reload_result(trigger, &result);
+        if result.is_ok() {
+            let config = &self.shared.snapshot.load().config;
+            if let Some(warning) = open_files::short_of(config, open_files::current()) {
+                tracing::warn!("{warning}");
+            }
+        }
         let last = crate::shared::LastReload {
             at: std::time::SystemTime::now(),
             trigger,

@@ -60,10 +60,24 @@ impl Levee {
 
     /// `spawn` with extra environment variables (e.g. `RUST_LOG`).
     pub fn spawn_with(config_toml: &str, envs: &[(&str, &str)]) -> Levee {
+        Levee::spawn_wrapped(config_toml, envs, &[])
+    }
+
+    /// `spawn_with`, run by a program that execs it (same pid), e.g.
+    /// `["prlimit", "--nofile=512:4096"]` to start it under other limits.
+    pub fn spawn_wrapped(config_toml: &str, envs: &[(&str, &str)], wrapper: &[&str]) -> Levee {
         let dir = tempfile::tempdir().expect("create temp dir");
         let config_path = dir.path().join("levee.toml");
         fs::write(&config_path, config_toml).expect("write config");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config_path)
