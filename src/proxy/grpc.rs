@@ -60,7 +60,8 @@ pub fn code(err: ProxyError, status: StatusCode) -> u8 {
         | ProxyError::Degraded
         | ProxyError::UpstreamConnect
         | ProxyError::UpstreamConnectTimeout
-        | ProxyError::UpstreamFailed => UNAVAILABLE,
+        | ProxyError::UpstreamFailed
+        | ProxyError::LocalShortage => UNAVAILABLE,
         _ => match status.as_u16() {
             400 => INTERNAL,
             401 => UNAUTHENTICATED,
@@ -251,6 +252,7 @@ mod tests {
         assert_eq!(c(ProxyError::NoEndpoint), UNAVAILABLE);
         assert_eq!(c(ProxyError::BreakerOpen), UNAVAILABLE);
         assert_eq!(c(ProxyError::UpstreamConnect), UNAVAILABLE);
+        assert_eq!(c(ProxyError::LocalShortage), UNAVAILABLE);
         assert_eq!(c(ProxyError::RateLimited), RESOURCE_EXHAUSTED);
         assert_eq!(c(ProxyError::UpstreamTimeout), DEADLINE_EXCEEDED);
         assert_eq!(c(ProxyError::NoRoute), UNIMPLEMENTED);
