@@ -2,10 +2,11 @@
 //! held only while bytes move.
 //!
 //! Each direction waits for its source to be readable holding no buffer
-//! (`ReadReady`, as an idle HTTP/1 connection does); a buffer of `CHUNK`
-//! bytes is taken for a read and given back once what it holds has been
-//! written and flushed. A destination that does not take the bytes keeps
-//! its direction from reading more (back-pressure: at most one `CHUNK` per
+//! (`ReadReady`, as an idle HTTP/1 connection does), reads at most `CHUNK`
+//! bytes onto the stack and writes them on at once; only what the
+//! destination does not take is kept in a buffer, given back once written
+//! and flushed. A destination that does not take the bytes keeps its
+//! direction from reading more (back-pressure: at most one `CHUNK` per
 //! direction is ever held). An idle tunnel therefore costs its two sockets
 //! and this small state, not 2 × 16 KiB of buffers as tokio's
 //! `copy_bidirectional` would. The end of file of one side is passed on as
@@ -20,13 +21,14 @@
 //! until the direction ends.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use rustix::pipe::splice;
-use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::wire::pipe::{self, Pipe};
 use crate::wire::sniff::ReadReady;
@@ -147,21 +149,37 @@ impl Half {
             }
             // Idle: wait for bytes without a buffer.
             ready!(src.poll_read_ready(cx))?;
-            self.buf.reserve(CHUNK);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, &mut self.buf) {
-                Poll::Pending => {
-                    // Readiness without data (a partial TLS record, a
-                    // spurious wake-up): the buffer goes back.
-                    self.buf = BytesMut::new();
-                    return Poll::Pending;
+            // Read onto the stack and write on at once: most reads (a
+            // WebSocket message, a TLS client's record) are taken whole by
+            // the destination, and a 16 KiB heap buffer per read was
+            // mimalloc's slow path each time. Only what the destination
+            // does not take now goes to `buf`, written before the next read.
+            let mut scratch = [MaybeUninit::<u8>::uninit(); CHUNK];
+            let mut read = ReadBuf::uninit(&mut scratch);
+            // Pending: readiness without data (a partial TLS record, a
+            // spurious wake-up), and nothing held.
+            ready!(Pin::new(&mut *src).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            if got.is_empty() {
+                self.eof = true;
+                seen.bytes(&[]);
+                continue;
+            }
+            seen.bytes(got);
+            let mut written = 0;
+            while written < got.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &got[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(0)) => {
-                    self.buf = BytesMut::new();
-                    self.eof = true;
-                    seen.bytes(&[]);
-                }
-                Poll::Ready(Ok(_)) => seen.bytes(&self.buf),
+            }
+            if written < got.len() {
+                self.buf = BytesMut::from(&got[written..]);
             }
         }
     }
@@ -329,6 +347,43 @@ mod tests {
         assert_eq!(up, 5);
         assert_eq!(down, 200_000);
         assert_eq!(both.forth.buf.capacity(), 0);
+        assert_eq!(both.back.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_a_slow_destination_does_not_take_is_kept_in_order() {
+        // The client reads nothing until 4 MB are on their way: its
+        // socket's buffers fill, writes are partial, and the rest of each
+        // read waits in `buf`; every byte must still arrive, in order.
+        let (mut client, mut a) = pair().await;
+        let (mut b, mut endpoint) = pair().await;
+        let mut both = Both::default();
+        const LEN: usize = 4 << 20;
+        let byte = |i: usize| (i % 251) as u8;
+        let copy = async {
+            poll_fn(|cx| both.poll_copy(cx, &mut a, &mut b, &mut |_: &[u8]| {}, &mut |_: &[u8]| {}))
+                .await
+        };
+        let send = async {
+            let data: Vec<u8> = (0..LEN).map(byte).collect();
+            endpoint.write_all(&data).await.expect("write");
+            endpoint.shutdown().await.expect("shutdown");
+            endpoint
+        };
+        let receive = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut got = Vec::with_capacity(LEN);
+            client.read_to_end(&mut got).await.expect("read");
+            client.shutdown().await.expect("shutdown");
+            got
+        };
+        let (copied, mut endpoint, got) = tokio::join!(copy, send, receive);
+        copied.expect("copy");
+        assert_eq!(got.len(), LEN);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == byte(i)));
+        let mut tail = Vec::new();
+        endpoint.read_to_end(&mut tail).await.expect("eof");
+        assert!(tail.is_empty());
         assert_eq!(both.back.buf.capacity(), 0);
     }
 }
