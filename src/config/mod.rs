@@ -163,6 +163,8 @@ enabled = true
 [[listeners]]
 name = "demo"
 address = "{listen}"
+# Well within any machine's limit of open files (two per connection).
+max_connections = 1000
 
 # 5 requests per second per client, in bursts of up to 5.
 [[rate_limit.rules]]
