@@ -210,8 +210,14 @@ fn a_request_and_its_tries_are_spans_with_the_ids_the_backend_saw() {
         "{:?}",
         collector.services()
     );
-    let exported = levee.metric("levee_otlp_spans_exported_total", &[]);
-    assert!(exported.is_some_and(|n| n >= 5.0), "{exported:?}");
+    // Counted once the collector has answered the export: the spans can
+    // be at the collector a moment before.
+    let exported = || levee.metric("levee_otlp_spans_exported_total", &[]);
+    assert!(
+        wait_until(T, || exported().is_some_and(|n| n >= 5.0)),
+        "{:?}",
+        exported()
+    );
 }
 
 /// Sends `n` requests one after another; returns how long they took, all
