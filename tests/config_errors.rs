@@ -523,6 +523,40 @@ address = "127.0.0.1:19001"
 }
 
 #[test]
+fn a_source_address_that_is_not_this_machines_or_twice() {
+    // TEST-NET-3 (203.0.113.0/24) is never a machine's address: every
+    // connection from it would fail, so the config is refused.
+    let toml = r#"[[clusters]]
+name = "app"
+source_addresses = ["127.0.0.2", "203.0.113.7"]
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+"#;
+    let (code, _, stderr) = Levee::check(toml);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("/levee.toml:3:34: clusters[0].source_addresses[1]: 203.0.113.7 cannot be a source address here (not an address of this machine?): "),
+        "{stderr}"
+    );
+    let toml = r#"[[clusters]]
+name = "app"
+source_addresses = ["127.0.0.2", "127.0.0.2"]
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+"#;
+    assert_refused(
+        toml,
+        3,
+        34,
+        "\"127.0.0.2\"",
+        "clusters[0].source_addresses[1]",
+        "source address 127.0.0.2 appears twice",
+    );
+}
+
+#[test]
 fn weight_zero() {
     let toml = r#"[[clusters]]
 name = "app"

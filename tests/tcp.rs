@@ -3,8 +3,9 @@
 //! client address), a refused connect retried on another endpoint and the
 //! endpoint ejected, the idle timeout, the per-IP cap, the bulkhead as a
 //! connection cap, `on_endpoint_down = "shutdown_sessions"`, `/status`,
-//! metrics and the access-log line; and Levee short of file descriptors:
-//! the connections it cannot make are refused, not charged to the endpoints.
+//! metrics and the access-log line; Levee short of file descriptors: the
+//! connections it cannot make are refused, not charged to the endpoints;
+//! and the cluster's source addresses, which connections leave from.
 
 mod support;
 
@@ -512,6 +513,82 @@ fn the_client_address_reaches_the_endpoint_in_a_proxy_header() {
     let expected = ppp::v2::Addresses::from((client, v2_at));
     assert_eq!(line, format!("v2 {expected:?}"));
     assert!(line.contains("127.0.0.6"), "{line}");
+}
+
+/// A TCP server that answers each connection with the address it came
+/// from and closes it, and keeps every such address (health checks'
+/// connections too).
+fn peer_teller() -> (SocketAddr, Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let Ok(peer) = s.peer_addr() else { continue };
+            keep.lock().expect("lock").push(peer.ip());
+            let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes());
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn connections_to_endpoints_leave_from_the_cluster_source_addresses() {
+    let (teller, told) = peer_teller();
+    let web = Backend::start("web");
+    let (tcp, http) = (free_addr(), free_addr());
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let check = "health_check = { type = \"tcp\", interval = \"100ms\", jitter = \"0s\", timeout = \"100ms\" }";
+    let _levee = start(
+        ConfigBuilder::new()
+            .listener_with("db", tcp, &extra)
+            .listener("web", http)
+            .cluster_with(
+                "db",
+                &[teller],
+                &["source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]", check],
+            )
+            .cluster_with(
+                "web",
+                &[web.addr()],
+                &["source_addresses = [\"127.0.0.4\"]"],
+            )
+            .route("all", "web"),
+    );
+    // TCP: the connections take the two addresses in turn.
+    let mut from = Vec::new();
+    for _ in 0..6 {
+        let (_, line) = connect(tcp);
+        from.push(line);
+    }
+    from.sort();
+    from.dedup();
+    assert_eq!(from, ["127.0.0.2", "127.0.0.3"]);
+    // The health checks left from them too.
+    assert!(
+        wait_until(T, || told.lock().expect("lock").len() >= 10),
+        "health checks reach the endpoint"
+    );
+    let all = told.lock().expect("lock").clone();
+    assert!(
+        all.iter()
+            .all(|ip| ["127.0.0.2", "127.0.0.3"].contains(&ip.to_string().as_str())),
+        "{all:?}"
+    );
+    // HTTP: requests over new and pooled connections alike.
+    for _ in 0..4 {
+        let r = http_get(http, "/x").expect("request");
+        assert_eq!(r.status, 200);
+    }
+    let peers: Vec<String> = web
+        .recorded()
+        .iter()
+        .map(|r| r.peer.expect("peer").ip().to_string())
+        .collect();
+    assert_eq!(peers, ["127.0.0.4"; 4]);
 }
 
 /// The numbers of the file descriptors `pid` has open.

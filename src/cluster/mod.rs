@@ -45,12 +45,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Where a try to this endpoint goes, from `worker`'s slot of its pool.
-    pub fn target<'a>(&'a self, cluster: &Cluster, worker: usize) -> upstream::Target<'a> {
+    pub fn target<'a>(&'a self, cluster: &'a Cluster, worker: usize) -> upstream::Target<'a> {
         upstream::Target {
             address: self.address,
             pool: &self.live.pool,
             worker,
             connect_timeout: cluster.connect_timeout,
+            sources: cluster.sources.as_deref(),
             limits: upstream::Limits {
                 max_idle: cluster.pool_max_idle,
                 idle_timeout: cluster.pool_idle_timeout,
@@ -70,6 +71,9 @@ impl Endpoint {
 pub struct Cluster {
     pub name: Arc<str>,
     pub connect_timeout: Duration,
+    /// The local addresses connections to the endpoints leave from
+    /// (`source_addresses`); `None`: the kernel's choice.
+    pub sources: Option<Arc<upstream::source::Sources>>,
     pub response_timeout: Duration,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
@@ -207,6 +211,14 @@ impl Cluster {
         Cluster {
             name: name.into(),
             connect_timeout: config.connect_timeout.get(),
+            sources: upstream::source::Sources::new(
+                &config
+                    .source_addresses
+                    .iter()
+                    .map(|a| *a.get_ref())
+                    .collect::<Vec<_>>(),
+            )
+            .map(Arc::new),
             response_timeout: config.response_timeout.get(),
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout.get(),

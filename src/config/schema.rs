@@ -466,6 +466,11 @@ pub struct ClusterConfig {
     pub hash_balance_factor: Option<Spanned<f64>>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// Local addresses the connections to the endpoints leave from, in
+    /// turn (`upstream::source`); each is another range of ephemeral ports
+    /// towards each endpoint. Empty: the kernel's choice.
+    #[serde(default)]
+    pub source_addresses: Vec<Spanned<std::net::IpAddr>>,
     /// Time from sending the request to receiving the response head.
     #[serde(default = "default_response_timeout")]
     pub response_timeout: Duration,

@@ -239,6 +239,29 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                 ));
             }
         }
+        let mut sources = HashSet::new();
+        for (j, a) in c.source_addresses.iter().enumerate() {
+            let at = format!("{key}.source_addresses[{j}]");
+            if !sources.insert(*a.get_ref()) {
+                return Err(invalid(
+                    a.span(),
+                    at,
+                    format!("source address {} appears twice", a.get_ref()),
+                ));
+            }
+            // Every connection from an address this machine does not have
+            // would fail: refused here, so a reload keeps the old one.
+            if let Err(e) = crate::upstream::source::usable(*a.get_ref()) {
+                return Err(invalid(
+                    a.span(),
+                    at,
+                    format!(
+                        "{} cannot be a source address here (not an address of this machine?): {e}",
+                        a.get_ref()
+                    ),
+                ));
+            }
+        }
         if let Some(h) = &c.deadline_header
             && HeaderName::from_bytes(h.get_ref().as_bytes()).is_err()
         {

@@ -15,6 +15,7 @@ use crate::cluster::health::state::{Check, State, Thresholds};
 use crate::config::{CheckKind, HealthCheckConfig};
 use crate::observe::metrics::TransitionLabels;
 use crate::shared::Shared;
+use crate::upstream::source::Sources;
 use crate::upstream::tls::EndpointTls;
 
 /// Starts the checks of the current snapshot.
@@ -57,6 +58,7 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
                 cluster: cluster.name.clone(),
                 live: endpoint.live.clone(),
                 tls: endpoint.tls.clone(),
+                sources: cluster.sources.clone(),
                 probe: probe.clone(),
                 config: hc.clone(),
                 shared: shared.clone(),
@@ -73,6 +75,8 @@ struct Checker {
     live: Arc<EndpointLive>,
     /// A TLS cluster's endpoints are checked over TLS, as requests reach them.
     tls: Option<EndpointTls>,
+    /// The cluster's source addresses: checks leave from them as requests do.
+    sources: Option<Arc<Sources>>,
     probe: Probe,
     config: HealthCheckConfig,
     shared: Arc<Shared>,
@@ -91,6 +95,7 @@ impl Checker {
             tokio::time::sleep(wait).await;
             let outcome = active::check(
                 self.live.address,
+                self.sources.as_deref(),
                 &self.probe,
                 self.config.timeout.get(),
                 self.tls.as_ref(),

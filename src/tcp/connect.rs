@@ -102,7 +102,7 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
         let in_flight = endpoint.live.begin();
         let connected = tokio::time::timeout(
             cluster.connect_timeout,
-            TcpStream::connect(endpoint.address),
+            crate::upstream::source::connect(cluster.sources.as_deref(), endpoint.address),
         )
         .await;
         let end = Instant::now();

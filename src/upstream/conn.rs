@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::source::{self, Sources};
 use super::tls::{EndpointTls, Handshake, TlsStream};
 
 /// Read buffer size: room for a typical response head and a body chunk.
@@ -40,15 +41,18 @@ pub enum ConnectError {
 }
 
 impl Conn {
-    /// Opens a connection, over TLS when `tls` says so. `timeout` covers
-    /// the TCP connect and the TLS handshake together.
+    /// Opens a connection, from one of `sources` if any, over TLS when
+    /// `tls` says so. `timeout` covers the TCP connect and the TLS
+    /// handshake together.
     pub async fn connect(
         address: SocketAddr,
+        sources: Option<&Sources>,
         timeout: Duration,
         tls: Option<&EndpointTls>,
     ) -> Result<Conn, ConnectError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
+        let connecting = source::connect(sources, address);
+        let stream = match tokio::time::timeout_at(deadline, connecting).await {
             Err(_) => return Err(ConnectError::TimedOut),
             Ok(Err(e)) => return Err(ConnectError::Refused(e)),
             Ok(Ok(s)) => s,

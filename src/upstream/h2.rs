@@ -43,7 +43,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri, header};
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::codec::ResponseHead;
 use super::h2_body::{H2Body, Upload};
@@ -312,7 +311,8 @@ fn unprocessed(e: &h2::Error) -> bool {
 async fn open(target: &Target<'_>) -> Result<Shared, Error> {
     let timeout = target.connect_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(target.address)).await {
+    let connecting = super::source::connect(target.sources, target.address);
+    let tcp = match tokio::time::timeout_at(deadline, connecting).await {
         Err(_) => return Err(Error::ConnectTimeout(timeout)),
         Ok(Err(e)) => return Err(Error::connect(e)),
         Ok(Ok(s)) => s,

@@ -18,6 +18,7 @@ pub mod h2;
 mod h2_body;
 pub mod h2_settings;
 pub mod pool;
+pub mod source;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub struct Target<'a> {
     pub worker: usize,
     /// Covers the TLS handshake too.
     pub connect_timeout: Duration,
+    /// The local addresses a new connection leaves from (`source`).
+    pub sources: Option<&'a source::Sources>,
     pub limits: Limits,
     /// `Some`: the endpoint is spoken to over TLS.
     pub tls: Option<&'a tls::EndpointTls>,
@@ -130,6 +133,7 @@ where
     let started = Instant::now();
     let opening = Box::pin(Conn::connect(
         target.address,
+        target.sources,
         target.connect_timeout,
         target.tls,
     ));

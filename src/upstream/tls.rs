@@ -502,7 +502,7 @@ mod tests {
         let connector = Arc::new(Connector::build(&settings).expect("connector"));
         let handshakes = no_counters();
         let tls = EndpointTls::new(connector, None, address, handshakes.clone());
-        let mut conn = Conn::connect(address, Duration::from_secs(10), Some(&tls))
+        let mut conn = Conn::connect(address, None, Duration::from_secs(10), Some(&tls))
             .await
             .expect("connect");
         assert_eq!(handshakes.get(Handshake::Ok), 1);
@@ -561,7 +561,7 @@ mod tests {
         });
         let handshakes = no_counters();
         let tls = EndpointTls::new(lax(), None, address, handshakes.clone());
-        let e = Conn::connect(address, Duration::from_secs(10), Some(&tls)).await;
+        let e = Conn::connect(address, None, Duration::from_secs(10), Some(&tls)).await;
         assert!(matches!(
             e,
             Err(crate::upstream::conn::ConnectError::Handshake(_))

@@ -47,7 +47,13 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// When the request head arrived.
     pub at: std::time::Instant,
+    /// The address the connection came from (Levee's side of it).
+    pub peer: Option<SocketAddr>,
 }
+
+/// The connection's peer, put in each request's extensions.
+#[derive(Clone, Copy)]
+pub struct Peer(pub SocketAddr);
 
 impl RecordedRequest {
     /// First value of header `name` (case-insensitive).
@@ -355,7 +361,7 @@ async fn accept_loop(listener: StdListener, state: Arc<State>, mut stop: oneshot
             // A send or a dropped sender both mean stop.
             _ = &mut stop => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => serve_connection(stream, &state),
+                Ok((stream, peer)) => serve_connection(stream, peer, &state),
                 // Out of file descriptors and the like: back off, keep going.
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             },
@@ -363,7 +369,7 @@ async fn accept_loop(listener: StdListener, state: Arc<State>, mut stop: oneshot
     }
 }
 
-fn serve_connection(stream: tokio::net::TcpStream, state: &Arc<State>) {
+fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<State>) {
     state.connections.fetch_add(1, Ordering::SeqCst);
     let open = GaugeGuard::new(state, |s| &s.open_connections);
     // Small writes (slow-body chunks) must leave at once, not wait for Nagle.
@@ -371,8 +377,9 @@ fn serve_connection(stream: tokio::net::TcpStream, state: &Arc<State>) {
     let state = state.clone();
     tokio::spawn(async move {
         let _open = open;
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
+            req.extensions_mut().insert(Peer(peer));
             // An `Err` (only `/drop` returns one) makes hyper close the
             // connection without writing a response.
             behave::handle(state, req)

@@ -121,6 +121,7 @@ fn recorded(seq: u64, parts: &Parts) -> RecordedRequest {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         version: format!("{:?}", parts.version),
+        peer: parts.extensions.get::<super::backend::Peer>().map(|p| p.0),
         headers: parts
             .headers
             .iter()

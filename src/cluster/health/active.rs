@@ -15,7 +15,6 @@ use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::NotPassed;
 use crate::http1::chunked::{Decoder, Step};
@@ -23,6 +22,7 @@ use crate::shortage::Shortage;
 use crate::upstream::Conn;
 use crate::upstream::codec::{self, RequestBody, ResponseBody, ResponseHead};
 use crate::upstream::conn::{self, ConnectError};
+use crate::upstream::source::{self, Sources};
 use crate::upstream::tls::EndpointTls;
 
 /// Largest response head accepted from a check.
@@ -68,21 +68,25 @@ pub enum Outcome {
 /// never accepts.
 pub async fn check(
     address: SocketAddr,
+    sources: Option<&Sources>,
     probe: &Probe,
     timeout: Duration,
     tls: Option<&EndpointTls>,
 ) -> Outcome {
     let run = async {
         if let Probe::Role(role) = probe {
-            // Its client makes its own connection.
-            let seen = super::role::ask(address, role, timeout).await?;
+            // Its client speaks over a connection of its own.
+            let tcp = source::connect(sources, address)
+                .await
+                .map_err(|e| NotPassed::connecting("connect failed", &e))?;
+            let seen = super::role::ask(tcp, role, timeout).await?;
             return super::role::judge(role, seen)
                 .map(|()| Outcome::Pass)
                 .map_err(NotPassed::Failed);
         }
         if let Probe::Grpc { service } = probe {
             // HTTP/2 on a connection of its own.
-            let tcp = TcpStream::connect(address)
+            let tcp = source::connect(sources, address)
                 .await
                 .map_err(|e| NotPassed::connecting("connect failed", &e))?;
             return super::grpc::check(tcp, address, service, tls)
@@ -90,7 +94,7 @@ pub async fn check(
                 .map(|()| Outcome::Pass)
                 .map_err(NotPassed::Failed);
         }
-        let mut conn = match Conn::connect(address, timeout, tls).await {
+        let mut conn = match Conn::connect(address, sources, timeout, tls).await {
             Ok(conn) => conn,
             Err(ConnectError::Refused(e)) if let Some(s) = Shortage::of(&e) => {
                 return Err(NotPassed::Shortage(s, format!("connect failed: {e}")));
@@ -342,7 +346,7 @@ mod tests {
     /// The outcome of a GET /healthz check against an endpoint answering `response`.
     async fn get(response: &[u8], expect: &[u16]) -> Outcome {
         let (addr, _server) = serve(response.to_vec()).await;
-        check(addr, &http(expect), TIMEOUT, None).await
+        check(addr, None, &http(expect), TIMEOUT, None).await
     }
 
     fn fail(why: &str) -> Outcome {
@@ -353,7 +357,10 @@ mod tests {
     async fn tcp_passes_and_refused_fails() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(check(addr, &Probe::Tcp, TIMEOUT, None).await, Outcome::Pass);
+        assert_eq!(
+            check(addr, None, &Probe::Tcp, TIMEOUT, None).await,
+            Outcome::Pass
+        );
 
         // Bound but not listening: the kernel refuses connections to it.
         let socket =
@@ -362,8 +369,14 @@ mod tests {
         socket.bind(&any.into()).unwrap();
         let closed = socket.local_addr().unwrap().as_socket().unwrap();
         let refused = fail("connect refused");
-        assert_eq!(check(closed, &Probe::Tcp, TIMEOUT, None).await, refused);
-        assert_eq!(check(closed, &http(&[]), TIMEOUT, None).await, refused);
+        assert_eq!(
+            check(closed, None, &Probe::Tcp, TIMEOUT, None).await,
+            refused
+        );
+        assert_eq!(
+            check(closed, None, &http(&[]), TIMEOUT, None).await,
+            refused
+        );
     }
 
     #[tokio::test]
@@ -437,7 +450,7 @@ mod tests {
         });
         let timeout = Duration::from_millis(200);
         let start = Instant::now();
-        let outcome = check(addr, &http(&[]), timeout, None).await;
+        let outcome = check(addr, None, &http(&[]), timeout, None).await;
         let took = start.elapsed();
         assert_eq!(outcome, fail("timed out after 200ms"));
         assert!(
@@ -456,7 +469,10 @@ mod tests {
             host: Some("api.internal".into()),
             expect: vec![],
         };
-        assert_eq!(check(addr, &probe, TIMEOUT, None).await, Outcome::Pass);
+        assert_eq!(
+            check(addr, None, &probe, TIMEOUT, None).await,
+            Outcome::Pass
+        );
         let req = String::from_utf8(server.await.unwrap()).unwrap();
         assert_eq!(
             req,

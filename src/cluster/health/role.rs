@@ -2,12 +2,14 @@
 //! the role its cluster wants. HAProxy's checks see a port that accepts;
 //! these see a PostgreSQL that is the primary (`SELECT pg_is_in_recovery()`
 //! is false) or a replica (true, with its replay lag under a bound), and a
-//! Redis that is the master or a replica (`ROLE`). Each check opens its own
-//! connection with the ecosystem's client (tokio-postgres, redis-rs) and
-//! closes it.
+//! Redis that is the master or a replica (`ROLE`). Each check speaks the
+//! ecosystem's client (tokio-postgres, redis-rs) over a connection of its
+//! own, made by the caller (from the cluster's source addresses, and its
+//! errors judged like any check's connect), and closes it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::net::TcpStream;
 
 use super::NotPassed;
 use crate::config::Role;
@@ -58,37 +60,26 @@ pub fn judge(probe: &RoleProbe, seen: Seen) -> Result<(), String> {
     Ok(())
 }
 
-/// Asks the server at `address` its role. The caller bounds the time.
-pub async fn ask(
-    address: SocketAddr,
-    probe: &RoleProbe,
-    timeout: Duration,
-) -> Result<Seen, NotPassed> {
+/// Asks the server on `tcp` its role. The caller bounds the time.
+pub async fn ask(tcp: TcpStream, probe: &RoleProbe, timeout: Duration) -> Result<Seen, NotPassed> {
     match probe.server {
-        Server::Postgres => postgres(address, probe, timeout).await,
-        Server::Redis => redis(address, probe, timeout).await,
+        Server::Postgres => postgres(tcp, probe).await,
+        Server::Redis => redis(tcp, probe, timeout).await,
     }
 }
 
-async fn postgres(
-    address: SocketAddr,
-    probe: &RoleProbe,
-    timeout: Duration,
-) -> Result<Seen, NotPassed> {
+async fn postgres(tcp: TcpStream, probe: &RoleProbe) -> Result<Seen, NotPassed> {
     let user = probe.user.as_deref().unwrap_or("postgres");
     let mut config = tokio_postgres::Config::new();
     config
-        .host(address.ip().to_string())
-        .port(address.port())
         .user(user)
         .dbname(probe.database.as_deref().unwrap_or(user))
-        .application_name("levee-health-check")
-        .connect_timeout(timeout);
+        .application_name("levee-health-check");
     if let Some(p) = &probe.password {
         config.password(p);
     }
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect_raw(tcp, tokio_postgres::NoTls)
         .await
         .map_err(|e| NotPassed::connecting("postgres", &e))?;
     // The connection is driven beside the query and dropped with it.
@@ -115,12 +106,8 @@ async fn postgres(
     })
 }
 
-async fn redis(
-    address: SocketAddr,
-    probe: &RoleProbe,
-    timeout: Duration,
-) -> Result<Seen, NotPassed> {
-    use ::redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+async fn redis(tcp: TcpStream, probe: &RoleProbe, timeout: Duration) -> Result<Seen, NotPassed> {
+    use ::redis::RedisConnectionInfo;
     let err = |e: ::redis::RedisError| format!("redis: {e}");
     let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
     if let Some(user) = &probe.user {
@@ -129,22 +116,18 @@ async fn redis(
     if let Some(pass) = &probe.password {
         settings = settings.set_password(pass);
     }
-    let info = ConnectionAddr::Tcp(address.ip().to_string(), address.port())
-        .into_connection_info()
-        .map_err(err)?
-        .set_redis_settings(settings);
-    let client = ::redis::Client::open(info).map_err(err)?;
-    let config = ::redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| NotPassed::connecting("redis", &e))?;
-    let role: ::redis::Value = ::redis::cmd("ROLE")
-        .query_async(&mut conn)
-        .await
-        .map_err(err)?;
+    let config = ::redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
+    let (mut conn, driver) =
+        ::redis::aio::MultiplexedConnection::new_with_config(&settings, tcp, config)
+            .await
+            .map_err(|e| NotPassed::connecting("redis", &e))?;
+    // The connection is driven beside the command and dropped with it.
+    let command = ::redis::cmd("ROLE");
+    let query = command.query_async::<::redis::Value>(&mut conn);
+    let role = tokio::select! {
+        r = query => r.map_err(err)?,
+        () = driver => return Err(NotPassed::Failed("redis: the connection closed".into())),
+    };
     // The first element names the role: "master", "slave" or "sentinel".
     let first = match &role {
         ::redis::Value::Array(items) => items.first(),
