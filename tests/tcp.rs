@@ -5,7 +5,11 @@
 //! connection cap, `on_endpoint_down = "shutdown_sessions"`, `/status`,
 //! metrics and the access-log line; Levee short of file descriptors: the
 //! connections it cannot make are refused, not charged to the endpoints;
-//! and the cluster's source addresses, which connections leave from.
+//! the cluster's source addresses, which connections leave from; and, in a
+//! network namespace of the test's own with four local ports, a source
+//! address out of ports passing connections on to the next, then Levee out
+//! of all of them (a TCP client closed, an HTTP 503 `local_shortage`), no
+//! endpoint charged.
 
 mod support;
 
@@ -515,20 +519,22 @@ fn the_client_address_reaches_the_endpoint_in_a_proxy_header() {
     assert!(line.contains("127.0.0.6"), "{line}");
 }
 
-/// A TCP server that answers each connection with the address it came
-/// from and closes it, and keeps every such address (health checks'
-/// connections too).
-fn peer_teller() -> (SocketAddr, Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+/// A TCP server on `at` that answers each connection with the address it
+/// came from and keeps it open, and keeps every such address (health
+/// checks' connections too).
+fn peer_teller(at: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>) {
+    let listener = TcpListener::bind(at).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = seen.clone();
     std::thread::spawn(move || {
+        let mut open = Vec::new();
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             let Ok(peer) = s.peer_addr() else { continue };
             keep.lock().expect("lock").push(peer.ip());
             let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes());
+            open.push(s);
         }
     });
     (addr, seen)
@@ -536,7 +542,7 @@ fn peer_teller() -> (SocketAddr, Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>) {
 
 #[test]
 fn connections_to_endpoints_leave_from_the_cluster_source_addresses() {
-    let (teller, told) = peer_teller();
+    let (teller, told) = peer_teller("127.0.0.1:0".parse().expect("addr"));
     let web = Backend::start("web");
     let (tcp, http) = (free_addr(), free_addr());
     let extra: Vec<String> = tcp_listener("db", &[]);
@@ -589,6 +595,190 @@ fn connections_to_endpoints_leave_from_the_cluster_source_addresses() {
         .map(|r| r.peer.expect("peer").ip().to_string())
         .collect();
     assert_eq!(peers, ["127.0.0.4"; 4]);
+}
+
+/// A network namespace of the test's own (`unshare --net`, held by a
+/// `sleep` in it) with its loopback up and its ephemeral port range narrowed
+/// to `ports`, so that connections from one address to one endpoint run out
+/// of local ports after a few. `enter` moves the calling thread into it;
+/// the threads and processes it starts afterwards are in it too. Needs what
+/// the rest of the suite needs (root).
+struct Netns {
+    holder: std::process::Child,
+}
+
+impl Netns {
+    fn new(ports: &str) -> Netns {
+        let holder = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "300"])
+            .spawn()
+            .expect("unshare (util-linux)");
+        let ns = format!("/proc/{}/ns/net", holder.id());
+        let ours = std::fs::read_link("/proc/self/ns/net").expect("our netns");
+        // Until unshare has made the namespace and run sleep in it.
+        assert!(
+            wait_until(T, || std::fs::read_link(&ns).is_ok_and(|l| l != ours)),
+            "unshare --net made no network namespace (needs CAP_SYS_ADMIN, as root)"
+        );
+        let setup =
+            format!("ip link set lo up && echo '{ports}' > /proc/sys/net/ipv4/ip_local_port_range");
+        let status = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["sh", "-c", &setup])
+            .status()
+            .expect("nsenter");
+        assert!(status.success(), "setting up the namespace: {setup}");
+        Netns { holder }
+    }
+
+    fn enter(&self) {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.holder.id())).expect("netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A connection from `from` to `to` whose local port the kernel picks at
+/// connect from the ephemeral range, as Levee's (`IP_BIND_ADDRESS_NO_PORT`).
+fn connect_via_range(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    )?;
+    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    socket.connect_timeout(&to.into(), T)?;
+    Ok(socket.into())
+}
+
+/// Closes `conn` with a reset, so that its port is free at once (a FIN
+/// would leave it in TIME_WAIT).
+fn give_back(conn: Option<TcpStream>) {
+    let conn = socket2::Socket::from(conn.expect("a held connection"));
+    conn.set_linger(Some(Duration::ZERO)).expect("linger");
+}
+
+/// Reads the line an endpoint greeted a connection through Levee with, or
+/// `None` when Levee closed it instead.
+fn greeting(conn: TcpStream) -> Option<String> {
+    conn.set_read_timeout(Some(T)).expect("timeout");
+    let mut line = String::new();
+    match BufReader::new(conn).read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim().to_owned()),
+        _ => None,
+    }
+}
+
+#[test]
+fn out_of_local_ports_the_next_source_address_takes_over_and_no_endpoint_is_charged() {
+    // On a thread of its own, which alone enters the namespace, whatever
+    // thread the test harness runs tests on.
+    let run = std::thread::spawn(out_of_local_ports);
+    if let Err(panic) = run.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn out_of_local_ports() {
+    // Four local ports per (source address, endpoint) pair. Everything that
+    // listens has a fixed port outside them: the namespace is this test's.
+    let netns = Netns::new("40000 40003");
+    netns.enter();
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let (teller, _) = peer_teller(at(20001));
+    let web = Backend::start_on("web", at(20002));
+    let (tcp, http, admin) = (at(20011), at(20012), at(20013));
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let eject = "outlier_detection = { consecutive_failures = 1, base_ejection = \"60s\" }";
+    let levee = start(
+        ConfigBuilder::new()
+            .admin_at(admin)
+            .listener_with("db", tcp, &extra)
+            .listener("web", http)
+            .cluster_with(
+                "db",
+                &[teller],
+                &["source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]", eject],
+            )
+            .cluster_with(
+                "web",
+                &[web.addr()],
+                &["source_addresses = [\"127.0.0.4\"]", eject],
+            )
+            .route("all", "web"),
+    );
+    // The test holds all of 127.0.0.2's ports towards the endpoint.
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| connect_via_range([127, 0, 0, 2], teller).expect("a port of 127.0.0.2"))
+        .collect();
+    assert!(
+        connect_via_range([127, 0, 0, 2], teller).is_err(),
+        "four ports only"
+    );
+    // Each client from its own address (its own ports towards Levee).
+    let client = |n: u8| connect_via_range([127, 0, 0, 10 + n], tcp).expect("connect to levee");
+    // Levee's connections all leave from 127.0.0.3, whose turn or not...
+    let mut through = Vec::new();
+    for n in 0..4 {
+        let conn = client(n);
+        let from = greeting(conn.try_clone().expect("clone"));
+        assert_eq!(from.as_deref(), Some("127.0.0.3"), "connection {n}");
+        through.push(conn);
+    }
+    // ...until it has no port left either: that client is closed, and the
+    // endpoint is not charged.
+    assert_eq!(
+        greeting(client(4)),
+        None,
+        "closed when no source has a port"
+    );
+    let shortage = || {
+        levee.metric(
+            "levee_local_shortage_total",
+            &[("cause", "local_ports"), ("at", "connect")],
+        )
+    };
+    assert_eq!(shortage(), Some(1.0), "{}", levee.metrics_text());
+    // A port of 127.0.0.2 given back: the next connection takes it.
+    give_back(held.pop());
+    assert_eq!(greeting(client(5)).as_deref(), Some("127.0.0.2"));
+
+    // HTTP: 127.0.0.4's ports towards `web` all held, a request is 503
+    // `local_shortage`; one given back, it is served.
+    let mut held_web: Vec<TcpStream> = (0..4)
+        .map(|_| connect_via_range([127, 0, 0, 4], web.addr()).expect("a port of 127.0.0.4"))
+        .collect();
+    let r = http_get(http, "/").expect("an answer");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("local_shortage"), "{}", r.text());
+    assert_eq!(shortage(), Some(2.0), "{}", levee.metrics_text());
+    give_back(held_web.pop());
+    let r = http_get(http, "/").expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (name, labels) in [
+        ("levee_outlier_ejections_total", &[][..]),
+        ("levee_upstream_connect_errors_total", &[][..]),
+    ] {
+        assert_eq!(
+            levee.metric(name, labels).unwrap_or(0.0),
+            0.0,
+            "{name}: {}",
+            levee.metrics_text()
+        );
+    }
+    assert_eq!(
+        levee.metric("levee_tcp_connections_total", &[("end", "local_shortage")]),
+        Some(1.0)
+    );
+    drop((held, held_web, through));
 }
 
 /// The numbers of the file descriptors `pid` has open.
