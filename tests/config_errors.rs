@@ -557,6 +557,25 @@ address = "127.0.0.1:19001"
 }
 
 #[test]
+fn a_health_check_port_of_zero() {
+    let toml = r#"[[clusters]]
+name = "app"
+health_check = { type = "http", port = 0 }
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+"#;
+    assert_refused(
+        toml,
+        3,
+        40,
+        "0 }",
+        "clusters[0].health_check.port",
+        "0 is not a port: set 1-65535, or leave it unset to check the endpoint's own port",
+    );
+}
+
+#[test]
 fn weight_zero() {
     let toml = r#"[[clusters]]
 name = "app"

@@ -33,7 +33,11 @@ struct Echo {
 
 impl Echo {
     fn start(name: &str) -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Echo::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn start_at(name: &str, at: SocketAddr) -> Echo {
+        let listener = TcpListener::bind(at).expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -447,6 +451,45 @@ fn a_redis_role_check_sends_connections_to_the_master_only() {
     // The session opened on the old master was closed.
     let mut buf = [0u8; 16];
     assert!(matches!(session.read(&mut buf), Ok(0) | Err(_)));
+}
+
+#[test]
+fn a_tcp_cluster_is_checked_over_http_on_another_port() {
+    // Two nodes, each with its service and, on one port for both, an
+    // agent that tells whether it is the primary (as Patroni's REST API).
+    let (a, b) = (
+        Echo::start_at("a", "127.0.0.21:0".parse().expect("addr")),
+        Echo::start_at("b", "127.0.0.22:0".parse().expect("addr")),
+    );
+    let port = free_port();
+    let agent_a = Backend::start_on("agent-a", SocketAddr::from(([127, 0, 0, 21], port)));
+    let agent_b = Backend::start_on("agent-b", SocketAddr::from(([127, 0, 0, 22], port)));
+    agent_b.set_status(Some(503));
+    let listen = free_addr();
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let check = format!(
+        "health_check = {{ type = \"http\", port = {port}, path = \"/primary\", interval = \"100ms\", timeout = \"100ms\", jitter = \"0s\", unhealthy_threshold = 1, healthy_threshold = 1 }}"
+    );
+    let _levee = start(
+        ConfigBuilder::new()
+            .listener_with("db", listen, &extra)
+            .cluster_with(
+                "db",
+                &[a.addr, b.addr],
+                &["balance = \"round_robin\"", &check],
+            ),
+    );
+    let only = |name: &str| wait_until(T, || (0..4).all(|_| connect(listen).1 == name));
+    assert!(only("a"), "b's agent says it is not the primary");
+    assert!(
+        agent_a.recorded().iter().all(|r| r.uri == "/primary"),
+        "the agent is asked"
+    );
+    // A switchover: b is promoted, a demoted.
+    agent_b.set_status(None);
+    agent_a.set_status(Some(503));
+    assert!(only("b"), "after the switchover");
 }
 
 /// A TCP server that reads a PROXY header (v1 or v2) off each connection,

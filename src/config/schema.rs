@@ -614,8 +614,13 @@ pub struct HealthCheckConfig {
     pub kind: CheckKind,
     pub path: String,
     pub method: Spanned<String>,
-    /// Host header of the check; unset: the endpoint's address.
+    /// Host header of the check; unset: the address checked.
     pub host: Option<String>,
+    /// The port checks connect to, at each endpoint's IP address (HAProxy's
+    /// `port`): a service whose health is told elsewhere, e.g. PostgreSQL
+    /// on 5432 checked by Patroni's REST API on 8008. Unset: the
+    /// endpoint's own port.
+    pub port: Option<Spanned<u16>>,
     /// Statuses that pass; empty: any 2xx. 503 never passes.
     pub expect_status: Vec<u16>,
     pub interval: Duration,
@@ -649,6 +654,7 @@ impl Default for HealthCheckConfig {
             path: "/health".into(),
             method: Spanned::new(0..0, "GET".into()),
             host: None,
+            port: None,
             expect_status: Vec::new(),
             interval: Duration::from_secs(5),
             unhealthy_interval: None,

@@ -132,6 +132,15 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                     ),
                 ));
             }
+            if let Some(port) = &h.port
+                && *port.get_ref() == 0
+            {
+                return Err(invalid(
+                    port.span(),
+                    format!("{key}.health_check.port"),
+                    "0 is not a port: set 1-65535, or leave it unset to check the endpoint's own port",
+                ));
+            }
             if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
                 return Err(invalid(
                     c.name.span(),

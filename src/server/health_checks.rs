@@ -4,6 +4,7 @@
 //! one is aborted; the verdicts live in the endpoints' live state, so they
 //! carry over a reload.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,10 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
         for (i, endpoint) in cluster.endpoints.iter().enumerate() {
             let check = Checker {
                 cluster: cluster.name.clone(),
+                address: match &hc.port {
+                    Some(port) => SocketAddr::new(endpoint.address.ip(), *port.get_ref()),
+                    None => endpoint.address,
+                },
                 live: endpoint.live.clone(),
                 tls: endpoint.tls.clone(),
                 sources: cluster.sources.clone(),
@@ -72,6 +77,9 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
 
 struct Checker {
     cluster: Arc<str>,
+    /// Where the checks go: the endpoint's address, or its IP with the
+    /// check's own `port`.
+    address: SocketAddr,
     live: Arc<EndpointLive>,
     /// A TLS cluster's endpoints are checked over TLS, as requests reach them.
     tls: Option<EndpointTls>,
@@ -94,7 +102,7 @@ impl Checker {
         loop {
             tokio::time::sleep(wait).await;
             let outcome = active::check(
-                self.live.address,
+                self.address,
                 self.sources.as_deref(),
                 &self.probe,
                 self.config.timeout.get(),
