@@ -18,6 +18,7 @@ use crate::observe::Metrics;
 use crate::observe::metrics::EndpointLabels;
 use crate::resilience::policy::TryResult;
 use crate::shortage::Shortage;
+use crate::upstream::source;
 
 /// A connect that succeeded counts for the cluster as a 2xx answer does.
 const CONNECTED: TryResult = TryResult::Status(200);
@@ -100,11 +101,18 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
         }
         out.attempts += 1;
         let in_flight = endpoint.live.begin();
-        let connected = tokio::time::timeout(
-            cluster.connect_timeout,
-            crate::upstream::source::connect(cluster.sources.as_deref(), endpoint.address),
-        )
-        .await;
+        // Without source addresses, tokio's connect as it is: every relayed
+        // connection makes one, and a future around it (or the sources'
+        // state inside the relay's future) cost 100-300 instructions per
+        // connection (`MODE=tcp bench/callgrind.sh`).
+        let timeout = cluster.connect_timeout;
+        let connected = match cluster.sources.as_deref() {
+            None => tokio::time::timeout(timeout, TcpStream::connect(endpoint.address)).await,
+            Some(sources) => {
+                let connecting = source::connect_from_any(sources, endpoint.address);
+                tokio::time::timeout(timeout, Box::pin(connecting)).await
+            }
+        };
         let end = Instant::now();
         let took = end - now;
         let error = match connected {

@@ -63,9 +63,15 @@ impl Sources {
 
 /// A TCP connection to `to`, from one of `sources` when there are any.
 pub async fn connect(sources: Option<&Sources>, to: SocketAddr) -> io::Result<TcpStream> {
-    let Some(sources) = sources else {
-        return TcpStream::connect(to).await;
-    };
+    match sources {
+        None => TcpStream::connect(to).await,
+        Some(sources) => connect_from_any(sources, to).await,
+    }
+}
+
+/// A TCP connection to `to` from the first of `sources`, in this
+/// connection's turn, that has a port left towards it.
+pub async fn connect_from_any(sources: &Sources, to: SocketAddr) -> io::Result<TcpStream> {
     let mut last = None;
     for from in sources.turn(to) {
         match connect_from(from, to).await {
