@@ -6,7 +6,7 @@
 //! metrics and the access-log line; Levee short of file descriptors: the
 //! connections it cannot make are refused, not charged to the endpoints;
 //! the cluster's source addresses, which connections leave from; and, in a
-//! network namespace of the test's own with four local ports, a source
+//! network namespace of the test's own with few local ports, a source
 //! address out of ports passing connections on to the next, then Levee out
 //! of all of them (a TCP client closed, an HTTP 503 `local_shortage`), no
 //! endpoint charged.
@@ -730,21 +730,36 @@ fn out_of_local_ports_the_next_source_address_takes_over_and_no_endpoint_is_char
 }
 
 fn out_of_local_ports() {
-    // Four local ports per (source address, endpoint) pair. Everything that
+    // PORTS local ports per (source address, endpoint) pair: few to hold,
+    // enough for the test's own requests to Levee (a connection it closes
+    // keeps its port in TIME_WAIT for a second at least). Everything that
     // listens has a fixed port outside them: the namespace is this test's.
-    let netns = Netns::new("40000 40003");
+    const PORTS: u8 = 24;
+    let netns = Netns::new(&format!("40000 {}", 40000 + u16::from(PORTS) - 1));
     netns.enter();
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let (teller, _) = peer_teller(at(20001));
     let web = Backend::start_on("web", at(20002));
-    let (tcp, http, admin) = (at(20011), at(20012), at(20013));
+    let (pair_a, pair_b) = (
+        Backend::start_on("pair-a", at(20003)),
+        Backend::start_on("pair-b", at(20004)),
+    );
+    let (e1, e2) = (
+        Echo::start_at("e1", at(20005)),
+        Echo::start_at("e2", at(20006)),
+    );
+    let (tcp, http, admin, tcp2) = (at(20011), at(20012), at(20013), at(20014));
     let extra: Vec<String> = tcp_listener("db", &[]);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let extra2: Vec<String> = tcp_listener("db2", &[]);
+    let extra2: Vec<&str> = extra2.iter().map(String::as_str).collect();
     let eject = "outlier_detection = { consecutive_failures = 1, base_ejection = \"60s\" }";
+    let rr = "balance = \"round_robin\"";
     let levee = start(
         ConfigBuilder::new()
             .admin_at(admin)
             .listener_with("db", tcp, &extra)
+            .listener_with("db2", tcp2, &extra2)
             .listener("web", http)
             .cluster_with(
                 "db",
@@ -752,25 +767,36 @@ fn out_of_local_ports() {
                 &["source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]", eject],
             )
             .cluster_with(
+                "db2",
+                &[e1.addr, e2.addr],
+                &["source_addresses = [\"127.0.0.6\"]", eject, rr],
+            )
+            .cluster_with(
                 "web",
                 &[web.addr()],
                 &["source_addresses = [\"127.0.0.4\"]", eject],
             )
+            .cluster_with(
+                "pair",
+                &[pair_a.addr(), pair_b.addr()],
+                &["source_addresses = [\"127.0.0.5\"]", eject, rr],
+            )
+            .route_with("pair", "pair", &["path_prefix = \"/pair\""])
             .route("all", "web"),
     );
     // The test holds all of 127.0.0.2's ports towards the endpoint.
-    let mut held: Vec<TcpStream> = (0..4)
+    let mut held: Vec<TcpStream> = (0..PORTS)
         .map(|_| connect_via_range([127, 0, 0, 2], teller).expect("a port of 127.0.0.2"))
         .collect();
     assert!(
         connect_via_range([127, 0, 0, 2], teller).is_err(),
-        "four ports only"
+        "PORTS ports only"
     );
     // Each client from its own address (its own ports towards Levee).
     let client = |n: u8| connect_via_range([127, 0, 0, 10 + n], tcp).expect("connect to levee");
     // Levee's connections all leave from 127.0.0.3, whose turn or not...
     let mut through = Vec::new();
-    for n in 0..4 {
+    for n in 0..PORTS {
         let conn = client(n);
         let from = greeting(conn.try_clone().expect("clone"));
         assert_eq!(from.as_deref(), Some("127.0.0.3"), "connection {n}");
@@ -779,7 +805,7 @@ fn out_of_local_ports() {
     // ...until it has no port left either: that client is closed, and the
     // endpoint is not charged.
     assert_eq!(
-        greeting(client(4)),
+        greeting(client(PORTS)),
         None,
         "closed when no source has a port"
     );
@@ -792,20 +818,41 @@ fn out_of_local_ports() {
     assert_eq!(shortage(), Some(1.0), "{}", levee.metrics_text());
     // A port of 127.0.0.2 given back: the next connection takes it.
     give_back(held.pop());
-    assert_eq!(greeting(client(5)).as_deref(), Some("127.0.0.2"));
+    assert_eq!(greeting(client(PORTS + 1)).as_deref(), Some("127.0.0.2"));
+
+    // Two endpoints, one out of ports: its connections go to the other at
+    // once, charged to neither (round robin picks each first once).
+    let held_e1: Vec<TcpStream> = (0..PORTS)
+        .map(|_| connect_via_range([127, 0, 0, 6], e1.addr).expect("a port of 127.0.0.6"))
+        .collect();
+    for n in 100..102 {
+        let conn = connect_via_range([127, 0, 0, n], tcp2).expect("connect to levee");
+        assert_eq!(greeting(conn).as_deref(), Some("e2"));
+    }
+    assert_eq!(shortage(), Some(2.0), "{}", levee.metrics_text());
 
     // HTTP: 127.0.0.4's ports towards `web` all held, a request is 503
     // `local_shortage`; one given back, it is served.
-    let mut held_web: Vec<TcpStream> = (0..4)
+    let mut held_web: Vec<TcpStream> = (0..PORTS)
         .map(|_| connect_via_range([127, 0, 0, 4], web.addr()).expect("a port of 127.0.0.4"))
         .collect();
     let r = http_get(http, "/").expect("an answer");
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("local_shortage"), "{}", r.text());
-    assert_eq!(shortage(), Some(2.0), "{}", levee.metrics_text());
+    assert_eq!(shortage(), Some(3.0), "{}", levee.metrics_text());
     give_back(held_web.pop());
     let r = http_get(http, "/").expect("an answer");
     assert_eq!(r.status, 200, "{}", r.text());
+    // And two endpoints, one out of ports: the other answers.
+    let held_pair: Vec<TcpStream> = (0..PORTS)
+        .map(|_| connect_via_range([127, 0, 0, 5], pair_a.addr()).expect("a port of 127.0.0.5"))
+        .collect();
+    for _ in 0..2 {
+        let r = http_get(http, "/pair").expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-backend"), Some("pair-b"));
+    }
+    assert_eq!(shortage(), Some(4.0), "{}", levee.metrics_text());
     for (name, labels) in [
         ("levee_outlier_ejections_total", &[][..]),
         ("levee_upstream_connect_errors_total", &[][..]),
@@ -821,7 +868,7 @@ fn out_of_local_ports() {
         levee.metric("levee_tcp_connections_total", &[("end", "local_shortage")]),
         Some(1.0)
     );
-    drop((held, held_web, through));
+    drop((held, held_web, through, held_e1, held_pair));
 }
 
 /// The numbers of the file descriptors `pid` has open.

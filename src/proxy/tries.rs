@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, PickInput, Unavailable};
 use crate::observe::metrics::ClusterKindLabels;
 use crate::observe::trace::{self, TraceContext};
 use crate::resilience::policy::{self, RetryPolicy, TryResult, Verdict};
+use crate::shortage::Shortage;
 use crate::upstream;
 
 /// The request as it goes upstream, and what decides whether it may go
@@ -170,6 +171,26 @@ pub(super) async fn send_with_retries<B: RequestBody>(
         else {
             if let Err(upstream::Error::Shortage(cause, _)) = &result {
                 cx.shared.metrics.local_shortage(*cause, "connect");
+                // Local ports are per destination: another endpoint may
+                // have some left. Nothing was sent and no endpoint saw the
+                // try, so the retry budget is not asked; the attempts and
+                // the deadline still bound it.
+                if *cause == Shortage::LocalPorts
+                    && tries.count < policy.max_attempts
+                    && now < out.deadline
+                {
+                    tried.push(endpoint.address);
+                    out.pick.random = next_random();
+                    out.pick.now = now;
+                    let elsewhere = cluster.pick_for_try(&mut out.pick, None, &tried, now);
+                    if elsewhere
+                        .as_ref()
+                        .is_ok_and(|c| !tried.contains(&c.endpoint.address))
+                    {
+                        next = elsewhere;
+                        continue;
+                    }
+                }
             }
             return settle(tries, result.map(|exchange| (exchange, None)), None);
         };

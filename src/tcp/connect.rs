@@ -3,8 +3,9 @@
 //! cluster's `connect_timeout`; a failed connect is recorded (outlier
 //! detection and breakers see it) and tried again on another endpoint,
 //! up to the listener's `connect_attempts`. A connect that Levee's own
-//! shortage of file descriptors, ports or memory stopped is neither
-//! recorded nor tried again (`crate::shortage`).
+//! shortage of file descriptors, ports or memory stopped is not recorded
+//! (`crate::shortage`); one out of local ports, which are counted per
+//! destination, is tried on another endpoint, the others are not.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -99,6 +100,10 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
         if strict(cluster) && !endpoint.live.usable(now) {
             return out;
         }
+        // After a shortage of local ports, only another endpoint may help.
+        if matches!(out.result, Err(Refused::Shortage(_))) && tried.contains(&endpoint.address) {
+            return out;
+        }
         out.attempts += 1;
         let in_flight = endpoint.live.begin();
         // Without source addresses, tokio's connect as it is: every relayed
@@ -139,7 +144,14 @@ pub async fn connect(relay: &Relay, client: SocketAddr, metrics: &Metrics) -> Co
                     // Nothing recorded against the endpoint: `in_flight`
                     // is dropped, as after any try.
                     out.result = Err(Refused::Shortage(shortage));
-                    return out;
+                    if shortage != Shortage::LocalPorts {
+                        return out;
+                    }
+                    // Local ports are per destination: another endpoint
+                    // may have some left.
+                    tried.push(endpoint.address);
+                    pick.random = crate::cluster::balance::next_random();
+                    continue;
                 }
                 e.to_string()
             }
