@@ -576,6 +576,25 @@ address = "127.0.0.1:19001"
 }
 
 #[test]
+fn send_and_expect_on_a_check_that_is_not_tcp() {
+    let toml = r#"[[clusters]]
+name = "app"
+health_check = { type = "http", send = "PING" }
+
+[[clusters.endpoints]]
+address = "127.0.0.1:19001"
+"#;
+    assert_refused(
+        toml,
+        3,
+        40,
+        "\"PING\"",
+        "clusters[0].health_check.send",
+        "send and expect script a check of type = \"tcp\" only",
+    );
+}
+
+#[test]
 fn weight_zero() {
     let toml = r#"[[clusters]]
 name = "app"

@@ -454,6 +454,37 @@ fn a_redis_role_check_sends_connections_to_the_master_only() {
 }
 
 #[test]
+fn a_scripted_tcp_check_sends_and_expects() {
+    // Each echo server greets with its name, then echoes: only a's answer
+    // to "hello" starts with "a".
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let listen = free_addr();
+    let extra: Vec<String> = tcp_listener("db", &[]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let check = "health_check = { type = \"tcp\", send = \"hello\\n\", expect = \"a\\nhello\", interval = \"100ms\", timeout = \"100ms\", jitter = \"0s\", unhealthy_threshold = 1 }";
+    let levee = start(
+        ConfigBuilder::new()
+            .listener_with("db", listen, &extra)
+            .cluster_with(
+                "db",
+                &[a.addr, b.addr],
+                &["balance = \"round_robin\"", check],
+            ),
+    );
+    assert!(
+        wait_until(T, || (0..4).all(|_| connect(listen).1 == "a")),
+        "b fails its check"
+    );
+    assert!(
+        wait_until(T, || levee.logs().contains(
+            r#"expected "a\nhello", got "b\nhello\n" before the timeout"#
+        )),
+        "the log says what b sent: {}",
+        levee.logs()
+    );
+}
+
+#[test]
 fn a_tcp_cluster_is_checked_over_http_on_another_port() {
     // Two nodes, each with its service and, on one port for both, an
     // agent that tells whether it is the primary (as Patroni's REST API).

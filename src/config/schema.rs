@@ -621,6 +621,12 @@ pub struct HealthCheckConfig {
     /// on 5432 checked by Patroni's REST API on 8008. Unset: the
     /// endpoint's own port.
     pub port: Option<Spanned<u16>>,
+    /// `tcp`: bytes written once connected (HAProxy's `tcp-check send`).
+    pub send: Option<Spanned<String>>,
+    /// `tcp`: the check passes when the endpoint sends these bytes (after
+    /// `send`, or unprompted: a server-first protocol's greeting) within
+    /// its first 4 KiB (HAProxy's `tcp-check expect string`).
+    pub expect: Option<Spanned<String>>,
     /// Statuses that pass; empty: any 2xx. 503 never passes.
     pub expect_status: Vec<u16>,
     pub interval: Duration,
@@ -655,6 +661,8 @@ impl Default for HealthCheckConfig {
             method: Spanned::new(0..0, "GET".into()),
             host: None,
             port: None,
+            send: None,
+            expect: None,
             expect_status: Vec::new(),
             interval: Duration::from_secs(5),
             unhealthy_interval: None,

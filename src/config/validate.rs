@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Method};
 use serde_spanned::Spanned;
 
 use super::resilience::{BreakerConfig, FallbackConfig, RetryConfig};
-use super::schema::Config;
+use super::schema::{CheckKind, Config};
 
 pub(crate) struct Invalid {
     pub span: Range<usize>,
@@ -131,6 +131,23 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
                         h.timeout, h.interval
                     ),
                 ));
+            }
+            for (name, value) in [("send", &h.send), ("expect", &h.expect)] {
+                let Some(value) = value else { continue };
+                if h.kind != CheckKind::Tcp {
+                    return Err(invalid(
+                        value.span(),
+                        format!("{key}.health_check.{name}"),
+                        "send and expect script a check of type = \"tcp\" only",
+                    ));
+                }
+                if value.get_ref().is_empty() || value.get_ref().len() > 1024 {
+                    return Err(invalid(
+                        value.span(),
+                        format!("{key}.health_check.{name}"),
+                        "must be 1 to 1024 bytes",
+                    ));
+                }
             }
             if let Some(port) = &h.port
                 && *port.get_ref() == 0

@@ -28,6 +28,16 @@ pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
             continue;
         };
         let probe = match hc.kind {
+            CheckKind::Tcp if hc.send.is_some() || hc.expect.is_some() => {
+                let bytes = |v: &Option<serde_spanned::Spanned<String>>| {
+                    v.as_ref()
+                        .map_or_else(Vec::new, |s| s.get_ref().as_bytes().to_vec())
+                };
+                Probe::TcpScript {
+                    send: bytes(&hc.send),
+                    expect: bytes(&hc.expect),
+                }
+            }
             CheckKind::Tcp => Probe::Tcp,
             CheckKind::Grpc => Probe::Grpc {
                 service: hc.service.clone().unwrap_or_default(),

@@ -29,6 +29,8 @@ use crate::upstream::tls::EndpointTls;
 const MAX_HEAD: usize = 16 * 1024;
 /// Most of a body read for the deep check; past it the body is not judged.
 const MAX_BODY: usize = 64 * 1024;
+/// How much of what an endpoint sends a scripted TCP check searches.
+const MAX_EXPECT: usize = 4 * 1024;
 const USER_AGENT: &str = "levee-health-check";
 
 /// What an active check does.
@@ -36,6 +38,9 @@ const USER_AGENT: &str = "levee-health-check";
 pub enum Probe {
     /// A TCP connect succeeds.
     Tcp,
+    /// A TCP connect, `send` written, and `expect` among the first
+    /// `MAX_EXPECT` bytes the endpoint sends (either may be empty).
+    TcpScript { send: Vec<u8>, expect: Vec<u8> },
     /// An HTTP/1.1 request; `expect`: the statuses that pass (empty = 200..=299).
     Http {
         method: Method,
@@ -73,6 +78,7 @@ pub async fn check(
     timeout: Duration,
     tls: Option<&EndpointTls>,
 ) -> Outcome {
+    let deadline = tokio::time::Instant::now() + timeout;
     let run = async {
         if let Probe::Role(role) = probe {
             // Its client speaks over a connection of its own.
@@ -103,6 +109,10 @@ pub async fn check(
         };
         match probe {
             Probe::Tcp | Probe::Role(_) | Probe::Grpc { .. } => Ok(Outcome::Pass),
+            Probe::TcpScript { send, expect } => tcp_script(&mut conn, send, expect, deadline)
+                .await
+                .map(|()| Outcome::Pass)
+                .map_err(NotPassed::Failed),
             Probe::Http {
                 method,
                 path,
@@ -113,7 +123,7 @@ pub async fn check(
                 .map_err(NotPassed::Failed),
         }
     };
-    match tokio::time::timeout(timeout, run).await {
+    match tokio::time::timeout_at(deadline, run).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(NotPassed::Failed(why))) => Outcome::Fail(why),
         Ok(Err(NotPassed::Shortage(s, why))) => Outcome::Shortage(s, why),
@@ -139,6 +149,67 @@ fn timed_out(timeout: Duration) -> String {
     } else {
         format!("timed out after {}ms", timeout.as_millis())
     }
+}
+
+/// A scripted TCP check: `send` written, then read until `expect` is seen,
+/// the endpoint closes, `MAX_EXPECT` bytes came without it, or the
+/// check's `deadline` (then what came is told; the check's own timeout,
+/// at the same instant, lets this answer first).
+async fn tcp_script(
+    conn: &mut Conn,
+    send: &[u8],
+    expect: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    if !send.is_empty() {
+        conn.stream
+            .write_all(send)
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        conn.stream
+            .flush()
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+    }
+    if expect.is_empty() {
+        return Ok(());
+    }
+    let mut seen = BytesMut::with_capacity(512);
+    loop {
+        if seen.windows(expect.len()).any(|w| w == expect) {
+            return Ok(());
+        }
+        if seen.len() >= MAX_EXPECT {
+            return Err(format!(
+                "expected {:?} in the first {MAX_EXPECT} bytes, got \"{}\"...",
+                String::from_utf8_lossy(expect),
+                start_of(&seen)
+            ));
+        }
+        let read = tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut seen)).await;
+        let Ok(read) = read else {
+            return Err(format!(
+                "expected {:?}, got \"{}\" before the timeout",
+                String::from_utf8_lossy(expect),
+                start_of(&seen)
+            ));
+        };
+        let n = read.map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "expected {:?}, got \"{}\" and the end of the connection",
+                String::from_utf8_lossy(expect),
+                start_of(&seen)
+            ));
+        }
+    }
+}
+
+/// The first bytes of what an endpoint sent, printable in a log line.
+fn start_of(seen: &[u8]) -> String {
+    String::from_utf8_lossy(&seen[..seen.len().min(64)])
+        .escape_debug()
+        .to_string()
 }
 
 async fn http_check(
@@ -324,6 +395,70 @@ mod tests {
             req
         });
         (addr, task)
+    }
+
+    /// A server that writes `greeting`, then answers each line it reads
+    /// with `answer` and closes after the first.
+    async fn line_server(greeting: &'static [u8], answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(greeting).await;
+                    let mut line = Vec::new();
+                    while !line.contains(&b'\n') {
+                        if s.read_buf(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let _ = s.write_all(answer).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn script(send: &str, expect: &str) -> Probe {
+        Probe::TcpScript {
+            send: send.as_bytes().to_vec(),
+            expect: expect.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scripted_tcp_check_sends_and_expects() {
+        let redis = line_server(b"", b"+PONG\r\n").await;
+        let on_redis = |probe| async move { check(redis, None, &probe, TIMEOUT, None).await };
+        assert_eq!(on_redis(script("PING\r\n", "+PONG")).await, Outcome::Pass);
+        assert_eq!(
+            on_redis(script("PING\r\n", "-LOADING")).await,
+            fail("expected \"-LOADING\", got \"+PONG\\r\\n\" and the end of the connection")
+        );
+        // A server that speaks first: its greeting, unprompted.
+        let smtp = line_server(b"220 mx ready\r\n", b"").await;
+        assert_eq!(
+            check(smtp, None, &script("", "220 "), TIMEOUT, None).await,
+            Outcome::Pass
+        );
+        // One that says nothing is given the check's timeout.
+        let silent = line_server(b"", b"").await;
+        let outcome = check_silent(silent).await;
+        assert_eq!(
+            outcome,
+            fail("expected \"220\", got \"\" before the timeout")
+        );
+    }
+
+    async fn check_silent(addr: SocketAddr) -> Outcome {
+        check(
+            addr,
+            None,
+            &script("", "220"),
+            Duration::from_millis(200),
+            None,
+        )
+        .await
     }
 
     fn with_body(status: &str, body: &str) -> Vec<u8> {
