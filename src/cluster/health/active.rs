@@ -162,14 +162,7 @@ async fn tcp_script(
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
     if !send.is_empty() {
-        conn.stream
-            .write_all(send)
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
-        conn.stream
-            .flush()
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
+        send_all(conn, send).await?;
     }
     if expect.is_empty() {
         return Ok(());
@@ -205,6 +198,16 @@ async fn tcp_script(
     }
 }
 
+/// Writes `bytes` whole, flushed: TLS may hold back what it could not
+/// write at once.
+async fn send_all(conn: &mut Conn, bytes: &[u8]) -> Result<(), String> {
+    let write = async {
+        conn.stream.write_all(bytes).await?;
+        conn.stream.flush().await
+    };
+    write.await.map_err(|e| format!("write failed: {e}"))
+}
+
 /// The first bytes of what an endpoint sent, printable in a log line.
 fn start_of(seen: &[u8]) -> String {
     String::from_utf8_lossy(&seen[..seen.len().min(64)])
@@ -221,15 +224,7 @@ async fn http_check(
     expect: &[u16],
 ) -> Result<Outcome, String> {
     let request = request_head(address, method, path, host)?;
-    conn.stream
-        .write_all(&request)
-        .await
-        .map_err(|e| format!("write failed: {e}"))?;
-    // TLS may hold back what it could not write at once.
-    conn.stream
-        .flush()
-        .await
-        .map_err(|e| format!("write failed: {e}"))?;
+    send_all(conn, &request).await?;
     let head = read_head(conn).await?;
     let status = head.status.as_u16();
     if !status_passes(status, expect) {
