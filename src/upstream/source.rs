@@ -91,25 +91,18 @@ pub async fn connect_from_any(sources: &Sources, to: SocketAddr) -> io::Result<T
 }
 
 async fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if from.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    nix::sys::socket::setsockopt(
-        &socket,
-        nix::sys::socket::sockopt::IpBindAddressNoPort,
-        &true,
-    )
-    .map_err(io::Error::from)?;
-    socket.bind(SocketAddr::new(from, 0))?;
-    socket.connect(to).await
+    bound(from)?.connect(to).await
 }
 
 /// Whether `address` can be a source address here: an address of this
 /// machine (binding to it works). A configuration that names another is
 /// refused, since every connection from it would fail.
 pub fn usable(address: IpAddr) -> io::Result<()> {
+    bound(address).map(drop)
+}
+
+/// A socket bound to `address`, its port left for `connect` to choose.
+fn bound(address: IpAddr) -> io::Result<TcpSocket> {
     let socket = match address {
         IpAddr::V4(_) => TcpSocket::new_v4()?,
         IpAddr::V6(_) => TcpSocket::new_v6()?,
@@ -120,7 +113,8 @@ pub fn usable(address: IpAddr) -> io::Result<()> {
         &true,
     )
     .map_err(io::Error::from)?;
-    socket.bind(SocketAddr::new(address, 0))
+    socket.bind(SocketAddr::new(address, 0))?;
+    Ok(socket)
 }
 
 #[cfg(test)]
